@@ -1,0 +1,1 @@
+"""Training Performance REST API (read-only over the store)."""

@@ -1,0 +1,1 @@
+"""Pulling and storing training metrics; imports nothing from Kubernetes or the web stack."""

@@ -1,0 +1,53 @@
+"""The data that flows from a source to the store: points, batches and run state."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+# A cursor is whatever JSON-serialisable value a source needs to resume (byte offsets, a last step...).
+# It is stored in the same transaction as the points it covers.
+Cursor = Any
+
+
+class Point(NamedTuple):
+    """One observation: a metric's value at a training step, with the SOURCE's timestamp (epoch seconds).
+
+    A NamedTuple keeps millions of points cheap to build and to hand to COPY.
+    """
+
+    metric: str
+    step: int
+    ts: float
+    value: float
+    run: str = ""
+
+
+class RunState(enum.StrEnum):
+    """What the source says about the training run itself."""
+
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+
+
+@dataclass(slots=True)
+class Batch:
+    """What one `Source.poll` returns.
+
+    `more` says the source stopped early to keep the batch bounded and should be polled again at once
+    (catch-up of a long run). `skipped` counts input the source could not use (bad records, non-numeric
+    values), by reason. `notes` are human-readable facts for the source's health (e.g. "HTTP mode is sampled").
+    """
+
+    points: list[Point]
+    cursor: Cursor = None
+    state: RunState | None = None
+    progress: float | None = None  # 0..1, when the source knows it
+    total_steps: int | None = None
+    more: bool = False
+    skipped: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)  # run metadata kept for status and the API

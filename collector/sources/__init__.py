@@ -1,0 +1,12 @@
+"""The registry of source kinds: one line per kind, name -> class."""
+
+from __future__ import annotations
+
+from trainscope.collector.sources.base import Source, SourceContext, SourceError, SourceFactory
+from trainscope.collector.sources.tensorboard import TensorBoardSource
+
+REGISTRY: dict[str, SourceFactory] = {
+    TensorBoardSource.kind: TensorBoardSource,
+}
+
+__all__ = ["REGISTRY", "Source", "SourceContext", "SourceError", "SourceFactory"]

@@ -1,0 +1,63 @@
+"""The contract every source kind fulfils; sources know nothing of the database, Kubernetes or the web."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from trainscope.collector.points import Batch, Cursor
+
+# Resolves a secret reference ({"name", "key"} in the Workload's namespace, or an env var) to its value.
+SecretResolver = Callable[[dict[str, str]], Awaitable[str]]
+
+
+class SourceError(Exception):
+    """A source failed in a way worth reporting; `reason` is a short CamelCase word for health and metrics.
+
+    `retry_after` lets a source ask for a slower backoff (auth errors, rate limits).
+    """
+
+    def __init__(self, message: str, *, reason: str = "SourceError", retry_after: float | None = None):
+        super().__init__(message)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+@dataclass(slots=True)
+class SourceContext:
+    """What a source may know of its surroundings: where relative paths start, how to read secrets, limits."""
+
+    namespace: str = "default"
+    workload: str = ""
+    selector: dict[str, Any] = field(default_factory=dict)
+    base_dir: Path = field(default_factory=Path.cwd)
+    max_batch_points: int = 50_000
+    resolve_secret: SecretResolver | None = None
+
+
+@runtime_checkable
+class Source(Protocol):
+    """A source kind: built from its validated spec, polled with the last committed cursor.
+
+    `poll` returns at most `ctx.max_batch_points` points and sets `Batch.more` when it stopped early, so a run
+    with millions of points is caught up in bounded memory. It raises `SourceError` (or any exception) on failure;
+    the collector backs off and reports it. `cursor` is None on the first poll.
+    """
+
+    kind: ClassVar[str]
+    schema: ClassVar[dict[str, Any]]  # openAPIV3 schema of this kind's block in the Workload spec
+
+    async def poll(self, cursor: Cursor | None) -> Batch: ...
+
+    async def aclose(self) -> None: ...
+
+
+class SourceFactory(Protocol):
+    """A source class: `kind`, `schema`, and a constructor from the kind's spec block."""
+
+    kind: ClassVar[str]
+    schema: ClassVar[dict[str, Any]]
+
+    def __call__(self, config: dict[str, Any], ctx: SourceContext) -> Source: ...

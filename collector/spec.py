@@ -1,0 +1,207 @@
+"""The Workload spec: its JSON schema (the CRD's openAPIV3Schema is built from it) and its parsed form.
+
+One schema serves both the cluster (the CRD) and `trainscope local` / the operator's own check, so a bad spec
+gets the same message, naming the field, wherever it comes from.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonschema
+
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+SOURCE_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+MAX_SOURCES = 16
+
+
+class SpecError(ValueError):
+    """An invalid Workload spec; `field` is the dotted path of the offending field (e.g. spec.sources[0].name)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def parse_duration(text: str) -> float:
+    """'30s', '1m30s', '500ms', '2h' -> seconds."""
+    if not re.fullmatch(DURATION_PATTERN, text):
+        raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 5m, 1h30m, 500ms)")
+    return sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text))
+
+
+def _globs(description: str) -> dict[str, Any]:
+    return {"type": "array", "maxItems": 64, "description": description,
+            "items": {"type": "string", "minLength": 1, "maxLength": 256}}
+
+
+def metric_filter_schema() -> dict[str, Any]:
+    """include/exclude glob lists, shared by the Workload and by sources that filter tags."""
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "include": _globs("Glob patterns of metric names to keep (default: all)."),
+            "exclude": _globs("Glob patterns of metric names to drop (applied after include)."),
+        },
+    }
+
+
+def spec_schema(source_schemas: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The openAPIV3/JSON schema of `spec`, with one optional property per registered source kind."""
+    source_item: dict[str, Any] = {
+        "type": "object",
+        "additionalProperties": False,
+        "description": "One metrics source: an optional name plus exactly one kind block.",
+        "properties": {
+            "name": {"type": "string", "minLength": 1, "maxLength": 63, "pattern": SOURCE_NAME_PATTERN,
+                     "description": "Unique within the Workload; defaults to the kind."},
+            **{kind: schema for kind, schema in sorted(source_schemas.items())},
+        },
+        "minProperties": 1,
+    }
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["sources"],
+        "properties": {
+            "selector": {
+                "type": "object",
+                "description": "Label selector of the training job's pods (used by sources that read pods).",
+                "additionalProperties": False,
+                "properties": {
+                    "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "matchExpressions": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["key", "operator"],
+                            "properties": {
+                                "key": {"type": "string"},
+                                "operator": {"type": "string", "enum": ["In", "NotIn", "Exists", "DoesNotExist"]},
+                                "values": {"type": "array", "items": {"type": "string"}},
+                            },
+                        },
+                    },
+                },
+            },
+            "sources": {"type": "array", "minItems": 1, "maxItems": MAX_SOURCES, "items": source_item,
+                        "description": "Where the run's metrics live."},
+            "totalSteps": {"type": "integer", "minimum": 1, "description": "Steps in the whole run (progress, ETA)."},
+            "pollInterval": {"type": "string", "pattern": DURATION_PATTERN, "default": "30s",
+                             "description": "How often each source is polled, e.g. 30s, 1m."},
+            "primaryMetric": {"type": "string", "minLength": 1, "maxLength": 256,
+                              "description": "Metric shown as Loss; default: a loss-like name is detected."},
+            "metrics": {**metric_filter_schema(), "description": "Which metrics are stored."},
+            "prometheus": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {"metrics": _globs("Metrics exported as gauges (default: the primary metric).")},
+            },
+            "retainData": {"type": "boolean", "default": True,
+                           "description": "Keep stored points after the Workload is deleted."},
+        },
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSpec:
+    """One validated `spec.sources[i]`: its name, kind and the kind's config block."""
+
+    name: str
+    kind: str
+    config: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class MetricFilter:
+    """include/exclude globs; an empty include keeps everything."""
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    def allows(self, metric: str) -> bool:
+        if self.include and not any(fnmatch.fnmatchcase(metric, p) for p in self.include):
+            return False
+        return not any(fnmatch.fnmatchcase(metric, p) for p in self.exclude)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> MetricFilter:
+        d = d or {}
+        return cls(tuple(d.get("include", ())), tuple(d.get("exclude", ())))
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadSpec:
+    """A validated Workload spec."""
+
+    sources: tuple[SourceSpec, ...]
+    poll_interval: float = 30.0
+    total_steps: int | None = None
+    primary_metric: str | None = None
+    metrics: MetricFilter = field(default_factory=MetricFilter)
+    prometheus_metrics: tuple[str, ...] = ()
+    retain_data: bool = True
+    selector: dict[str, Any] = field(default_factory=dict)
+
+
+def _field_path(path: Any) -> str:
+    out = "spec"
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def parse_spec(spec: Any, source_schemas: dict[str, dict[str, Any]] | None = None) -> WorkloadSpec:
+    """Validate a Workload `spec` dict and parse it; raises SpecError naming the first bad field."""
+    if source_schemas is None:
+        from trainscope.collector.sources import REGISTRY
+
+        source_schemas = {kind: cls.schema for kind, cls in REGISTRY.items()}
+    if not isinstance(spec, dict):
+        raise SpecError("spec", "must be an object")
+    validator = jsonschema.Draft202012Validator(spec_schema(source_schemas))
+    errors = sorted(validator.iter_errors(spec), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        err = errors[0]
+        path = list(err.absolute_path)
+        if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+            extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+            if extra:
+                raise SpecError(_field_path([*path, extra[0]]), "unknown field")
+        if err.validator == "required":
+            missing = [r for r in err.validator_value if r not in err.instance]
+            raise SpecError(_field_path([*path, missing[0]]), "required field is missing")
+        raise SpecError(_field_path(path), err.message)
+
+    kinds = set(source_schemas)
+    sources: list[SourceSpec] = []
+    seen: set[str] = set()
+    for i, item in enumerate(spec["sources"]):
+        present = sorted(k for k in item if k in kinds)
+        if len(present) != 1:
+            raise SpecError(f"spec.sources[{i}]", "must set exactly one source kind, one of: "
+                            + ", ".join(sorted(kinds)) + (f" (got {', '.join(present)})" if present else ""))
+        kind = present[0]
+        name = item.get("name", kind)
+        if name in seen:
+            raise SpecError(f"spec.sources[{i}].name", f"duplicate source name {name!r}: give each source a name")
+        seen.add(name)
+        sources.append(SourceSpec(name=name, kind=kind, config=dict(item[kind])))
+    return WorkloadSpec(
+        sources=tuple(sources),
+        poll_interval=parse_duration(spec.get("pollInterval", "30s")),
+        total_steps=spec.get("totalSteps"),
+        primary_metric=spec.get("primaryMetric"),
+        metrics=MetricFilter.from_dict(spec.get("metrics")),
+        prometheus_metrics=tuple(spec.get("prometheus", {}).get("metrics", ())),
+        retain_data=spec.get("retainData", True),
+        selector=dict(spec.get("selector", {})),
+    )

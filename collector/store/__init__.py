@@ -1,0 +1,1 @@
+"""PostgreSQL store: migrations, the exactly-once writer and the reader."""

@@ -1,0 +1,1 @@
+"""The kopf operator: runs Collectors for Workloads and reports their status and gauges."""

@@ -1,0 +1,5 @@
+"""The `trainscope` command (placeholder)."""
+
+
+def main() -> None:
+    raise SystemExit(0)
