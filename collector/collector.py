@@ -1,0 +1,384 @@
+"""One Collector per Workload: a task per source that polls, filters, stores and tracks health.
+
+It knows nothing of where the spec came from (a Kubernetes object or a YAML file) and nothing of Prometheus:
+the operator reads `snapshot()` and turns it into status and gauges.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from trainscope.collector.points import Batch, Point, RunState
+from trainscope.collector.progress import StepRate, combine_run_states, detect_primary_metric, eta_seconds
+from trainscope.collector.sources import REGISTRY, Source, SourceContext, SourceError, SourceFactory
+from trainscope.collector.sources.base import SecretResolver
+from trainscope.collector.spec import MetricFilter, SourceSpec, WorkloadSpec
+from trainscope.collector.store import Store, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class SourceState:
+    """Health states of one source, as shown in status."""
+
+    STARTING = "Starting"
+    HEALTHY = "Healthy"
+    FAILING = "Failing"
+    WAITING = "WaitingForStore"  # the source is fine; the database is not
+    STOPPED = "Stopped"
+
+
+@dataclass(slots=True)
+class SourceHealth:
+    """What the operator reports per source. Counters are cumulative for this process."""
+
+    name: str
+    kind: str
+    state: str = SourceState.STARTING
+    last_success: float | None = None
+    last_error: str | None = None
+    last_error_reason: str | None = None
+    consecutive_failures: int = 0
+    points: int = 0  # stored points (inserted, from the store at start plus this process's writes)
+    newest_ts: float | None = None
+    run_state: RunState | None = None
+    progress: float | None = None
+    total_steps: int | None = None
+    notes: tuple[str, ...] = ()
+    skipped: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)  # by reason
+    polls: int = 0
+    poll_seconds: float = 0.0  # sum over polls
+    last_poll_seconds: float | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def lag(self, now: float) -> float | None:
+        return None if self.newest_ts is None else max(0.0, now - self.newest_ts)
+
+    @property
+    def healthy(self) -> bool:
+        return self.state in (SourceState.HEALTHY, SourceState.STARTING)
+
+
+@dataclass(frozen=True, slots=True)
+class Latest:
+    """The newest value of one metric in a Workload."""
+
+    value: float
+    step: int
+    ts: float
+    source: str
+    run: str
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything the operator shows for a Workload, computed from what the collector has seen."""
+
+    step: int | None
+    total_steps: int | None
+    progress: float | None  # 0..1
+    throughput: float | None  # steps per second
+    eta_seconds: float | None
+    primary_metric: str | None
+    latest: dict[str, Latest]
+    run_state: RunState
+    sources: tuple[SourceHealth, ...]
+    last_point_ts: float | None
+    taken_at: float
+
+    @property
+    def primary(self) -> Latest | None:
+        return self.latest.get(self.primary_metric) if self.primary_metric else None
+
+
+@dataclass(slots=True)
+class Backoff:
+    """Exponential backoff with full jitter, reset on success."""
+
+    base: float = 1.0
+    cap: float = 300.0
+    attempt: int = 0
+
+    def next(self, at_least: float | None = None) -> float:
+        self.attempt += 1
+        delay = random.uniform(self.base, min(self.cap, self.base * 2**self.attempt))
+        return max(delay, at_least or 0.0)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class Collector:
+    """Drives one Workload's sources: poll, filter, write exactly once, keep health and latest values."""
+
+    def __init__(
+        self,
+        uid: str,
+        spec: WorkloadSpec,
+        store: Store,
+        *,
+        namespace: str = "default",
+        name: str = "",
+        base_dir: Path | None = None,
+        resolve_secret: SecretResolver | None = None,
+        max_batch_points: int = 50_000,
+        registry: Mapping[str, SourceFactory] | None = None,
+        backoff_base: float = 1.0,
+        backoff_cap: float = 300.0,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.uid, self.namespace, self.name = uid, namespace, name
+        self.spec = spec
+        self.store = store
+        self._ctx = SourceContext(namespace=namespace, workload=name, selector=spec.selector,
+                                  base_dir=base_dir or Path.cwd(), max_batch_points=max_batch_points,
+                                  resolve_secret=resolve_secret)
+        self._registry = REGISTRY if registry is None else registry
+        self._backoff = (backoff_base, backoff_cap)
+        self._clock = clock
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._stopping = asyncio.Event()
+        self.health: dict[str, SourceHealth] = {}
+        self._latest: dict[tuple[str, str, str], Point] = {}  # (source, run, metric) -> newest point
+        self._max_step: int | None = None
+        self._rate = StepRate()
+        self._allowed: dict[str, bool] = {}
+
+    # ---- lifecycle ----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Seed latest values from the store (so status is right after a restart) and start a task per source."""
+        self._stopping.clear()
+        await self._seed_from_store()
+        for src in self.spec.sources:
+            health = self.health.setdefault(src.name, SourceHealth(src.name, src.kind))
+            health.state = SourceState.STARTING
+            self._tasks[src.name] = asyncio.create_task(self._run_source(src, health), name=f"{self.name}/{src.name}")
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Stop every source task; a write under way is allowed to commit first."""
+        self._stopping.set()
+        tasks = list(self._tasks.values())
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        self._tasks.clear()
+        for health in self.health.values():
+            health.state = SourceState.STOPPED
+
+    async def reconfigure(self, spec: WorkloadSpec) -> None:
+        """Restart with a new spec; cursors live in the store, so each source resumes where it was."""
+        await self.stop()
+        self.spec = spec
+        self._ctx = replace(self._ctx, selector=spec.selector)
+        self._allowed.clear()
+        names = {s.name for s in spec.sources}
+        for gone in set(self.health) - names:
+            del self.health[gone]
+        for key in [k for k in self._latest if k[0] not in names]:
+            del self._latest[key]
+        await self.start()
+
+    @property
+    def running(self) -> bool:
+        return any(not t.done() for t in self._tasks.values())
+
+    # ---- one source -----------------------------------------------------------------------------------
+
+    async def _run_source(self, src: SourceSpec, health: SourceHealth) -> None:
+        backoff = Backoff(*self._backoff)
+        source: Source | None = None
+        try:
+            cursor = await self._store_call(health, backoff, lambda: self.store.load_cursor(self.uid, src.name))
+            while not self._stopping.is_set():
+                if source is None:
+                    source = self._registry[src.kind](src.config, self._ctx)
+                batch = await self._poll(source, cursor, health, backoff)
+                if batch is None:
+                    continue
+                points = self._select(batch.points)
+                result = await self._store_call(
+                    health, backoff,
+                    lambda b=batch, p=points: self.store.write(self.uid, src.name, src.kind, p, b.cursor))
+                if result is None:  # stopped while the store was away; nothing committed, nothing lost
+                    return
+                cursor = batch.cursor
+                self._absorb(src.name, health, batch, points, result.inserted)
+                backoff.reset()
+                if not batch.more:
+                    await self._sleep(self.spec.poll_interval)
+                else:
+                    await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug, not a source failure: keep it visible in health
+            log.exception("collector task %s/%s crashed", self.name, src.name)
+            self._fail(health, exc, "InternalError")
+        finally:
+            if source is not None:
+                with contextlib.suppress(Exception):
+                    await source.aclose()
+
+    async def _poll(self, source: Source, cursor: Any, health: SourceHealth, backoff: Backoff) -> Batch | None:
+        """Poll once, abandoning the poll if the collector stops (nothing is committed during a poll)."""
+        started = time.monotonic()
+        poll = asyncio.ensure_future(source.poll(cursor))
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({poll, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if not poll.done():
+            poll.cancel()
+            await asyncio.gather(poll, return_exceptions=True)
+            return None
+        elapsed = time.monotonic() - started
+        health.polls += 1
+        health.poll_seconds += elapsed
+        health.last_poll_seconds = elapsed
+        exc = poll.exception()
+        if exc is None:
+            return poll.result()
+        reason = exc.reason if isinstance(exc, SourceError) else type(exc).__name__
+        self._fail(health, exc, reason)
+        retry_after = exc.retry_after if isinstance(exc, SourceError) else None
+        await self._sleep(backoff.next(retry_after))
+        return None
+
+    async def _store_call(self, health: SourceHealth, backoff: Backoff, call: Callable[[], Any]) -> Any:
+        """Run a store call until it succeeds; while the database is away the source waits and loses nothing."""
+        while True:  # tried at least once, so a graceful stop still commits the batch in hand
+            try:
+                return await call()
+            except StoreUnavailable as exc:
+                health.state = SourceState.WAITING
+                health.last_error = f"database unavailable: {exc}"
+                health.last_error_reason = "StoreUnavailable"
+                health.errors["StoreUnavailable"] = health.errors.get("StoreUnavailable", 0) + 1
+                if self._stopping.is_set():
+                    return None
+                await self._sleep(backoff.next())
+
+    def _fail(self, health: SourceHealth, exc: BaseException, reason: str) -> None:
+        health.state = SourceState.FAILING
+        health.consecutive_failures += 1
+        health.last_error = str(exc) or type(exc).__name__
+        health.last_error_reason = reason
+        health.errors[reason] = health.errors.get(reason, 0) + 1
+        log.warning("source %s/%s failed (%s): %s", self.name, health.name, reason, health.last_error)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+
+    # ---- what was seen ----------------------------------------------------------------------------------
+
+    def _select(self, points: list[Point]) -> list[Point]:
+        """Apply spec.metrics include/exclude before storing (the verdict per name is cached)."""
+        allowed = self._allowed
+        flt: MetricFilter = self.spec.metrics
+        if not flt.include and not flt.exclude:
+            return points
+        out = []
+        for p in points:
+            ok = allowed.get(p.metric)
+            if ok is None:
+                ok = allowed[p.metric] = flt.allows(p.metric)
+            if ok:
+                out.append(p)
+        return out
+
+    def _absorb(self, source: str, health: SourceHealth, batch: Batch, points: list[Point], inserted: int) -> None:
+        latest = self._latest
+        max_step = self._max_step
+        newest_ts = health.newest_ts
+        for p in points:
+            key = (source, p.run, p.metric)
+            cur = latest.get(key)
+            if cur is None or p.step > cur.step or (p.step == cur.step and p.ts >= cur.ts):
+                latest[key] = p
+            if max_step is None or p.step > max_step:
+                max_step = p.step
+                self._rate.observe(p.ts, p.step)
+            if newest_ts is None or p.ts > newest_ts:
+                newest_ts = p.ts
+        self._max_step = max_step
+        health.newest_ts = newest_ts
+        health.points += inserted
+        health.state = SourceState.HEALTHY
+        health.consecutive_failures = 0
+        health.last_success = self._clock()
+        if batch.state is not None:
+            health.run_state = batch.state
+        if batch.progress is not None:
+            health.progress = batch.progress
+        if batch.total_steps is not None:
+            health.total_steps = batch.total_steps
+        health.notes = tuple(batch.notes)
+        for reason, n in batch.skipped.items():
+            health.skipped[reason] = health.skipped.get(reason, 0) + n
+        health.info.update(batch.info)
+
+    async def _seed_from_store(self) -> None:
+        """Latest values and counts from the store, so a restarted operator reports the run as it was."""
+        try:
+            latest = await self.store.latest(self.uid)
+            counts = await self.store.counts(self.uid)
+        except StoreUnavailable as exc:
+            log.warning("could not seed %s from the store (%s); starting empty", self.name, exc)
+            return
+        names = {s.name: s.kind for s in self.spec.sources}
+        for lv in latest:
+            if lv.source not in names:
+                continue
+            self._latest[(lv.source, lv.run, lv.metric)] = Point(lv.metric, lv.step, lv.ts, lv.value, lv.run)
+            if self._max_step is None or lv.step > self._max_step:
+                self._max_step = lv.step
+            h = self.health.setdefault(lv.source, SourceHealth(lv.source, names[lv.source]))
+            if h.newest_ts is None or lv.ts > h.newest_ts:
+                h.newest_ts = lv.ts
+        totals: dict[str, int] = {}
+        for (source, _metric), n in counts.items():
+            totals[source] = totals.get(source, 0) + n
+        for source, kind in names.items():  # assigned, not added: a reconfigure seeds again
+            self.health.setdefault(source, SourceHealth(source, kind)).points = totals.get(source, 0)
+
+    def snapshot(self) -> Snapshot:
+        """A consistent picture for status and gauges (cheap: no I/O)."""
+        now = self._clock()
+        latest: dict[str, Latest] = {}
+        for (source, run, metric), p in self._latest.items():
+            cur = latest.get(metric)
+            if cur is None or p.step > cur.step or (p.step == cur.step and p.ts > cur.ts):
+                latest[metric] = Latest(p.value, p.step, p.ts, source, run)
+        healths = tuple(replace(h, skipped=dict(h.skipped), errors=dict(h.errors), info=dict(h.info))
+                        for h in self.health.values())
+        total = self.spec.total_steps or max((h.total_steps for h in healths if h.total_steps), default=None)
+        step = self._max_step
+        progress: float | None = None
+        if total and step is not None:
+            progress = min(1.0, max(0.0, step / total))
+        else:
+            reported = [h.progress for h in healths if h.progress is not None]
+            progress = max(reported) if reported else None
+        run_state = combine_run_states(h.run_state for h in healths)
+        if run_state == RunState.FINISHED and progress is not None:
+            progress = 1.0 if not total else progress
+        rate = self._rate.rate()
+        primary = self.spec.primary_metric or detect_primary_metric(latest)
+        last_ts = max((h.newest_ts for h in healths if h.newest_ts is not None), default=None)
+        eta = 0.0 if run_state == RunState.FINISHED else eta_seconds(step, total, rate)
+        return Snapshot(step=step, total_steps=total, progress=progress, throughput=rate, eta_seconds=eta,
+                        primary_metric=primary, latest=latest, run_state=run_state, sources=healths,
+                        last_point_ts=last_ts, taken_at=now)

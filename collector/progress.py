@@ -1,0 +1,88 @@
+"""Step rate and ETA from the source timestamps of new steps, and the run state of several sources combined."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import deque
+from collections.abc import Iterable
+
+from trainscope.collector.points import RunState
+
+# Names tried, in order, when the spec names no primary metric.
+_LOSS_NAMES = ("loss", "train/loss", "train_loss", "train/lm_loss", "lm loss", "lm_loss", "training_loss")
+_LOSS_LIKE = re.compile(r"(^|[/_\s.-])loss($|[/_\s.-])", re.IGNORECASE)
+_EVAL_LIKE = re.compile(r"(^|[/_\s.-])(eval|val|valid|validation|test)($|[/_\s.-])", re.IGNORECASE)
+
+
+def detect_primary_metric(metrics: Iterable[str]) -> str | None:
+    """The metric to show as Loss: a well-known name, else the shortest training loss-like one."""
+    names = set(metrics)
+    for name in _LOSS_NAMES:
+        if name in names:
+            return name
+    lossy = [m for m in names if _LOSS_LIKE.search(m) and not _EVAL_LIKE.search(m)]
+    lossy = lossy or [m for m in names if "loss" in m.lower()]
+    return min(lossy, key=lambda m: (len(m), m)) if lossy else None
+
+
+def combine_run_states(states: Iterable[RunState | None]) -> RunState:
+    """One state for the Workload: a failed source wins, then a running one, then finished."""
+    seen = {s for s in states if s is not None}
+    for state in (RunState.FAILED, RunState.RUNNING, RunState.FINISHED):
+        if state in seen:
+            return state
+    return RunState.UNKNOWN
+
+
+class StepRate:
+    """Steps per second over a recent window of (source time, step) samples.
+
+    Fed with each new highest step and its source timestamp, so a restarted operator that catches up on
+    history measures the run's own pace, not the catch-up speed.
+    """
+
+    def __init__(self, window_seconds: float = 600.0, max_samples: int = 512):
+        self.window = window_seconds
+        self.samples: deque[tuple[float, int]] = deque(maxlen=max_samples)
+
+    def observe(self, ts: float, step: int) -> None:
+        if not math.isfinite(ts):
+            return
+        if self.samples and step <= self.samples[-1][1]:
+            return
+        self.samples.append((ts, step))
+        while len(self.samples) > 2 and self.samples[-1][0] - self.samples[0][0] > self.window:
+            self.samples.popleft()
+
+    def rate(self) -> float | None:
+        if len(self.samples) < 2:
+            return None
+        (t0, s0), (t1, s1) = self.samples[0], self.samples[-1]
+        if t1 <= t0:
+            return None
+        return (s1 - s0) / (t1 - t0)
+
+
+def eta_seconds(step: int | None, total: int | None, rate: float | None) -> float | None:
+    """Seconds until `total` at `rate` steps/s; None when unknown, 0 when done."""
+    if step is None or not total or not rate or rate <= 0:
+        return None
+    return max(0.0, (total - step) / rate)
+
+
+def format_duration(seconds: float | None) -> str | None:
+    """Compact human duration for status columns: 45s, 12m, 1h20m, 2d3h."""
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    s = round(seconds)
+    if s < 60:
+        return f"{s}s"
+    m, s = divmod(s, 60)
+    if m < 60:
+        return f"{m}m{s:02d}s" if m < 10 and s else f"{m}m"
+    h, m = divmod(m, 60)
+    if h < 24:
+        return f"{h}h{m:02d}m" if m else f"{h}h"
+    d, h = divmod(h, 24)
+    return f"{d}d{h}h" if h else f"{d}d"

@@ -1,0 +1,88 @@
+"""kopf glue: a daemon per Workload owns its Collector, a timer writes status, delete keeps or drops data.
+
+All logic lives in runtime.py and status.py; these handlers only translate kopf's calls. The process's
+settings arrive in `memo.config` (a RuntimeConfig) from `trainscope operator` or a test.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import kopf
+from trainscope.operator.gauges import MetricsEndpoint
+from trainscope.operator.runtime import Runtime, RuntimeConfig
+from trainscope.operator.status import status_patch
+
+GROUP, VERSION, PLURAL = "trainscope.io", "v1alpha1", "workloads"
+# kopf fixes a timer's interval when the handler is declared, so it is read from the environment at import.
+STATUS_INTERVAL = float(os.environ.get("TRAINSCOPE_STATUS_INTERVAL", "5"))
+
+log = logging.getLogger(__name__)
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    settings.persistence.finalizer = "trainscope.io/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="trainscope.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="trainscope.io")
+    settings.posting.level = logging.WARNING  # events for problems, not for every handler run
+    config: RuntimeConfig = memo.config
+    runtime = memo.runtime = Runtime(config)
+    await runtime.start()
+    memo.metrics = MetricsEndpoint(runtime.exported, config.metrics_port, config.metrics_host)
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    runtime: Runtime | None = memo.get("runtime")
+    if runtime is not None:
+        await runtime.close()
+    if memo.get("metrics") is not None:
+        memo.metrics.close()
+
+
+async def _apply(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger) -> None:
+    meta = body["metadata"]
+    error = await memo.runtime.apply(meta["uid"], meta["namespace"], meta["name"], dict(body.get("spec") or {}),
+                                     meta.get("generation"))
+    if error is not None:
+        logger.error("invalid spec: %s", error)
+        kopf.warn(body, reason="InvalidSpec", message=str(error))
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=60.0)
+async def collect(stopped: kopf.DaemonStopped, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger,
+                  **_: Any) -> None:
+    """Runs for as long as the Workload exists in this operator: starts its Collector, stops it at the end."""
+    await _apply(body, memo, logger)
+    await stopped.wait()
+    await memo.runtime.stop(body["metadata"]["uid"])
+
+
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+async def respec(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    """A spec change restarts the collector with the new spec; cursors live in the store, so none are lost."""
+    await _apply(body, memo, logger)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL)
+async def delete(body: kopf.Body, spec: kopf.Spec, memo: kopf.Memo, **_: Any) -> None:
+    """Stop collecting; keep the stored points unless spec.retainData is false."""
+    await memo.runtime.forget(body["metadata"]["uid"], delete_data=spec.get("retainData", True) is False)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=STATUS_INTERVAL, initial_delay=min(1.0, STATUS_INTERVAL))
+async def write_status(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    """Write status from the collector's snapshot, only when it changed (at most once per interval)."""
+    now = time.time()
+    current = dict(status)
+    wanted = memo.runtime.status(body["metadata"]["uid"], previous=current, now=now)
+    if wanted is None:
+        return
+    changes = status_patch(wanted, current, now)
+    if changes:
+        for key, value in changes.items():
+            patch.status[key] = value

@@ -1,0 +1,128 @@
+"""`trainscope local`: the same Collectors, driven from Workload YAML files, with no cluster, and a live table."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from trainscope.collector.collector import Snapshot
+from trainscope.collector.progress import format_duration
+from trainscope.collector.spec import SpecError, parse_spec
+from trainscope.operator.gauges import MetricsEndpoint
+from trainscope.operator.runtime import Runtime, RuntimeConfig
+from trainscope.operator.status import phase_of
+
+API_VERSION = "trainscope.io/v1alpha1"
+
+
+class ManifestError(ValueError):
+    """A Workload file that cannot be used; the message names the file and the field."""
+
+
+@dataclass(frozen=True, slots=True)
+class LocalWorkload:
+    uid: str
+    namespace: str
+    name: str
+    spec: dict[str, Any]
+    base_dir: Path
+
+
+def local_uid(namespace: str, name: str) -> str:
+    """Stable across runs, so `trainscope local` resumes from its stored cursors."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"trainscope-local/{namespace}/{name}"))
+
+
+def load_workloads(paths: list[Path]) -> list[LocalWorkload]:
+    """Read Workload manifests (several documents per file allowed) and validate their specs."""
+    out: list[LocalWorkload] = []
+    seen: set[tuple[str, str]] = set()
+    for path in paths:
+        try:
+            docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+        except (OSError, yaml.YAMLError) as exc:
+            raise ManifestError(f"{path}: {exc}") from exc
+        for doc in docs:
+            if not isinstance(doc, dict) or doc.get("kind") != "Workload" or doc.get("apiVersion") != API_VERSION:
+                raise ManifestError(f"{path}: expected kind Workload, apiVersion {API_VERSION}")
+            meta = doc.get("metadata") or {}
+            name, namespace = meta.get("name"), meta.get("namespace", "default")
+            if not name:
+                raise ManifestError(f"{path}: metadata.name: required field is missing")
+            try:
+                parse_spec(doc.get("spec"))
+            except SpecError as err:
+                raise ManifestError(f"{path}: Workload {namespace}/{name}: {err}") from err
+            if (namespace, name) in seen:
+                raise ManifestError(f"{path}: Workload {namespace}/{name} is defined twice")
+            seen.add((namespace, name))
+            out.append(LocalWorkload(local_uid(namespace, name), namespace, name, doc["spec"],
+                                     path.resolve().parent))
+    return out
+
+
+def _fmt(value: float | None, spec: str = ".4g") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def render(rows: list[tuple[LocalWorkload, Snapshot | None]], waiting: str | None) -> Table:
+    """The live table: one line per Workload, sources' health at the end."""
+    table = Table(title="trainscope local" + (f"  [yellow]{waiting}[/]" if waiting else ""), expand=True)
+    for col in ("Workload", "Phase", "Step", "Progress", "Loss", "Steps/s", "ETA", "Sources"):
+        table.add_column(col, no_wrap=col != "Sources")
+    for wl, snap in rows:
+        if snap is None:
+            table.add_row(f"{wl.namespace}/{wl.name}", "Pending", "-", "-", "-", "-", "-", "starting")
+            continue
+        primary = snap.primary
+        loss = "-" if primary is None else f"{primary.value:.4g}"
+        if snap.primary_metric and primary is not None:
+            loss = f"{loss} ({snap.primary_metric})"
+        step = "-" if snap.step is None else (f"{snap.step}/{snap.total_steps}" if snap.total_steps else str(snap.step))
+        sources = ", ".join(
+            f"{h.name}: {h.state}" + (f" ({h.last_error[:60]})" if h.last_error and not h.healthy else "")
+            + (f" lag {format_duration(h.lag(snap.taken_at))}" if h.newest_ts else "")
+            for h in snap.sources)
+        table.add_row(f"{wl.namespace}/{wl.name}", phase_of(snap), step,
+                      "-" if snap.progress is None else f"{snap.progress:.1%}", loss, _fmt(snap.throughput),
+                      format_duration(snap.eta_seconds) or "-", sources)
+    return table
+
+
+async def run_local(workloads: list[LocalWorkload], config: RuntimeConfig, *, console: Console | None = None,
+                    refresh: float = 1.0, stop: asyncio.Event | None = None) -> dict[str, Snapshot | None]:
+    """Collect until `stop` is set or SIGINT/SIGTERM arrives; returns the last snapshots (for tests and --once)."""
+    console = console or Console()
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+    runtime = Runtime(config)
+    await runtime.start()
+    metrics = MetricsEndpoint(runtime.exported, config.metrics_port, config.metrics_host)
+    try:
+        for wl in workloads:
+            await runtime.apply(wl.uid, wl.namespace, wl.name, wl.spec, base_dir=wl.base_dir)
+        with Live(console=console, refresh_per_second=4, transient=False) as live:
+            while not stop.is_set():
+                rows = [(wl, runtime.snapshot(wl.uid)) for wl in workloads]
+                live.update(render(rows, runtime.store_error))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), refresh)
+        return {wl.uid: runtime.snapshot(wl.uid) for wl in workloads}
+    finally:
+        metrics.close()
+        await runtime.close()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(sig)

@@ -1,0 +1,183 @@
+"""The Collectors of one process, keyed by Workload UID, plus the shared store; used by kopf and local mode.
+
+Kept free of kopf so that the lifecycle (apply a spec, restart on change, stop, forget) is tested directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainscope.collector.collector import Collector, Snapshot
+from trainscope.collector.spec import SpecError, WorkloadSpec, parse_spec
+from trainscope.collector.store import Store, StoreUnavailable
+from trainscope.operator.gauges import Exported
+from trainscope.operator.status import build_status
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class RuntimeConfig:
+    """Settings of one operator or local process."""
+
+    database_url: str
+    metrics_port: int | None = 9090  # None: no Prometheus endpoint
+    metrics_host: str = "0.0.0.0"
+    base_dir: Path | None = None  # where relative paths in specs start (local mode: the YAML's folder)
+    max_batch_points: int = 50_000
+    backoff_base: float = 1.0
+    backoff_cap: float = 300.0
+    store_retry: float = 2.0  # seconds between attempts to reach the database at start
+
+
+@dataclass(slots=True)
+class Entry:
+    uid: str
+    namespace: str
+    name: str
+    raw_spec: dict[str, Any]
+    spec: WorkloadSpec | None = None
+    error: str | None = None
+    error_field: str | None = None
+    generation: int | None = None
+    base_dir: Path | None = None
+    collector: Collector | None = None
+    starting: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class Runtime:
+    """Owns the store pool and one Collector per valid Workload."""
+
+    def __init__(self, config: RuntimeConfig):
+        self.config = config
+        self.store: Store | None = None
+        self.store_error: str | None = None
+        self._store_ready = asyncio.Event()
+        self._connect_task: asyncio.Task[None] | None = None
+        self.entries: dict[str, Entry] = {}
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Connect to the database (and migrate) in the background, so a database that is down at start
+        delays collection instead of failing the process."""
+        self._connect_task = asyncio.create_task(self._connect(), name="store-connect")
+
+    async def _connect(self) -> None:
+        while self.store is None:
+            try:
+                self.store = await Store.open(self.config.database_url, migrate=True)
+            except (StoreUnavailable, OSError) as exc:
+                self.store_error = f"database unavailable: {exc}"
+                log.warning("%s; retrying in %.0fs", self.store_error, self.config.store_retry)
+                await asyncio.sleep(self.config.store_retry)
+        self.store_error = None
+        self._store_ready.set()
+
+    async def wait_store(self) -> Store:
+        """The store, once the database has been reached and migrated."""
+        await self._store_ready.wait()
+        assert self.store is not None
+        return self.store
+
+    async def close(self) -> None:
+        """Stop every collector (each commits what it has), then close the pool."""
+        for uid in list(self.entries):
+            await self.stop(uid)
+        if self._connect_task is not None:
+            self._connect_task.cancel()
+            await asyncio.gather(self._connect_task, return_exceptions=True)
+        if self.store is not None:
+            await self.store.close()
+
+    # ---- lifecycle of one Workload ------------------------------------------------------------------------
+
+    async def apply(self, uid: str, namespace: str, name: str, raw_spec: dict[str, Any],
+                    generation: int | None = None, base_dir: Path | None = None) -> SpecError | None:
+        """Start or restart the Workload's collector for this spec; an invalid spec stops it and is returned."""
+        async with self._lock:
+            entry = self.entries.get(uid)
+            if entry is None:
+                entry = self.entries[uid] = Entry(uid, namespace, name, raw_spec)
+            entry.raw_spec, entry.generation = raw_spec, generation
+            entry.base_dir = base_dir or self.config.base_dir
+            try:
+                spec = parse_spec(raw_spec)
+            except SpecError as err:
+                entry.spec, entry.error, entry.error_field = None, str(err), err.field
+                await self._stop_collector(entry)
+                return err
+            entry.spec, entry.error, entry.error_field = spec, None, None
+            if entry.collector is not None:
+                await entry.collector.reconfigure(spec)
+            elif entry.starting is None or entry.starting.done():
+                entry.starting = asyncio.create_task(self._start_collector(entry), name=f"start/{name}")
+            return None
+
+    async def _start_collector(self, entry: Entry) -> None:
+        store = await self.wait_store()
+        while True:
+            try:
+                await store.register_workload(entry.uid, entry.namespace, entry.name, entry.raw_spec)
+                break
+            except StoreUnavailable as exc:
+                self.store_error = f"database unavailable: {exc}"
+                await asyncio.sleep(self.config.store_retry)
+        if entry.spec is None:  # became invalid while we waited
+            return
+        cfg = self.config
+        collector = Collector(entry.uid, entry.spec, store, namespace=entry.namespace, name=entry.name,
+                              base_dir=entry.base_dir, max_batch_points=cfg.max_batch_points,
+                              backoff_base=cfg.backoff_base, backoff_cap=cfg.backoff_cap)
+        await collector.start()
+        entry.collector = collector
+
+    async def _stop_collector(self, entry: Entry) -> None:
+        if entry.starting is not None and not entry.starting.done():
+            entry.starting.cancel()
+            await asyncio.gather(entry.starting, return_exceptions=True)
+        if entry.collector is not None:
+            await entry.collector.stop()
+            entry.collector = None
+
+    async def stop(self, uid: str) -> None:
+        """Stop collecting for a Workload (operator exit or deletion); it disappears from gauges."""
+        async with self._lock:
+            entry = self.entries.pop(uid, None)
+            if entry is not None:
+                await self._stop_collector(entry)
+
+    async def forget(self, uid: str, *, delete_data: bool) -> None:
+        """The Workload was deleted: stop, and keep or delete its stored data."""
+        await self.stop(uid)
+        store = await self.wait_store()
+        with contextlib.suppress(StoreUnavailable):
+            await store.forget_workload(uid, delete_data=delete_data)
+
+    # ---- what is reported ---------------------------------------------------------------------------------
+
+    def snapshot(self, uid: str) -> Snapshot | None:
+        entry = self.entries.get(uid)
+        return entry.collector.snapshot() if entry and entry.collector else None
+
+    def status(self, uid: str, previous: dict[str, Any] | None = None,
+               now: float | None = None) -> dict[str, Any] | None:
+        """The Workload's status as it should be now, or None if this process does not run it."""
+        entry = self.entries.get(uid)
+        if entry is None:
+            return None
+        return build_status(self.snapshot(uid), now=now or time.time(), generation=entry.generation,
+                            previous=previous, spec_error=entry.error, waiting=self.store_error,
+                            exported=list(entry.spec.prometheus_metrics) if entry.spec else [])
+
+    def exported(self) -> Iterator[Exported]:
+        for entry in list(self.entries.values()):
+            if entry.collector is not None and entry.spec is not None:
+                yield Exported(entry.namespace, entry.name, entry.spec.prometheus_metrics,
+                               entry.collector.snapshot())

@@ -1,0 +1,188 @@
+"""The Collector against a real PostgreSQL: bounded catch-up, health and backoff, filters, stop/resume, outages."""
+
+from __future__ import annotations
+
+import math
+import uuid
+
+import asyncpg
+import pytest
+from scripted import REGISTRY, RUNS, SCHEMAS, ScriptedRun
+from waiting import eventually
+
+from trainscope.collector.collector import Collector, SourceState
+from trainscope.collector.points import RunState
+from trainscope.collector.spec import parse_spec
+from trainscope.collector.store import Store
+
+T0 = 1_700_000_000.0
+
+
+def make_run(steps: int, start: int = 1) -> ScriptedRun:
+    run = ScriptedRun()
+    for s in range(start, start + steps):
+        run.log(s, T0 + s, loss=1.0 / s, lr=1e-3)
+    return run
+
+
+def collector(store: Store, uid: str, runs: dict[str, ScriptedRun], **spec_extra) -> Collector:
+    name = uuid.uuid4().hex[:8]
+    sources = []
+    for i, (src, run) in enumerate(runs.items()):
+        RUNS[f"{name}-{i}"] = run
+        sources.append({"name": src, "scripted": {"run": f"{name}-{i}"}})
+    spec = parse_spec({"sources": sources, "pollInterval": "50ms", **spec_extra}, SCHEMAS)
+    return Collector(uid, spec, store, name="wl", registry=REGISTRY, max_batch_points=1000,
+                     backoff_base=0.02, backoff_cap=0.1)
+
+
+async def stored(url: str, uid: str) -> dict[tuple[str, str, int], tuple[float, float]]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT s.source, s.metric, p.step, extract(epoch from p.ts)::float8 AS ts, p.value "
+            "FROM points p JOIN series s ON s.id = p.series_id WHERE s.workload_uid = $1", uid)
+    finally:
+        await conn.close()
+    return {(r["source"], r["metric"], r["step"]): (r["ts"], r["value"]) for r in rows}
+
+
+def expected(source: str, run: ScriptedRun) -> dict[tuple[str, str, int], tuple[float, float]]:
+    return {(source, p.metric, p.step): (p.ts, p.value) for p in run.points}
+
+
+async def test_catch_up_is_bounded_and_stores_every_point(store, database_url):
+    run = make_run(6000)  # 12,000 points with batches of 1,000
+    c = collector(store, "wl-1", {"tb": run}, totalSteps=12000)
+    await c.start()
+    try:
+        await eventually(lambda: c.snapshot().step == 6000)
+        assert run.polls >= 12
+        assert await stored(database_url, "wl-1") == expected("tb", run)
+        snap = c.snapshot()
+        assert snap.primary_metric == "loss" and snap.latest["loss"].value == pytest.approx(1 / 6000)
+        assert snap.progress == pytest.approx(0.5)
+        assert snap.throughput == pytest.approx(1.0)  # one step per second of source time
+        assert snap.eta_seconds == pytest.approx(6000)
+        assert snap.sources[0].points == 12000 and snap.sources[0].state == SourceState.HEALTHY
+    finally:
+        await c.stop()
+
+
+async def test_live_points_arrive_and_run_state_flows_into_the_snapshot(store, database_url):
+    run = make_run(10)
+    c = collector(store, "wl-live", {"tb": run})
+    await c.start()
+    try:
+        await eventually(lambda: c.snapshot().step == 10)
+        for s in range(11, 21):
+            run.log(s, T0 + s, loss=math.nan if s == 20 else 0.5, lr=1e-3)
+        run.state = RunState.FINISHED
+        await eventually(lambda: c.snapshot().step == 20)
+        await eventually(lambda: c.snapshot().run_state == RunState.FINISHED)
+        assert math.isnan(c.snapshot().latest["loss"].value)
+        db = await stored(database_url, "wl-live")
+        assert db.keys() == expected("tb", run).keys()
+        assert math.isnan(db[("tb", "loss", 20)][1])
+    finally:
+        await c.stop()
+
+
+async def test_a_broken_source_backs_off_and_reports_while_the_other_collects(store, database_url):
+    good, bad = make_run(50), make_run(50)
+    bad.broken = "connection refused by http://tensorboard:6006"
+    c = collector(store, "wl-2", {"good": good, "bad": bad})
+    await c.start()
+    try:
+        await eventually(lambda: c.health["bad"].consecutive_failures >= 3)
+        await eventually(lambda: c.snapshot().step == 50)
+        h = c.health["bad"]
+        assert h.state == SourceState.FAILING and h.last_error_reason == "Broken"
+        assert "connection refused" in h.last_error and h.errors["Broken"] >= 3
+        assert c.health["good"].state == SourceState.HEALTHY
+        polls_when_broken = bad.polls
+        assert polls_when_broken < 60  # backed off, not a hot loop
+        bad.broken = None
+        await eventually(lambda: c.health["bad"].state == SourceState.HEALTHY)
+        await eventually(lambda: c.health["bad"].points == 100)
+        assert await stored(database_url, "wl-2") == {**expected("good", good), **expected("bad", bad)}
+    finally:
+        await c.stop()
+
+
+async def test_metric_filters_apply_before_storing(store, database_url):
+    run = make_run(20)
+    c = collector(store, "wl-3", {"tb": run}, metrics={"include": ["l*"], "exclude": ["lr"]})
+    await c.start()
+    try:
+        await eventually(lambda: c.snapshot().step == 20)
+        assert {k[1] for k in await stored(database_url, "wl-3")} == {"loss"}
+        assert set(c.snapshot().latest) == {"loss"}
+    finally:
+        await c.stop()
+
+
+async def test_stop_and_restart_resume_from_the_committed_cursor(store, database_url):
+    run = make_run(3000)
+    c = collector(store, "wl-4", {"tb": run})
+    await c.start()
+    await eventually(lambda: (c.snapshot().step or 0) >= 500)
+    await c.stop()
+    partial = await stored(database_url, "wl-4")
+    assert 0 < len(partial) <= len(run.points)
+    polls_before = run.polls
+    for s in range(3001, 3101):
+        run.log(s, T0 + s, loss=0.1, lr=1e-3)
+    again = Collector("wl-4", c.spec, store, name="wl", registry=REGISTRY, max_batch_points=1000,
+                      backoff_base=0.02, backoff_cap=0.1)
+    await again.start()
+    try:
+        # Seeded from the store before any poll: a restarted operator reports the step it had.
+        assert again.snapshot().step == max(k[2] for k in partial)
+        await eventually(lambda: again.snapshot().step == 3100)
+        assert await stored(database_url, "wl-4") == expected("tb", run)
+        # Resumed: the second collector read only what the first had not committed.
+        assert again.health["tb"].points == len(run.points)
+        assert run.polls - polls_before <= math.ceil((len(run.points) - len(partial)) / 1000) + 3
+    finally:
+        await again.stop()
+
+
+async def test_reconfigure_keeps_cursors(store, database_url):
+    run = make_run(100)
+    c = collector(store, "wl-5", {"tb": run})
+    await c.start()
+    try:
+        await eventually(lambda: c.snapshot().step == 100)
+        polls = run.polls
+        spec = parse_spec({"sources": [{"name": "tb", "scripted": {"run": next(k for k, v in RUNS.items()
+                                                                             if v is run)}}],
+                           "pollInterval": "50ms", "primaryMetric": "lr"}, SCHEMAS)
+        await c.reconfigure(spec)
+        await eventually(lambda: run.polls > polls)
+        assert c.snapshot().primary_metric == "lr"
+        assert c.health["tb"].points == 200  # nothing re-inserted
+        assert await stored(database_url, "wl-5") == expected("tb", run)
+    finally:
+        await c.stop()
+
+
+async def test_database_outage_delays_writes_and_loses_nothing(restartable_pg):
+    store = await Store.open(restartable_pg.url)
+    run = make_run(100)
+    c = collector(store, "wl-6", {"tb": run})
+    await c.start()
+    try:
+        await eventually(lambda: c.snapshot().step == 100)
+        restartable_pg.stop()
+        for s in range(101, 301):
+            run.log(s, T0 + s, loss=0.2, lr=1e-3)
+        await eventually(lambda: c.health["tb"].state == SourceState.WAITING, timeout=30)
+        assert "database unavailable" in c.health["tb"].last_error
+        restartable_pg.start()
+        await eventually(lambda: c.snapshot().step == 300, timeout=30)
+        assert c.health["tb"].state == SourceState.HEALTHY
+        assert await stored(restartable_pg.url, "wl-6") == expected("tb", run)
+    finally:
+        await c.stop()
+        await store.close()
