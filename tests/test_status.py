@@ -187,3 +187,11 @@ def test_exporter_exposes_documented_metrics_per_workload():
     assert exposed == documented
     workloads.clear()  # a deleted Workload's series disappear with it
     assert "namespace=" not in generate_latest(registry).decode()
+
+
+def test_every_exported_metric_is_documented():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "status-and-metrics.md").read_text()
+    for name in METRICS:
+        assert f"`{name}`" in doc, name
