@@ -18,6 +18,11 @@ _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 SOURCE_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 MAX_SOURCES = 16
+MIN_POLL_INTERVAL = 0.05  # seconds (the CRD's CEL rule says 50ms); below this a source would be polled in a tight loop
+_PATTERN_HINTS = {
+    DURATION_PATTERN: "is not a duration: use e.g. 30s, 5m, 1h30m, 500ms",
+    SOURCE_NAME_PATTERN: "must be lowercase letters, digits and '-', starting and ending with a letter or digit",
+}
 
 
 class SpecError(ValueError):
@@ -64,7 +69,6 @@ def spec_schema(source_schemas: dict[str, dict[str, Any]]) -> dict[str, Any]:
                      "description": "Unique within the Workload; defaults to the kind."},
             **{kind: schema for kind, schema in sorted(source_schemas.items())},
         },
-        "minProperties": 1,
     }
     return {
         "type": "object",
@@ -96,7 +100,11 @@ def spec_schema(source_schemas: dict[str, dict[str, Any]]) -> dict[str, Any]:
                         "description": "Where the run's metrics live."},
             "totalSteps": {"type": "integer", "minimum": 1, "description": "Steps in the whole run (progress, ETA)."},
             "pollInterval": {"type": "string", "pattern": DURATION_PATTERN, "default": "30s",
-                             "description": "How often each source is polled, e.g. 30s, 1m."},
+                             "description": "How often each source is polled, e.g. 30s, 1m.",
+                             "x-kubernetes-validations": [{
+                                 # guarded: CEL's duration() throws on text the pattern already rejects
+                                 "rule": f"!self.matches(r'{DURATION_PATTERN}') || duration(self) >= duration('50ms')",
+                                 "message": "must be at least 50ms"}]},
             "primaryMetric": {"type": "string", "minLength": 1, "maxLength": 256,
                               "description": "Metric shown as Loss; default: a loss-like name is detected."},
             "metrics": {**metric_filter_schema(), "description": "Which metrics are stored."},
@@ -159,6 +167,29 @@ def _field_path(path: Any) -> str:
     return out
 
 
+def _explain(err: jsonschema.ValidationError, kinds: set[str]) -> SpecError:
+    """Turn a JSON-schema error into a SpecError that names the field and says what is wrong in plain words."""
+    path = list(err.absolute_path)
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+        if extra:
+            hint = f" (source kinds: {', '.join(sorted(kinds))})" if len(path) == 2 and path[0] == "sources" else ""
+            return SpecError(_field_path([*path, extra[0]]), "unknown field" + hint)
+    if err.validator == "required":
+        missing = [r for r in err.validator_value if r not in err.instance]
+        return SpecError(_field_path([*path, missing[0]]), "required field is missing")
+    if err.validator == "pattern" and err.validator_value in _PATTERN_HINTS:
+        return SpecError(_field_path(path), f"{err.instance!r} {_PATTERN_HINTS[err.validator_value]}")
+    if err.validator in ("maxItems", "minItems"):
+        bound = "at most" if err.validator == "maxItems" else "at least"
+        return SpecError(_field_path(path), f"must have {bound} {err.validator_value} items (got {len(err.instance)})")
+    if err.validator in ("oneOf", "anyOf"):
+        rules = err.schema.get("x-kubernetes-validations") or []
+        if rules:
+            return SpecError(_field_path(path), rules[0]["message"])
+    return SpecError(_field_path(path), err.message)
+
+
 def parse_spec(spec: Any, source_schemas: dict[str, dict[str, Any]] | None = None) -> WorkloadSpec:
     """Validate a Workload `spec` dict and parse it; raises SpecError naming the first bad field."""
     if source_schemas is None:
@@ -170,17 +201,7 @@ def parse_spec(spec: Any, source_schemas: dict[str, dict[str, Any]] | None = Non
     validator = jsonschema.Draft202012Validator(spec_schema(source_schemas))
     errors = sorted(validator.iter_errors(spec), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if errors:
-        err = errors[0]
-        path = list(err.absolute_path)
-        if err.validator == "additionalProperties" and isinstance(err.instance, dict):
-            extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
-            if extra:
-                raise SpecError(_field_path([*path, extra[0]]), "unknown field")
-        if err.validator == "required":
-            missing = [r for r in err.validator_value if r not in err.instance]
-            raise SpecError(_field_path([*path, missing[0]]), "required field is missing")
-        raise SpecError(_field_path(path), err.message)
-
+        raise _explain(errors[0], set(source_schemas))
     kinds = set(source_schemas)
     sources: list[SourceSpec] = []
     seen: set[str] = set()
@@ -195,9 +216,12 @@ def parse_spec(spec: Any, source_schemas: dict[str, dict[str, Any]] | None = Non
             raise SpecError(f"spec.sources[{i}].name", f"duplicate source name {name!r}: give each source a name")
         seen.add(name)
         sources.append(SourceSpec(name=name, kind=kind, config=dict(item[kind])))
+    poll_interval = parse_duration(spec.get("pollInterval", "30s"))
+    if poll_interval < MIN_POLL_INTERVAL:
+        raise SpecError("spec.pollInterval", f"must be at least {MIN_POLL_INTERVAL:g}s (got {spec['pollInterval']!r})")
     return WorkloadSpec(
         sources=tuple(sources),
-        poll_interval=parse_duration(spec.get("pollInterval", "30s")),
+        poll_interval=poll_interval,
         total_steps=spec.get("totalSteps"),
         primary_metric=spec.get("primaryMetric"),
         metrics=MetricFilter.from_dict(spec.get("metrics")),
