@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from trainscope.collector.spec import spec_schema
 
 GROUP = "trainscope.io"

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from prometheus_client import REGISTRY, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.registry import Collector as PromCollector
+
 from trainscope.collector.collector import Snapshot
 from trainscope.operator.status import Phase, phase_of
 

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import kopf
+
 from trainscope.operator.gauges import MetricsEndpoint
 from trainscope.operator.runtime import Runtime, RuntimeConfig
 from trainscope.operator.status import status_patch

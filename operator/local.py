@@ -14,6 +14,7 @@ import yaml
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+
 from trainscope.collector.collector import Snapshot
 from trainscope.collector.progress import format_duration
 from trainscope.collector.spec import SpecError, parse_spec

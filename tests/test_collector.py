@@ -7,13 +7,14 @@ import uuid
 
 import asyncpg
 import pytest
-from scripted import REGISTRY, RUNS, SCHEMAS, ScriptedRun
-from waiting import eventually
 
 from trainscope.collector.collector import Collector, SourceState
 from trainscope.collector.points import RunState
 from trainscope.collector.spec import parse_spec
 from trainscope.collector.store import Store
+
+from scripted import REGISTRY, RUNS, SCHEMAS, ScriptedRun
+from waiting import eventually
 
 T0 = 1_700_000_000.0
 

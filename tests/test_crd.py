@@ -20,6 +20,7 @@ import jsonschema
 import pytest
 import yaml
 from celpy import celtypes
+
 from trainscope.collector.spec import DURATION_PATTERN, SpecError, metric_filter_schema, parse_spec
 from trainscope.operator import crd as crdmod
 from trainscope.operator.crd import (

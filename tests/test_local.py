@@ -13,11 +13,12 @@ import pytest
 import yaml
 from rich.console import Console
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from waiting import eventually
 
 from trainscope.demo import simulate
 from trainscope.operator.local import ManifestError, load_workloads, local_uid, run_local
 from trainscope.operator.runtime import RuntimeConfig
+
+from waiting import eventually
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+
 from trainscope.collector.spec import (
     MAX_SOURCES,
     MetricFilter,

@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 
-async def eventually(check: Callable[[], Any | Awaitable[Any]], *, timeout: float = 20.0, interval: float = 0.05,
-                     describe: Callable[[], Any] | None = None) -> Any:
+async def eventually(check: Callable[[], Any | Awaitable[Any]], *, timeout: float = 20.0,  # noqa: ASYNC109
+                     interval: float = 0.05, describe: Callable[[], Any] | None = None) -> Any:
     """Return the first truthy result of `check()`; fail with `describe()` (the state seen last) on timeout."""
     deadline = time.monotonic() + timeout
     while True:

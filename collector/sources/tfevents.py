@@ -1,0 +1,449 @@
+"""Reading scalars straight from TensorBoard event files: TFRecord framing plus a minimal Event decoder.
+
+No TensorFlow and no protobuf runtime: the few Event/Summary/TensorProto fields that carry scalars are decoded by
+hand, and the exact byte layout tensorboardX and TensorFlow write for `simple_value` scalars takes a fast path
+(one slice, one dict lookup, one unpack per event), which is what makes catching up a long run cheap.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import BinaryIO
+
+import google_crc32c
+
+from trainscope.collector.points import Point
+
+CHUNK_BYTES = 4 << 20  # read files in pieces of this size, never whole
+MAX_RECORD_BYTES = 64 << 20  # a bigger record (a huge image) is skipped without being read
+_MASK_DELTA = 0xA282EAD8
+
+_crc = google_crc32c.value
+_unpack_u64_u32 = struct.Struct("<QI").unpack
+_unpack_u32 = struct.Struct("<I").unpack_from
+_unpack_f32 = struct.Struct("<f").unpack_from
+_unpack_f64 = struct.Struct("<d").unpack_from
+_unpack_f16 = struct.Struct("<e").unpack_from
+_new_point = tuple.__new__  # Point(...) without the NamedTuple's Python-level __new__
+
+DT_FLOAT, DT_DOUBLE, DT_BFLOAT16, DT_HALF = 1, 2, 14, 19
+_MISSING = object()
+
+
+def masked_crc(data: bytes) -> int:
+    """TFRecord's masked crc32c: rotate right by 15 and add a constant (so CRCs of CRCs stay well spread)."""
+    c = _crc(data)
+    return ((c >> 15 | c << 17) + _MASK_DELTA) & 0xFFFFFFFF
+
+
+def frame(payload: bytes) -> bytes:
+    """One TFRecord: length, masked CRC of the length, payload, masked CRC of the payload (used by tests)."""
+    head = struct.pack("<Q", len(payload))
+    return head + struct.pack("<I", masked_crc(head)) + payload + struct.pack("<I", masked_crc(payload))
+
+
+class DecodeError(ValueError):
+    """A payload whose CRC is right but whose protobuf is not an Event we understand."""
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise DecodeError("truncated varint")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fields(buf: bytes):
+    """Yield (field number, wire type, value) of one message; LEN values are bytes, others ints or raw bytes."""
+    pos, end = 0, len(buf)
+    while pos < end:
+        key, pos = _varint(buf, pos)
+        num, wt = key >> 3, key & 7
+        if wt == 0:
+            val, pos = _varint(buf, pos)
+        elif wt == 1:
+            val, pos = buf[pos:pos + 8], pos + 8
+        elif wt == 2:
+            n, pos = _varint(buf, pos)
+            val, pos = buf[pos:pos + n], pos + n
+        elif wt == 5:
+            val, pos = buf[pos:pos + 4], pos + 4
+        else:
+            raise DecodeError(f"unsupported wire type {wt}")
+        if pos > end:
+            raise DecodeError("field runs past the end of its message")
+        yield num, wt, val
+
+
+def _encode_varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def simple_value_template(tag: str) -> bytes:
+    """The bytes between an Event's step and its float for a lone `simple_value`, exactly as writers lay them out."""
+    t = tag.encode()
+    value = b"\x0a" + _encode_varint(len(t)) + t + b"\x15"  # Value{tag=1, simple_value=2 (4 bytes follow)}
+    summary = b"\x0a" + _encode_varint(len(value) + 4) + value
+    return b"\x2a" + _encode_varint(len(summary) + 4) + summary  # Event.summary=5
+
+
+def _plugin_name(metadata: bytes) -> str:
+    for num, wt, val in _fields(metadata):
+        if num == 1 and wt == 2:  # SummaryMetadata.plugin_data
+            for n2, w2, v2 in _fields(val):
+                if n2 == 1 and w2 == 2:
+                    return v2.decode("utf-8", "replace")
+    return ""
+
+
+def _half(bits: int, dtype: int) -> float:
+    if dtype == DT_BFLOAT16:  # the top half of a float32
+        return _unpack_f32(struct.pack("<I", (bits & 0xFFFF) << 16))[0]
+    return _unpack_f16(struct.pack("<H", bits & 0xFFFF))[0]
+
+
+def tensor_scalar(tensor: bytes) -> float | None:
+    """The value of a one-element float/double/half/bfloat16 TensorProto, or None when it is not such a tensor."""
+    dtype = 0
+    elements = 1
+    content = None
+    values: list[float] = []
+    for num, wt, val in _fields(tensor):
+        if num == 1 and wt == 0:
+            dtype = val
+        elif num == 2 and wt == 2:  # TensorShapeProto{dim=2 {size=1}, unknown_rank=3}
+            for n2, w2, v2 in _fields(val):
+                if n2 == 2 and w2 == 2:
+                    size = 0
+                    for n3, w3, v3 in _fields(v2):
+                        if n3 == 1 and w3 == 0:
+                            size = v3 - (1 << 64) if v3 >> 63 else v3
+                    elements *= size
+                elif n2 == 3 and w2 == 0 and v2:
+                    return None
+        elif num == 4 and wt == 2:
+            content = val
+        elif num == 5:  # float_val, packed (LEN) or not (I32)
+            values += [v for (v,) in struct.iter_unpack("<f", val)] if wt in (2, 5) and len(val) % 4 == 0 else []
+        elif num == 6:
+            values += [v for (v,) in struct.iter_unpack("<d", val)] if wt in (1, 2) and len(val) % 8 == 0 else []
+        elif num == 13:  # half_val: float16/bfloat16 bit patterns as int32 varints
+            if wt == 0:
+                values.append(_half(val, dtype))
+            elif wt == 2:
+                pos = 0
+                while pos < len(val):
+                    bits, pos = _varint(val, pos)
+                    values.append(_half(bits, dtype))
+    if elements != 1 or dtype not in (DT_FLOAT, DT_DOUBLE, DT_HALF, DT_BFLOAT16):
+        return None
+    if content is not None:
+        if dtype == DT_FLOAT and len(content) == 4:
+            return _unpack_f32(content)[0]
+        if dtype == DT_DOUBLE and len(content) == 8:
+            return _unpack_f64(content)[0]
+        if len(content) == 2 and dtype in (DT_HALF, DT_BFLOAT16):
+            return _half(int.from_bytes(content, "little"), dtype)
+        return None
+    return values[0] if values else 0.0  # TensorFlow's convention: no values means zeros
+
+
+def decode_event(payload: bytes) -> tuple[float, int, list[tuple[str, float | None, str]]]:
+    """Slow path: (wall_time, step, [(tag, value or None, kind)]) of one Event.
+
+    kind is "simple" for simple_value, "tensor" for a scalar tensor whose metadata names the scalars plugin,
+    "bare_tensor" for one without plugin metadata, a plugin name for a tensor of another plugin, or
+    "image"/"audio"/"histogram"/"non_scalar" for values that carry no scalar (value None).
+    """
+    wall, step, summary = 0.0, 0, None
+    for num, wt, val in _fields(payload):
+        if num == 1 and wt == 1:
+            wall = _unpack_f64(val)[0]
+        elif num == 2 and wt == 0:
+            step = val - (1 << 64) if val >> 63 else val
+        elif num == 5 and wt == 2:
+            summary = val
+    values: list[tuple[str, float | None, str]] = []
+    if summary is None:
+        return wall, step, values
+    for num, wt, val in _fields(summary):
+        if num != 1 or wt != 2:
+            continue
+        tag, simple, tensor, plugin, kind = "", None, None, "", "non_scalar"
+        for n2, w2, v2 in _fields(val):
+            if n2 == 1 and w2 == 2:
+                tag = v2.decode("utf-8", "replace")
+            elif n2 == 2 and w2 == 5:
+                simple = _unpack_f32(v2)[0]
+            elif n2 == 8 and w2 == 2:
+                tensor = v2
+            elif n2 == 9 and w2 == 2:
+                plugin = _plugin_name(v2)
+            elif n2 == 4:
+                kind = "image"
+            elif n2 == 6:
+                kind = "audio"
+            elif n2 in (3, 5):
+                kind = "histogram"
+        if simple is not None:
+            values.append((tag, simple, "simple"))
+        elif tensor is not None and plugin in ("", "scalars"):
+            scalar = tensor_scalar(tensor)
+            kind = "tensor" if plugin else "bare_tensor"
+            values.append((tag, scalar, kind) if scalar is not None else (tag, None, "non_scalar"))
+        else:
+            values.append((tag, None, plugin if tensor is not None else kind))
+    return wall, step, values
+
+
+# scan() outcomes besides "records exhausted in this buffer"
+NEED, FULL, OVERSIZED, RESYNC = "need", "full", "oversized", "resync"
+
+
+class EventScanner:
+    """Turns TFRecord-framed Event bytes into Points, remembering per-source caches between calls.
+
+    `tag_ok` filters tags (its answers are cached). `foreign` remembers tags a non-scalar plugin owns, so their
+    later metadata-less tensors are not taken for scalars. Not thread-safe; one scanner per source.
+    """
+
+    def __init__(self, tag_ok: Callable[[str], bool]):
+        self.tag_ok = tag_ok
+        self._headers: dict[bytes, int] = {}  # verified 12-byte record headers -> length (lengths repeat a lot)
+        self._templates: dict[bytes, str | None] = {}  # simple_value layout -> tag (None: filtered out)
+        # scalar-tensor layouts by body length: (bytes before the value, bytes after it, value offset, unpack, tag)
+        self._tensor_templates: dict[int, list[tuple[bytes, bytes, int, Callable, str | None]]] = {}
+        self._tensor_attempts: dict[str, int] = {}
+        self._allowed: dict[str, bool] = {}
+        self.foreign: set[tuple[str, str]] = set()
+
+    def _allow(self, tag: str) -> bool:
+        ok = self._allowed.get(tag)
+        if ok is None:
+            ok = self._allowed[tag] = bool(self.tag_ok(tag))
+        return ok
+
+    def scan(self, buf: bytes, pos: int, run: str, out: list[Point], limit: int,
+             skipped: dict[str, int]) -> tuple[int, str | None, int]:
+        """Decode complete records of buf from pos; return (pos, outcome, n).
+
+        outcome None: buf is exhausted at pos (a record boundary). NEED: the record at pos needs n bytes in all.
+        FULL: `limit` points reached. OVERSIZED: the record at pos is n bytes long in all, too big to read.
+        RESYNC: the header at pos is corrupt (its length CRC is wrong).
+        """
+        headers, templates, crc = self._headers, self._templates, _crc
+        unpack_f32, unpack_f64, unpack_u32 = _unpack_f32, _unpack_f64, _unpack_u32
+        append, new, point = out.append, _new_point, Point
+        n = len(buf)
+        while pos + 12 <= n:
+            if len(out) >= limit:
+                return pos, FULL, 0
+            hdr = buf[pos:pos + 12]
+            length = headers.get(hdr)
+            if length is None:
+                length, lcrc = _unpack_u64_u32(hdr)
+                if masked_crc(hdr[:8]) != lcrc:
+                    return pos, RESYNC, 0
+                if length > MAX_RECORD_BYTES:
+                    return pos, OVERSIZED, length + 16
+                if len(headers) < 65536:
+                    headers[hdr] = length
+            end = pos + 12 + length
+            if end + 4 > n:
+                return pos, NEED, length + 16
+            payload = buf[pos + 12:end]
+            c = crc(payload)
+            if ((c >> 15 | c << 17) + 0xA282EAD8) & 0xFFFFFFFF != unpack_u32(buf, end)[0]:
+                skipped["bad_crc"] = skipped.get("bad_crc", 0) + 1
+                pos = end + 4
+                continue
+            # Fast path: wall_time (tag 0x09), step (0x10, varint), then a known simple_value layout, then the float.
+            if length > 15 and payload[0] == 0x09 and payload[9] == 0x10:
+                step = shift = 0
+                q = 10
+                while True:
+                    b = payload[q]
+                    q += 1
+                    step |= (b & 0x7F) << shift
+                    if b < 0x80 or q >= length:
+                        break
+                    shift += 7
+                tag = templates.get(payload[q:-4], _MISSING)
+                if tag is not _MISSING:
+                    if tag is not None:
+                        if step >> 63:
+                            step -= 1 << 64
+                        append(new(point, (tag, step, unpack_f64(payload, 1)[0], unpack_f32(payload, length - 4)[0],
+                                           run)))
+                    pos = end + 4
+                    continue
+                cands = self._tensor_templates.get(length - q)
+                if cands:
+                    for before, after, off, unpack, tag in cands:
+                        if payload.startswith(before, q) and payload.endswith(after):
+                            if tag is not None:
+                                if step >> 63:
+                                    step -= 1 << 64
+                                append(new(point, (tag, step, unpack_f64(payload, 1)[0], unpack(payload, q + off)[0],
+                                                   run)))
+                            break
+                    else:
+                        cands = None
+                    if cands:
+                        pos = end + 4
+                        continue
+            if not self._slow(payload, run, out, limit, skipped):
+                return pos, FULL, 0
+            pos = end + 4
+        return pos, None, 0
+
+    def _slow(self, payload: bytes, run: str, out: list[Point], limit: int, skipped: dict[str, int]) -> bool:
+        """Decode one Event the general way; False when its points would overflow a non-empty batch."""
+        try:
+            wall, step, values = decode_event(payload)
+        except (DecodeError, struct.error, IndexError):
+            skipped["undecodable"] = skipped.get("undecodable", 0) + 1
+            return True
+        points: list[Point] = []
+        reasons: list[str] = []
+        for tag, value, kind in values:
+            if value is None:
+                if kind not in ("image", "audio", "histogram", "non_scalar"):
+                    self.foreign.add((run, tag))  # e.g. a "text" or "hparams" tensor
+                    kind = "non_scalar"
+                reasons.append(kind)
+            elif kind == "bare_tensor" and (run, tag) in self.foreign:
+                reasons.append("non_scalar")
+            elif self._allow(tag):
+                points.append(Point(tag, step, wall, value, run))
+        if points and out and len(out) + len(points) > limit:
+            return False
+        out.extend(points)
+        for r in reasons:
+            skipped[r] = skipped.get(r, 0) + 1
+        if len(values) == 1 and values[0][2] == "simple" and payload[0] == 0x09 and payload[9] == 0x10:
+            _, q = _varint(payload, 10)
+            if payload[q:-4] == simple_value_template(values[0][0]):
+                self._templates[payload[q:-4]] = values[0][0] if self._allow(values[0][0]) else None
+        elif len(values) == 1 and values[0][2] == "tensor" and payload[0] == 0x09 and payload[9] == 0x10:
+            self._learn_tensor_layout(payload, wall, step, values[0][0], values[0][1])
+        return True
+
+    def _learn_tensor_layout(self, payload: bytes, wall: float, step: int, tag: str, value: float | None) -> None:
+        """Remember where a one-value scalar tensor event keeps its float, so later events skip the slow path.
+
+        The value's bytes must occur once in the event, and writing a probe value there must decode to exactly
+        that probe: then every other byte is layout, and an event equal outside those bytes holds its value there.
+        Only fixed-width encodings (float_val, double_val, tensor_content) qualify; half_val is a varint.
+        """
+        attempts = self._tensor_attempts.get(tag, 0)
+        if attempts >= 4 or len(self._tensor_templates) >= 4096 or value is None:
+            return
+        self._tensor_attempts[tag] = attempts + 1
+        _, q = _varint(payload, 10)
+        body = payload[q:]
+        for fmt in ("<f", "<d"):
+            try:
+                enc = struct.pack(fmt, value)
+            except OverflowError:
+                continue
+            if struct.unpack(fmt, enc)[0] != value:
+                continue  # not representable at this width (or NaN): cannot be stored this way
+            off = body.find(enc)
+            if off < 0 or body.find(enc, off + 1) >= 0:
+                continue
+            probe = struct.pack(fmt, 1234.5)
+            try:
+                got = decode_event(payload[:q + off] + probe + payload[q + off + len(enc):])
+            except (DecodeError, struct.error, IndexError):
+                continue
+            if got == (wall, step, [(tag, 1234.5, "tensor")]):
+                entry = (body[:off], body[off + len(enc):], off, struct.Struct(fmt).unpack_from,
+                         tag if self._allow(tag) else None)
+                self._tensor_templates.setdefault(len(body), []).append(entry)
+                return
+
+
+def resync(buf: bytes, start: int) -> int | None:
+    """The first offset >= start in buf where a whole record verifies (both CRCs), or None.
+
+    Candidates need the length's high 4 bytes zero (records are far below 4 GiB), so the scan is a C-level
+    find() and does not call the CRC per byte of garbage.
+    """
+    pos = start
+    limit = len(buf) - 16
+    while pos <= limit:
+        z = buf.find(b"\x00\x00\x00\x00", pos + 4)
+        if z < 0:
+            return None
+        cand = z - 4
+        if cand < pos:
+            cand = pos
+        if cand > limit:
+            return None
+        length, lcrc = _unpack_u64_u32(buf[cand:cand + 12])
+        if length <= MAX_RECORD_BYTES and masked_crc(buf[cand:cand + 8]) == lcrc:
+            end = cand + 12 + length
+            if end + 4 > len(buf):
+                return cand  # a verified header whose record is not complete yet: resume there
+            if masked_crc(buf[cand + 12:end]) == _unpack_u32(buf, end)[0]:
+                return cand
+        pos = cand + 1
+    return None
+
+
+def read_file(f: BinaryIO, offset: int, size: int, scanner: EventScanner, run: str, out: list[Point], limit: int,
+              skipped: dict[str, int]) -> tuple[int, bool]:
+    """Read records of an open event file from `offset` up to `size` bytes; return (next offset, stopped at limit).
+
+    The next offset is always a record boundary: a partial last record (a writer mid-flush) is left for the next
+    read, corrupt records are counted in `skipped` and stepped over.
+    """
+    f.seek(offset)
+    base, buf, pos = offset, f.read(min(CHUNK_BYTES, size - offset)), 0
+    while True:
+        pos, outcome, n = scanner.scan(buf, pos, run, out, limit, skipped)
+        if outcome == FULL:
+            return base + pos, True
+        if outcome == OVERSIZED:
+            if base + pos + n > size:
+                return base + pos, False  # wait until the whole record is there, then step over it unread
+            skipped["oversized"] = skipped.get("oversized", 0) + 1
+            base, buf, pos = base + pos + n, b"", 0
+            f.seek(base)
+        elif outcome == RESYNC:
+            bad_at = base + pos
+            found = resync(buf, pos + 1)
+            while found is None and base + len(buf) < size:
+                more = f.read(min(CHUNK_BYTES, size - base - len(buf)))
+                if not more:
+                    break
+                keep = max(pos + 1, len(buf) - 15)  # a candidate header may straddle the boundary
+                base, buf, pos = base + keep, buf[keep:] + more, 0
+                found = resync(buf, 0)
+            if found is None:
+                # nothing verifiable after the damage yet: stay before it (it may be a write still in flight)
+                return bad_at, False
+            skipped["bad_length_crc"] = skipped.get("bad_length_crc", 0) + 1
+            pos = found
+            continue
+        if base + len(buf) >= size:
+            return base + pos, False
+        need = n if outcome == NEED else 0
+        more = f.read(min(max(CHUNK_BYTES, need - (len(buf) - pos)), size - base - len(buf)))
+        if not more:
+            return base + pos, False
+        base, buf, pos = base + pos, buf[pos:] + more, 0
+
