@@ -202,15 +202,22 @@ class Collector:
         try:
             cursor = await self._store_call(health, backoff, lambda: self.store.load_cursor(self.uid, src.name))
             while not self._stopping.is_set():
-                if source is None:
-                    source = self._registry[src.kind](src.config, self._ctx)
-                batch = await self._poll(source, cursor, health, backoff)
-                if batch is None:
+                try:
+                    if source is None:
+                        source = self._registry[src.kind](src.config, self._ctx)
+                    batch = await self._poll(source, cursor, health, backoff)
+                    if batch is None:
+                        continue
+                    points = self._select(batch.points)
+                    result = await self._store_call(
+                        health, backoff,
+                        lambda b=batch, p=points: self.store.write(self.uid, src.name, src.kind, p, b.cursor))
+                except Exception as exc:  # a bad config, a write the database rejects, or a bug: back off
+                    reason = exc.reason if isinstance(exc, SourceError) else f"Internal{type(exc).__name__}"
+                    log.exception("source %s/%s: unexpected failure", self.name, src.name)
+                    self._fail(health, exc, reason)
+                    await self._sleep(backoff.next())
                     continue
-                points = self._select(batch.points)
-                result = await self._store_call(
-                    health, backoff,
-                    lambda b=batch, p=points: self.store.write(self.uid, src.name, src.kind, p, b.cursor))
                 if result is None:  # stopped while the store was away; nothing committed, nothing lost
                     return
                 cursor = batch.cursor
@@ -220,11 +227,6 @@ class Collector:
                     await self._sleep(self.spec.poll_interval)
                 else:
                     await asyncio.sleep(0)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a bug, not a source failure: keep it visible in health
-            log.exception("collector task %s/%s crashed", self.name, src.name)
-            self._fail(health, exc, "InternalError")
         finally:
             if source is not None:
                 with contextlib.suppress(Exception):

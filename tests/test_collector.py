@@ -187,3 +187,21 @@ async def test_database_outage_delays_writes_and_loses_nothing(restartable_pg):
     finally:
         await c.stop()
         await store.close()
+
+
+async def test_a_batch_the_database_rejects_fails_that_source_only_and_is_retried(store, database_url):
+    good, bad = make_run(20), make_run(20)
+    bad.points[5] = bad.points[5]._replace(ts=math.nan)  # no timestamptz for NaN: the write is refused
+    c = collector(store, "wl-7", {"good": good, "bad": bad})
+    await c.start()
+    try:
+        await eventually(lambda: c.health["bad"].consecutive_failures >= 2)
+        await eventually(lambda: c.snapshot().step == 20)
+        h = c.health["bad"]
+        assert h.state == SourceState.FAILING and h.last_error_reason.startswith("Internal")
+        assert h.points == 0  # the whole batch was refused, its cursor with it
+        bad.points[5] = bad.points[5]._replace(ts=T0 + 3)  # the source is fixed: the same cursor is retried
+        await eventually(lambda: c.health["bad"].points == 40)
+        assert await stored(database_url, "wl-7") == {**expected("good", good), **expected("bad", bad)}
+    finally:
+        await c.stop()

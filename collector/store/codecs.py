@@ -1,0 +1,53 @@
+"""Per-connection setup: float epoch seconds for timestamptz, Python values for jsonb, the staging table."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import asyncpg
+
+# PostgreSQL counts timestamps in microseconds from 2000-01-01 UTC; infinities are the int64 extremes.
+_PG_EPOCH = 946_684_800
+_PG_EPOCH_US = _PG_EPOCH * 1_000_000
+_PG_INFINITY = 2**63 - 1
+_PG_NEG_INFINITY = -(2**63)
+
+# Rows that may overlap stored ones go here first, so one INSERT ... ON CONFLICT can merge them.
+# `ord` is the position in the batch: among duplicates with equal ts, the later one wins.
+STAGING_DDL = (
+    "CREATE TEMP TABLE IF NOT EXISTS points_stage "
+    "(series_id bigint, step bigint, ts timestamptz, value double precision, ord integer) "
+    "ON COMMIT DELETE ROWS"
+)
+
+
+def encode_ts(ts: float) -> tuple[int]:
+    """Epoch seconds -> asyncpg's tuple form of timestamptz; NaN/inf raise ValueError/OverflowError."""
+    return (round((ts - _PG_EPOCH) * 1_000_000),)
+
+
+def decode_ts(value: tuple[int]) -> float:
+    """asyncpg's tuple form of timestamptz -> epoch seconds (±inf for PostgreSQL's infinities)."""
+    us = value[0]
+    if us == _PG_INFINITY:
+        return math.inf
+    if us == _PG_NEG_INFINITY:
+        return -math.inf
+    # int / int is correctly rounded, so a microsecond-precise float comes back bit for bit.
+    return (us + _PG_EPOCH_US) / 1_000_000
+
+
+def _dump_json(value: Any) -> str:
+    # NaN is not JSON; PostgreSQL would reject it anyway, better to fail before the transaction.
+    return json.dumps(value, allow_nan=False, separators=(",", ":"))
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """Run on every new pool connection (also after a reconnect)."""
+    await conn.set_type_codec("timestamptz", schema="pg_catalog", encoder=encode_ts, decoder=decode_ts,
+                              format="tuple")
+    await conn.set_type_codec("jsonb", schema="pg_catalog", encoder=_dump_json, decoder=json.loads,
+                              format="text")
+    await conn.execute(STAGING_DDL)

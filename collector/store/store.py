@@ -1,0 +1,181 @@
+"""The Store: one asyncpg pool per process, shared by every collector, with the exactly-once writer."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import asyncpg
+
+from trainscope.collector.points import Point
+from trainscope.collector.store import writer
+from trainscope.collector.store.codecs import init_connection
+from trainscope.collector.store.errors import unavailable_as_store_error
+from trainscope.collector.store.migrate import run_migrations
+from trainscope.collector.store.model import LatestValue, WriteResult
+
+_LATEST = """
+SELECT s.source, s.kind, s.run, s.metric, p.step, p.ts, p.value
+FROM series s
+CROSS JOIN LATERAL (
+    SELECT step, ts, value FROM points WHERE series_id = s.id ORDER BY step DESC LIMIT 1
+) p
+WHERE s.workload_uid = $1
+ORDER BY s.source, s.run, s.metric
+"""
+
+_MAX_STEPS = """
+SELECT s.source, max(m.step) AS step
+FROM series s
+CROSS JOIN LATERAL (SELECT max(step) AS step FROM points WHERE series_id = s.id) m
+WHERE s.workload_uid = $1 AND m.step IS NOT NULL
+GROUP BY s.source
+"""
+
+_COUNTS = """
+SELECT s.source, s.metric, count(*) AS n
+FROM series s JOIN points p ON p.series_id = s.id
+WHERE s.workload_uid = $1
+GROUP BY s.source, s.metric
+"""
+
+_REGISTER = """
+INSERT INTO workloads (uid, namespace, name, spec) VALUES ($1, $2, $3, $4)
+ON CONFLICT (uid) DO UPDATE SET namespace = EXCLUDED.namespace, name = EXCLUDED.name, spec = EXCLUDED.spec,
+                                updated_at = now(), deleted_at = NULL
+"""
+
+
+class Store:
+    """Workloads, series, points and cursors in PostgreSQL; safe to share between tasks.
+
+    Connection-level failures surface as StoreUnavailable (retry the same call later); the pool reconnects
+    by itself once the server is back.
+    """
+
+    def __init__(self, pool: asyncpg.Pool):
+        self._pool = pool
+        # (uid, source) -> {(run, metric): series id}. Filled only after a commit, so it never names a series
+        # that a rolled-back transaction created.
+        self._series: dict[tuple[str, str], dict[writer.SeriesKey, int]] = {}
+        # series id -> highest step known to be stored; only decides whether to try the COPY fast path.
+        self._max_step: dict[int, int] = {}
+
+    @classmethod
+    async def open(cls, dsn: str, *, min_size: int = 1, max_size: int = 10, migrate: bool = True) -> Store:
+        """Connect a pool to `dsn` (and migrate); raises StoreUnavailable if the server cannot be reached."""
+        with unavailable_as_store_error():
+            pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=init_connection)
+        store = cls(pool)
+        if migrate:
+            try:
+                await store.migrate()
+            except BaseException:
+                await pool.close()
+                raise
+        return store
+
+    async def close(self) -> None:
+        """Close every connection of the pool (waits for those in use to be released)."""
+        await self._pool.close()
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        with unavailable_as_store_error():
+            async with self._pool.acquire() as conn:
+                yield conn
+
+    async def migrate(self) -> list[str]:
+        """Apply pending migrations; returns the names applied."""
+        async with self._connection() as conn:
+            return await run_migrations(conn)
+
+    async def register_workload(self, uid: str, namespace: str, name: str, spec: dict[str, Any]) -> None:
+        """Create or refresh a workload row; a re-created workload is no longer marked deleted."""
+        async with self._connection() as conn:
+            await conn.execute(_REGISTER, uid, namespace, name, spec)
+
+    async def forget_workload(self, uid: str, *, delete_data: bool) -> None:
+        """Mark the workload deleted; with `delete_data` also remove its series, points and cursors."""
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute("UPDATE workloads SET deleted_at = now(), updated_at = now() WHERE uid = $1", uid)
+            if delete_data:
+                await conn.execute(
+                    "DELETE FROM points WHERE series_id IN (SELECT id FROM series WHERE workload_uid = $1)", uid)
+                await conn.execute("DELETE FROM series WHERE workload_uid = $1", uid)
+                await conn.execute("DELETE FROM cursors WHERE workload_uid = $1", uid)
+        if delete_data:
+            for key in [k for k in self._series if k[0] == uid]:
+                for sid in self._series.pop(key).values():
+                    self._max_step.pop(sid, None)
+
+    async def load_cursor(self, uid: str, source: str) -> Any | None:
+        """The cursor last committed by `write` for this source, or None."""
+        async with self._connection() as conn:
+            return await conn.fetchval(
+                "SELECT cursor FROM cursors WHERE workload_uid = $1 AND source = $2", uid, source)
+
+    async def write(self, uid: str, source: str, kind: str, points: Sequence[Point], cursor: Any) -> WriteResult:
+        """Store a batch and its cursor in one transaction: all of it or nothing.
+
+        Idempotent per (series, step): a newer source ts replaces the stored value, an equal or older one is
+        ignored, so a batch retried after a lost commit acknowledgement changes nothing.
+        """
+        async with self._connection() as conn, conn.transaction():
+            if not points:
+                await writer.save_cursor(conn, uid, source, cursor)
+                return WriteResult(0, 0)
+            ids = self._series.setdefault((uid, source), {})
+            created: dict[writer.SeriesKey, int] = {}
+            try:
+                records = writer.to_records(points, ids)
+            except KeyError:
+                missing = {(p.run, p.metric) for p in points} - ids.keys()
+                resolved = await writer.resolve_series(conn, uid, source, kind, missing)
+                created = {key: sid for key, (sid, _) in resolved.items()}
+                for sid, max_step in resolved.values():
+                    if max_step is not None:
+                        self._max_step[sid] = max(max_step, self._max_step.get(sid, max_step))
+                records = writer.to_records(points, {**ids, **created})
+            bounds = writer.step_bounds(records)
+            known = self._max_step
+            # Steps past what this process knows is stored are almost surely new: COPY them (fast) and merge only
+            # the others. The cache is a guess; if it is wrong the COPY's unique violation sends all to merge().
+            if all(sid not in known or lo > known[sid] for sid, (lo, _) in bounds.items()):
+                fresh, rest = records, []
+            else:
+                fresh, rest = writer.split_by_known(records, known)
+            inserted = updated = 0
+            if fresh and await writer.copy_appending(conn, fresh):
+                inserted = len(fresh)
+            else:
+                rest = records
+            if rest:
+                merged_in, updated = await writer.merge(conn, rest)
+                inserted += merged_in
+            await writer.save_cursor(conn, uid, source, cursor)
+        # Committed: only now may the caches learn about it.
+        ids.update(created)
+        for sid, (_, hi) in bounds.items():
+            if sid not in known or hi > known[sid]:
+                known[sid] = hi
+        return WriteResult(inserted, updated)
+
+    async def latest(self, uid: str) -> list[LatestValue]:
+        """Per series of the workload, the point with the highest step."""
+        async with self._connection() as conn:
+            rows = await conn.fetch(_LATEST, uid)
+        return [LatestValue(*r) for r in rows]
+
+    async def max_steps(self, uid: str) -> dict[str, int]:
+        """Per source name, the highest stored step (sources without points are absent)."""
+        async with self._connection() as conn:
+            rows = await conn.fetch(_MAX_STEPS, uid)
+        return {r["source"]: r["step"] for r in rows}
+
+    async def counts(self, uid: str) -> dict[tuple[str, str], int]:
+        """(source, metric) -> number of stored points, summed over runs."""
+        async with self._connection() as conn:
+            rows = await conn.fetch(_COUNTS, uid)
+        return {(r["source"], r["metric"]): r["n"] for r in rows}

@@ -1,0 +1,129 @@
+"""The exactly-once writer's SQL steps; each runs on a connection inside the caller's transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import asyncpg
+
+from trainscope.collector.points import Point
+
+SeriesKey = tuple[str, str]  # (run, metric)
+Record = tuple[int, int, float, float]  # (series_id, step, ts, value): a `points` row, in COPY order
+POINT_COLUMNS = ("series_id", "step", "ts", "value")
+
+# Creates the missing series and reads the existing ones in one round trip. The SELECT runs on the statement's
+# snapshot, so it never sees the rows `created` inserts: each key comes back from exactly one branch. A key
+# created concurrently by another transaction comes back from neither; the caller asks again.
+_RESOLVE_SERIES = """
+WITH wanted AS (
+    SELECT run, metric FROM unnest($3::text[], $4::text[]) AS w(run, metric)
+), created AS (
+    INSERT INTO series (workload_uid, source, kind, run, metric)
+    SELECT $1, $2, $5, run, metric FROM wanted
+    ON CONFLICT ON CONSTRAINT series_key DO NOTHING
+    RETURNING id, run, metric
+)
+SELECT id, run, metric, NULL::bigint AS max_step FROM created
+UNION ALL
+SELECT s.id, s.run, s.metric, (SELECT max(p.step) FROM points p WHERE p.series_id = s.id)
+FROM series s JOIN wanted w ON s.run = w.run AND s.metric = w.metric
+WHERE s.workload_uid = $1 AND s.source = $2
+"""
+
+# Newest source ts wins; the same observation again changes nothing; xmax = 0 marks a freshly inserted row.
+# ON CONFLICT may touch a row only once per statement, so a batch holding a step twice is first reduced to one
+# row per key (newest ts, then latest in the batch); a batch without such duplicates skips that sort.
+_MERGE = """
+WITH merged AS (
+    INSERT INTO points AS p (series_id, step, ts, value)
+    {rows}
+    ON CONFLICT (series_id, step) DO UPDATE SET ts = EXCLUDED.ts, value = EXCLUDED.value
+    WHERE EXCLUDED.ts > p.ts
+    RETURNING (p.xmax = 0) AS fresh
+)
+SELECT count(*) FILTER (WHERE fresh) AS inserted, count(*) FILTER (WHERE NOT fresh) AS updated FROM merged
+"""
+_MERGE_UNIQUE = _MERGE.format(rows="SELECT series_id, step, ts, value FROM points_stage")
+_MERGE_DEDUP = _MERGE.format(rows="""SELECT DISTINCT ON (series_id, step) series_id, step, ts, value FROM points_stage
+    ORDER BY series_id, step, ts DESC, ord DESC""")
+
+_SAVE_CURSOR = """
+INSERT INTO cursors (workload_uid, source, cursor, updated_at) VALUES ($1, $2, $3, now())
+ON CONFLICT (workload_uid, source) DO UPDATE SET cursor = EXCLUDED.cursor, updated_at = EXCLUDED.updated_at
+"""
+
+
+async def resolve_series(conn: asyncpg.Connection, uid: str, source: str, kind: str,
+                         keys: Iterable[SeriesKey]) -> dict[SeriesKey, tuple[int, int | None]]:
+    """(run, metric) -> (series id, highest stored step or None), creating the series that do not exist."""
+    wanted = set(keys)
+    found: dict[SeriesKey, tuple[int, int | None]] = {}
+    while wanted:
+        runs, metrics = zip(*wanted, strict=True)
+        for row in await conn.fetch(_RESOLVE_SERIES, uid, source, list(runs), list(metrics), kind):
+            found[row["run"], row["metric"]] = (row["id"], row["max_step"])
+        wanted -= found.keys()
+    return found
+
+
+def step_bounds(records: Sequence[Record]) -> dict[int, tuple[int, int]]:
+    """series id -> (lowest, highest) step in the batch."""
+    bounds: dict[int, tuple[int, int]] = {}
+    get = bounds.get
+    for sid, step, _, _ in records:
+        b = get(sid)
+        if b is None:
+            bounds[sid] = (step, step)
+        elif step < b[0]:
+            bounds[sid] = (step, b[1])
+        elif step > b[1]:
+            bounds[sid] = (b[0], step)
+    return bounds
+
+
+def split_by_known(records: Sequence[Record], known: dict[int, int]) -> tuple[list[Record], list[Record]]:
+    """(rows past their series' known highest step, the others): the first part can usually take COPY."""
+    fresh: list[Record] = []
+    rest: list[Record] = []
+    add_fresh, add_rest = fresh.append, rest.append
+    get = known.get
+    for r in records:
+        top = get(r[0])
+        if top is None or r[1] > top:
+            add_fresh(r)
+        else:
+            add_rest(r)
+    return fresh, rest
+
+
+async def copy_appending(conn: asyncpg.Connection, records: Sequence[Record]) -> bool:
+    """COPY straight into points inside a savepoint; False (and nothing written) if any step already exists."""
+    try:
+        async with conn.transaction():
+            await conn.copy_records_to_table("points", records=records, columns=POINT_COLUMNS)
+    except asyncpg.UniqueViolationError:
+        return False
+    return True
+
+
+async def merge(conn: asyncpg.Connection, records: Sequence[Record]) -> tuple[int, int]:
+    """Upsert via the staging table: (inserted, updated). Handles overlaps, retries and in-batch duplicates."""
+    if len({(sid, step) for sid, step, _, _ in records}) == len(records):
+        await conn.copy_records_to_table("points_stage", records=records, columns=POINT_COLUMNS)
+        row = await conn.fetchrow(_MERGE_UNIQUE)
+    else:
+        await conn.copy_records_to_table(
+            "points_stage", records=[(*r, i) for i, r in enumerate(records)], columns=(*POINT_COLUMNS, "ord"))
+        row = await conn.fetchrow(_MERGE_DEDUP)
+    return row["inserted"], row["updated"]
+
+
+async def save_cursor(conn: asyncpg.Connection, uid: str, source: str, cursor: object) -> None:
+    """Upsert the source's cursor; in the points' transaction so both commit or neither."""
+    await conn.execute(_SAVE_CURSOR, uid, source, cursor)
+
+
+def to_records(points: Sequence[Point], ids: dict[SeriesKey, int]) -> list[Record]:
+    """Points -> `points` rows; KeyError when a series is not in `ids`."""
+    return [(ids[run, metric], step, ts, value) for metric, step, ts, value, run in points]
