@@ -115,12 +115,14 @@ async def run_local(workloads: list[LocalWorkload], config: RuntimeConfig, *, co
         for wl in workloads:
             await runtime.apply(wl.uid, wl.namespace, wl.name, wl.spec, base_dir=wl.base_dir)
         with Live(console=console, refresh_per_second=4, transient=False) as live:
-            while not stop.is_set():
+            while True:
                 rows = [(wl, runtime.snapshot(wl.uid)) for wl in workloads]
                 live.update(render(rows, runtime.store_error))
+                if stop.is_set():  # the last frame shows the state at the stop, not one refresh before
+                    break
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), refresh)
-        return {wl.uid: runtime.snapshot(wl.uid) for wl in workloads}
+        return {wl.uid: snap for wl, snap in rows}
     finally:
         metrics.close()
         await runtime.close()

@@ -132,7 +132,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return args.func(args)
+    from trainscope.collector.store import StoreUnavailable
+    from trainscope.collector.store.embedded import DatabaseNotConfigured
+
+    try:
+        return args.func(args)
+    except (StoreUnavailable, DatabaseNotConfigured) as exc:
+        print(f"trainscope {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,0 +1,554 @@
+"""End-to-end harness: a Kubernetes API emulated by KMock, the real operator in its own thread, TensorBoard runs.
+
+- `Emulator`: kmock's KubernetesEmulator plus what kopf needs and kmock 0.8 lacks (resourceVersion, uid,
+  creationTimestamp, generateName, 422 on a failed JSON-patch test) and a `metadata.generation` bump when the
+  spec changes, so observedGeneration can be checked.
+- `Cluster`: the emulator served over HTTP, with Workload/Event helpers for tests.
+- `Operator`: `kopf.operator()` with the project's handlers on its own thread and event loop (never on
+  pytest-asyncio's loop, which serves the emulator), stoppable and restartable.
+- `TBRun` / `read_scalars`: a tensorboardX writer and an independent reader of its event files (the oracle).
+- `db_points`: what the database holds for a Workload, by plain SQL.
+
+Import this module before anything imports `trainscope.operator.handlers`: the status timer's interval is
+read from TRAINSCOPE_STATUS_INTERVAL when the handlers are imported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import itertools
+import json
+import math
+import os
+import pprint
+import struct
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+STATUS_INTERVAL = 0.3
+os.environ.setdefault("TRAINSCOPE_STATUS_INTERVAL", str(STATUS_INTERVAL))
+
+import asyncpg  # noqa: E402
+import httpx  # noqa: E402
+import jsonpatch  # noqa: E402
+import kmock  # noqa: E402
+import kopf  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+from tensorboardX import SummaryWriter  # noqa: E402
+from tensorboardX.proto import event_pb2  # noqa: E402
+
+import trainscope.operator.handlers as handlers  # noqa: E402  (registers the operator's handlers)
+from trainscope.operator.runtime import Runtime, RuntimeConfig  # noqa: E402
+
+assert handlers.STATUS_INTERVAL == float(os.environ["TRAINSCOPE_STATUS_INTERVAL"]) <= 1.0, (
+    "trainscope.operator.handlers was imported before tests/kube.py with a slow status interval "
+    f"({handlers.STATUS_INTERVAL}s): import tests.kube first or set TRAINSCOPE_STATUS_INTERVAL=0.3")
+
+T = TypeVar("T")
+
+GROUP, VERSION, PLURAL = handlers.GROUP, handlers.VERSION, handlers.PLURAL
+API_VERSION = f"{GROUP}/{VERSION}"
+WORKLOADS = f"{GROUP}/{VERSION}/{PLURAL}"
+NAMESPACE = "default"
+
+# kopf's handler registry is process-global: the login handler is registered once (here, at import) and
+# reads the URL of the emulator of the current test from this holder.
+_CURRENT: dict[str, str] = {}
+
+
+@kopf.on.login(id="kmock-login")
+def _login(**_: Any) -> kopf.ConnectionInfo:
+    return kopf.ConnectionInfo(server=_CURRENT["url"], insecure=True, default_namespace=NAMESPACE)
+
+
+@kopf.on.startup(id="e2e-tuning")
+def _tune(settings: kopf.OperatorSettings, **_: Any) -> None:
+    """Fast reconnects and short timeouts: the emulator is local and ignores ?timeoutSeconds."""
+    settings.watching.server_timeout = 10
+    settings.watching.client_timeout = 15
+    settings.watching.reconnect_backoff = 0.1
+    settings.networking.request_timeout = 5
+    settings.networking.error_backoffs = [0.1, 0.2, 0.5]
+    settings.queueing.idle_timeout = 0.5
+    settings.queueing.exit_timeout = 2.0
+
+
+# ---- the emulated API server ---------------------------------------------------------------------------------
+
+
+class Emulator(kmock.KubernetesEmulator):
+    """KMock's emulator with the object metadata kopf relies on.
+
+    kmock 0.8 sets no resourceVersion/uid/creationTimestamp (kopf's finalizer JSON patches `test` the
+    resourceVersion and would retry forever), ignores generateName (kopf's events use it), answers a failed
+    JSON-patch `test` with 500 where Kubernetes answers 422 (kopf retries on 422), and never bumps
+    `generation`. This subclass fills all of these in, in place on the request body, so the stored object and
+    the watch events carry them.
+    """
+
+    _rv = itertools.count(1)
+
+    async def _handle(self, request: kmock.Request) -> Any:
+        if request.resource is not None and request.data is not None:
+            rv = str(next(self._rv))
+            if request.action == kmock.action.CREATE and isinstance(request.data, dict):
+                meta = request.data.setdefault("metadata", {})
+                if not meta.get("name") and meta.get("generateName"):
+                    meta["name"] = meta["generateName"] + uuid.uuid4().hex[:8]
+                meta.setdefault("uid", str(uuid.uuid4()))
+                meta.setdefault("creationTimestamp", _k8s_now())
+                meta.setdefault("generation", 1)
+                meta["resourceVersion"] = rv
+            elif request.action == kmock.action.UPDATE:
+                bump = self._next_generation(request)
+                if isinstance(request.data, list):  # application/json-patch+json
+                    request.data.append({"op": "add", "path": "/metadata/resourceVersion", "value": rv})
+                    if bump is not None:
+                        request.data.append({"op": "add", "path": "/metadata/generation", "value": bump})
+                elif isinstance(request.data, dict):  # application/merge-patch+json
+                    meta = request.data.setdefault("metadata", {})
+                    meta["resourceVersion"] = rv
+                    if bump is not None:
+                        meta["generation"] = bump
+        try:
+            return await super()._handle(request)
+        except (jsonpatch.JsonPatchTestFailed, jsonpatch.JsonPatchConflict) as exc:
+            raise kmock.KubernetesError(status=422, reason="Invalid", message=str(exc)) from exc
+
+    def _next_generation(self, request: kmock.Request) -> int | None:
+        """metadata.generation + 1 when a patch of the main resource (not /status) touches the spec."""
+        if request.subresource is not None or request.name is None:
+            return None
+        data = request.data
+        touches_spec = ("spec" in data) if isinstance(data, dict) else any(
+            str(op.get("path", "")).startswith("/spec") for op in data if isinstance(op, dict))
+        if not touches_spec:
+            return None
+        key = (request.resource, request.namespace, request.name)
+        if key not in self.objects or self.objects[key].deleted:
+            return None
+        return int(self.objects[key].get("metadata", {}).get("generation") or 1) + 1
+
+
+def _k8s_now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Cluster:
+    """One emulated API server for one test, with helpers for Workloads and Events."""
+
+    def __init__(self) -> None:
+        self.emu = Emulator()
+        self._server = kmock.Server(self.emu)
+
+    async def __aenter__(self) -> Cluster:
+        await self.emu.__aenter__()
+        await self._server.__aenter__()
+        # kopf waits until v1/namespaces and the CRD resource are discoverable, even cluster-wide.
+        self.emu.resources.load_bundled()
+        self.emu.resources[WORKLOADS] = kmock.ResourceInfo(
+            kind="Workload", singular="workload", namespaced=True,
+            verbs={"list", "watch", "get", "create", "patch", "update", "delete"},
+            subresources={"status"})  # => kopf patches status through .../<name>/status
+        _CURRENT["url"] = self.url
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        _CURRENT.pop("url", None)
+        await self._server.__aexit__(*exc)
+        await self.emu.__aexit__(*exc)
+
+    @property
+    def url(self) -> str:
+        return str(self.emu.url).rstrip("/")
+
+    @staticmethod
+    def path(name: str | None = None, namespace: str = NAMESPACE) -> str:
+        base = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
+        return base if name is None else f"{base}/{name}"
+
+    async def create(self, name: str, spec: dict[str, Any], namespace: str = NAMESPACE) -> dict[str, Any]:
+        body = {"apiVersion": API_VERSION, "kind": "Workload",
+                "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+        rsp = await self.emu.post(self.path(namespace=namespace), json=body)
+        assert rsp.status in (200, 201), await rsp.text()
+        return await rsp.json()
+
+    async def get(self, name: str, namespace: str = NAMESPACE) -> dict[str, Any] | None:
+        rsp = await self.emu.get(self.path(name, namespace))
+        if rsp.status == 404:
+            return None
+        assert rsp.status == 200, await rsp.text()
+        return await rsp.json()
+
+    async def patch_spec(self, name: str, spec: dict[str, Any], namespace: str = NAMESPACE) -> dict[str, Any]:
+        """A merge patch of the spec (lists are replaced as a whole), like `kubectl patch --type=merge`."""
+        rsp = await self.emu.patch(self.path(name, namespace), json={"spec": spec},
+                                   headers={"Content-Type": "application/merge-patch+json"})
+        assert rsp.status == 200, await rsp.text()
+        return await rsp.json()
+
+    async def delete(self, name: str, namespace: str = NAMESPACE) -> None:
+        rsp = await self.emu.delete(self.path(name, namespace))
+        assert rsp.status == 200, await rsp.text()
+
+    def events(self, involved: str | None = None, reason: str | None = None) -> list[dict[str, Any]]:
+        """Kubernetes Events posted so far (kopf.warn, logged errors), optionally by object name and reason."""
+        out = []
+        for (resource, _ns, _name), obj in list(self.emu.objects.items()):
+            if resource.plural != "events" or obj.deleted:
+                continue
+            ev = obj.raw
+            if involved is not None and ev.get("involvedObject", {}).get("name") != involved:
+                continue
+            if reason is not None and ev.get("reason") != reason:
+                continue
+            out.append(ev)
+        return out
+
+    async def workload(self, name: str, namespace: str = NAMESPACE) -> dict[str, Any]:
+        obj = await self.get(name, namespace)
+        assert obj is not None, f"Workload {namespace}/{name} does not exist"
+        return obj
+
+
+def show(obj: dict[str, Any] | None) -> str:
+    """The parts of a Workload worth printing when a wait times out."""
+    if obj is None:
+        return "<no object>"
+    meta = obj.get("metadata", {})
+    brief = {"generation": meta.get("generation"), "finalizers": meta.get("finalizers"),
+             "deletionTimestamp": meta.get("deletionTimestamp"), "status": obj.get("status")}
+    return pprint.pformat(brief, width=120, sort_dicts=False)
+
+
+def condition(obj: dict[str, Any], ctype: str) -> dict[str, Any]:
+    for cond in obj.get("status", {}).get("conditions", []):
+        if cond.get("type") == ctype:
+            return cond
+    raise AssertionError(f"no {ctype} condition yet:\n{show(obj)}")
+
+
+def source_status(obj: dict[str, Any], name: str) -> dict[str, Any]:
+    for src in obj.get("status", {}).get("sources", []):
+        if src.get("name") == name:
+            return src
+    raise AssertionError(f"no status.sources entry {name!r} yet:\n{show(obj)}")
+
+
+def six_digits(value: float) -> float | str:
+    """A metric value as status shows it (6 significant digits; NaN as a string)."""
+    if math.isnan(value):
+        return "NaN"
+    return float(f"{value:.6g}")
+
+
+async def eventually(check: Callable[[], Awaitable[T]], *, within: float, what: str,
+                     interval: float = 0.1) -> T:
+    """Run `check` until it stops raising AssertionError; after `within` s, fail with its last message."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return await check()
+        except AssertionError as exc:
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"timed out after {within:.0f}s waiting for {what}:\n{exc}") from None
+        await asyncio.sleep(interval)
+
+
+# ---- the operator --------------------------------------------------------------------------------------------
+
+
+def operator_config(database_url: str) -> RuntimeConfig:
+    """Fast backoffs and an ephemeral /metrics port on localhost."""
+    return RuntimeConfig(database_url=database_url, metrics_port=0, metrics_host="127.0.0.1",
+                         backoff_base=0.05, backoff_cap=0.5, store_retry=0.2)
+
+
+class Operator:
+    """The project's kopf operator running in its own thread and event loop, against the current Cluster."""
+
+    def __init__(self, config: RuntimeConfig):
+        self.memo = kopf.Memo(config=config)
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="kopf-operator", daemon=True)
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(kopf.operator(clusterwide=True, standalone=True, stop_flag=self._stop,
+                                      ready_flag=self._ready, memo=self.memo))
+        except BaseException as exc:  # reported by start()/stop()
+            self._error = exc
+
+    async def start(self, within: float = 15.0) -> Operator:
+        self._thread.start()
+        try:
+            ready = await asyncio.to_thread(self._ready.wait, within)
+            assert self._error is None, f"operator failed at start: {self._error!r}"
+            assert ready, "operator not ready in time"
+            # MetricsEndpoint is created by the startup handler, which may finish a moment after ready_flag.
+            await eventually(self._has_metrics, within=within, what="the operator's /metrics endpoint")
+        except BaseException:
+            self._stop.set()
+            await asyncio.to_thread(self._thread.join, within)
+            raise
+        return self
+
+    async def _has_metrics(self) -> None:
+        assert self._error is None, f"operator crashed: {self._error!r}"
+        assert self.memo.get("metrics") is not None and self.memo.metrics.port, "no metrics endpoint yet"
+
+    async def stop(self, within: float = 30.0) -> None:
+        """Graceful stop (daemons exit, collectors commit, pool closed); the emulator's loop keeps serving."""
+        if not self._thread.is_alive():
+            return
+        self._stop.set()
+        await asyncio.to_thread(self._thread.join, within)
+        assert not self._thread.is_alive(), "operator did not stop in time"
+        assert self._error is None, f"operator exited with {self._error!r}"
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.memo.runtime
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.memo.metrics.port}/metrics"
+
+    async def scrape(self) -> dict[str, list[tuple[dict[str, str], float]]]:
+        """/metrics over HTTP: sample name -> [(labels, value)]."""
+        async with httpx.AsyncClient(timeout=5) as client:
+            rsp = await client.get(self.metrics_url)
+        rsp.raise_for_status()
+        out: dict[str, list[tuple[dict[str, str], float]]] = {}
+        for family in text_string_to_metric_families(rsp.text):
+            for sample in family.samples:
+                out.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
+        return out
+
+
+def series(scraped: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str) -> list[float]:
+    """Values of the samples `name` whose labels include `labels`."""
+    return [v for lbl, v in scraped.get(name, []) if all(lbl.get(k) == w for k, w in labels.items())]
+
+
+def workload_labels(scraped: dict[str, list[tuple[dict[str, str], float]]]) -> set[str]:
+    """Every value of the `workload` label in a scrape."""
+    return {lbl["workload"] for samples in scraped.values() for lbl, _ in samples if "workload" in lbl}
+
+
+# ---- TensorBoard runs and their oracle -----------------------------------------------------------------------
+
+
+def loss_at(step: int) -> float:
+    """A decreasing loss with a NaN every 97th step (never on a multiple of 10, where tests end)."""
+    return math.nan if step % 97 == 0 else 2.0 / math.sqrt(step + 1) + 0.001 * (step % 7)
+
+
+def lr_at(step: int) -> float:
+    return 1e-3 * (0.999**step)
+
+
+class TBRun:
+    """A training run writing scalars with tensorboardX's SummaryWriter, as a training script would.
+
+    SummaryWriter queues events to a worker thread and `flush()` does not drain that queue, so `write` then
+    waits until the last step is in the file (read back from disk): a test knows exactly what it wrote.
+    With `pace` (steps per second) each step's wall_time is set to start + step / pace, so throughput and ETA
+    have exact expected values; otherwise tensorboardX stamps the current time.
+    """
+
+    def __init__(self, logdir: Path, tags: Iterable[str] = ("train/loss", "train/lr"), pace: float | None = None):
+        self.logdir = logdir
+        self.tags = tuple(tags)
+        self.pace = pace
+        self.start = time.time() - 3600.0
+        self.writer = SummaryWriter(logdir=str(logdir), flush_secs=0.02)
+        self.last_step = 0
+        self._offset = 0
+        self._on_disk = 0  # highest step seen in the file
+
+    def value(self, tag: str, step: int) -> float:
+        if tag.endswith("loss"):
+            return loss_at(step)
+        if tag.endswith("lr"):
+            return lr_at(step)
+        return (step % 101) / 100.0
+
+    def write(self, steps: Iterable[int], tags: Iterable[str] | None = None, *, sync: bool = True) -> None:
+        """Write the steps and (unless sync=False) wait until they are on disk."""
+        for step in steps:
+            walltime = None if self.pace is None else self.start + step / self.pace
+            for tag in tags or self.tags:
+                self.writer.add_scalar(tag, self.value(tag, step), global_step=step, walltime=walltime)
+            self.last_step = max(self.last_step, step)
+        self.writer.flush()
+        if sync:
+            self.sync()
+
+    def write_to(self, last: int, *, sync: bool = True) -> None:
+        self.write(range(self.last_step + 1, last + 1), sync=sync)
+
+    def sync(self, within: float = 10.0) -> None:
+        """Block until the file holds the last written step (read incrementally from disk)."""
+        deadline = time.monotonic() + within
+        while self._on_disk < self.last_step:
+            assert time.monotonic() < deadline, f"{self.logdir}: step {self.last_step} not on disk"
+            self.writer.flush()
+            files = list(self.logdir.glob("*tfevents*"))
+            if len(files) == 1:
+                data = files[0].read_bytes()
+                for end, record in _records(data, self._offset):
+                    event = event_pb2.Event.FromString(record)
+                    if event.HasField("summary"):
+                        self._on_disk = max(self._on_disk, int(event.step))
+                    self._offset = end
+            if self._on_disk < self.last_step:
+                time.sleep(0.01)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class BackgroundWriter:
+    """Keeps appending steps to a TBRun from a thread until stopped (training that goes on meanwhile)."""
+
+    def __init__(self, run: TBRun, steps_per_flush: int = 5, pause: float = 0.01):
+        self.run = run
+        self._steps, self._pause = steps_per_flush, pause
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="tb-writer", daemon=True)
+        self.error: BaseException | None = None
+
+    def _main(self) -> None:
+        try:
+            while not self._halt.is_set():
+                self.run.write_to(self.run.last_step + self._steps, sync=False)
+                self._halt.wait(self._pause)
+        except BaseException as exc:
+            self.error = exc
+
+    def start(self) -> BackgroundWriter:
+        self._thread.start()
+        return self
+
+    async def wait_written(self, step: int, within: float = 20.0) -> None:
+        async def written() -> None:
+            assert self.error is None, f"writer failed: {self.error!r}"
+            assert self.run.last_step >= step, f"writer at step {self.run.last_step}, want {step}"
+        await eventually(written, within=within, what=f"the writer to reach step {step}")
+
+    async def stop(self) -> int:
+        """Stop writing; returns the last step, once it is on disk."""
+        self._halt.set()
+        await asyncio.to_thread(self._thread.join, 10)
+        assert not self._thread.is_alive() and self.error is None, f"writer failed: {self.error!r}"
+        await asyncio.to_thread(self.run.sync)
+        return self.run.last_step
+
+
+@dataclass(frozen=True, slots=True)
+class Scalar:
+    ts: float
+    value: float
+
+
+def _records(data: bytes, pos: int = 0) -> Iterable[tuple[int, bytes]]:
+    """TFRecord framing: uint64 length, uint32 crc, data, uint32 crc; yields (end offset, data) of each
+    complete record from `pos` (a torn record at the tail is left out)."""
+    while pos + 12 <= len(data):
+        (length,) = struct.unpack_from("<Q", data, pos)
+        end = pos + 12 + length + 4
+        if end > len(data):
+            return
+        yield end, data[pos + 12: pos + 12 + length]
+        pos = end
+
+
+def read_scalars(logdir: Path) -> dict[tuple[str, str, int], Scalar]:
+    """(run, tag, step) -> (wall_time, value) of every scalar in the event files under `logdir`.
+
+    run is the event file's folder relative to logdir ("." for logdir itself); if a step is written twice, the
+    later wall_time wins (the store's rule). Values are float32 simple_value as written, NaN included.
+    """
+    out: dict[tuple[str, str, int], Scalar] = {}
+    for path in sorted(logdir.rglob("*tfevents*")):
+        run = str(path.parent.relative_to(logdir))
+        for _end, record in _records(path.read_bytes()):
+            event = event_pb2.Event.FromString(record)
+            if not event.HasField("summary"):
+                continue
+            for v in event.summary.value:
+                if v.WhichOneof("value") != "simple_value":
+                    continue
+                key = (run, v.tag, int(event.step))
+                old = out.get(key)
+                if old is None or event.wall_time >= old.ts:
+                    out[key] = Scalar(event.wall_time, v.simple_value)
+    return out
+
+
+# ---- the database --------------------------------------------------------------------------------------------
+
+_POINTS_SQL = """
+SELECT s.source, s.run, s.metric, p.step, extract(epoch FROM p.ts)::float8 AS ts, p.value
+FROM series s JOIN points p ON p.series_id = s.id
+WHERE s.workload_uid = $1
+"""
+
+
+async def db_points(database_url: str, uid: str) -> dict[tuple[str, str, str, int], Scalar]:
+    """(source, run, metric, step) -> (ts, value) of every stored point of the Workload."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(_POINTS_SQL, uid)
+    finally:
+        await conn.close()
+    out = {(r["source"], r["run"], r["metric"], r["step"]): Scalar(r["ts"], r["value"]) for r in rows}
+    assert len(out) == len(rows), "duplicate (source, run, metric, step) rows"
+    return out
+
+
+async def db_scalar(database_url: str, sql: str, *args: Any) -> Any:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await conn.fetchval(sql, *args)
+    finally:
+        await conn.close()
+
+
+def compare_points(stored: dict[tuple[str, str, str, int], Scalar], expected: dict[tuple[str, str, int], Scalar],
+                   source: str, *, metrics: Callable[[str], bool] = lambda _: True) -> None:
+    """The source's stored points equal the file's, point for point (ts to the database's microsecond);
+    `metrics` limits the comparison to some metric names on both sides."""
+    mine = {(run, metric, step): s for (src, run, metric, step), s in stored.items()
+            if src == source and metrics(metric)}
+    want = {k: s for k, s in expected.items() if metrics(k[1])}
+    missing = sorted(want.keys() - mine.keys())
+    extra = sorted(mine.keys() - want.keys())
+    assert not missing and not extra, (
+        f"source {source}: {len(mine)} stored vs {len(want)} in the files; missing {len(missing)} "
+        f"(first {missing[:5]}), unexpected {len(extra)} (first {extra[:5]})")
+    wrong = [(k, mine[k], want[k]) for k in sorted(want)
+             if not same_value(mine[k].value, want[k].value) or abs(mine[k].ts - want[k].ts) > 2e-6]
+    assert not wrong, f"source {source}: {len(wrong)} points differ, first: {wrong[:5]}"
+
+
+def same_value(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or a == b
+
+
+def distinct_tag_steps(expected: dict[tuple[str, str, int], Scalar]) -> int:
+    return len({(tag, step) for (_run, tag, step) in expected})
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=1, sort_keys=True, default=str)
