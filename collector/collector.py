@@ -211,7 +211,7 @@ class Collector:
                     points = self._select(batch.points)
                     result = await self._store_call(
                         health, backoff,
-                        lambda b=batch, p=points: self.store.write(self.uid, src.name, src.kind, p, b.cursor))
+                        lambda b=batch, p=points: self.store.write(self.uid, src.name, src.kind, p, b.cursor, b.runs))
                 except Exception as exc:  # a bad config, a write the database rejects, or a bug: back off
                     reason = exc.reason if isinstance(exc, SourceError) else f"Internal{type(exc).__name__}"
                     log.exception("source %s/%s: unexpected failure", self.name, src.name)

@@ -50,4 +50,7 @@ class Batch:
     more: bool = False
     skipped: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    info: dict[str, Any] = field(default_factory=dict)  # run metadata kept for status and the API
+    info: dict[str, Any] = field(default_factory=dict)  # facts about the source itself, kept for status
+    # run label -> what the source knows of that run (display name, state, config...); stored with the points
+    # in the `runs` table, merged key by key, for the API. JSON-serialisable values only.
+    runs: dict[str, dict[str, Any]] = field(default_factory=dict)

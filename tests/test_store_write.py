@@ -315,3 +315,15 @@ async def test_two_processes_racing_on_the_same_new_series(store: Store, databas
         assert await conn.fetchval("SELECT count(*) FROM series") == 50
     finally:
         await conn.close()
+
+
+async def test_run_metadata_is_stored_with_the_batch_and_merged(store):
+    p = [Point("loss", 1, 1_700_000_000.0, 1.0, "run-a")]
+    await store.write("wl-runs", "wandb", "wandb", p, {"c": 1},
+                      runs={"run-a": {"displayName": "llama-7b", "state": "running"}})
+    await store.write("wl-runs", "wandb", "wandb", [], {"c": 2}, runs={"run-a": {"state": "finished"}})
+    [info] = await store.runs("wl-runs")
+    assert (info.source, info.run) == ("wandb", "run-a")
+    assert info.info == {"displayName": "llama-7b", "state": "finished"}
+    await store.forget_workload("wl-runs", delete_data=True)
+    assert await store.runs("wl-runs") == []

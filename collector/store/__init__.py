@@ -2,7 +2,9 @@
 
 from trainscope.collector.store.embedded import resolve_database_url
 from trainscope.collector.store.migrate import apply_migrations
-from trainscope.collector.store.model import LatestValue, StoreUnavailable, WriteResult
+from trainscope.collector.store.model import LatestValue, RunInfo, StoreUnavailable, WriteResult
 from trainscope.collector.store.store import Store
 
-__all__ = ["LatestValue", "Store", "StoreUnavailable", "WriteResult", "apply_migrations", "resolve_database_url"]
+__all__ = [
+    "LatestValue", "RunInfo", "Store", "StoreUnavailable", "WriteResult", "apply_migrations", "resolve_database_url",
+]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 class StoreUnavailable(Exception):
@@ -31,3 +32,13 @@ class LatestValue:
     step: int
     ts: float
     value: float
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """What a source said about one run (display name, state, config...), merged over time."""
+
+    source: str
+    run: str
+    info: dict[str, Any]
+    updated: float

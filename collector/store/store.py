@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -13,7 +13,7 @@ from trainscope.collector.store import writer
 from trainscope.collector.store.codecs import init_connection
 from trainscope.collector.store.errors import unavailable_as_store_error
 from trainscope.collector.store.migrate import run_migrations
-from trainscope.collector.store.model import LatestValue, WriteResult
+from trainscope.collector.store.model import LatestValue, RunInfo, WriteResult
 
 _LATEST = """
 SELECT s.source, s.kind, s.run, s.metric, p.step, p.ts, p.value
@@ -105,6 +105,7 @@ class Store:
                     "DELETE FROM points WHERE series_id IN (SELECT id FROM series WHERE workload_uid = $1)", uid)
                 await conn.execute("DELETE FROM series WHERE workload_uid = $1", uid)
                 await conn.execute("DELETE FROM cursors WHERE workload_uid = $1", uid)
+                await conn.execute("DELETE FROM runs WHERE workload_uid = $1", uid)
         if delete_data:
             for key in [k for k in self._series if k[0] == uid]:
                 for sid in self._series.pop(key).values():
@@ -116,13 +117,16 @@ class Store:
             return await conn.fetchval(
                 "SELECT cursor FROM cursors WHERE workload_uid = $1 AND source = $2", uid, source)
 
-    async def write(self, uid: str, source: str, kind: str, points: Sequence[Point], cursor: Any) -> WriteResult:
-        """Store a batch and its cursor in one transaction: all of it or nothing.
+    async def write(self, uid: str, source: str, kind: str, points: Sequence[Point], cursor: Any,
+                    runs: Mapping[str, Mapping[str, Any]] | None = None) -> WriteResult:
+        """Store a batch, its cursor and its runs' metadata in one transaction: all of it or nothing.
 
         Idempotent per (series, step): a newer source ts replaces the stored value, an equal or older one is
         ignored, so a batch retried after a lost commit acknowledgement changes nothing.
         """
         async with self._connection() as conn, conn.transaction():
+            if runs:
+                await writer.save_runs(conn, uid, source, runs)
             if not points:
                 await writer.save_cursor(conn, uid, source, cursor)
                 return WriteResult(0, 0)
@@ -179,3 +183,11 @@ class Store:
         async with self._connection() as conn:
             rows = await conn.fetch(_COUNTS, uid)
         return {(r["source"], r["metric"]): r["n"] for r in rows}
+
+    async def runs(self, uid: str) -> list[RunInfo]:
+        """What the sources said about each run of the workload (display name, state, config...)."""
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT source, run, info, extract(epoch FROM updated_at)::float8 AS updated "
+                "FROM runs WHERE workload_uid = $1 ORDER BY source, run", uid)
+        return [RunInfo(r["source"], r["run"], r["info"], r["updated"]) for r in rows]

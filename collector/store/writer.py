@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import asyncpg
 
@@ -117,6 +118,17 @@ async def merge(conn: asyncpg.Connection, records: Sequence[Record]) -> tuple[in
             "points_stage", records=[(*r, i) for i, r in enumerate(records)], columns=(*POINT_COLUMNS, "ord"))
         row = await conn.fetchrow(_MERGE_DEDUP)
     return row["inserted"], row["updated"]
+
+
+_SAVE_RUN = """
+INSERT INTO runs (workload_uid, source, run, info, updated_at) VALUES ($1, $2, $3, $4, now())
+ON CONFLICT (workload_uid, source, run) DO UPDATE SET info = runs.info || EXCLUDED.info, updated_at = now()
+"""
+
+
+async def save_runs(conn: asyncpg.Connection, uid: str, source: str, runs: Mapping[str, Mapping[str, Any]]) -> None:
+    """Merge each run's metadata into the `runs` table (new keys added, changed keys replaced)."""
+    await conn.executemany(_SAVE_RUN, [(uid, source, run, dict(info)) for run, info in runs.items()])
 
 
 async def save_cursor(conn: asyncpg.Connection, uid: str, source: str, cursor: object) -> None:
