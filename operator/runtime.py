@@ -147,11 +147,19 @@ class Runtime:
             entry.collector = None
 
     async def stop(self, uid: str) -> None:
-        """Stop collecting for a Workload (operator exit or deletion); it disappears from gauges."""
+        """Stop collecting for a Workload (operator exit or deletion); it disappears from gauges.
+
+        Shielded: kopf cancels a daemon whose stop takes a few loop cycles, and a half-stopped collector would
+        keep writing after `forget()` deleted the data. The stop always runs to its end; callers wait for it.
+        """
+        await asyncio.shield(self._stop(uid))
+
+    async def _stop(self, uid: str) -> None:
         async with self._lock:
-            entry = self.entries.pop(uid, None)
+            entry = self.entries.get(uid)
             if entry is not None:
                 await self._stop_collector(entry)
+                self.entries.pop(uid, None)
 
     async def forget(self, uid: str, *, delete_data: bool) -> None:
         """The Workload was deleted: stop, and keep or delete its stored data."""
