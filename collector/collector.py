@@ -19,7 +19,7 @@ from typing import Any
 from trainscope.collector.points import Batch, Point, RunState
 from trainscope.collector.progress import StepRate, combine_run_states, detect_primary_metric, eta_seconds
 from trainscope.collector.sources import REGISTRY, Source, SourceContext, SourceError, SourceFactory
-from trainscope.collector.sources.base import SecretResolver
+from trainscope.collector.sources.base import PodLogReader, SecretResolver
 from trainscope.collector.spec import MetricFilter, SourceSpec, WorkloadSpec
 from trainscope.collector.store import Store, StoreUnavailable
 
@@ -130,6 +130,7 @@ class Collector:
         name: str = "",
         base_dir: Path | None = None,
         resolve_secret: SecretResolver | None = None,
+        pods: PodLogReader | None = None,
         max_batch_points: int = 50_000,
         registry: Mapping[str, SourceFactory] | None = None,
         backoff_base: float = 1.0,
@@ -141,7 +142,7 @@ class Collector:
         self.store = store
         self._ctx = SourceContext(namespace=namespace, workload=name, selector=spec.selector,
                                   base_dir=base_dir or Path.cwd(), max_batch_points=max_batch_points,
-                                  resolve_secret=resolve_secret)
+                                  resolve_secret=resolve_secret, pods=pods)
         self._registry = REGISTRY if registry is None else registry
         self._backoff = (backoff_base, backoff_cap)
         self._clock = clock

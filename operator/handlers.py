@@ -14,6 +14,7 @@ from typing import Any
 import kopf
 
 from trainscope.operator.gauges import MetricsEndpoint
+from trainscope.operator.kube import login
 from trainscope.operator.runtime import Runtime, RuntimeConfig
 from trainscope.operator.status import status_patch
 
@@ -31,6 +32,11 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="trainscope.io")
     settings.posting.level = logging.WARNING  # events for problems, not for every handler run
     config: RuntimeConfig = memo.config
+    if config.kube_connection is None:  # the same credentials kopf found, for Secrets and pod logs
+        try:
+            config.kube_connection = login()
+        except Exception as exc:  # the operator still serves sources that need no cluster access
+            log.warning("no Kubernetes client for Secrets and pod logs: %s", exc)
     runtime = memo.runtime = Runtime(config)
     await runtime.start()
     memo.metrics = MetricsEndpoint(runtime.exported, config.metrics_port, config.metrics_host)

@@ -18,6 +18,7 @@ from trainscope.collector.collector import Collector, Snapshot
 from trainscope.collector.spec import SpecError, WorkloadSpec, parse_spec
 from trainscope.collector.store import Store, StoreUnavailable
 from trainscope.operator.gauges import Exported
+from trainscope.operator.kube import KubeClient, secret_resolver
 from trainscope.operator.status import build_status
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,8 @@ class RuntimeConfig:
     backoff_base: float = 1.0
     backoff_cap: float = 300.0
     store_retry: float = 2.0  # seconds between attempts to reach the database at start
+    kube_connection: Any = None  # kopf.ConnectionInfo for Secrets and pod logs; None: no cluster access
+    secrets_dir: Path | None = None  # local mode: Secrets as files <dir>/<name>/<key>
 
 
 @dataclass(slots=True)
@@ -63,6 +66,7 @@ class Runtime:
         self._connect_task: asyncio.Task[None] | None = None
         self.entries: dict[str, Entry] = {}
         self._lock = asyncio.Lock()
+        self.kube: KubeClient | None = KubeClient(config.kube_connection) if config.kube_connection else None
 
     async def start(self) -> None:
         """Connect to the database (and migrate) in the background, so a database that is down at start
@@ -95,6 +99,8 @@ class Runtime:
             await asyncio.gather(self._connect_task, return_exceptions=True)
         if self.store is not None:
             await self.store.close()
+        if self.kube is not None:
+            await self.kube.aclose()
 
     # ---- lifecycle of one Workload ------------------------------------------------------------------------
 
@@ -133,7 +139,8 @@ class Runtime:
             return
         cfg = self.config
         collector = Collector(entry.uid, entry.spec, store, namespace=entry.namespace, name=entry.name,
-                              base_dir=entry.base_dir, max_batch_points=cfg.max_batch_points,
+                              base_dir=entry.base_dir, max_batch_points=cfg.max_batch_points, pods=self.kube,
+                              resolve_secret=secret_resolver(entry.namespace, self.kube, cfg.secrets_dir),
                               backoff_base=cfg.backoff_base, backoff_cap=cfg.backoff_cap)
         await collector.start()
         entry.collector = collector

@@ -268,7 +268,8 @@ async def eventually(check: Callable[[], Awaitable[T]], *, within: float, what: 
 def operator_config(database_url: str) -> RuntimeConfig:
     """Fast backoffs and an ephemeral /metrics port on localhost."""
     return RuntimeConfig(database_url=database_url, metrics_port=0, metrics_host="127.0.0.1",
-                         backoff_base=0.05, backoff_cap=0.5, store_retry=0.2)
+                         backoff_base=0.05, backoff_cap=0.5, store_retry=0.2,
+                         kube_connection=kopf.ConnectionInfo(server=_CURRENT["url"]) if "url" in _CURRENT else None)
 
 
 class Operator:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -25,6 +25,30 @@ class SourceError(Exception):
         self.retry_after = retry_after
 
 
+@dataclass(frozen=True, slots=True)
+class PodRef:
+    """A pod as a log-reading source sees it: identity, labels and its containers' restart counts."""
+
+    name: str
+    uid: str
+    labels: dict[str, str]
+    phase: str
+    containers: dict[str, int]  # container name -> restartCount
+    deleted: bool = False
+
+
+class PodLogReader(Protocol):
+    """Reads pods and their logs in the Workload's namespace. The operator implements it over the Kubernetes API;
+    sources only see this protocol, so they stay free of Kubernetes code."""
+
+    async def list_pods(self, namespace: str, selector: dict[str, Any]) -> list[PodRef]: ...
+
+    def stream_log(self, namespace: str, pod: str, container: str | None, *, since_time: str | None = None,
+                   follow: bool = True) -> AsyncIterator[bytes]:
+        """Raw log bytes with the kubelet's RFC 3339 timestamp at the start of each line (timestamps=true)."""
+        ...
+
+
 @dataclass(slots=True)
 class SourceContext:
     """What a source may know of its surroundings: where relative paths start, how to read secrets, limits."""
@@ -35,6 +59,7 @@ class SourceContext:
     base_dir: Path = field(default_factory=Path.cwd)
     max_batch_points: int = 50_000
     resolve_secret: SecretResolver | None = None
+    pods: PodLogReader | None = None  # None outside a cluster (local mode without a kubeconfig)
 
 
 @runtime_checkable
