@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from trainscope.collector.health import Condition, HealthEvent, HealthMonitor, transitions
 from trainscope.collector.points import Batch, Point, RunState
 from trainscope.collector.progress import StepRate, combine_run_states, detect_primary_metric, eta_seconds
 from trainscope.collector.sources import REGISTRY, Source, SourceContext, SourceError, SourceFactory
@@ -94,6 +95,8 @@ class Snapshot:
     sources: tuple[SourceHealth, ...]
     last_point_ts: float | None
     taken_at: float
+    health: tuple[Condition, ...] = ()
+    step_ts: float | None = None  # source time of the highest step
 
     @property
     def primary(self) -> Latest | None:
@@ -135,6 +138,7 @@ class Collector:
         registry: Mapping[str, SourceFactory] | None = None,
         backoff_base: float = 1.0,
         backoff_cap: float = 300.0,
+        health_interval: float = 2.0,
         clock: Callable[[], float] = time.time,
     ):
         self.uid, self.namespace, self.name = uid, namespace, name
@@ -147,12 +151,19 @@ class Collector:
         self._backoff = (backoff_base, backoff_cap)
         self._clock = clock
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._health_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self.health: dict[str, SourceHealth] = {}
         self._latest: dict[tuple[str, str, str], Point] = {}  # (source, run, metric) -> newest point
         self._max_step: int | None = None
         self._rate = StepRate()
         self._allowed: dict[str, bool] = {}
+        self._max_step_ts: float | None = None
+        self._primary: str | None = spec.primary_metric
+        self._health = HealthMonitor(spec.health)
+        self._health_interval = health_interval
+        self._conditions: dict[str, Condition] = {}
+        self._unsaved_events: list[HealthEvent] = []
 
     # ---- lifecycle ----------------------------------------------------------------------------------
 
@@ -164,6 +175,7 @@ class Collector:
             health = self.health.setdefault(src.name, SourceHealth(src.name, src.kind))
             health.state = SourceState.STARTING
             self._tasks[src.name] = asyncio.create_task(self._run_source(src, health), name=f"{self.name}/{src.name}")
+        self._health_task = asyncio.create_task(self._watch_health(), name=f"{self.name}/health")
 
     async def stop(self, grace: float = 30.0) -> None:
         """Stop every source task; a write under way is allowed to commit first."""
@@ -175,13 +187,21 @@ class Collector:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         self._tasks.clear()
+        if self._health_task is not None:
+            self._health_task.cancel()
+            await asyncio.gather(self._health_task, return_exceptions=True)
+            self._health_task = None
+            await self._save_events()  # one last try; transitions still unsaved are lost with the process
         for health in self.health.values():
             health.state = SourceState.STOPPED
 
     async def reconfigure(self, spec: WorkloadSpec) -> None:
         """Restart with a new spec; cursors live in the store, so each source resumes where it was."""
         await self.stop()
+        if spec.health != self.spec.health:
+            self._health = HealthMonitor(spec.health)
         self.spec = spec
+        self._primary = spec.primary_metric or detect_primary_metric(m for _, _, m in self._latest)
         self._ctx = replace(self._ctx, selector=spec.selector)
         self._allowed.clear()
         names = {s.name for s in spec.sources}
@@ -306,17 +326,24 @@ class Collector:
         latest = self._latest
         max_step = self._max_step
         newest_ts = health.newest_ts
+        new_names = False
         for p in points:
             key = (source, p.run, p.metric)
             cur = latest.get(key)
+            if cur is None:
+                new_names = True
             if cur is None or p.step > cur.step or (p.step == cur.step and p.ts >= cur.ts):
                 latest[key] = p
             if max_step is None or p.step > max_step:
                 max_step = p.step
+                self._max_step_ts = p.ts
                 self._rate.observe(p.ts, p.step)
             if newest_ts is None or p.ts > newest_ts:
                 newest_ts = p.ts
         self._max_step = max_step
+        if new_names and not self.spec.primary_metric:
+            self._primary = detect_primary_metric(m for _, _, m in latest)
+        self._health.observe(source, points, self._primary)
         health.newest_ts = newest_ts
         health.points += inserted
         health.state = SourceState.HEALTHY
@@ -347,7 +374,7 @@ class Collector:
                 continue
             self._latest[(lv.source, lv.run, lv.metric)] = Point(lv.metric, lv.step, lv.ts, lv.value, lv.run)
             if self._max_step is None or lv.step > self._max_step:
-                self._max_step = lv.step
+                self._max_step, self._max_step_ts = lv.step, lv.ts
             h = self.health.setdefault(lv.source, SourceHealth(lv.source, names[lv.source]))
             if h.newest_ts is None or lv.ts > h.newest_ts:
                 h.newest_ts = lv.ts
@@ -356,6 +383,8 @@ class Collector:
             totals[source] = totals.get(source, 0) + n
         for source, kind in names.items():  # assigned, not added: a reconfigure seeds again
             self.health.setdefault(source, SourceHealth(source, kind)).points = totals.get(source, 0)
+        if not self.spec.primary_metric:
+            self._primary = detect_primary_metric(m for _, _, m in self._latest)
 
     def snapshot(self) -> Snapshot:
         """A consistent picture for status and gauges (cheap: no I/O)."""
@@ -379,9 +408,44 @@ class Collector:
         if run_state == RunState.FINISHED and progress is not None:
             progress = 1.0 if not total else progress
         rate = self._rate.rate()
-        primary = self.spec.primary_metric or detect_primary_metric(latest)
+        primary = self._primary or detect_primary_metric(latest)
         last_ts = max((h.newest_ts for h in healths if h.newest_ts is not None), default=None)
         eta = 0.0 if run_state == RunState.FINISHED else eta_seconds(step, total, rate)
         return Snapshot(step=step, total_steps=total, progress=progress, throughput=rate, eta_seconds=eta,
                         primary_metric=primary, latest=latest, run_state=run_state, sources=healths,
-                        last_point_ts=last_ts, taken_at=now)
+                        last_point_ts=last_ts, taken_at=now, health=tuple(self._conditions.values()),
+                        step_ts=self._max_step_ts)
+
+    # ---- health ---------------------------------------------------------------------------------------------
+
+    def evaluate_health(self) -> list[HealthEvent]:
+        """Judge every health condition now; returns (and queues for the store) the transitions."""
+        now = self._clock()
+        run_state = combine_run_states(h.run_state for h in self.health.values())
+        sources_ok = any(h.state == SourceState.HEALTHY for h in self.health.values())
+        current = self._health.evaluate(now, run_state=run_state, step=self._max_step, step_ts=self._max_step_ts,
+                                        step_interval=self._rate.step_interval(), sources_ok=sources_ok)
+        events = transitions(self._conditions, current, now)
+        self._conditions = current
+        if events:
+            self._unsaved_events = (self._unsaved_events + events)[-1000:]  # bounded while the store is away
+        return events
+
+    async def _save_events(self) -> None:
+        if not self._unsaved_events:
+            return
+        pending = self._unsaved_events
+        try:
+            await self.store.add_health_events(self.uid, pending)
+        except StoreUnavailable:
+            return
+        self._unsaved_events = self._unsaved_events[len(pending):]
+
+    async def _watch_health(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self.evaluate_health()
+                await self._save_events()
+            except Exception:  # a bug here must not stop collection; it shows in the log
+                log.exception("health evaluation of %s failed", self.name)
+            await self._sleep(self._health_interval)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
+import statistics
 from collections import deque
 from collections.abc import Iterable
 
@@ -36,32 +38,45 @@ def combine_run_states(states: Iterable[RunState | None]) -> RunState:
 
 
 class StepRate:
-    """Steps per second over a recent window of (source time, step) samples.
+    """Steps per second over a recent window of (source time, step) samples, ignoring pauses.
 
-    Fed with each new highest step and its source timestamp, so a restarted operator that catches up on
-    history measures the run's own pace, not the catch-up speed.
+    Fed with each new highest step and its source timestamp, so a restarted operator that catches up on history
+    measures the run's own pace, not the catch-up speed. Intervals much slower than the median (an evaluation
+    phase, a restart from a checkpoint) are left out, so the rate is the pace while training runs.
     """
 
-    def __init__(self, window_seconds: float = 600.0, max_samples: int = 512):
+    def __init__(self, window_seconds: float = 1800.0, max_samples: int = 512, pause_factor: float = 5.0):
         self.window = window_seconds
+        self.pause_factor = pause_factor
         self.samples: deque[tuple[float, int]] = deque(maxlen=max_samples)
 
     def observe(self, ts: float, step: int) -> None:
         if not math.isfinite(ts):
             return
-        if self.samples and step <= self.samples[-1][1]:
+        if self.samples and (step <= self.samples[-1][1] or ts < self.samples[-1][0]):
             return
         self.samples.append((ts, step))
         while len(self.samples) > 2 and self.samples[-1][0] - self.samples[0][0] > self.window:
             self.samples.popleft()
 
+    def _intervals(self) -> list[tuple[float, int]]:
+        return [(t1 - t0, s1 - s0) for (t0, s0), (t1, s1) in itertools.pairwise(self.samples)]
+
+    def step_interval(self) -> float | None:
+        """Median seconds per step over the window (the run's own rhythm, for the stall threshold)."""
+        per_step = [dt / ds for dt, ds in self._intervals() if ds > 0]
+        return statistics.median(per_step) if per_step else None
+
     def rate(self) -> float | None:
-        if len(self.samples) < 2:
+        intervals = self._intervals()
+        if not intervals:
             return None
-        (t0, s0), (t1, s1) = self.samples[0], self.samples[-1]
-        if t1 <= t0:
+        typical = statistics.median(dt / ds for dt, ds in intervals)
+        active = [(dt, ds) for dt, ds in intervals if dt / ds <= self.pause_factor * typical]
+        seconds = sum(dt for dt, _ in active)
+        if seconds <= 0:
             return None
-        return (s1 - s0) / (t1 - t0)
+        return sum(ds for _, ds in active) / seconds
 
 
 def eta_seconds(step: int | None, total: int | None, rate: float | None) -> float | None:

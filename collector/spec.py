@@ -13,6 +13,8 @@ from typing import Any
 
 import jsonschema
 
+from trainscope.collector.health import HealthSpec
+
 DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -56,6 +58,44 @@ def metric_filter_schema() -> dict[str, Any]:
             "exclude": _globs("Glob patterns of metric names to drop (applied after include)."),
         },
     }
+
+
+def _duration_field(description: str) -> dict[str, Any]:
+    return {"type": "string", "pattern": DURATION_PATTERN, "description": description}
+
+
+def health_schema() -> dict[str, Any]:
+    """`spec.health`: detector settings; every field is optional and defaults to measured values."""
+    def obj(description: str, **props: Any) -> dict[str, Any]:
+        return {"type": "object", "additionalProperties": False, "description": description, "properties": props}
+
+    return obj(
+        "Training health detection (docs/health.md).",
+        metrics=_globs("Metrics watched for non-finite values, spikes and divergence (default: the primary)."),
+        stall=obj("Stalled: no new step for a while, while the run is not finished.",
+                  after=_duration_field("Fixed threshold; default derived from the run's own step interval."),
+                  factor={"type": "number", "minimum": 1, "maximum": 1000,
+                          "description": "Derived threshold = factor x median seconds per step (default 10)."},
+                  floor=_duration_field("Lower bound of the derived threshold (default 10m)."),
+                  ceiling=_duration_field("Upper bound of the derived threshold (default 2h).")),
+        spike=obj("A value far above the robust band of its recent values.",
+                  window={"type": "integer", "minimum": 5, "maximum": 10000,
+                          "description": "Recent values forming the band (default 50)."},
+                  threshold={"type": "number", "exclusiveMinimum": 0, "maximum": 1000,
+                             "description": "Robust standard deviations above the median (default 8)."},
+                  minPoints={"type": "integer", "minimum": 3, "maximum": 10000,
+                             "description": "Values needed before judging (default 20)."},
+                  clearAfter={"type": "integer", "minimum": 1, "maximum": 100000,
+                              "description": "In-band values that clear the condition (default 10)."}),
+        rising=obj("Divergence: the metric rises steadily over a span of points.",
+                   span={"type": "integer", "minimum": 0, "maximum": 100000,
+                         "description": "Points judged (default 400; 0 turns it off; at least 8 otherwise)."},
+                   minIncrease={"type": "number", "exclusiveMinimum": 0, "maximum": 1000,
+                                "description": "Relative rise of the last quarter's median (default 0.25)."}),
+        disagreement=obj("The same metric from two sources at the same step differs (off unless set).",
+                         tolerance={"type": "number", "exclusiveMinimum": 0, "maximum": 1,
+                                    "description": "Relative difference allowed."}),
+    )
 
 
 def spec_schema(source_schemas: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -113,6 +153,7 @@ def spec_schema(source_schemas: dict[str, dict[str, Any]]) -> dict[str, Any]:
                 "additionalProperties": False,
                 "properties": {"metrics": _globs("Metrics exported as gauges (default: the primary metric).")},
             },
+            "health": health_schema(),
             "retainData": {"type": "boolean", "default": True,
                            "description": "Keep stored points after the Workload is deleted."},
         },
@@ -158,6 +199,7 @@ class WorkloadSpec:
     prometheus_metrics: tuple[str, ...] = ()
     retain_data: bool = True
     selector: dict[str, Any] = field(default_factory=dict)
+    health: HealthSpec = field(default_factory=HealthSpec)
 
 
 def _field_path(path: Any) -> str:
@@ -228,4 +270,17 @@ def parse_spec(spec: Any, source_schemas: dict[str, dict[str, Any]] | None = Non
         prometheus_metrics=tuple(spec.get("prometheus", {}).get("metrics", ())),
         retain_data=spec.get("retainData", True),
         selector=dict(spec.get("selector", {})),
+        health=_health(spec.get("health")),
     )
+
+
+def _health(d: dict[str, Any] | None) -> HealthSpec:
+    """Cross-field checks the schema cannot say, each naming its field."""
+    health = HealthSpec.from_dict(d, parse_duration)
+    if 0 < health.rising_span < 8:
+        raise SpecError("spec.health.rising.span", "must be 0 (off) or at least 8")
+    if health.spike_min_points > health.spike_window:
+        raise SpecError("spec.health.spike.minPoints", f"must not exceed spike.window ({health.spike_window})")
+    if health.stall_floor > health.stall_ceiling:
+        raise SpecError("spec.health.stall.floor", "must not exceed stall.ceiling")
+    return health

@@ -32,6 +32,9 @@ METRICS = {
     "trainscope_workload_throughput_steps_per_second": "Recent training speed in steps per second.",
     "trainscope_workload_phase": "1 for the Workload's current phase, 0 for the others.",
     "trainscope_workload_last_point_timestamp_seconds": "Source time of the newest point (Unix seconds).",
+    "trainscope_workload_condition": "1 while a condition is True (Ready, Stalled, NonFiniteMetric, MetricSpike, "
+                                     "MetricDiverging, SourcesDisagree), else 0.",
+    "trainscope_workload_seconds_since_step": "Now minus the source time of the highest step.",
     "trainscope_source_up": "1 when the source's last poll and write succeeded.",
     "trainscope_source_lag_seconds": "Now minus the source time of the source's newest point.",
     "trainscope_source_points_ingested_total": "Points stored from the source (new rows).",
@@ -73,6 +76,8 @@ class WorkloadExporter(PromCollector):
         speed = gauge("trainscope_workload_throughput_steps_per_second", WL)
         phase = gauge("trainscope_workload_phase", [*WL, "phase"])
         last = gauge("trainscope_workload_last_point_timestamp_seconds", WL)
+        cond = gauge("trainscope_workload_condition", [*WL, "condition"])
+        since = gauge("trainscope_workload_seconds_since_step", WL)
         up = gauge("trainscope_source_up", SRC)
         lag = gauge("trainscope_source_lag_seconds", SRC)
         points = CounterMetricFamily("trainscope_source_points_ingested", METRICS[
@@ -96,6 +101,10 @@ class WorkloadExporter(PromCollector):
             _maybe(eta, ids, snap.eta_seconds)
             _maybe(speed, ids, snap.throughput)
             _maybe(last, ids, snap.last_point_ts)
+            _maybe(since, ids, None if snap.step_ts is None else max(0.0, snap.taken_at - snap.step_ts))
+            cond.add_metric([*ids, "Ready"], 1.0 if any(h.healthy and h.last_success for h in snap.sources) else 0.0)
+            for c in snap.health:
+                cond.add_metric([*ids, c.type], 1.0 if c.status == "True" else 0.0)
             current = phase_of(snap)
             for p in PHASES:
                 phase.add_metric([*ids, p], 1.0 if p == current else 0.0)
@@ -109,8 +118,8 @@ class WorkloadExporter(PromCollector):
                 for reason, n in sorted(h.skipped.items()):
                     skipped.add_metric([*sl, reason], n)
                 polls.add_metric(sl, count_value=h.polls, sum_value=h.poll_seconds)
-        yield from (value, vstep, step, total, progress, eta, speed, phase, last, up, lag, points, errors,
-                    skipped, polls)
+        yield from (value, vstep, step, total, progress, eta, speed, phase, last, cond, since, up, lag, points,
+                    errors, skipped, polls)
 
 
 def _maybe(family: GaugeMetricFamily, labels: list[str], v: float | None) -> None:

@@ -16,7 +16,7 @@ import kopf
 from trainscope.operator.gauges import MetricsEndpoint
 from trainscope.operator.kube import login
 from trainscope.operator.runtime import Runtime, RuntimeConfig
-from trainscope.operator.status import status_patch
+from trainscope.operator.status import health_transitions, status_patch
 
 GROUP, VERSION, PLURAL = "trainscope.io", "v1alpha1", "workloads"
 # kopf fixes a timer's interval when the handler is declared, so it is read from the environment at import.
@@ -30,7 +30,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.persistence.finalizer = "trainscope.io/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="trainscope.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="trainscope.io")
-    settings.posting.level = logging.WARNING  # events for problems, not for every handler run
+    # Events only from explicit kopf.warn/info calls (invalid specs, health transitions), never from log lines.
+    settings.posting.loggers = False
+    settings.posting.level = logging.INFO
     config: RuntimeConfig = memo.config
     if config.kube_connection is None:  # the same credentials kopf found, for Secrets and pod logs
         try:
@@ -93,3 +95,8 @@ async def write_status(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, 
     if changes:
         for key, value in changes.items():
             patch.status[key] = value
+        for cond in health_transitions(current.get("conditions"), wanted.get("conditions", [])):
+            if cond["status"] == "True":
+                kopf.warn(body, reason=cond["type"], message=cond["message"])
+            else:
+                kopf.info(body, reason=f"{cond['type']}Cleared", message=cond["message"])

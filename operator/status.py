@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from trainscope.collector.collector import Snapshot, SourceHealth, SourceState
+from trainscope.collector.health import CONDITION_TYPES
 from trainscope.collector.points import RunState
 from trainscope.collector.progress import format_duration
 
@@ -81,9 +82,9 @@ def source_status(h: SourceHealth, now: float) -> dict[str, Any]:
     return out
 
 
-def _condition(ctype: str, ok: bool, reason: str, message: str, previous: dict[str, dict[str, Any]],
+def _condition(ctype: str, ok: bool | str, reason: str, message: str, previous: dict[str, dict[str, Any]],
                now: str) -> dict[str, Any]:
-    status = "True" if ok else "False"
+    status = ok if isinstance(ok, str) else ("True" if ok else "False")
     prev = previous.get(ctype)
     since = prev["lastTransitionTime"] if prev and prev.get("status") == status and prev.get(
         "lastTransitionTime") else now
@@ -115,7 +116,22 @@ def conditions(snap: Snapshot | None, previous: list[dict[str, Any]] | None, now
     working = [h for h in snap.sources if h.healthy]
     ready = _condition("Ready", bool(working), "Collecting" if working else "NoHealthySource",
                        f"{len(working)}/{len(snap.sources)} source(s) collecting", prev, stamp)
-    return [ready, healthy]
+    health = [_condition(c.type, c.status, c.reason, c.message[:MAX_ERROR_CHARS], prev, stamp) for c in snap.health]
+    return [ready, healthy, *health]
+
+
+def health_transitions(previous: list[dict[str, Any]] | None, current: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Health conditions whose status differs from the object's (for Kubernetes events); Ready and
+    SourcesHealthy are left to status alone."""
+    before = {c.get("type"): c.get("status") for c in previous or [] if isinstance(c, dict)}
+    changed = []
+    for cond in current:
+        if cond["type"] not in CONDITION_TYPES:
+            continue
+        was = before.get(cond["type"])
+        if (was is None and cond["status"] == "True") or (was is not None and was != cond["status"]):
+            changed.append(cond)
+    return changed
 
 
 def _latest(snap: Snapshot, exported: list[str]) -> dict[str, float | str]:

@@ -205,3 +205,36 @@ async def test_a_batch_the_database_rejects_fails_that_source_only_and_is_retrie
         assert await stored(database_url, "wl-7") == {**expected("good", good), **expected("bad", bad)}
     finally:
         await c.stop()
+
+
+async def test_health_is_judged_on_the_injected_clock_and_transitions_are_stored(store):
+    now = [T0 + 60]
+    run = make_run(50)  # one step per second of source time, the last at T0 + 50
+    spec = parse_spec({"sources": [{"name": "tb", "scripted": {"run": "health-run"}}], "pollInterval": "50ms"},
+                      SCHEMAS)
+    RUNS["health-run"] = run
+    c = Collector("wl-8", spec, store, name="wl", registry=REGISTRY, backoff_base=0.02, backoff_cap=0.1,
+                  health_interval=0.02, clock=lambda: now[0])
+    await c.start()
+    try:
+        await eventually(lambda: c.snapshot().step == 50)
+
+        def condition(ctype: str) -> str | None:
+            return next((h.status for h in c.snapshot().health if h.type == ctype), None)
+
+        assert condition("Stalled") == "False"
+        now[0] = T0 + 50 + 601  # ten minutes (the floor) without a new step
+        await eventually(lambda: condition("Stalled") == "True")
+        run.log(51, T0 + 700, loss=math.nan, lr=1e-3)
+        await eventually(lambda: condition("NonFiniteMetric") == "True" and condition("Stalled") == "False")
+        stored = await eventually(lambda: _events(store, "wl-8", 3))
+        assert [(e.condition.type, e.condition.status) for e in stored] == [
+            ("Stalled", "True"), ("Stalled", "False"), ("NonFiniteMetric", "True")]
+        assert stored[2].condition.step == 51 and "loss is nan" in stored[2].condition.message
+    finally:
+        await c.stop()
+
+
+async def _events(store: Store, uid: str, n: int):
+    events = await store.health_events(uid)
+    return events if len(events) >= n else None

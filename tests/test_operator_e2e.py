@@ -504,3 +504,36 @@ async def _stop_pg(pg: Any) -> None:
 
 async def _start_pg(pg: Any) -> None:
     await asyncio.to_thread(pg.start)
+
+
+# ---- 9. training health -----------------------------------------------------------------------------------------
+
+
+async def test_a_stalled_run_flips_the_condition_the_gauge_and_posts_events(cluster: Cluster, operator: Operator,
+                                                                            runs: Any, tmp_path: Path) -> None:
+    old = runs("stall/old", pace=2.0)  # wall times an hour ago: the run's newest step is old
+    old.write(range(1, 51))
+    await cluster.create("stall", tb_spec(tmp_path / "stall", health={"stall": {"after": "1m"}}))
+    await wait_step(cluster, "stall", 50)
+
+    def stalled_gauge(scraped: Any) -> list[float]:
+        return series(scraped, "trainscope_workload_condition", workload="stall", condition="Stalled")
+
+    async def stalled() -> dict[str, Any]:
+        obj = await cluster.workload("stall")
+        cond = condition(obj, "Stalled")
+        assert cond.get("status") == "True" and "no new step since step 50" in cond.get("message", ""), show(obj)
+        assert stalled_gauge(await operator.scrape()) == [1.0]
+        assert cluster.events("stall", reason="Stalled"), "no Warning event for the stall"
+        return obj
+    await eventually(stalled, within=WAIT, what="the Stalled condition of 'stall'")
+
+    fresh = runs("stall/fresh")  # training goes on: a new step stamped now
+    fresh.write([51])
+
+    async def recovered() -> None:
+        obj = await cluster.workload("stall")
+        assert condition(obj, "Stalled").get("status") == "False", show(obj)
+        assert stalled_gauge(await operator.scrape()) == [0.0]
+        assert cluster.events("stall", reason="StalledCleared"), "no event for the cleared stall"
+    await eventually(recovered, within=WAIT, what="the Stalled condition of 'stall' to clear")

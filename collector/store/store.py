@@ -8,6 +8,7 @@ from typing import Any
 
 import asyncpg
 
+from trainscope.collector.health import Condition, HealthEvent
 from trainscope.collector.points import Point
 from trainscope.collector.store import writer
 from trainscope.collector.store.codecs import init_connection
@@ -106,6 +107,7 @@ class Store:
                 await conn.execute("DELETE FROM series WHERE workload_uid = $1", uid)
                 await conn.execute("DELETE FROM cursors WHERE workload_uid = $1", uid)
                 await conn.execute("DELETE FROM runs WHERE workload_uid = $1", uid)
+                await conn.execute("DELETE FROM health_events WHERE workload_uid = $1", uid)
         if delete_data:
             for key in [k for k in self._series if k[0] == uid]:
                 for sid in self._series.pop(key).values():
@@ -191,3 +193,21 @@ class Store:
                 "SELECT source, run, info, extract(epoch FROM updated_at)::float8 AS updated "
                 "FROM runs WHERE workload_uid = $1 ORDER BY source, run", uid)
         return [RunInfo(r["source"], r["run"], r["info"], r["updated"]) for r in rows]
+
+    async def add_health_events(self, uid: str, events: Sequence[HealthEvent]) -> None:
+        """Append condition transitions to the workload's health history."""
+        rows = [(uid, e.condition.type, e.condition.status, e.condition.reason, e.condition.message,
+                 e.condition.metric, e.condition.step, e.condition.value, e.at) for e in events]
+        async with self._connection() as conn:
+            await conn.executemany(
+                "INSERT INTO health_events (workload_uid, type, status, reason, message, metric, step, value, at) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)", rows)
+
+    async def health_events(self, uid: str, limit: int = 100) -> list[HealthEvent]:
+        """The newest `limit` transitions of the workload, oldest first."""
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT * FROM (SELECT id, type, status, reason, message, metric, step, value, at FROM health_events "
+                "WHERE workload_uid = $1 ORDER BY id DESC LIMIT $2) e ORDER BY id", uid, limit)
+        return [HealthEvent(r["at"], Condition(r["type"], r["status"], r["reason"], r["message"], r["metric"],
+                                               r["step"], r["value"])) for r in rows]

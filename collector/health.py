@@ -1,0 +1,277 @@
+"""Training health: stalled runs, non-finite values, spikes and divergence, and sources that disagree.
+
+Pure logic over points and a clock, so every detector is tested with synthetic series and deterministic time.
+Detectors assume a lower-is-better metric such as a loss; they watch the primary metric unless
+`spec.health.metrics` names others.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import statistics
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from trainscope.collector.points import Point, RunState
+
+STALLED = "Stalled"
+NON_FINITE = "NonFiniteMetric"
+SPIKE = "MetricSpike"
+DIVERGING = "MetricDiverging"
+DISAGREE = "SourcesDisagree"
+CONDITION_TYPES = (STALLED, NON_FINITE, SPIKE, DIVERGING, DISAGREE)
+MAD_TO_SIGMA = 1.4826
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSpec:
+    """`spec.health`, with the defaults that were measured on normal runs (docs/health.md)."""
+
+    stall_after: float | None = None  # seconds; None: derived from the run's own step interval
+    stall_factor: float = 10.0
+    stall_floor: float = 600.0
+    stall_ceiling: float = 7200.0
+    metrics: tuple[str, ...] = ()  # globs; empty: the primary metric
+    spike_window: int = 50
+    spike_threshold: float = 8.0  # robust standard deviations (MAD x 1.4826) above the window's median
+    spike_min_points: int = 20
+    spike_clear_points: int = 10
+    rising_span: int = 400  # points; 0 turns divergence detection off
+    rising_min_increase: float = 0.25  # the last quarter's median over the first quarter's, relative
+    disagreement_tolerance: float | None = None  # relative; None turns the check off
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None, parse_duration: Any) -> HealthSpec:
+        d = d or {}
+        stall, spike, rising = d.get("stall") or {}, d.get("spike") or {}, d.get("rising") or {}
+        base = cls()  # slotted dataclass: class attributes are descriptors, defaults live on an instance
+        return cls(
+            stall_after=parse_duration(stall["after"]) if "after" in stall else None,
+            stall_factor=stall.get("factor", base.stall_factor),
+            stall_floor=parse_duration(stall["floor"]) if "floor" in stall else base.stall_floor,
+            stall_ceiling=parse_duration(stall["ceiling"]) if "ceiling" in stall else base.stall_ceiling,
+            metrics=tuple(d.get("metrics", ())),
+            spike_window=spike.get("window", base.spike_window),
+            spike_threshold=spike.get("threshold", base.spike_threshold),
+            spike_min_points=spike.get("minPoints", base.spike_min_points),
+            spike_clear_points=spike.get("clearAfter", base.spike_clear_points),
+            rising_span=rising.get("span", base.rising_span),
+            rising_min_increase=rising.get("minIncrease", base.rising_min_increase),
+            disagreement_tolerance=(d.get("disagreement") or {}).get("tolerance"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """One health condition as status shows it; `status` is "True", "False" or "Unknown"."""
+
+    type: str
+    status: str
+    reason: str
+    message: str
+    metric: str | None = None
+    step: int | None = None
+    value: float | None = None
+
+
+@dataclass(slots=True)
+class MetricWatch:
+    """Spike, divergence and non-finite state of one series; fed only with steps beyond the last one seen, so a
+    resumed run that re-logs steps is not judged twice."""
+
+    spec: HealthSpec
+    last_step: int | None = None
+    window: deque[float] = field(default_factory=deque)
+    rising: deque[float] = field(default_factory=deque)
+    band: tuple[float, float] | None = None  # (median, scale) of the window, refreshed every few points
+    band_age: int = 0
+    non_finite: tuple[int, float] | None = None
+    spike: tuple[int, float, float, float] | None = None  # step, value, median, scale
+    calm: int = 0
+    diverging: tuple[int, float, float] | None = None  # step, first-quarter median, last-quarter median
+    rising_age: int = 0
+
+    def observe(self, step: int, value: float) -> None:
+        if self.last_step is not None and step <= self.last_step:
+            return
+        self.last_step = step
+        if not math.isfinite(value):
+            self.non_finite = (step, value)
+            return
+        self.non_finite = None
+        self._check_spike(step, value)
+        self.window.append(value)
+        if len(self.window) > self.spec.spike_window:
+            self.window.popleft()
+        if self.spec.rising_span:
+            self._check_rising(step, value)
+
+    def _compute_band(self) -> tuple[float, float]:
+        med = statistics.median(self.window)
+        mad = statistics.median(abs(x - med) for x in self.window) * MAD_TO_SIGMA
+        return med, max(mad, abs(med) * 1e-3, 1e-12)
+
+    def _check_spike(self, step: int, value: float) -> None:
+        spec = self.spec
+        if len(self.window) < spec.spike_min_points:
+            return
+        # The band moves slowly: recompute it every tenth of a window, and always before calling a spike.
+        if self.band is None or self.band_age >= max(1, spec.spike_window // 10):
+            self.band, self.band_age = self._compute_band(), 0
+        self.band_age += 1
+        med, scale = self.band
+        if value > med + spec.spike_threshold * scale:
+            med, scale = self.band = self._compute_band()
+        if value > med + spec.spike_threshold * scale:
+            self.spike, self.calm = (step, value, med, scale), 0
+        elif self.spike is not None:
+            self.calm += 1
+            if self.calm >= spec.spike_clear_points:
+                self.spike = None
+
+    def _check_rising(self, step: int, value: float) -> None:
+        span = self.spec.rising_span
+        self.rising.append(value)
+        if len(self.rising) > span:
+            self.rising.popleft()
+        self.rising_age += 1
+        if len(self.rising) < span or self.rising_age < max(1, span // 20):
+            return
+        self.rising_age = 0
+        quarter = span // 4
+        values = list(self.rising)
+        q = [statistics.median(values[i * quarter:(i + 1) * quarter]) for i in range(4)]
+        rising = q[0] < q[1] < q[2] < q[3] and q[3] - q[0] > self.spec.rising_min_increase * max(abs(q[0]), 1e-12)
+        self.diverging = (step, q[0], q[3]) if rising else None
+
+
+def _fmt(value: float) -> str:
+    return format(value, ".6g")
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else (f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s")
+
+
+class HealthMonitor:
+    """Watches one Workload's monitored series and judges its conditions at a given time."""
+
+    def __init__(self, spec: HealthSpec):
+        self.spec = spec
+        self.watches: dict[tuple[str, str, str], MetricWatch] = {}  # (source, run, metric)
+        self._monitored: dict[str, bool] = {}
+        self._primary: str | None = None
+        self._recent: dict[tuple[str, str], deque[tuple[int, float]]] = {}  # (metric, source) -> (step, value)
+
+    def monitors(self, metric: str, primary: str | None) -> bool:
+        if primary != self._primary:
+            self._primary, self._monitored = primary, {}
+        verdict = self._monitored.get(metric)
+        if verdict is None:
+            globs = self.spec.metrics or ((primary,) if primary else ())
+            verdict = self._monitored[metric] = any(fnmatch.fnmatchcase(metric, g) for g in globs)
+        return verdict
+
+    def observe(self, source: str, points: list[Point], primary: str | None) -> None:
+        """Feed the monitored metrics' points of one batch (in the order the source gave them)."""
+        track = self.spec.disagreement_tolerance is not None
+        for p in points:
+            if not self.monitors(p.metric, primary):
+                continue
+            key = (source, p.run, p.metric)
+            watch = self.watches.get(key)
+            if watch is None:
+                watch = self.watches[key] = MetricWatch(self.spec)
+            watch.observe(p.step, p.value)
+            if track:
+                recent = self._recent.setdefault((p.metric, source), deque(maxlen=256))
+                recent.append((p.step, p.value))
+
+    def stall_threshold(self, step_interval: float | None) -> float:
+        spec = self.spec
+        if spec.stall_after is not None:
+            return spec.stall_after
+        derived = spec.stall_factor * step_interval if step_interval else spec.stall_floor
+        return min(spec.stall_ceiling, max(spec.stall_floor, derived))
+
+    def evaluate(self, now: float, *, run_state: RunState, step: int | None, step_ts: float | None,
+                 step_interval: float | None, sources_ok: bool) -> dict[str, Condition]:
+        """Every condition type, True while its cause lasts and False (or Unknown) otherwise."""
+        out = {STALLED: self._stalled(now, run_state, step, step_ts, step_interval, sources_ok)}
+        out[NON_FINITE] = self._worst(NON_FINITE, lambda w: w.non_finite, lambda k, v: (
+            "NonFiniteValue", f"{k[2]} is {_fmt(v[1])} at step {v[0]} (source {k[0]}, run {k[1]})", v[0], v[1]))
+        out[SPIKE] = self._worst(SPIKE, lambda w: w.spike, lambda k, v: (
+            "SpikeAboveBand", f"{k[2]} jumped to {_fmt(v[1])} at step {v[0]}, above the recent median "
+            f"{_fmt(v[2])} + {self.spec.spike_threshold:g} x {_fmt(v[3])}", v[0], v[1]))
+        out[DIVERGING] = self._worst(DIVERGING, lambda w: w.diverging, lambda k, v: (
+            "RisingSteadily", f"{k[2]} rose steadily over the last {self.spec.rising_span} points, from a median "
+            f"of {_fmt(v[1])} to {_fmt(v[2])} (step {v[0]})", v[0], v[2]))
+        out[DISAGREE] = self._disagreement()
+        return out
+
+    def _stalled(self, now: float, run_state: RunState, step: int | None, step_ts: float | None,
+                 step_interval: float | None, sources_ok: bool) -> Condition:
+        if run_state in (RunState.FINISHED, RunState.FAILED):
+            return Condition(STALLED, "False", "RunEnded", f"the run is {run_state}")
+        if step is None or step_ts is None:
+            return Condition(STALLED, "False", "NoData", "no step seen yet")
+        threshold = self.stall_threshold(step_interval)
+        age = now - step_ts
+        if age <= threshold:
+            return Condition(STALLED, "False", "Progressing", f"step {step} {_duration(max(age, 0))} ago", step=step)
+        if not sources_ok:
+            return Condition(STALLED, "Unknown", "SourcesUnavailable",
+                             f"no new step for {_duration(age)}, but no source can be read", step=step)
+        return Condition(STALLED, "True", "NoNewStep", f"no new step since step {step} for {_duration(age)} "
+                         f"(threshold {_duration(threshold)}) while the run is {run_state}", step=step)
+
+    def _worst(self, ctype: str, state: Any, describe: Any) -> Condition:
+        for key, watch in sorted(self.watches.items()):
+            value = state(watch)
+            if value is not None:
+                reason, message, step, v = describe(key, value)
+                return Condition(ctype, "True", reason, message, metric=key[2], step=step, value=v)
+        return Condition(ctype, "False", "Normal", "no finding" if self.watches else "no monitored metric yet")
+
+    def _disagreement(self) -> Condition:
+        tol = self.spec.disagreement_tolerance
+        if tol is None:
+            return Condition(DISAGREE, "False", "Disabled", "spec.health.disagreement is not set")
+        by_metric: dict[str, dict[str, dict[int, float]]] = {}
+        for (metric, source), recent in self._recent.items():
+            by_metric.setdefault(metric, {})[source] = dict(recent)
+        for metric, sources in sorted(by_metric.items()):
+            names = sorted(sources)
+            for i, a in enumerate(names):
+                for b in names[i + 1:]:
+                    common = sources[a].keys() & sources[b].keys()
+                    if not common:
+                        continue
+                    step = max(common)
+                    va, vb = sources[a][step], sources[b][step]
+                    if math.isfinite(va) and math.isfinite(vb) and abs(va - vb) > tol * max(abs(va), abs(vb)):
+                        return Condition(DISAGREE, "True", "ValuesDiffer",
+                                         f"{metric} at step {step}: {a}={_fmt(va)}, {b}={_fmt(vb)} "
+                                         f"(tolerance {tol:g})", metric=metric, step=step, value=va)
+        return Condition(DISAGREE, "False", "Agree", "sources agree within tolerance")
+
+
+@dataclass(frozen=True, slots=True)
+class HealthEvent:
+    """A condition changing status, as stored in `health_events` and posted as a Kubernetes event."""
+
+    at: float
+    condition: Condition
+
+
+def transitions(previous: dict[str, Condition], current: dict[str, Condition], now: float) -> list[HealthEvent]:
+    """Conditions whose status changed since the last evaluation (a first evaluation reports only True ones)."""
+    events = []
+    for ctype, cond in current.items():
+        before = previous.get(ctype)
+        if (before is None and cond.status == "True") or (before is not None and before.status != cond.status):
+            events.append(HealthEvent(now, cond))
+    return events
