@@ -410,7 +410,7 @@ class Collector:
         rate = self._rate.rate()
         primary = self._primary or detect_primary_metric(latest)
         last_ts = max((h.newest_ts for h in healths if h.newest_ts is not None), default=None)
-        eta = 0.0 if run_state == RunState.FINISHED else eta_seconds(step, total, rate)
+        eta = 0.0 if run_state == RunState.FINISHED else eta_seconds(step, total, rate, self._rate.pause_overhead())
         return Snapshot(step=step, total_steps=total, progress=progress, throughput=rate, eta_seconds=eta,
                         primary_metric=primary, latest=latest, run_state=run_state, sources=healths,
                         last_point_ts=last_ts, taken_at=now, health=tuple(self._conditions.values()),

@@ -45,16 +45,35 @@ class StepRate:
     phase, a restart from a checkpoint) are left out, so the rate is the pace while training runs.
     """
 
-    def __init__(self, window_seconds: float = 1800.0, max_samples: int = 512, pause_factor: float = 5.0):
+    def __init__(self, window_seconds: float = 1800.0, max_samples: int = 512, pause_factor: float = 5.0,
+                 restart_gap: float = 3600.0):
         self.window = window_seconds
         self.pause_factor = pause_factor
+        self.restart_gap = restart_gap  # longer gaps are restarts: neither pace nor expected pauses
         self.samples: deque[tuple[float, int]] = deque(maxlen=max_samples)
+        self.active_seconds = 0.0  # over the whole run seen: time spent stepping...
+        self.paused_seconds = 0.0  # ...and in pauses (evaluations, checkpoints), for the ETA
+        self._typical: float | None = None
+        self._age = 0
 
     def observe(self, ts: float, step: int) -> None:
         if not math.isfinite(ts):
             return
         if self.samples and (step <= self.samples[-1][1] or ts < self.samples[-1][0]):
             return
+        if self.samples:
+            dt, ds = ts - self.samples[-1][0], step - self.samples[-1][1]
+            self._age += 1
+            if self._typical is None or self._age >= 64:  # a median per step would slow a long catch-up
+                self._typical, self._age = self.step_interval(), 0
+            typical = self._typical
+            if dt > self.restart_gap:
+                pass
+            elif typical and dt / ds > self.pause_factor * typical:
+                self.active_seconds += typical * ds
+                self.paused_seconds += dt - typical * ds
+            else:
+                self.active_seconds += dt
         self.samples.append((ts, step))
         while len(self.samples) > 2 and self.samples[-1][0] - self.samples[0][0] > self.window:
             self.samples.popleft()
@@ -79,11 +98,16 @@ class StepRate:
         return sum(ds for _, ds in active) / seconds
 
 
-def eta_seconds(step: int | None, total: int | None, rate: float | None) -> float | None:
-    """Seconds until `total` at `rate` steps/s; None when unknown, 0 when done."""
+    def pause_overhead(self) -> float:
+        """Paused time per second of stepping so far (0.1: evaluations add 10% to the remaining time)."""
+        return self.paused_seconds / self.active_seconds if self.active_seconds > 0 else 0.0
+
+
+def eta_seconds(step: int | None, total: int | None, rate: float | None, pause_overhead: float = 0.0) -> float | None:
+    """Seconds until `total` at `rate` steps/s plus the run's usual share of pauses; None when unknown."""
     if step is None or not total or not rate or rate <= 0:
         return None
-    return max(0.0, (total - step) / rate)
+    return max(0.0, (total - step) / rate * (1.0 + pause_overhead))
 
 
 def format_duration(seconds: float | None) -> str | None:

@@ -77,8 +77,11 @@ def test_an_evaluation_pause_shorter_than_the_floor_is_not_a_stall():
         if s % 500 == 0:
             assert judge(m, now=t - 1, step=s - 1, step_ts=t - 300, interval=rate.step_interval())[
                 STALLED].status == "False"
-    assert rate.rate() == pytest.approx(1.0)  # pauses do not drag the pace down
+    assert rate.rate() == pytest.approx(1.0)  # pauses do not drag the pace down...
+    assert rate.pause_overhead() == pytest.approx(4 * 299 / 2000, rel=0.01)  # ...but the ETA expects more of them
     assert eta_seconds(2000, 3000, rate.rate()) == pytest.approx(1000)
+    assert eta_seconds(2000, 3000, rate.rate(), rate.pause_overhead()) == pytest.approx(1000 * (1 + 4 * 299 / 2000),
+                                                                                        rel=0.01)
 
 
 def test_non_finite_value_is_reported_with_metric_and_step_then_clears():
