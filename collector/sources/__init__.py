@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from trainscope.collector.sources.base import Source, SourceContext, SourceError, SourceFactory
+from trainscope.collector.sources.swanlab import SwanLabSource
 from trainscope.collector.sources.tensorboard import TensorBoardSource
 
 REGISTRY: dict[str, SourceFactory] = {
     TensorBoardSource.kind: TensorBoardSource,
+    SwanLabSource.kind: SwanLabSource,
 }
 
 __all__ = ["REGISTRY", "Source", "SourceContext", "SourceError", "SourceFactory"]
