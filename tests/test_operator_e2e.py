@@ -537,3 +537,28 @@ async def test_a_stalled_run_flips_the_condition_the_gauge_and_posts_events(clus
         assert stalled_gauge(await operator.scrape()) == [0.0]
         assert cluster.events("stall", reason="StalledCleared"), "no event for the cleared stall"
     await eventually(recovered, within=WAIT, what="the Stalled condition of 'stall' to clear")
+
+
+# ---- 10. other source kinds under the operator -----------------------------------------------------------------
+
+
+async def test_a_swanlab_run_reaches_status_under_the_operator(cluster: Cluster, operator: Operator,
+                                                              tmp_path: Path) -> None:
+    from swanfixtures import swan_env, write_runs
+    from swanfixtures import value as swan_value
+
+    logdir = tmp_path / "swanlog"
+    write_runs(logdir, swan_env(tmp_path / "swan"), {"name": "sft", "metrics": ["train/loss", "train/lr"],
+                                                     "steps": 120})
+    await cluster.create("swan", {"sources": [{"swanlab": {"logDir": str(logdir)}}], "pollInterval": "200ms",
+                                  "totalSteps": 119})
+
+    async def collected() -> dict[str, Any]:
+        obj = await cluster.workload("swan")
+        st = obj.get("status", {})
+        assert st.get("step") == 119 and st.get("phase") == "Succeeded", show(obj)  # steps 0..119, run finished
+        assert st.get("primaryMetric") == {"name": "train/loss", "step": 119,
+                                           "value": six_digits(swan_value("sft", "train/loss", 119))}, show(obj)
+        assert st.get("progress") == 100 and st.get("runState") == "finished", show(obj)
+        return obj
+    await eventually(collected, within=WAIT, what="the SwanLab Workload's status")

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from trainscope.collector.sources.base import Source, SourceContext, SourceError, SourceFactory
+from trainscope.collector.sources.qianfan import QianfanSource
 from trainscope.collector.sources.swanlab import SwanLabSource
 from trainscope.collector.sources.tensorboard import TensorBoardSource
+from trainscope.collector.sources.wandb import WandbSource
 
 REGISTRY: dict[str, SourceFactory] = {
     TensorBoardSource.kind: TensorBoardSource,
     SwanLabSource.kind: SwanLabSource,
+    QianfanSource.kind: QianfanSource,
+    WandbSource.kind: WandbSource,
 }
 
 __all__ = ["REGISTRY", "Source", "SourceContext", "SourceError", "SourceFactory"]

@@ -1,0 +1,349 @@
+"""Baidu Qianfan source: a fine-tuning job's state and progress from the V1 `jobDetail` API, signed with BCE auth v1.
+
+A status source: one request per poll (`POST /wenxinworkshop/finetune/jobDetail` with `{"taskId", "jobId"}`)
+gives the job's trainStatus, progress (0-100), runTime and trainTime. The step of every point is the job's
+runTime in seconds, so an unchanged answer lands on the same (series, step) keys and changes nothing.
+See docs/sources/qianfan.md.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import json
+import math
+import os
+import time
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any, ClassVar
+
+import httpx
+
+from trainscope.collector.points import Batch, Cursor, Point, RunState
+from trainscope.collector.sources.base import SourceContext, SourceError
+from trainscope.collector.sources.bce_auth import Credentials, authorization, canonical_time, uri_encode
+from trainscope.collector.spec import DURATION_PATTERN, parse_duration
+
+DEFAULT_ENDPOINT = "https://qianfan.baidubce.com"
+JOB_DETAIL_PATH = "/wenxinworkshop/finetune/jobDetail"
+ENV_ACCESS_KEY, ENV_SECRET_KEY = "QIANFAN_ACCESS_KEY", "QIANFAN_SECRET_KEY"  # the Qianfan SDK's names
+SIGN_EXPIRATION = 300  # seconds a signature stays valid (the Qianfan SDK's default)
+SIGNED_HEADERS = ("content-type", "host", "x-bce-date")  # what the Qianfan SDK signs
+NOT_SET = "0000-00-00 00:00:00"  # Qianfan's "no time yet" (finishTime of a job that has not ended)
+MAX_CLOCK_SKEW = 300.0  # seconds between our clock and the server's Date beyond which auth failures are ClockSkew
+AUTH_RETRY_AFTER = 300.0  # wrong keys do not fix themselves: ask the collector to back off slowly
+RATE_RETRY_AFTER = 60.0
+
+METRIC_PROGRESS, METRIC_RUN_TIME, METRIC_TRAIN_TIME = "qianfan/progress", "qianfan/runTime", "qianfan/trainTime"
+
+# trainStatus -> (run state, label kept in the run's metadata). STOP (stopped by a user) is not a success: the
+# Workload shows Failed, as Argo shows a stopped Workflow; the label and a note keep "stopped" visible.
+_STATES: dict[str, tuple[RunState, str]] = {
+    "RUNNING": (RunState.RUNNING, "running"),
+    "FINISH": (RunState.FINISHED, "finished"),
+    "FAIL": (RunState.FAILED, "failed"),
+    "STOP": (RunState.FAILED, "stopped"),
+}
+# Qianfan error codes (the `error_code` of an answer) by what they mean for polling.
+_AUTH_CODES = {13, 14, 110, 111}  # service token / IAM certification failed, access token invalid / expired
+_PERMISSION_CODES = {6, 336004}
+_RATE_CODES = {4, 17, 18, 19, 336100}  # request limits, server high load
+_PARAM_CODES = {100, 336001, 336003, 500001}  # invalid parameter ("param invalid": usually a wrong taskId/jobId)
+# BCE gateway errors (`{"code", "message", "requestId"}`) about the signature or the request's time.
+_BCE_AUTH = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidHTTPAuthHeader",
+             "InvalidSessionToken", "Unauthorized"}
+_BCE_CLOCK = {"RequestExpired", "RequestTimeTooSkewed"}
+
+_K8S_NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+_SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
+
+
+class QianfanSource:
+    """One Qianfan fine-tuning job (taskId + jobId): state, progress, run and train time."""
+
+    kind: ClassVar[str] = "qianfan"
+    schema: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "description": "A Baidu Qianfan fine-tuning job (V1 jobDetail API): its state, progress (0-100), runTime "
+                       "and trainTime. Requests are signed (BCE auth v1) with an IAM access key / secret key.",
+        "additionalProperties": False,
+        "required": ["taskId", "jobId"],
+        "properties": {
+            "taskId": {"type": "integer", "minimum": 0, "description": "The fine-tuning task's id (taskId)."},
+            "jobId": {"type": "integer", "minimum": 0, "description": "The task's run id (jobId)."},
+            "endpoint": {"type": "string", "pattern": r"^https?://[^\s/]+(/\S*)?$", "maxLength": 2048,
+                         "default": DEFAULT_ENDPOINT,
+                         "description": "Base URL of the Qianfan console API (a path prefix is allowed)."},
+            "credentialsSecretRef": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["name"],
+                "description": "Secret in the Workload's namespace holding the IAM access key and secret key "
+                               f"(default: the collector's {ENV_ACCESS_KEY} / {ENV_SECRET_KEY} environment "
+                               "variables, also used when the Secret cannot be resolved in local mode).",
+                "properties": {
+                    "name": {"type": "string", "minLength": 1, "maxLength": 253, "pattern": _K8S_NAME,
+                             "description": "Secret name."},
+                    "accessKeyKey": {"type": "string", "minLength": 1, "maxLength": 253, "pattern": _SECRET_KEY,
+                                     "default": ENV_ACCESS_KEY, "description": "Key of the access key in the Secret."},
+                    "secretKeyKey": {"type": "string", "minLength": 1, "maxLength": 253, "pattern": _SECRET_KEY,
+                                     "default": ENV_SECRET_KEY, "description": "Key of the secret key in the Secret."},
+                },
+            },
+            "timeZone": {"type": "string", "pattern": r"^[+-](0[0-9]|1[0-4]):[0-5][0-9]$", "default": "+08:00",
+                         "description": "UTC offset of the job's startTime/finishTime, which carry none "
+                                        "(Qianfan answers in China Standard Time, +08:00)."},
+            "timeout": {"type": "string", "pattern": DURATION_PATTERN, "default": "10s",
+                        "description": "Per-request timeout, e.g. 10s."},
+        },
+    }
+
+    def __init__(self, config: dict[str, Any], ctx: SourceContext):
+        try:
+            self.task_id, self.job_id = int(config["taskId"]), int(config["jobId"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise SourceError("qianfan: taskId and jobId must be integers", reason="BadConfig") from e
+        self.ctx = ctx
+        self.label = f"{self.task_id}/{self.job_id}"
+        url = httpx.URL(str(config.get("endpoint", DEFAULT_ENDPOINT)).rstrip("/"))
+        self.endpoint = f"{url.scheme}://{url.netloc.decode('ascii')}{url.path.rstrip('/')}"
+        self._host = url.netloc.decode("ascii")
+        self._path = url.path.rstrip("/") + JOB_DETAIL_PATH
+        self._url = f"{url.scheme}://{self._host}{uri_encode(self._path, keep_slash=True)}"
+        self.timeout = parse_duration(config.get("timeout", "10s"))
+        self.tz = _utc_offset(config.get("timeZone", "+08:00"))
+        ref = config.get("credentialsSecretRef") or {}
+        self.secret_name: str | None = ref.get("name")
+        self.access_key_key: str = ref.get("accessKeyKey", ENV_ACCESS_KEY)
+        self.secret_key_key: str = ref.get("secretKeyKey", ENV_SECRET_KEY)
+        self._creds: Credentials | None = None
+        self._held: list[Credentials] = []  # every key pair this source has held, blanked out of error text
+        self._client: httpx.AsyncClient | None = None
+
+    def __repr__(self) -> str:
+        return f"QianfanSource(taskId={self.task_id}, jobId={self.job_id}, endpoint={self.endpoint!r})"
+
+    async def poll(self, cursor: Cursor | None) -> Batch:
+        """Ask for the job's detail once; points only when the answer changed since `cursor`."""
+        try:
+            return await self._poll(cursor)
+        except SourceError as e:
+            raise SourceError(self._scrub(str(e)), reason=e.reason, retry_after=e.retry_after) from None
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    # ---- credentials
+
+    async def _credentials(self) -> Credentials:
+        """The keys from the Secret, else from the environment; kept until an auth failure drops them."""
+        if self._creds is not None:
+            return self._creds
+        ak = sk = None
+        where = f"environment variables {ENV_ACCESS_KEY} / {ENV_SECRET_KEY}"
+        if self.secret_name and self.ctx.resolve_secret is not None:
+            where = (f"Secret {self.ctx.namespace}/{self.secret_name} (keys {self.access_key_key}, "
+                     f"{self.secret_key_key}) or " + where)
+            try:
+                ak = await self.ctx.resolve_secret({"name": self.secret_name, "key": self.access_key_key})
+                sk = await self.ctx.resolve_secret({"name": self.secret_name, "key": self.secret_key_key})
+            except Exception as e:  # the resolver's own errors name the Secret, never its values
+                raise SourceError(f"cannot read Secret {self.ctx.namespace}/{self.secret_name}: "
+                                  f"{type(e).__name__}: {str(e)[:200]}", reason="SecretUnavailable",
+                                  retry_after=AUTH_RETRY_AFTER) from None
+        ak = (ak or os.environ.get(ENV_ACCESS_KEY) or "").strip()  # a Secret made from a file often ends in \n
+        sk = (sk or os.environ.get(ENV_SECRET_KEY) or "").strip()
+        if not ak or not sk:
+            raise SourceError(f"no Qianfan access key / secret key: set them in the {where}",
+                              reason="MissingCredentials", retry_after=AUTH_RETRY_AFTER)
+        self._creds = Credentials(ak, sk)
+        self._held.append(self._creds)
+        return self._creds
+
+    def _scrub(self, text: str) -> str:
+        """Error text with the keys blanked out, whatever a server or a resolver echoed back."""
+        secrets = {k for c in self._held for k in (c.access_key, c.secret_key) if len(k) >= 4}
+        for secret in sorted(secrets, key=len, reverse=True):
+            text = text.replace(secret, "<redacted>")
+        return text
+
+    # ---- one request
+
+    async def _request(self, creds: Credentials) -> tuple[httpx.Response, float]:
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=self.timeout, follow_redirects=False)
+        body = json.dumps({"taskId": self.task_id, "jobId": self.job_id}, separators=(",", ":")).encode()
+        now = time.time()
+        headers = {"Host": self._host, "Content-Type": "application/json", "x-bce-date": canonical_time(now)}
+        headers["Authorization"] = authorization(creds, "POST", self._path, headers=headers, timestamp=now,
+                                                 expiration=SIGN_EXPIRATION, signed_headers=SIGNED_HEADERS)
+        what = f"Qianfan at {self.endpoint}"
+        try:
+            resp = await self._client.post(self._url, content=body, headers=headers)
+        except httpx.TimeoutException:
+            raise SourceError(f"{what} did not answer within {self.timeout:g}s", reason="Timeout") from None
+        except httpx.ConnectError as e:
+            raise SourceError(f"cannot connect to {what}: {e}", reason="Unreachable") from None
+        except httpx.HTTPError as e:
+            raise SourceError(f"request to {what} failed: {type(e).__name__}: {e}", reason="Unreachable") from None
+        return resp, now
+
+    async def _poll(self, cursor: Cursor | None) -> Batch:
+        creds = await self._credentials()
+        resp, sent_at = await self._request(creds)
+        try:
+            answer = resp.json()
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            reason = "HttpError" if resp.status_code >= 400 else "BadResponse"
+            raise SourceError(f"Qianfan answered HTTP {resp.status_code} to jobDetail with something that is not a "
+                              f"JSON object: {resp.text[:200]!r}", reason=reason)
+        if answer.get("error_code") not in (None, 0) or (resp.status_code >= 400 and "result" not in answer):
+            raise self._api_error(answer, resp, sent_at)
+        result = answer.get("result")
+        if not isinstance(result, dict):
+            raise SourceError(f"Qianfan's jobDetail answer has no result object: {str(answer)[:200]}",
+                              reason="BadResponse")
+        return self._batch(result, cursor, answer.get("log_id"))
+
+    def _api_error(self, answer: dict[str, Any], resp: httpx.Response, sent_at: float) -> SourceError:
+        """An error answer -> a SourceError saying what to do; wrong keys and clock skew back off slowly."""
+        job = f"taskId={self.task_id} jobId={self.job_id}"
+        if answer.get("error_code") not in (None, 0):
+            code, msg = answer.get("error_code"), str(answer.get("error_msg", ""))[:200]
+            said = f"Qianfan answered error_code {code} ({msg!r}) for {job}"
+            if answer.get("log_id"):
+                said += f" (log_id {answer['log_id']})"
+        else:
+            code, msg = answer.get("code"), str(answer.get("message", ""))[:200]
+            said = f"Qianfan answered HTTP {resp.status_code} {code} ({msg!r}) for {job}"
+            if answer.get("requestId"):
+                said += f" (requestId {answer['requestId']})"
+        skew = _clock_skew(resp, sent_at)
+        lowered = msg.lower()
+        auth = code in _AUTH_CODES or code in _BCE_AUTH or resp.status_code in (401, 403)
+        expired = "expired" in lowered and "token" not in lowered  # not "access token expired" (code 111)
+        if code in _BCE_CLOCK or expired or (auth and skew is not None and abs(skew) > MAX_CLOCK_SKEW):
+            how = ("check this machine's clock (NTP)" if skew is None else
+                   f"this machine's clock is {abs(skew):.0f}s {'behind' if skew > 0 else 'ahead of'} the server's "
+                   "Date header: sync it (NTP)")
+            return SourceError(f"{said}: the request's time was refused, {how}", reason="ClockSkew",
+                               retry_after=AUTH_RETRY_AFTER)
+        if auth:
+            self._creds = None  # read the Secret again next time: it may have been rotated
+            return SourceError(f"{said}: check the access key / secret key (an IAM AK/SK of the account that owns "
+                               "the job)", reason="AuthFailed", retry_after=AUTH_RETRY_AFTER)
+        if code in _PERMISSION_CODES:
+            return SourceError(f"{said}: the key's account may not read this job", reason="PermissionDenied",
+                               retry_after=AUTH_RETRY_AFTER)
+        if code in _RATE_CODES or resp.status_code == 429:
+            return SourceError(f"{said}: rate limited", reason="RateLimited", retry_after=RATE_RETRY_AFTER)
+        if code in _PARAM_CODES:
+            return SourceError(f"{said}: check taskId and jobId (a job of this account, V1 ids)", reason="BadRequest",
+                               retry_after=AUTH_RETRY_AFTER)
+        return SourceError(said, reason="ApiError")
+
+    # ---- the answer -> a batch
+
+    def _batch(self, result: dict[str, Any], cursor: Cursor | None, log_id: Any) -> Batch:
+        status = str(result.get("trainStatus", "")).upper()
+        state, label = _STATES.get(status, (RunState.UNKNOWN, status.lower() or "unknown"))
+        notes: list[str] = []
+        if status == "STOP":
+            notes.append("the job was stopped (trainStatus STOP): shown as failed")
+        elif status not in _STATES:
+            notes.append(f"unknown trainStatus {result.get('trainStatus')!r}: run state left unknown")
+        progress, run_time, train_time = (_number(result.get(k)) for k in ("progress", "runTime", "trainTime"))
+        start = self._time(result.get("startTime"))
+        finish = self._time(result.get("finishTime")) or self._time(result.get("finishtime"))
+        step = int(run_time) if run_time is not None and run_time >= 0 else None
+        if start is not None and run_time is not None:
+            ts = start + run_time
+        elif finish is not None and state != RunState.RUNNING:
+            ts = finish
+        else:
+            ts = time.time()  # nothing better: the poll's time (an unchanged answer is not written again)
+        seen = hashlib.sha256(json.dumps(result, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        last = cursor if isinstance(cursor, dict) else {}
+        changed = last.get("answer") != seen
+        if changed and step is not None and last.get("step") == step:
+            # Revised at the same runTime (e.g. a finished job's progress 99 -> 100): stamp it with the time it was
+            # seen, newer than the stored one, so the store replaces the value instead of keeping the old one.
+            ts = max(ts, time.time())
+        points: list[Point] = []
+        skipped: dict[str, int] = {}
+        if step is None:
+            skipped["noRunTime"] = 1
+            notes.append("the answer has no usable runTime: no points stored")
+        elif changed:
+            for metric, value in ((METRIC_PROGRESS, progress), (METRIC_RUN_TIME, run_time),
+                                  (METRIC_TRAIN_TIME, train_time)):
+                if value is not None:
+                    points.append(Point(metric, step, ts, value, self.label))
+        fraction = None if progress is None else min(1.0, max(0.0, progress / 100.0))
+        total = None
+        if state == RunState.FINISHED:
+            fraction, total = 1.0, step or None
+        elif state == RunState.RUNNING and step and progress and 0 < progress < 100:
+            total = round(step * 100 / progress)  # in runTime seconds, so the collector's ETA is remaining time
+        run = {
+            "displayName": result.get("taskName"), "taskId": result.get("taskId", self.task_id),
+            "jobId": result.get("id", self.job_id), "taskName": result.get("taskName"),
+            "description": result.get("description"), "version": result.get("version"),
+            "trainType": result.get("trainType"), "trainMode": result.get("trainMode"),
+            "peftType": result.get("peftType"), "jobRunType": result.get("jobRunType"),
+            "increConfig": result.get("increConfig"), "vdlLink": result.get("vdlLink"),
+            "trainStatus": result.get("trainStatus"), "state": label,
+            "startTime": _iso(start), "finishTime": _iso(finish),
+        }
+        run = {k: v for k, v in run.items() if v is not None or k == "finishTime"}
+        info = {"taskId": self.task_id, "jobId": self.job_id, "trainStatus": result.get("trainStatus"),
+                "taskName": result.get("taskName"), "vdlLink": result.get("vdlLink"), "logId": log_id}
+        return Batch(points=points, cursor={"answer": seen, "step": step}, state=state, progress=fraction,
+                     total_steps=total, skipped=skipped, notes=notes,
+                     info={k: v for k, v in info.items() if v is not None},
+                     runs={self.label: run} if changed else {})
+
+    def _time(self, value: Any) -> float | None:
+        """'2023-10-20 18:19:09' in the job's time zone -> epoch seconds; the 0000-00-00 placeholder -> None."""
+        if not isinstance(value, str) or not value.strip() or value.strip().startswith(NOT_SET[:10]):
+            return None
+        try:
+            parsed = datetime.fromisoformat(value.strip())
+        except ValueError:
+            return None
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=self.tz)).timestamp()
+
+
+def _utc_offset(text: str) -> timezone:
+    """'+08:00' -> a fixed-offset timezone."""
+    hours, minutes = text[1:].split(":")
+    delta = timedelta(hours=int(hours), minutes=int(minutes))
+    return timezone(-delta if text.startswith("-") else delta)
+
+
+def _number(value: Any) -> float | None:
+    """A finite number from the answer (numeric strings too), else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _clock_skew(resp: httpx.Response, sent_at: float) -> float | None:
+    """Server clock minus ours (seconds), from the answer's Date header; None without one."""
+    try:
+        server = email.utils.parsedate_to_datetime(resp.headers["date"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return server.timestamp() - sent_at

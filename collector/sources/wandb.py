@@ -1,0 +1,595 @@
+"""W&B source: the history of W&B runs, read incrementally from W&B's GraphQL API (cloud or self-hosted).
+
+Runs are found by id or by a Mongo-style filter (passed through to the server, as `wandb.Api().runs` does); each
+run's history is read as complete rows (`HistoryPage`, never sampled) from the last stored step + 1 up to the
+run's newest step, in windows of `pageSize` steps. An idle run costs the listing request, plus one `lastStep`
+check while it is running. See docs/sources/wandb.md.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import json
+import math
+import os
+import random
+import time
+from typing import Any, ClassVar
+
+import httpx
+
+from trainscope.collector.points import Batch, Cursor, Point, RunState
+from trainscope.collector.sources.base import SourceContext, SourceError
+from trainscope.collector.spec import DURATION_PATTERN, MetricFilter, metric_filter_schema, parse_duration
+
+DEFAULT_BASE_URL = "https://api.wandb.ai"
+API_KEY_ENV = "WANDB_API_KEY"
+RUNS_PER_PAGE = 50
+UNAUTHORIZED_RETRY_AFTER = 300.0  # seconds: a rejected key is not retried in a storm
+MAX_EMPTY_WINDOW_GROWTH = 16  # windows with no rows double, up to pageSize * this (steps logged sparsely)
+MAX_CONFIG_KEYS = 64
+
+# W&B run state -> the Workload's run state. `crashed` means the heartbeat stopped (it can return to running if
+# the process was only cut off); `preempting`/`pending` are alive; `preempted` waits for a resume: unknown.
+STATE_MAP: dict[str, RunState] = {
+    "running": RunState.RUNNING, "pending": RunState.RUNNING, "preempting": RunState.RUNNING,
+    "finished": RunState.FINISHED,
+    "failed": RunState.FAILED, "crashed": RunState.FAILED, "killed": RunState.FAILED,
+    "preempted": RunState.UNKNOWN,
+}
+_ACTIVE = frozenset({"running", "pending", "preempting"})
+
+_RUN_FIELDS = ("name displayName state createdAt heartbeatAt historyLineCount group jobType tags "
+               "config @include(if: $withConfig)")
+RUNS_QUERY = f"""query Runs($entity: String!, $project: String!, $cursor: String, $perPage: Int, $order: String,
+    $filters: JSONString, $withConfig: Boolean!) {{
+  project(name: $project, entityName: $entity) {{
+    runs(filters: $filters, after: $cursor, first: $perPage, order: $order) {{
+      edges {{ node {{ {_RUN_FIELDS} }} cursor }}
+      pageInfo {{ endCursor hasNextPage }}
+    }}
+  }}
+}}"""
+RUN_QUERY = f"""query Run($entity: String!, $project: String!, $name: String!, $withConfig: Boolean!) {{
+  project(name: $project, entityName: $entity) {{ run(name: $name) {{ {_RUN_FIELDS} }} }}
+}}"""
+LAST_STEP_QUERY = """query RunHistoryKeys($entity: String!, $project: String!, $name: String!) {
+  project(name: $project, entityName: $entity) { run(name: $name) { historyKeys } }
+}"""
+HISTORY_QUERY = """query HistoryPage($entity: String!, $project: String!, $run: String!, $minStep: Int64!,
+    $maxStep: Int64!, $pageSize: Int!) {
+  project(name: $project, entityName: $entity) {
+    run(name: $run) { history(minStep: $minStep, maxStep: $maxStep, samples: $pageSize) }
+  }
+}"""
+
+
+def _duration(pattern_default: str, description: str) -> dict[str, Any]:
+    return {"type": "string", "pattern": DURATION_PATTERN, "default": pattern_default, "description": description}
+
+
+class WandbSource:
+    """History of W&B runs; see docs/sources/wandb.md."""
+
+    kind: ClassVar[str] = "wandb"
+    schema: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "description": "Run history from W&B's GraphQL API (api.wandb.ai or a self-hosted W&B server): one run "
+                       "(runId) or every run matching filters, read incrementally as complete rows.",
+        "additionalProperties": False,
+        "required": ["entity", "project"],
+        "properties": {
+            "baseUrl": {"type": "string", "pattern": r"^https?://[^\s/]+(/\S*)?$", "maxLength": 2048,
+                        "default": DEFAULT_BASE_URL,
+                        "description": "W&B API base URL; a self-hosted server's URL (e.g. https://wandb.corp)."},
+            "entity": {"type": "string", "minLength": 1, "maxLength": 256,
+                       "description": "W&B entity (user or team) that owns the project."},
+            "project": {"type": "string", "minLength": 1, "maxLength": 256, "description": "W&B project name."},
+            "runId": {"type": "string", "minLength": 1, "maxLength": 256, "pattern": r"^[^/\s]+$",
+                      "description": "One run's id (the last part of entity/project/<id>, not its display name)."},
+            "filters": {"type": "object", "additionalProperties": True,
+                        "description": "MongoDB-style query over runs, exactly as wandb.Api().runs(filters=...) "
+                                       "takes it, e.g. {\"config.experiment_name\": \"foo\"} or {\"display_name\": "
+                                       "{\"$regex\": \"^llama\"}}; {} is every run of the project. Evaluated by "
+                                       "the server on every poll, so runs that start matching later are picked up."},
+            "order": {"type": "string", "pattern": r"^[+-]?[A-Za-z0-9_.]+$", "maxLength": 256,
+                      "default": "+created_at",
+                      "description": "Order of matching runs (read in this order), e.g. +created_at, -heartbeat_at."},
+            "keys": {**metric_filter_schema(),
+                     "description": "Which history keys become metrics (globs over names flattened with '/')."},
+            "pageSize": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1000,
+                         "description": "Steps per history request (complete rows, never sampled)."},
+            "timeout": _duration("30s", "Per-request timeout, e.g. 30s."),
+            "apiKeySecretRef": {
+                "type": "object", "additionalProperties": False, "required": ["name", "key"],
+                "description": "Secret in the Workload's namespace holding the W&B API key (default: the "
+                               "operator's WANDB_API_KEY).",
+                "properties": {
+                    "name": {"type": "string", "minLength": 1, "maxLength": 253, "description": "Secret name.",
+                             "pattern": r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"},
+                    "key": {"type": "string", "minLength": 1, "maxLength": 253, "pattern": r"^[-._a-zA-Z0-9]+$",
+                            "description": "Key within the Secret."},
+                },
+            },
+            "totalStepsConfigKey": {"type": "string", "minLength": 1, "maxLength": 256,
+                                    "description": "Run config key holding the run's total steps (dots for nested "
+                                                   "keys, e.g. max_steps or trainer.max_steps): progress and ETA."},
+            "staleAfter": _duration("10m", "A running run whose heartbeat is older than this gets a note."),
+        },
+        "oneOf": [{"required": ["runId"]}, {"required": ["filters"]}],
+        "x-kubernetes-validations": [
+            {"rule": "has(self.runId) != has(self.filters)", "message": "set exactly one of runId or filters"},
+        ],
+    }
+
+    def __init__(self, config: dict[str, Any], ctx: SourceContext):
+        if ("runId" in config) == ("filters" in config):
+            raise SourceError("wandb: set exactly one of runId or filters", reason="BadConfig")
+        if not config.get("entity") or not config.get("project"):
+            raise SourceError("wandb: entity and project are required", reason="BadConfig")
+        if "filters" in config and not isinstance(config["filters"], dict):
+            raise SourceError("wandb: filters must be an object (a MongoDB-style query)", reason="BadConfig")
+        self.ctx = ctx
+        self.base_url = str(config.get("baseUrl") or DEFAULT_BASE_URL).rstrip("/")
+        self.entity, self.project = str(config["entity"]), str(config["project"])
+        self.run_id: str | None = config.get("runId")
+        self.filters: dict[str, Any] | None = config.get("filters")
+        self.order = config.get("order") or "+created_at"
+        self.keys = MetricFilter.from_dict(config.get("keys"))
+        self.page_size = int(config.get("pageSize", 1000))
+        self.timeout = parse_duration(config.get("timeout", "30s"))
+        self.stale_after = parse_duration(config.get("staleAfter", "10m"))
+        self.secret_ref: dict[str, str] | None = config.get("apiKeySecretRef")
+        self.total_steps_key: str | None = config.get("totalStepsConfigKey")
+        self._client: httpx.AsyncClient | None = None
+        self._key: str | None = None
+        self._allowed: dict[str, bool] = {}
+        self._configs: dict[str, dict[str, Any]] = {}  # run id -> unwrapped config (fetched when due)
+        self._seen_states: dict[str, str] | None = None  # run id -> W&B state at the last listing
+        self._config_due = True
+        self._resume: tuple[str, list[dict[str, Any]], dict[str, int]] | None = None
+        self.clock = time.time
+
+    @property
+    def path(self) -> str:
+        return f"{self.entity}/{self.project}"
+
+    # ---- HTTP and GraphQL -----------------------------------------------------------------------------------
+
+    async def _api_key(self) -> str:
+        if self._key is None:
+            key = None
+            if self.secret_ref is not None and self.ctx.resolve_secret is not None:
+                ref = {"name": self.secret_ref["name"], "key": self.secret_ref["key"]}
+                try:
+                    key = await self.ctx.resolve_secret(ref)
+                except SourceError:
+                    raise
+                except Exception as e:  # the resolver's message names the Secret, never its value
+                    raise SourceError(f"cannot read the W&B API key from Secret {ref['name']!r} key {ref['key']!r}:"
+                                      f" {e}", reason="SecretUnavailable", retry_after=60) from e
+            else:
+                key = os.environ.get(API_KEY_ENV)
+            key = (key or "").strip()
+            if not key:
+                where = self._key_origin() if self._uses_secret() else f"apiKeySecretRef or {API_KEY_ENV}"
+                raise SourceError(f"no W&B API key: set {where}", reason="Unauthorized",
+                                  retry_after=UNAUTHORIZED_RETRY_AFTER)
+            self._key = key
+        return self._key
+
+    def _uses_secret(self) -> bool:
+        return self.secret_ref is not None and self.ctx.resolve_secret is not None
+
+    def _key_origin(self) -> str:
+        """Where the key comes from, for messages (never the key itself)."""
+        if self._uses_secret():
+            assert self.secret_ref is not None
+            return f"Secret {self.secret_ref['name']!r} key {self.secret_ref['key']!r}"
+        return f"the environment variable {API_KEY_ENV}"
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._key, "***") if self._key else text
+
+    async def _gql(self, op: str, query: str, variables: dict[str, Any]) -> dict[str, Any]:
+        """POST one GraphQL operation; return `data`, or raise SourceError with a reason and a backoff hint."""
+        key = await self._api_key()
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=self.timeout, auth=httpx.BasicAuth("api", key),
+                                             headers={"User-Agent": "trainscope-wandb-source"})
+        url = f"{self.base_url}/graphql"
+        try:
+            resp = await self._client.post(url, json={"operationName": op, "query": query, "variables": variables})
+        except httpx.TimeoutException as e:
+            raise SourceError(f"W&B at {self.base_url} did not answer {op} within {self.timeout:g}s",
+                              reason="Timeout") from e
+        except httpx.HTTPError as e:
+            raise SourceError(self._redact(f"cannot reach W&B at {self.base_url}: {type(e).__name__}: {e}"),
+                              reason="Unreachable") from e
+        status = resp.status_code
+        if status in (401, 403):
+            await self._forget_key()  # a rotated Secret is read again on the next poll
+            raise SourceError(f"W&B at {self.base_url} rejected the API key from {self._key_origin()} "
+                              f"(HTTP {status}): check that it is valid and can read {self.path}",
+                              reason="Unauthorized", retry_after=UNAUTHORIZED_RETRY_AFTER)
+        if status == 429 or status >= 500:
+            reason = "RateLimited" if status == 429 else "ServerError"
+            retry_after = _retry_after(resp.headers.get("Retry-After"), self.clock())
+            hint = f", retry after {retry_after:.0f}s" if retry_after is not None else ""
+            if retry_after is not None:
+                retry_after *= random.uniform(1.0, 1.2)  # spread the workloads that were told the same time
+            raise SourceError(f"W&B at {self.base_url} answered HTTP {status} to {op}{hint}", reason=reason,
+                              retry_after=retry_after)
+        if status >= 400:
+            hint = " (is baseUrl a W&B server?)" if status == 404 else ""
+            raise SourceError(self._redact(f"W&B at {self.base_url} answered HTTP {status} to {op}{hint}: "
+                                           f"{resp.text[:200]!r}"), reason="HttpError")
+        try:
+            body = json.loads(resp.content)  # W&B writes bare NaN/Infinity, which json.loads accepts
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise SourceError(self._redact(f"W&B at {self.base_url} answered {op} with something that is not a "
+                                           f"GraphQL JSON object: {resp.text[:200]!r}"), reason="BadResponse")
+        errors = body.get("errors")
+        if errors:
+            msgs = [e.get("message", str(e)) if isinstance(e, dict) else str(e)
+                    for e in (errors if isinstance(errors, list) else [errors])]
+            raise SourceError(self._redact(f"W&B answered {op} for {self.path} with errors: {'; '.join(msgs)[:300]}"),
+                              reason="GraphQLError")
+        data = body.get("data")
+        if not isinstance(data, dict):
+            raise SourceError(f"W&B answered {op} without data: {resp.text[:200]!r}", reason="BadResponse")
+        return data
+
+    async def _forget_key(self) -> None:
+        self._key = None
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def aclose(self) -> None:
+        """Close the HTTP connection pool."""
+        await self._forget_key()
+
+    # ---- queries --------------------------------------------------------------------------------------------
+
+    def _project_of(self, data: dict[str, Any], op: str) -> dict[str, Any]:
+        project = data.get("project")
+        if project is None:
+            raise SourceError(f"W&B project {self.path} not found at {self.base_url} (or the API key cannot see "
+                              "it)", reason="NotFound")
+        if not isinstance(project, dict):
+            raise SourceError(f"W&B answered {op} with a project that is not an object", reason="BadResponse")
+        return project
+
+    async def _list_runs(self, with_config: bool) -> list[dict[str, Any]]:
+        """The runs to read, in order: the one runId, or every run matching the filters (all pages)."""
+        base = {"entity": self.entity, "project": self.project, "withConfig": with_config}
+        if self.run_id is not None:
+            project = self._project_of(await self._gql("Run", RUN_QUERY, {**base, "name": self.run_id}), "Run")
+            run = project.get("run")
+            if run is None:
+                raise SourceError(f"W&B run {self.path}/{self.run_id} not found at {self.base_url}",
+                                  reason="NotFound")
+            return [_check_node(run)]
+        nodes: list[dict[str, Any]] = []
+        cursor: str | None = None
+        filters = json.dumps(self.filters)
+        for _ in range(100_000):
+            data = await self._gql("Runs", RUNS_QUERY, {**base, "cursor": cursor, "perPage": RUNS_PER_PAGE,
+                                                        "order": self.order, "filters": filters})
+            conn = self._project_of(data, "Runs").get("runs")
+            try:
+                edges, more = conn["edges"], bool(conn["pageInfo"]["hasNextPage"])
+                nodes.extend(_check_node(e["node"]) for e in edges)
+                cursor = edges[-1]["cursor"] if edges else conn["pageInfo"].get("endCursor")
+            except (TypeError, KeyError, IndexError) as e:
+                raise SourceError(f"W&B's Runs answer for {self.path} is not a run connection: {str(conn)[:200]}",
+                                  reason="BadResponse") from e
+            if not more or not edges:
+                break
+        seen: set[str] = set()  # a run that moved between pages (order by heartbeat) is read once
+        return [n for n in nodes if not (n["name"] in seen or seen.add(n["name"]))]
+
+    async def _last_step(self, run: str) -> int:
+        data = await self._gql("RunHistoryKeys", LAST_STEP_QUERY,
+                               {"entity": self.entity, "project": self.project, "name": run})
+        node = self._project_of(data, "RunHistoryKeys").get("run")
+        if node is None:
+            raise SourceError(f"W&B run {self.path}/{run} not found at {self.base_url}", reason="NotFound")
+        keys = node.get("historyKeys") if isinstance(node, dict) else None
+        if isinstance(keys, str):  # some servers send the JSON scalar as text
+            try:
+                keys = json.loads(keys)
+            except ValueError:
+                keys = None
+        if keys is None:
+            return -1
+        last = keys.get("lastStep", -1) if isinstance(keys, dict) else None
+        if isinstance(last, bool) or not isinstance(last, int):
+            raise SourceError(f"W&B's historyKeys.lastStep for {self.path}/{run} is not an integer: "
+                              f"{str(keys)[:200]}", reason="BadResponse")
+        return last
+
+    async def _history(self, run: str, lo: int, hi: int) -> list[dict[str, Any]]:
+        """Complete rows with lo <= _step < hi, by step (`samples` = the window, so the server never samples)."""
+        data = await self._gql("HistoryPage", HISTORY_QUERY, {"entity": self.entity, "project": self.project,
+                                                              "run": run, "minStep": lo, "maxStep": hi,
+                                                              "pageSize": hi - lo})
+        node = self._project_of(data, "HistoryPage").get("run")
+        if node is None:
+            raise SourceError(f"W&B run {self.path}/{run} not found at {self.base_url}", reason="NotFound")
+        texts = node.get("history") if isinstance(node, dict) else None
+        if not isinstance(texts, list):
+            raise SourceError(f"W&B's history for {self.path}/{run} is not a list: {str(node)[:200]}",
+                              reason="BadResponse")
+        rows = []
+        for text in texts:
+            try:
+                row = json.loads(text) if isinstance(text, str) else text
+            except ValueError as e:
+                raise SourceError(f"W&B's history row for {self.path}/{run} is not JSON: {str(text)[:200]!r}",
+                                  reason="BadResponse") from e
+            if not isinstance(row, dict):
+                raise SourceError(f"W&B's history row for {self.path}/{run} is not an object: {str(text)[:200]!r}",
+                                  reason="BadResponse")
+            rows.append(row)
+        return rows
+
+    # ---- poll -----------------------------------------------------------------------------------------------
+
+    async def poll(self, cursor: Cursor | None) -> Batch:
+        """Points after `cursor` from every matching run, at most ctx.max_batch_points of them."""
+        old: dict[str, Any] = cursor.get("runs", {}) if isinstance(cursor, dict) else {}
+        new: dict[str, dict[str, Any]] = {r: dict(v) for r, v in old.items() if isinstance(v, dict)}
+        resume, self._resume = self._resume, None
+        if resume is not None and resume[0] == _cursor_key(cursor):
+            nodes, last_steps = resume[1], dict(resume[2])  # the same catch-up, continued: no re-listing
+        else:
+            with_config = self._config_due
+            nodes, last_steps = await self._list_runs(with_config), {}
+            if with_config:
+                self._configs.update({n["name"]: _unwrap_config(n.get("config")) for n in nodes})
+            states = {n["name"]: n.get("state") for n in nodes}
+            # config is fetched on the first listing and on the one after a new run or a state change
+            self._config_due = self._seen_states is not None and states != self._seen_states and not with_config
+            self._config_due |= any(n["name"] not in self._configs for n in nodes)
+            self._seen_states = states
+        limit = self.ctx.max_batch_points
+        points: list[Point] = []
+        skipped: dict[str, int] = {}
+        notes: list[str] = []
+        more = False
+        for node in nodes:
+            rid, state = node["name"], node.get("state")
+            entry = new.get(rid, {})
+            nxt = int(entry.get("next", 0))
+            lines = node.get("historyLineCount")
+            if rid not in last_steps and state not in _ACTIVE and rid in new and entry.get("lines") == lines \
+                    and lines is not None:
+                continue  # a settled run, read to its end, unchanged since: costs nothing
+            if len(points) >= limit:
+                more = True
+                break
+            last = last_steps[rid] if rid in last_steps else await self._last_step(rid)
+            last_steps[rid] = last
+            if last + 1 < nxt:  # history was rewritten (W&B rewind): where is unknown, so read it all again
+                notes.append(f"run {rid} now ends at step {last}, before the {nxt - 1} already read (rewound?): "
+                             "reading its history again from the start")
+                nxt = 0
+            window, full = self.page_size, False
+            while nxt <= last and not full:
+                hi = min(nxt + window, last + 1)
+                rows = []
+                for r in await self._history(rid, nxt, hi):
+                    step = r.get("_step")
+                    if isinstance(step, bool) or not isinstance(step, int):
+                        skipped["no_step"] = skipped.get("no_step", 0) + 1
+                    elif nxt <= step < hi:  # a server that answers outside the window is not trusted there
+                        rows.append(r)
+                rows.sort(key=lambda r: r["_step"])
+                for row in rows:
+                    row_points = self._row_points(row, rid, skipped)
+                    if points and len(points) + len(row_points) > limit:
+                        full = True
+                        nxt = row["_step"]
+                        break
+                    points.extend(row_points)
+                    nxt = row["_step"] + 1
+                if not full:
+                    nxt = hi
+                window = self.page_size if rows else min(window * 2, self.page_size * MAX_EMPTY_WINDOW_GROWTH)
+            new[rid] = {"next": nxt, "lines": lines if nxt > last else None}
+            if full or (len(points) >= limit and nodes[-1] is not node):
+                more = True
+                break
+        out_cursor = {"runs": new}
+        if more:
+            self._resume = (_cursor_key(out_cursor), nodes, last_steps)
+        return self._batch(nodes, points, out_cursor, more, skipped, notes, last_steps)
+
+    def _row_points(self, row: dict[str, Any], run: str, skipped: dict[str, int]) -> list[Point]:
+        """Every numeric key of one history row; nested dicts are flattened with '/', media and text counted."""
+        step, ts = row.get("_step"), row.get("_timestamp")
+        if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
+            skipped["no_timestamp"] = skipped.get("no_timestamp", 0) + 1
+            return []
+        out: list[Point] = []
+        ts = float(ts)
+        allowed = self._allowed
+        stack: list[tuple[str, Any]] = [(k, v) for k, v in row.items() if not k.startswith("_")]
+        while stack:
+            name, value = stack.pop()
+            if isinstance(value, dict) and "_type" not in value:
+                stack.extend((f"{name}/{k}", v) for k, v in value.items())
+                continue
+            ok = allowed.get(name)
+            if ok is None:
+                ok = allowed[name] = self.keys.allows(name)
+            if not ok:
+                continue
+            if isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool)):
+                try:
+                    out.append(Point(name, step, ts, float(value), run))
+                except OverflowError:  # an int beyond a double's range
+                    skipped["non_numeric"] = skipped.get("non_numeric", 0) + 1
+            else:
+                reason = "media" if isinstance(value, dict) else "non_numeric"
+                skipped[reason] = skipped.get(reason, 0) + 1
+        return out
+
+    def _batch(self, nodes: list[dict[str, Any]], points: list[Point], cursor: dict[str, Any], more: bool,
+               skipped: dict[str, int], notes: list[str], last_steps: dict[str, int]) -> Batch:
+        """Run metadata, combined state, heartbeat age and total steps around the points."""
+        now = self.clock()
+        runs: dict[str, dict[str, Any]] = {}
+        heartbeat_ages: list[float] = []
+        app = "https://wandb.ai" if self.base_url == DEFAULT_BASE_URL else self.base_url
+        for n in nodes:
+            rid, state = n["name"], n.get("state")
+            info: dict[str, Any] = {"display_name": n.get("displayName"), "state": state,
+                                    "url": f"{app}/{self.entity}/{self.project}/runs/{rid}",
+                                    "created_at": n.get("createdAt"), "heartbeat_at": n.get("heartbeatAt"),
+                                    "group": n.get("group"), "job_type": n.get("jobType"), "tags": n.get("tags"),
+                                    "history_lines": n.get("historyLineCount")}
+            if rid in last_steps:
+                info["last_step"] = last_steps[rid]
+            if "config" in n and rid in self._configs:
+                info["config"] = _config_subset(self._configs[rid], self.total_steps_key)
+            runs[rid] = {k: v for k, v in info.items() if v is not None}
+            heartbeat = _epoch(n.get("heartbeatAt"))
+            if state in _ACTIVE and heartbeat is not None:
+                age = max(0.0, now - heartbeat)
+                heartbeat_ages.append(age)
+                if age > self.stale_after:
+                    notes.append(f"run {rid} is {state} but its last heartbeat was {_human(age)} ago")
+            if state == "preempted":
+                notes.append(f"run {rid} was preempted: waiting for it to resume")
+            elif state is not None and state not in STATE_MAP:
+                notes.append(f"run {rid} has a state this source does not know: {state!r}")
+        if not nodes:
+            notes.append(f"no run of {self.path} matches the filters yet")
+        total = None
+        if self.total_steps_key:
+            values = [v for rid in runs if (v := _total_steps(self._configs.get(rid), self.total_steps_key))]
+            total = max(values) if values else None
+        info = {"runs": len(nodes), "project": self.path}
+        if heartbeat_ages:
+            info["heartbeat_age_seconds"] = round(min(heartbeat_ages), 1)
+        return Batch(points=points, cursor=cursor, state=_combined_state(nodes), total_steps=total, more=more,
+                     skipped=skipped, notes=notes, info=info, runs=runs)
+
+
+# ---- helpers ------------------------------------------------------------------------------------------------------
+
+
+def _check_node(node: Any) -> dict[str, Any]:
+    if not isinstance(node, dict) or not isinstance(node.get("name"), str) or not node["name"]:
+        raise SourceError(f"W&B answered with a run that has no id: {str(node)[:200]}", reason="BadResponse")
+    return node
+
+
+def _cursor_key(cursor: Any) -> str:
+    return json.dumps(cursor, sort_keys=True, default=str)
+
+
+def _combined_state(nodes: list[dict[str, Any]]) -> RunState | None:
+    """Any live run makes the Workload running; otherwise the newest run (by createdAt) decides."""
+    if not nodes:
+        return None
+    states = [n.get("state") for n in nodes]
+    if any(s in _ACTIVE for s in states):
+        return RunState.RUNNING
+    newest = max(nodes, key=lambda n: (_epoch(n.get("createdAt")) or 0.0))
+    return STATE_MAP.get(newest.get("state") or "", RunState.UNKNOWN)
+
+
+def _retry_after(value: str | None, now: float) -> float | None:
+    """Retry-After in seconds (delta-seconds or an HTTP date), None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, when.timestamp() - now)
+
+
+def _epoch(text: Any) -> float | None:
+    """W&B's times are ISO-8601, naive meaning UTC."""
+    if not isinstance(text, str):
+        return None
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.timestamp()
+
+
+def _human(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def _unwrap_config(raw: Any) -> dict[str, Any]:
+    """W&B sends config as a JSON string of {key: {"value": v, "desc": ...}}."""
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            return {}
+    if not isinstance(raw, dict):
+        return {}
+    return {k: (v["value"] if isinstance(v, dict) and "value" in v else v) for k, v in raw.items()}
+
+
+def _config_lookup(config: dict[str, Any], path: str) -> Any:
+    if path in config:
+        return config[path]
+    value: Any = config
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _total_steps(config: dict[str, Any] | None, path: str) -> int | None:
+    value = _config_lookup(config or {}, path)
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 1:
+        return None
+    return int(value) if value == int(value) else None
+
+
+def _config_subset(config: dict[str, Any], total_key: str | None) -> dict[str, Any]:
+    """Top-level scalar config values (not W&B's own `_wandb`), bounded, JSON-safe: kept for the API."""
+    out: dict[str, Any] = {}
+    for k, v in config.items():
+        if len(out) >= MAX_CONFIG_KEYS:
+            break
+        if k.startswith("_"):
+            continue
+        if isinstance(v, float) and not math.isfinite(v):
+            continue
+        if isinstance(v, str):
+            out[k] = v[:256]
+        elif v is None or isinstance(v, bool | int | float):
+            out[k] = v
+    if total_key and (v := _total_steps(config, total_key)) is not None:
+        out[total_key] = v
+    return out

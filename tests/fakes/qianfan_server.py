@@ -1,0 +1,229 @@
+"""A fake Baidu Qianfan console API (V1 `jobDetail`) on 127.0.0.1 that verifies the BCE signature of every request.
+
+Verification uses Baidu's own signer (`baidubce.auth.bce_v1_signer.sign`), not trainscope's, on what arrived on
+the wire: the raw request path (decoded, then encoded again the BCE way), the query string, and exactly the headers
+the Authorization names (all of BCE's default set when it names none, as the SDK's own client does). A job serves
+a script of answers, one per request, staying on the last; the test changes scripts between polls.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hmac
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from baidubce import utils as bce_utils
+from baidubce.auth import bce_v1_signer
+from baidubce.auth.bce_credentials import BceCredentials
+
+JOB_DETAIL = "/wenxinworkshop/finetune/jobDetail"
+FUTURE_TOLERANCE = 900.0  # a request dated this far ahead of the server's clock is refused too
+
+
+@dataclass
+class Error:
+    """An answer other than a result: an HTTP status and a JSON body (Qianfan's `error_code` form or BCE's `code`
+    form), or a text body (a proxy's HTML page)."""
+
+    status: int
+    body: dict[str, Any] | str
+
+
+def qianfan_error(code: int, msg: str) -> Error:
+    """Qianfan's business error: HTTP 200 with {"error_code", "error_msg"}."""
+    return Error(200, {"error_code": code, "error_msg": msg})
+
+
+@dataclass
+class Seen:
+    """One request as the server saw it, and its verdict."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    access_key: str | None
+    verdict: str  # "ok" or the BCE error code it was refused with
+
+
+@dataclass
+class FakeQianfan:
+    """The fake's state; `serve()` runs it. `jobs[(taskId, jobId)]` is the list of answers (result dicts or Error)."""
+
+    keys: dict[str, str]
+    clock_offset: float = 0.0  # the server's clock minus the real one (clock skew tests)
+    auth_errors: str = "bce"  # "bce": 4xx {"code", "message"}; "qianfan": 200 {"error_code": 14, ...}
+    jobs: dict[tuple[int, int], list[dict[str, Any] | Error]] = field(default_factory=dict)
+    positions: dict[tuple[int, int], int] = field(default_factory=dict)
+    seen: list[Seen] = field(default_factory=list)
+    url: str = ""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def set_job(self, task_id: int, job_id: int, answers: list[dict[str, Any] | Error]) -> None:
+        with self.lock:
+            self.jobs[(task_id, job_id)] = list(answers)
+            self.positions[(task_id, job_id)] = 0
+
+    def now(self) -> float:
+        return datetime.now(UTC).timestamp() + self.clock_offset
+
+    # ---- verification
+
+    def verify(self, method: str, target: str, headers: dict[str, str]) -> tuple[str | None, Error | None]:
+        """(access key, None) when the signature is right, else (access key or None, the error to answer)."""
+        auth = headers.get("authorization", "")
+        parts = auth.split("/")
+        if len(parts) != 6 or parts[0] != "bce-auth-v1":
+            return None, _bce(400, "InvalidHTTPAuthHeader", f"malformed Authorization header {auth[:40]!r}")
+        _, ak, stamp, expiration, signed, _signature = parts
+        sk = self.keys.get(ak)
+        if sk is None:  # real services echo the unknown key id; the source must not repeat it
+            return ak, _bce(403, "InvalidAccessKeyId", f"The access key id {ak} does not exist")
+        try:
+            when = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+            ttl = int(expiration)
+        except ValueError:
+            return ak, _bce(400, "InvalidHTTPAuthHeader", f"bad timestamp or expiration in {auth[:60]!r}")
+        now = self.now()
+        if when + ttl < now or when > now + FUTURE_TOLERANCE:
+            return ak, _bce(400, "RequestExpired", f"Request has expired. Timestamp date is {stamp}")
+        names = [n for n in signed.split(";") if n]
+        if names and ("host" not in names or ("x-bce-date" in headers and "x-bce-date" not in names)):
+            return ak, _bce(400, "InvalidHTTPAuthHeader", "host and x-bce-date must be signed")
+        split = urlsplit(target)
+        canonical_uri = bce_utils.normalize_string(unquote(split.path).encode("utf-8"), False)
+        params = {k.encode(): v.encode() for k, v in parse_qsl(split.query, keep_blank_values=True)}
+        if names:
+            signed_headers = {n.encode(): headers.get(n, "").encode() for n in names}
+            to_sign = [n.encode() for n in names]
+        else:  # the SDK's own client signs BCE's default set and names none
+            signed_headers = {k.encode(): v.encode() for k, v in headers.items()}
+            to_sign = None
+        expected = bce_v1_signer.sign(BceCredentials(ak, sk), method.encode(), canonical_uri, signed_headers, params,
+                                      timestamp=int(when), expiration_in_seconds=ttl, headers_to_sign=to_sign)
+        if not hmac.compare_digest(expected.decode(), auth):
+            return ak, _bce(400, "SignatureDoesNotMatch",
+                            f"The request signature we calculated does not match the signature you provided "
+                            f"(auth string prefix bce-auth-v1/{ak}/{stamp}/{expiration})")
+        return ak, None
+
+    # ---- answering
+
+    def answer(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Error:
+        ak, refused = self.verify(method, target, headers)
+        with self.lock:
+            verdict = "ok" if refused is None else str(refused.body["code"] if isinstance(refused.body, dict) else "")
+            self.seen.append(Seen(method, target, headers, body, ak, verdict))
+        if refused is not None:
+            if self.auth_errors == "qianfan":
+                return qianfan_error(14, "IAM Certification failed")
+            return refused
+        if method != "POST" or urlsplit(target).path != JOB_DETAIL:
+            return _bce(404, "NoSuchAPI", f"no API at {method} {urlsplit(target).path}")
+        try:
+            req = json.loads(body)
+            key = (req["taskId"], req["jobId"])
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in key):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            return qianfan_error(500001, "param invalid")
+        with self.lock:
+            script = self.jobs.get(key)
+            if not script:
+                return qianfan_error(500001, "param invalid")
+            pos = self.positions[key]
+            self.positions[key] = min(pos + 1, len(script) - 1)
+            item = script[pos]
+        if isinstance(item, Error):
+            return item
+        return Error(200, {"log_id": uuid.uuid4().hex, "result": item})
+
+
+# ---- test data: keys, a job, a secret resolver
+
+AK, SK = "AKqianfanTEST0123456789abcdef", "SKqianfanTESTsecret9876543210zyx"
+TASK, JOB = 7263, 4612
+START = "2023-10-20 18:19:09"  # China Standard Time, as Qianfan answers
+START_TS = datetime(2023, 10, 20, 10, 19, 9, tzinfo=UTC).timestamp()
+LABEL = f"{TASK}/{JOB}"
+
+
+def job(status: str = "RUNNING", progress: float = 0, run_time: int = 0, train_time: int = 0, *,
+        finish: str = "0000-00-00 00:00:00", finish_key: str = "finishTime", **extra: Any) -> dict[str, Any]:
+    """A jobDetail `result` shaped like the seed's examples."""
+    return {"id": JOB, "description": "", "taskId": TASK, "taskName": "sdk_test_7", "version": 5,
+            "jobRunType": 0, "trainType": "ernieBotLite-v201-8k", "trainMode": "SFT", "peftType": "ALL",
+            "trainStatus": status, "progress": progress, "runTime": run_time, "trainTime": train_time,
+            "startTime": START, finish_key: finish,
+            "vdlLink": "https://console.bce.baidu.com/qianfan/visualdl/index?displayToken=abc", **extra}
+
+
+class Secrets:
+    """A resolve_secret that reads a dict {(secret name, key): value} and records what it was asked."""
+
+    def __init__(self, data: dict[tuple[str, str], str | None] | None = None):
+        self.data = {("qianfan", "QIANFAN_ACCESS_KEY"): AK, ("qianfan", "QIANFAN_SECRET_KEY"): SK} \
+            if data is None else data
+        self.calls: list[dict[str, str]] = []
+
+    async def __call__(self, ref: dict[str, str]) -> str | None:
+        self.calls.append(dict(ref))
+        return self.data.get((ref["name"], ref["key"]))
+
+
+def _bce(status: int, code: str, message: str) -> Error:
+    return Error(status, {"requestId": str(uuid.uuid4()), "code": code, "message": message})
+
+
+def _handler(fake: FakeQianfan) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _serve(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            out = fake.answer(self.command, self.path, headers, body)
+            text = isinstance(out.body, str)
+            data = (out.body if text else json.dumps(out.body, ensure_ascii=False)).encode()
+            self.send_response(out.status)
+            self.send_header("Content-Type", "text/html" if text else "application/json;charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_POST = do_GET = _serve
+
+        def date_time_string(self, timestamp: float | None = None) -> str:
+            return email.utils.formatdate(fake.now() if timestamp is None else timestamp, usegmt=True)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return None
+
+    return Handler
+
+
+@contextmanager
+def serve(fake: FakeQianfan) -> Iterator[FakeQianfan]:
+    """Run `fake` on 127.0.0.1 (a free port) in a thread; `fake.url` is its base URL while inside."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, name="fake-qianfan",
+                              daemon=True)
+    thread.start()
+    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        yield fake
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

@@ -1,0 +1,142 @@
+"""The fake W&B server proved against the real `wandb` SDK (0.31, its wandb-core helper doing the HTTP).
+
+The SDK lists runs with filters, order and pagination, and scans history (complete rows and key-filtered rows)
+from the fake; what it reads must equal the fake's data, and the trainscope source must read the same runs and
+exactly the points of the rows the SDK read. Real sockets on 127.0.0.1 throughout.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trainscope.collector.sources import SourceContext
+from trainscope.collector.sources.wandb import WandbSource
+
+from fakes.wandb_server import FakeWandb, grow, matches, row_points, serve, training_run
+
+KEY = "x" * 40  # the SDK insists on 40+ characters of [A-Za-z0-9_]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FakeWandb, Any]]:
+    home = tmp_path_factory.mktemp("wandb")
+    fake = FakeWandb(api_keys=(KEY,))
+    fake.add_run("ent", "proj", training_run("live", 2300, display_name="llama-7b-sft",
+                                             config={"experiment_name": "foo", "lr": 3e-4, "max_steps": 5000}))
+    fake.add_run("ent", "proj", training_run("crash", 120, display_name="llama-7b-sft-try1", state="crashed",
+                                             config={"experiment_name": "foo"}, created_at=1_699_999_000.0))
+    fake.add_run("ent", "proj", training_run("base", 40, display_name="gpt2-base", state="finished",
+                                             config={"experiment_name": "bar", "lr": 1e-3},
+                                             created_at=1_699_998_000.0, tags=["baseline"]))
+    with pytest.MonkeyPatch.context() as mp:
+        for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+            mp.setenv(var, str(Path(home) / var.lower()))
+        mp.setenv("WANDB_SILENT", "true")
+        mp.delenv("WANDB_API_KEY", raising=False)
+        mp.delenv("WANDB_BASE_URL", raising=False)
+        import wandb
+
+        with serve(fake):
+            api = wandb.Api(overrides={"base_url": fake.url}, api_key=KEY, timeout=30)
+            yield fake, api
+
+
+def _numbers_as_floats(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _numbers_as_floats(v) for k, v in value.items()}
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def canon(rows: list[dict[str, Any]]) -> list[str]:
+    """Rows as canonical JSON text: numbers compared as values (wandb-core re-encodes 0.0 as 0), NaN/Infinity
+    written the same way on both sides."""
+    return [json.dumps(_numbers_as_floats(r), sort_keys=True) for r in rows]
+
+
+def sdk_rows(api: Any, path: str, **kwargs: Any) -> list[dict[str, Any]]:
+    api.flush()  # the SDK caches runs; read what the server has now
+    return list(api.run(path).scan_history(use_cache=False, **kwargs))
+
+
+async def source_read(fake: FakeWandb, cursor: Any = None, **config: Any) -> tuple[Any, list]:
+    src = WandbSource({"baseUrl": fake.url, "entity": "ent", "project": "proj", "apiKeySecretRef":
+                       {"name": "wandb", "key": "apiKey"}, **config},
+                      SourceContext(max_batch_points=5000, resolve_secret=_resolve))
+    batches = []
+    try:
+        while True:
+            batch = await src.poll(cursor)
+            cursor = json.loads(json.dumps(batch.cursor))
+            batches.append(batch)
+            if not batch.more:
+                return cursor, batches
+    finally:
+        await src.aclose()
+
+
+async def _resolve(ref: dict[str, str]) -> str:
+    assert ref == {"name": "wandb", "key": "apiKey"}
+    return KEY
+
+
+FILTERS = [
+    {},
+    {"config.experiment_name": "foo"},
+    {"$or": [{"display_name": {"$regex": "^gpt"}}, {"state": "crashed"}]},
+    {"state": {"$in": ["running", "finished"]}, "config.lr": {"$lt": 5e-4}},
+    {"$and": [{"tags": "baseline"}, {"config.max_steps": {"$exists": False}}]},
+    {"$nor": [{"state": "crashed"}], "displayName": {"$ne": "gpt2-base"}},
+]
+
+
+@pytest.mark.parametrize("flt", FILTERS, ids=[json.dumps(f) for f in FILTERS])
+async def test_sdk_and_source_list_the_same_runs_as_the_filter_selects(served: tuple[FakeWandb, Any], flt: dict):
+    fake, api = served
+    expected = [r.name for r in sorted(fake.runs_of("ent", "proj"), key=lambda r: r.created_at) if matches(r, flt)]
+    api.flush()
+    assert [r.id for r in api.runs("ent/proj", filters=flt, per_page=2)] == expected  # 2 per page: pagination
+    _, batches = await source_read(fake, filters=flt, keys={"include": ["lr"]})
+    assert list(batches[0].runs) == expected
+    descending = [r.id for r in api.runs("ent/proj", filters=flt, order="-created_at")]
+    _, batches = await source_read(fake, filters=flt, order="-created_at", keys={"include": ["lr"]})
+    assert descending == expected[::-1] == list(batches[0].runs)
+
+
+async def test_sdk_reads_exactly_the_fakes_rows_and_the_source_stores_exactly_their_points(
+        served: tuple[FakeWandb, Any]):
+    fake, api = served
+    live = fake.runs_of("ent", "proj")[0]
+    rows = sdk_rows(api, "ent/proj/live")
+    assert canon(rows) == canon(live.rows)  # complete rows: sparse keys, nested dicts, NaN, ±Infinity, media
+    assert api.run("ent/proj/live").state == "running"
+    assert api.run("ent/proj/live").config["max_steps"] == 5000
+    cursor, batches = await source_read(fake, runId="live")
+    points = [p for b in batches for p in b.points]
+    expected = [p for row in rows for p in row_points(row, "live")]
+    assert canon([dict(zip("msTvr", p, strict=True)) for p in sorted(points, key=lambda p: (p.step, p.metric))]) \
+        == canon([dict(zip("msTvr", p, strict=True)) for p in sorted(expected, key=lambda p: (p[1], p[0]))])
+    # after growth both read the new rows, the source only from its stored step + 1
+    grow(live, 700)
+    new_rows = sdk_rows(api, "ent/proj/live", min_step=2300)
+    assert canon(new_rows) == canon([r for r in live.rows if r["_step"] >= 2300])
+    _, more = await source_read(fake, cursor, runId="live")
+    new_points = sorted((p for b in more for p in b.points), key=lambda p: (p.step, p.metric))
+    assert [tuple(p) for p in new_points] == sorted((p for row in new_rows for p in row_points(row, "live")),
+                                                    key=lambda p: (p[1], p[0]))
+
+
+async def test_sdk_key_filtered_scan_matches_the_fake(served: tuple[FakeWandb, Any]):
+    """SampledHistoryPage: only the requested keys, and rows lacking any of them are left out (AND)."""
+    fake, api = served
+    base = fake.runs_of("ent", "proj")[2]
+    rows = sdk_rows(api, "ent/proj/base", keys=["lr", "eval"])
+    assert canon(rows) == canon([{"_step": r["_step"], "lr": r["lr"], "eval": r["eval"]}
+                                 for r in base.rows if "eval" in r])
+    assert len(rows) == 1  # step 0 only: eval is logged every 50 steps
