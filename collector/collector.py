@@ -20,7 +20,7 @@ from trainscope.collector.health import Condition, HealthEvent, HealthMonitor, t
 from trainscope.collector.points import Batch, Point, RunState
 from trainscope.collector.progress import StepRate, combine_run_states, detect_primary_metric, eta_seconds
 from trainscope.collector.sources import REGISTRY, Source, SourceContext, SourceError, SourceFactory
-from trainscope.collector.sources.base import PodLogReader, SecretResolver
+from trainscope.collector.sources.base import PodLogReader, SecretResolver, counts_training_steps
 from trainscope.collector.spec import MetricFilter, SourceSpec, WorkloadSpec
 from trainscope.collector.store import Store, StoreUnavailable
 
@@ -53,6 +53,7 @@ class SourceHealth:
     run_state: RunState | None = None
     progress: float | None = None
     total_steps: int | None = None
+    eta_seconds: float | None = None
     notes: tuple[str, ...] = ()
     skipped: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)  # by reason
@@ -327,6 +328,7 @@ class Collector:
         max_step = self._max_step
         newest_ts = health.newest_ts
         new_names = False
+        steps = counts_training_steps(self._registry.get(health.kind))
         for p in points:
             key = (source, p.run, p.metric)
             cur = latest.get(key)
@@ -334,7 +336,7 @@ class Collector:
                 new_names = True
             if cur is None or p.step > cur.step or (p.step == cur.step and p.ts >= cur.ts):
                 latest[key] = p
-            if max_step is None or p.step > max_step:
+            if steps and (max_step is None or p.step > max_step):
                 max_step = p.step
                 self._max_step_ts = p.ts
                 self._rate.observe(p.ts, p.step)
@@ -353,8 +355,9 @@ class Collector:
             health.run_state = batch.state
         if batch.progress is not None:
             health.progress = batch.progress
-        if batch.total_steps is not None:
+        if batch.total_steps is not None and steps:
             health.total_steps = batch.total_steps
+        health.eta_seconds = batch.eta_seconds
         health.notes = tuple(batch.notes)
         for reason, n in batch.skipped.items():
             health.skipped[reason] = health.skipped.get(reason, 0) + n
@@ -373,11 +376,12 @@ class Collector:
             if lv.source not in names:
                 continue
             self._latest[(lv.source, lv.run, lv.metric)] = Point(lv.metric, lv.step, lv.ts, lv.value, lv.run)
-            if self._max_step is None or lv.step > self._max_step:
-                self._max_step, self._max_step_ts = lv.step, lv.ts
             h = self.health.setdefault(lv.source, SourceHealth(lv.source, names[lv.source]))
             if h.newest_ts is None or lv.ts > h.newest_ts:
                 h.newest_ts = lv.ts
+            if counts_training_steps(self._registry.get(names[lv.source])) and (
+                    self._max_step is None or lv.step > self._max_step):
+                self._max_step, self._max_step_ts = lv.step, lv.ts
         totals: dict[str, int] = {}
         for (source, _metric), n in counts.items():
             totals[source] = totals.get(source, 0) + n
@@ -411,6 +415,8 @@ class Collector:
         primary = self._primary or detect_primary_metric(latest)
         last_ts = max((h.newest_ts for h in healths if h.newest_ts is not None), default=None)
         eta = 0.0 if run_state == RunState.FINISHED else eta_seconds(step, total, rate, self._rate.pause_overhead())
+        if eta is None and run_state != RunState.FINISHED:  # no step-based estimate: a source's own, if any
+            eta = max((h.eta_seconds for h in healths if h.eta_seconds is not None), default=None)
         return Snapshot(step=step, total_steps=total, progress=progress, throughput=rate, eta_seconds=eta,
                         primary_metric=primary, latest=latest, run_state=run_state, sources=healths,
                         last_point_ts=last_ts, taken_at=now, health=tuple(self._conditions.values()),

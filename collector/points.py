@@ -47,6 +47,7 @@ class Batch:
     state: RunState | None = None
     progress: float | None = None  # 0..1, when the source knows it
     total_steps: int | None = None
+    eta_seconds: float | None = None  # a source that knows its own ETA (a hosted job's status API)
     more: bool = False
     skipped: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)

@@ -52,5 +52,12 @@ class ScriptedSource:
         return None
 
 
-REGISTRY = {ScriptedSource.kind: ScriptedSource}
-SCHEMAS = {ScriptedSource.kind: ScriptedSource.schema}
+class SecondsSource(ScriptedSource):
+    """Like a hosted job's status API: its steps are seconds of run time, not training steps."""
+
+    kind: ClassVar[str] = "seconds"
+    training_steps: ClassVar[bool] = False
+
+
+REGISTRY = {ScriptedSource.kind: ScriptedSource, SecondsSource.kind: SecondsSource}
+SCHEMAS = {kind: cls.schema for kind, cls in REGISTRY.items()}

@@ -238,3 +238,24 @@ async def test_health_is_judged_on_the_injected_clock_and_transitions_are_stored
 async def _events(store: Store, uid: str, n: int):
     events = await store.health_events(uid)
     return events if len(events) >= n else None
+
+
+async def test_a_source_whose_steps_are_not_training_steps_never_moves_the_step(store):
+    train, status_api = make_run(30), ScriptedRun()
+    for s in (3600, 7200):  # run-time seconds: far above any training step
+        status_api.log(s, T0 + s, progress=s / 100)
+    RUNS["steps-a"], RUNS["seconds-a"] = train, status_api
+    spec = parse_spec({"sources": [{"name": "tb", "scripted": {"run": "steps-a"}},
+                                   {"name": "job", "seconds": {"run": "seconds-a"}}], "pollInterval": "50ms"},
+                      SCHEMAS)
+    c = Collector("wl-9", spec, store, name="wl", registry=REGISTRY, backoff_base=0.02, backoff_cap=0.1)
+    await c.start()
+    try:
+        await eventually(lambda: c.snapshot().step == 30 and "progress" in c.snapshot().latest)
+        assert c.snapshot().latest["progress"].step == 7200  # stored and shown...
+        await c.stop()
+        again = Collector("wl-9", spec, store, name="wl", registry=REGISTRY)
+        await again._seed_from_store()
+        assert again.snapshot().step == 30  # ...but never the Workload's step, even when seeded after a restart
+    finally:
+        await c.stop()

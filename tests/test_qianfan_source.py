@@ -110,7 +110,8 @@ async def test_running_with_rising_progress_then_finish(fake: FakeQianfan, caplo
         assert by_metric(first) == {METRIC_PROGRESS: (100, START_TS + 100, 10.0, LABEL),
                                     METRIC_RUN_TIME: (100, START_TS + 100, 100.0, LABEL),
                                     METRIC_TRAIN_TIME: (100, START_TS + 100, 80.0, LABEL)}
-        assert first.total_steps == 1000  # runTime seconds at 100%: the collector's ETA is the time left
+        assert first.total_steps is None  # run-time seconds are not training steps (training_steps = False)
+        assert first.eta_seconds == pytest.approx(900)  # 10% after 100 s: 900 s to go at that pace
         run = first.runs[LABEL]
         assert run["state"] == "running" and run["trainStatus"] == "RUNNING" and run["finishTime"] is None
         assert run["startTime"] == "2023-10-20T10:19:09Z" and run["displayName"] == "sdk_test_7"
@@ -126,11 +127,11 @@ async def test_running_with_rising_progress_then_finish(fake: FakeQianfan, caplo
         assert {m: v[:3] for m, v in by_metric(third).items()} == {
             METRIC_PROGRESS: (500, START_TS + 500, 50.0), METRIC_RUN_TIME: (500, START_TS + 500, 500.0),
             METRIC_TRAIN_TIME: (500, START_TS + 500, 450.0)}
-        assert third.total_steps == 1000 and third.progress == pytest.approx(0.5)
+        assert third.eta_seconds == pytest.approx(500) and third.progress == pytest.approx(0.5)
 
         done = await poll(src, third.cursor)
         assert done.state == RunState.FINISHED
-        assert done.progress == 1.0 and done.total_steps == 1000  # finished is 100% even when Qianfan says 99
+        assert done.progress == 1.0 and done.eta_seconds is None  # finished is 100% even when Qianfan says 99
         assert by_metric(done)[METRIC_PROGRESS] == (1000, START_TS + 1000, 99.0, LABEL)  # the raw value is kept
         assert done.runs[LABEL]["finishTime"] == "2023-10-20T10:35:49Z" and done.runs[LABEL]["state"] == "finished"
 
@@ -158,7 +159,8 @@ async def test_a_restarted_collector_with_the_committed_cursor_stores_nothing_ag
     finally:
         await resumed.aclose()
     assert first.points and again.points == []
-    assert again.state == RunState.RUNNING and again.progress == pytest.approx(0.3) and again.total_steps == 1000
+    assert again.state == RunState.RUNNING and again.progress == pytest.approx(0.3)
+    assert again.eta_seconds == pytest.approx(700)  # 30% after 300 s
 
 
 @pytest.mark.parametrize(("status", "label", "note"), [("FAIL", "failed", None), ("STOP", "stopped", "stopped")])

@@ -79,6 +79,13 @@ class Source(Protocol):
     async def aclose(self) -> None: ...
 
 
+def counts_training_steps(factory: Any) -> bool:
+    """Whether a kind's point steps are training steps. A kind whose steps are something else (Qianfan's run-time
+    seconds) sets `training_steps = False`: its points are stored but do not move the Workload's step, steps/s or
+    totalSteps, so it can sit next to a step-based source."""
+    return getattr(factory, "training_steps", True)
+
+
 class SourceFactory(Protocol):
     """A source class: `kind`, `schema`, and a constructor from the kind's spec block."""
 

@@ -62,6 +62,7 @@ class QianfanSource:
     """One Qianfan fine-tuning job (taskId + jobId): state, progress, run and train time."""
 
     kind: ClassVar[str] = "qianfan"
+    training_steps: ClassVar[bool] = False  # steps are run-time seconds, not training steps
     schema: ClassVar[dict[str, Any]] = {
         "type": "object",
         "description": "A Baidu Qianfan fine-tuning job (V1 jobDetail API): its state, progress (0-100), runTime "
@@ -284,11 +285,11 @@ class QianfanSource:
                 if value is not None:
                     points.append(Point(metric, step, ts, value, self.label))
         fraction = None if progress is None else min(1.0, max(0.0, progress / 100.0))
-        total = None
+        eta = None
         if state == RunState.FINISHED:
-            fraction, total = 1.0, step or None
+            fraction = 1.0
         elif state == RunState.RUNNING and step and progress and 0 < progress < 100:
-            total = round(step * 100 / progress)  # in runTime seconds, so the collector's ETA is remaining time
+            eta = step * (100 / progress - 1)  # the job's average pace since it started
         run = {
             "displayName": result.get("taskName"), "taskId": result.get("taskId", self.task_id),
             "jobId": result.get("id", self.job_id), "taskName": result.get("taskName"),
@@ -303,7 +304,7 @@ class QianfanSource:
         info = {"taskId": self.task_id, "jobId": self.job_id, "trainStatus": result.get("trainStatus"),
                 "taskName": result.get("taskName"), "vdlLink": result.get("vdlLink"), "logId": log_id}
         return Batch(points=points, cursor={"answer": seen, "step": step}, state=state, progress=fraction,
-                     total_steps=total, skipped=skipped, notes=notes,
+                     eta_seconds=eta, skipped=skipped, notes=notes,
                      info={k: v for k, v in info.items() if v is not None},
                      runs={self.label: run} if changed else {})
 
