@@ -38,7 +38,6 @@ from trainscope.operator.crd import (
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
-CHART = ROOT / "deploy" / "helm" / "trainscope"
 
 # ---------------------------------------------------------------------------------------------------------------
 # Helpers: a structural-schema checker, pruning, schema + CEL validation as the API server would do it.
@@ -671,47 +670,6 @@ def test_real_tensorboard_modes(config, ok):
         with pytest.raises(SpecError) as info:
             parse_spec(spec)
         assert info.value.field.startswith("spec.sources[0].tensorboard"), str(info.value)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Helm chart skeleton.
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def test_chart_metadata_and_values():
-    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
-    assert chart["apiVersion"] == "v2" and chart["name"] == "trainscope"
-    assert chart["version"] == "0.1.0" and chart["appVersion"] == "0.1.0"
-    values = yaml.safe_load((CHART / "values.yaml").read_text())
-    assert values["database"]["existingSecret"] is not None and values["database"]["urlKey"]
-    assert values["metrics"]["port"] == 9090
-    sc = values["securityContext"]
-    assert sc["runAsNonRoot"] and sc["readOnlyRootFilesystem"] and sc["allowPrivilegeEscalation"] is False
-    assert sc["capabilities"]["drop"] == ["ALL"]
-    for name in ("serviceaccount", "clusterrole", "clusterrolebinding", "deployment", "service"):
-        assert (CHART / "templates" / f"{name}.yaml").exists()
-    assert (CHART / "templates" / "_helpers.tpl").exists() and (CHART / "templates" / "NOTES.txt").exists()
-
-
-def test_clusterrole_is_least_privilege():
-    text = (CHART / "templates" / "clusterrole.yaml").read_text()
-    # The rules are plain YAML apart from whole-line template directives (the readSecrets toggle).
-    rules_text = "\n".join(line for line in text[text.index("rules:"):].splitlines()
-                           if not line.strip().startswith("{{"))
-    rules = yaml.safe_load(rules_text)["rules"]
-    by_resource: dict[str, set[str]] = {}
-    for rule in rules:
-        for res in rule["resources"]:
-            by_resource.setdefault(res, set()).update(rule["verbs"])
-    assert by_resource["secrets"] == {"get"}  # never list/watch: only the Secrets a Workload references
-    assert by_resource["pods/log"] == {"get"}
-    assert by_resource["pods"] == {"get", "list", "watch"}
-    assert by_resource["workloads"] == {"get", "list", "watch", "patch"}
-    assert by_resource["workloads/status"] == {"get", "patch", "update"}
-    assert by_resource["events"] == {"create", "patch"}
-    assert by_resource["customresourcedefinitions"] == {"list", "watch"}
-    assert by_resource["namespaces"] == {"list", "watch"}
-    assert not any("*" in r["verbs"] or "*" in r["resources"] for r in rules)
 
 
 def test_status_written_by_operator_validates():
