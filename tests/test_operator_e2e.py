@@ -562,3 +562,36 @@ async def test_a_swanlab_run_reaches_status_under_the_operator(cluster: Cluster,
         assert st.get("progress") == 100 and st.get("runState") == "finished", show(obj)
         return obj
     await eventually(collected, within=WAIT, what="the SwanLab Workload's status")
+
+
+async def test_a_wandb_run_with_its_key_from_a_secret_reaches_status(cluster: Cluster, operator: Operator) -> None:
+    import base64
+
+    from fakes.wandb_server import FakeWandb, grow, serve, training_run
+    from kube import NAMESPACE
+
+    key = "w" * 40
+    response = await cluster.emu.post(f"/api/v1/namespaces/{NAMESPACE}/secrets", json={
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "wandb-key", "namespace": NAMESPACE},
+        "data": {"apiKey": base64.b64encode(key.encode()).decode()}})
+    assert response.status in (200, 201)
+    fake = FakeWandb(api_keys=(key,))
+    with serve(fake):
+        run = fake.add_run("ent", "proj", training_run("r1", 300, display_name="llama-sft"))
+        await cluster.create("wb", {"pollInterval": "200ms", "totalSteps": 600, "sources": [{"wandb": {
+            "baseUrl": fake.url, "entity": "ent", "project": "proj", "runId": "r1",
+            "apiKeySecretRef": {"name": "wandb-key", "key": "apiKey"}}}]})
+
+        async def at(step: int, phase: str) -> dict[str, Any]:
+            obj = await cluster.workload("wb")
+            st = obj.get("status", {})
+            loss = next(r["train/loss"] for r in reversed(run.rows) if "train/loss" in r)
+            assert st.get("step") == step and st.get("phase") == phase, show(obj)
+            assert st.get("primaryMetric", {}).get("value") == six_digits(loss), show(obj)
+            return obj
+        await eventually(lambda: at(run.last_step, "Collecting"), within=WAIT, what="the W&B run's status")
+        grow(run, 100)
+        run.state = "finished"
+        obj = await eventually(lambda: at(run.last_step, "Succeeded"), within=WAIT, what="the finished W&B run")
+    # The key came from the Secret through the operator, and went nowhere else.
+    assert key not in repr(obj) and not any(key in repr(e) for e in cluster.events())
