@@ -20,6 +20,10 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+# kopf fixes a timer's interval when trainscope.operator.handlers is imported; whichever test module imports it
+# first, the operator tests need a fast status timer. Set before any test module is collected.
+os.environ.setdefault("TRAINSCOPE_STATUS_INTERVAL", "0.3")
+
 from trainscope.collector.store import Store
 from trainscope.collector.store.embedded import start_embedded
 
