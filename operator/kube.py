@@ -7,6 +7,7 @@ resolver) with the same credentials, taken from kopf's public login helpers.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import ssl
 import tempfile
@@ -139,18 +140,31 @@ class KubeClient:
         return pods
 
     async def stream_log(self, namespace: str, pod: str, container: str | None, *, since_time: str | None = None,
-                         follow: bool = True) -> AsyncIterator[bytes]:
+                         follow: bool = True, previous: bool = False) -> AsyncIterator[bytes]:
+        """The container's log with kubelet timestamps; `previous`: the instance before a restart."""
         params = {"timestamps": "true", "follow": "true" if follow else "false"}
         if container:
             params["container"] = container
         if since_time:
             params["sinceTime"] = since_time
+        if previous:
+            params["previous"] = "true"
         async with self._http.stream("GET", f"/api/v1/namespaces/{namespace}/pods/{pod}/log",
                                      params=params) as response:
             if response.status_code >= 400:
-                raise KubeError(response.status_code, f"log of {namespace}/{pod}: HTTP {response.status_code}")
+                body = (await response.aread())[:300].decode("utf-8", "replace")
+                raise KubeError(response.status_code, f"log of {namespace}/{pod}: HTTP {response.status_code}: "
+                                f"{_status_message(body)}")
             async for chunk in response.aiter_raw():
                 yield chunk
+
+
+def _status_message(body: str) -> str:
+    """The `message` of a Kubernetes Status answer, else the body itself."""
+    try:
+        return str(json.loads(body).get("message") or body)
+    except (ValueError, AttributeError):
+        return body
 
 
 def secret_resolver(namespace: str, kube: KubeClient | None, secrets_dir: Path | None = None) -> SecretResolver:

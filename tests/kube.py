@@ -2,8 +2,9 @@
 
 - `Emulator`: kmock's KubernetesEmulator plus what kopf needs and kmock 0.8 lacks (resourceVersion, uid,
   creationTimestamp, generateName, 422 on a failed JSON-patch test) and a `metadata.generation` bump when the
-  spec changes, so observedGeneration can be checked.
-- `Cluster`: the emulator served over HTTP, with Workload/Event helpers for tests.
+  spec changes, so observedGeneration can be checked. It also serves `pods/{name}/log` as the kubelet does
+  (`PodLogs`): timestamps, second-granular sinceTime, follow, previous, in chunks with delays.
+- `Cluster`: the emulator served over HTTP, with Workload/Event/Pod/log helpers for tests.
 - `Operator`: `kopf.operator()` with the project's handlers on its own thread and event loop (never on
   pytest-asyncio's loop, which serves the emulator), stoppable and restartable.
 - `TBRun` / `read_scalars`: a tensorboardX writer and an independent reader of its event files (the oracle).
@@ -34,6 +35,7 @@ from typing import Any, TypeVar
 STATUS_INTERVAL = 0.3
 os.environ.setdefault("TRAINSCOPE_STATUS_INTERVAL", str(STATUS_INTERVAL))
 
+import aiohttp.web  # noqa: E402
 import asyncpg  # noqa: E402
 import httpx  # noqa: E402
 import jsonpatch  # noqa: E402
@@ -94,7 +96,13 @@ class Emulator(kmock.KubernetesEmulator):
 
     _rv = itertools.count(1)
 
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self.pod_logs = PodLogs(self)
+
     async def _handle(self, request: kmock.Request) -> Any:
+        if request.resource is not None and request.resource.plural == "pods" and request.subresource == "log":
+            return await self.pod_logs.serve(request)
         if request.resource is not None and request.data is not None:
             rv = str(next(self._rv))
             if request.action == kmock.action.CREATE and isinstance(request.data, dict):
@@ -138,6 +146,125 @@ class Emulator(kmock.KubernetesEmulator):
 
 def _k8s_now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def rfc3339nano(ns: int) -> str:
+    """Go's time.RFC3339Nano, as the kubelet stamps log lines: UTC, fraction with trailing zeros trimmed."""
+    sec, frac = divmod(ns, 10**9)
+    head = datetime.datetime.fromtimestamp(sec, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{head}.{frac:09d}".rstrip("0").rstrip(".") + "Z"
+
+
+@dataclass
+class LogEntry:
+    """One entry of a container's log: the kubelet's timestamp (ns) and the bytes written. An entry without a
+    trailing newline is a partial line: the next entry continues it without a timestamp of its own."""
+
+    ns: int
+    data: bytes
+
+
+@dataclass
+class Instance:
+    """One run of a container: its log, and whether it has terminated."""
+
+    entries: list[LogEntry]
+    terminated: bool = False
+
+
+class PodLogs:
+    """Container logs served at /api/v1/namespaces/{ns}/pods/{name}/log as the API server and kubelet do.
+
+    Honoured: `container` (required when the pod has several), `timestamps`, `sinceTime` (truncated to whole
+    seconds, as it is on its way to the kubelet), `follow` (the stream ends when the instance terminates or the
+    pod is deleted), `previous` (the instance before the last restart). Errors are the API's: 404 for a missing
+    pod, 400 for a container that is not running yet or has no previous instance. Responses are written in
+    `chunk`-byte pieces with `delay` seconds between them, so clients see lines split anywhere.
+    """
+
+    def __init__(self, emu: Emulator):
+        self.emu = emu
+        self.logs: dict[tuple[str, str, str], list[Instance]] = {}
+        self.chunk = 4096
+        self.delay = 0.0
+        self.served = 0  # log requests answered
+        self._changed = asyncio.Event()
+
+    def changed(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def instances(self, namespace: str, pod: str, container: str) -> list[Instance]:
+        return self.logs.setdefault((namespace, pod, container), [])
+
+    def _pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        for (resource, ns, nm), obj in list(self.emu.objects.items()):
+            if resource.plural == "pods" and ns == namespace and nm == name and not obj.deleted:
+                return obj.raw
+        return None
+
+    @staticmethod
+    def _error(status: int, message: str) -> aiohttp.web.Response:
+        reason = {400: "BadRequest", 404: "NotFound"}[status]
+        return aiohttp.web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                          "message": message, "reason": reason, "code": status}, status=status)
+
+    async def serve(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        self.served += 1
+        namespace, name, params = request.namespace or NAMESPACE, request.name or "", request.params
+        pod = self._pod(namespace, name)
+        if pod is None:
+            return self._error(404, f'pods "{name}" not found')
+        names = [c["name"] for c in pod.get("spec", {}).get("containers", [])]
+        container = params.get("container") or (names[0] if len(names) == 1 else None)
+        if container is None:
+            return self._error(400, f"a container name must be specified for pod {name}, choose one of: {names}")
+        if container not in names:
+            return self._error(400, f"container {container} is not valid for pod {name}")
+        runs = self.instances(namespace, name, container)
+        previous = params.get("previous") == "true"
+        if previous and len(runs) < 2:
+            return self._error(400, f'previous terminated container "{container}" in pod "{name}" not found')
+        if not runs:
+            return self._error(400, f'container "{container}" in pod "{name}" is waiting to start: '
+                                    "ContainerCreating")
+        instance = runs[-2] if previous else runs[-1]
+        since = 0
+        if params.get("sinceTime"):
+            when = datetime.datetime.fromisoformat(params["sinceTime"].replace("Z", "+00:00"))
+            since = int(when.timestamp()) * 10**9  # the kubelet gets whole seconds
+        stamps = params.get("timestamps") == "true"
+        follow = params.get("follow") == "true" and not previous
+        raw = request._raw_request
+        assert raw is not None
+        response = aiohttp.web.StreamResponse(headers={"Content-Type": "text/plain"})
+        await response.prepare(raw)
+        sent = 0
+        new_line = True
+        try:
+            while True:
+                out = bytearray()
+                for entry in instance.entries[sent:]:
+                    keep = entry.ns >= since
+                    if keep:
+                        if stamps and new_line:
+                            out += rfc3339nano(entry.ns).encode() + b" "
+                        out += entry.data
+                    new_line = entry.data.endswith(b"\n") or not keep
+                sent = len(instance.entries)
+                for i in range(0, len(out), self.chunk):
+                    await response.write(bytes(out[i:i + self.chunk]))
+                    if self.delay:
+                        await asyncio.sleep(self.delay)
+                if not follow or instance.terminated or self._pod(namespace, name) is None:
+                    break
+                if sent == len(instance.entries):
+                    changed = self._changed
+                    await changed.wait()
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the client went away (it had what it wanted)
+        return response
 
 
 class Cluster:
@@ -197,6 +324,67 @@ class Cluster:
     async def delete(self, name: str, namespace: str = NAMESPACE) -> None:
         rsp = await self.emu.delete(self.path(name, namespace))
         assert rsp.status == 200, await rsp.text()
+
+    # ---- pods and their logs
+
+    async def add_pod(self, name: str, labels: dict[str, str] | None = None, containers: Iterable[str] = ("trainer",),
+                      namespace: str = NAMESPACE, phase: str = "Running") -> dict[str, Any]:
+        """A pod whose containers are running (phase Running) or not started yet (Pending)."""
+        names = list(containers)
+        body = {"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": namespace, "labels": labels or {}},
+                "spec": {"containers": [{"name": c} for c in names]},
+                "status": {"phase": phase, "containerStatuses": [{"name": c, "restartCount": 0} for c in names]}}
+        rsp = await self.emu.post(f"/api/v1/namespaces/{namespace}/pods", json=body)
+        assert rsp.status in (200, 201), await rsp.text()
+        if phase != "Pending":
+            for c in names:
+                self.emu.pod_logs.instances(namespace, name, c).append(Instance([]))
+        return await rsp.json()
+
+    def write_log(self, pod: str, text: str | bytes, *, at: float, spacing: float = 0.001,
+                  container: str = "trainer", namespace: str = NAMESPACE) -> list[tuple[float, bytes]]:
+        """The container prints `text`: each line is stamped `at` + i * spacing seconds (spacing 0: all share
+        one timestamp). A last line without a newline stays partial until more is written. Returns the
+        (timestamp, line) of each line written, for the test's oracle."""
+        data = text.encode() if isinstance(text, str) else text
+        instance = self.emu.pod_logs.instances(namespace, pod, container)[-1]
+        assert not instance.terminated
+        lines = data.splitlines(keepends=True)
+        base = round(at * 1e6) * 1000  # microseconds given, nanoseconds stamped (as the kubelet does)
+        written = []
+        for i, line in enumerate(lines):
+            ns = base + round(i * spacing * 1e6) * 1000
+            instance.entries.append(LogEntry(ns, line))
+            written.append((ns / 1e9, line))
+        self.emu.pod_logs.changed()
+        return written
+
+    async def restart_container(self, pod: str, container: str = "trainer", namespace: str = NAMESPACE) -> None:
+        """The container exits and the kubelet starts it again: a new, empty log; restartCount + 1."""
+        runs = self.emu.pod_logs.instances(namespace, pod, container)
+        runs[-1].terminated = True
+        runs.append(Instance([]))
+        obj = await self._pod_object(pod, namespace)
+        statuses = obj["status"]["containerStatuses"]
+        for st in statuses:
+            if st["name"] == container:
+                st["restartCount"] = len(runs) - 1
+        rsp = await self.emu.patch(f"/api/v1/namespaces/{namespace}/pods/{pod}",
+                                   json={"status": {"containerStatuses": statuses}},
+                                   headers={"Content-Type": "application/merge-patch+json"})
+        assert rsp.status == 200, await rsp.text()
+        self.emu.pod_logs.changed()
+
+    async def delete_pod(self, pod: str, namespace: str = NAMESPACE) -> None:
+        rsp = await self.emu.delete(f"/api/v1/namespaces/{namespace}/pods/{pod}")
+        assert rsp.status == 200, await rsp.text()
+        self.emu.pod_logs.changed()
+
+    async def _pod_object(self, pod: str, namespace: str) -> dict[str, Any]:
+        rsp = await self.emu.get(f"/api/v1/namespaces/{namespace}/pods/{pod}")
+        assert rsp.status == 200, await rsp.text()
+        return await rsp.json()
 
     def events(self, involved: str | None = None, reason: str | None = None) -> list[dict[str, Any]]:
         """Kubernetes Events posted so far (kopf.warn, logged errors), optionally by object name and reason."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from trainscope.collector.sources.base import Source, SourceContext, SourceError, SourceFactory
+from trainscope.collector.sources.logs import LogsSource
 from trainscope.collector.sources.qianfan import QianfanSource
 from trainscope.collector.sources.swanlab import SwanLabSource
 from trainscope.collector.sources.tensorboard import TensorBoardSource
@@ -13,6 +14,7 @@ REGISTRY: dict[str, SourceFactory] = {
     SwanLabSource.kind: SwanLabSource,
     QianfanSource.kind: QianfanSource,
     WandbSource.kind: WandbSource,
+    LogsSource.kind: LogsSource,
 }
 
 __all__ = ["REGISTRY", "Source", "SourceContext", "SourceError", "SourceFactory"]

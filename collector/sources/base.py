@@ -44,8 +44,9 @@ class PodLogReader(Protocol):
     async def list_pods(self, namespace: str, selector: dict[str, Any]) -> list[PodRef]: ...
 
     def stream_log(self, namespace: str, pod: str, container: str | None, *, since_time: str | None = None,
-                   follow: bool = True) -> AsyncIterator[bytes]:
-        """Raw log bytes with the kubelet's RFC 3339 timestamp at the start of each line (timestamps=true)."""
+                   follow: bool = True, previous: bool = False) -> AsyncIterator[bytes]:
+        """Raw log bytes with the kubelet's RFC 3339 timestamp at the start of each line (timestamps=true);
+        `previous` reads the container's previous instance (after a restart)."""
         ...
 
 

@@ -1,0 +1,462 @@
+"""Training-log source: metrics parsed from what the training processes print, read from the job's pod logs
+through the Kubernetes API (`pods`) or from log files (`path`). Parsing lives in `logparsers.py`.
+
+Pod mode reads each pod's log with `follow=false` from the stream's cursor on every poll, so nothing is held open
+between polls and an operator restart resumes exactly: the cursor keeps, per pod and container, the second of the
+last line taken and how many lines of that second were taken (the API's `sinceTime` is second-granular), the
+container restart count already read, and the parser's running state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import glob
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+from trainscope.collector.points import Batch, Cursor, Point
+from trainscope.collector.sources.base import PodRef, SourceContext, SourceError
+from trainscope.collector.sources.logparsers import (
+    FORMATS,
+    LineSplitter,
+    LogParser,
+    compile_katib,
+    compile_patterns,
+    decode_lines,
+)
+
+_POW10 = [10**i for i in range(10)]
+CHUNK_BYTES = 1 << 20  # log files are read in pieces of this size
+_NEAR_FULL = 256  # within this many points of the batch limit, each line is checkpointed so it can be put back
+# Labels that carry a pod's rank/index, tried in order when `ranks` is set without `rankLabel`.
+RANK_LABELS = (
+    "training.kubeflow.org/replica-index",  # Kubeflow PyTorchJob / TrainJob
+    "batch.kubernetes.io/job-completion-index",  # Indexed Jobs, JobSet
+    "apps.kubernetes.io/pod-index",  # StatefulSets
+    "leaderworkerset.sigs.k8s.io/worker-index",  # LeaderWorkerSet
+    "volcano.sh/task-index",  # Volcano
+)
+
+_LABEL_SELECTOR: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "description": "Label selector of the pods to read (default: the Workload's spec.selector).",
+    "properties": {
+        "matchLabels": {"type": "object", "additionalProperties": {"type": "string"},
+                        "description": "Labels the pods must have, exactly."},
+        "matchExpressions": {
+            "type": "array", "maxItems": 32, "description": "Label requirements, as in Kubernetes selectors.",
+            "items": {
+                "type": "object", "additionalProperties": False, "required": ["key", "operator"],
+                "properties": {
+                    "key": {"type": "string", "minLength": 1, "maxLength": 317, "description": "Label key."},
+                    "operator": {"type": "string", "enum": ["In", "NotIn", "Exists", "DoesNotExist"],
+                                 "description": "How the key's value is tested."},
+                    "values": {"type": "array", "maxItems": 64, "items": {"type": "string", "maxLength": 63},
+                               "description": "Values for In and NotIn."},
+                },
+            },
+        },
+    },
+}
+
+
+def _strings(description: str, max_items: int) -> dict[str, Any]:
+    return {"type": "array", "maxItems": max_items, "description": description,
+            "items": {"type": "string", "minLength": 1, "maxLength": 1024}}
+
+
+def _rfc3339(second: int) -> str:
+    return datetime.datetime.fromtimestamp(second, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _second(prefix: str) -> int | None:
+    """'2024-05-01T12:00:00' (UTC) -> epoch seconds."""
+    try:
+        return int(datetime.datetime.fromisoformat(prefix).replace(tzinfo=datetime.UTC).timestamp())
+    except ValueError:
+        return None
+
+
+def _line_end(blob: bytes, i: int) -> int:
+    """The offset just after line `i` (0-based; -1: the start) of a blob of whole lines."""
+    pos = 0
+    for _ in range(i + 1):
+        pos = blob.index(b"\n", pos) + 1
+    return pos
+
+
+def _reason(exc: BaseException) -> str:
+    status = getattr(exc, "status", None)
+    if isinstance(status, int):
+        return "Forbidden" if status in (401, 403) else "KubeError"
+    return "Unreachable"
+
+
+class _Feed:
+    """Feeds one read (a response or a file region) to a stream's parser, bounded by the batch limit."""
+
+    __slots__ = ("full", "limit", "out", "parser", "run")
+
+    def __init__(self, parser: LogParser, run: str, out: list[Point], limit: int):
+        self.parser, self.run, self.out, self.limit = parser, run, out, limit
+        self.full = False
+
+    def line(self, text: str, ts: float) -> bool:
+        """Parse one line; False (and nothing kept) when its points do not fit and the batch already has some."""
+        out = self.out
+        start = len(out)
+        cp = self.parser.checkpoint() if start + _NEAR_FULL >= self.limit else None
+        self.parser.feed(text, ts, self.run, out)
+        if len(out) >= self.limit:
+            self.full = True
+            if len(out) > self.limit and cp is not None and start > 0:
+                del out[start:]
+                self.parser.rollback(cp)
+                return False
+        return True
+
+
+class _Position:
+    """Where a pod-log stream is: `seen` lines taken of those the API returns for sinceTime=`second`.
+
+    The API returns every line whose kubelet timestamp is at or after sinceTime, truncated to the second, so
+    skipping `seen` lines of that answer resumes exactly, even when lines share a timestamp.
+    """
+
+    __slots__ = ("last_prefix", "last_sec", "second", "seen", "skip")
+
+    def __init__(self, second: int, seen: int):
+        self.second, self.seen, self.skip = second, seen, seen
+        self.last_prefix, self.last_sec = "", second
+
+    def take(self, lines: list[str], feed: _Feed) -> bool:
+        """Feed the lines after the position; False when the batch is full (the position is after the last
+        line taken)."""
+        second, seen, skip, last_prefix, last_sec = self.second, self.seen, self.skip, self.last_prefix, self.last_sec
+        go = True
+        for line in lines:
+            sp = line.find(" ")
+            stamp = line[:sp] if sp > 0 else line
+            prefix = stamp[:19]
+            if prefix != last_prefix:
+                sec = _second(prefix)
+                if sec is not None:  # else not a kubelet timestamp (never, from the API): count it in the second
+                    last_prefix, last_sec = prefix, sec
+            if skip:
+                skip -= 1
+                continue
+            frac = stamp[20:-1] if len(stamp) > 21 and stamp[19] == "." else ""
+            ts = last_sec + int(frac) / _POW10[len(frac)] if frac.isdigit() and len(frac) < 10 else float(last_sec)
+            if not feed.line(line[sp + 1:] if sp > 0 else "", ts):
+                go = False
+                break
+            if last_sec > second:
+                second, seen = last_sec, 1
+            elif last_sec == second:
+                seen += 1
+            if feed.full:
+                go = False
+                break
+        self.second, self.seen, self.skip, self.last_prefix, self.last_sec = second, seen, skip, last_prefix, last_sec
+        return go
+
+
+class LogsSource:
+    """Metrics from training logs; see docs/sources/logs.md."""
+
+    kind: ClassVar[str] = "logs"
+    schema: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "description": "Metrics parsed from the training job's logs: its pods' logs through the Kubernetes API "
+                       "(pods) or log files (path). Set exactly one of pods or path.",
+        "additionalProperties": False,
+        "properties": {
+            "pods": {
+                "type": "object", "additionalProperties": False,
+                "description": "Read the logs of the Workload's pods (in its namespace).",
+                "properties": {
+                    "selector": _LABEL_SELECTOR,
+                    "container": {"type": "string", "minLength": 1, "maxLength": 253,
+                                  "description": "Container to read (default: the pod's first container)."},
+                    "ranks": {"type": "array", "maxItems": 1024, "items": {"type": "integer", "minimum": 0},
+                              "description": "Read only pods with these ranks (default: all pods). The rank is "
+                                             "the value of rankLabel."},
+                    "rankLabel": {"type": "string", "minLength": 1, "maxLength": 317,
+                                  "description": "Label holding a pod's rank (default: the first present of the "
+                                                 "well-known index labels of Kubeflow, Indexed Jobs, "
+                                                 "StatefulSets, LeaderWorkerSet and Volcano)."},
+                },
+            },
+            "path": {"type": "string", "minLength": 1, "maxLength": 4096,
+                     "description": "A log file or a glob (*, ?, [..], ** for any depth). Relative paths start at "
+                                    "the collector's base dir."},
+            "format": {"type": "string", "enum": list(FORMATS), "default": "auto",
+                       "description": "Log format: auto (detected per stream and line), hf, megatron, deepspeed, "
+                                      "lightning, keyvalue, json, or none (patterns/filter only)."},
+            "patterns": _strings("Extra regexes tried on every line: named groups metric and value (and "
+                                 "optionally step), or one named group per metric (and optionally step).", 32),
+            "filter": {
+                "type": "object", "additionalProperties": False,
+                "description": "Katib-style filter, for users coming from Katib's StdOut collector.",
+                "properties": {"metricsFormat": _strings(
+                    "Regexes whose group 1 is the metric name and group 2 its value, e.g. "
+                    r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)", 16)},
+            },
+            "loggingSteps": {"type": "integer", "minimum": 1, "default": 1,
+                             "description": "HF Trainer's logging_steps: the step of the n-th training log dict "
+                                            "without a step field is n * loggingSteps."},
+        },
+        "oneOf": [{"required": ["pods"]}, {"required": ["path"]}],
+        "x-kubernetes-validations": [
+            {"rule": "has(self.pods) != has(self.path)", "message": "set exactly one of pods or path"},
+            {"rule": "!has(self.format) || self.format != 'none' || has(self.patterns) || has(self.filter)",
+             "message": "format none needs patterns or filter"},
+        ],
+    }
+
+    def __init__(self, config: dict[str, Any], ctx: SourceContext):
+        if ("pods" in config) == ("path" in config):
+            raise SourceError("logs: set exactly one of pods or path", reason="BadConfig")
+        self.ctx = ctx
+        self.fmt = config.get("format", "auto")
+        try:
+            self.patterns = compile_patterns(config.get("patterns", ()))
+            self.katib = compile_katib((config.get("filter") or {}).get("metricsFormat", ()))
+        except ValueError as e:
+            raise SourceError(f"logs: {e}", reason="BadConfig") from None
+        if self.fmt not in FORMATS:
+            raise SourceError(f"logs: unknown format {self.fmt!r}", reason="BadConfig")
+        if self.fmt == "none" and not self.patterns and not self.katib:
+            raise SourceError("logs: format none needs patterns or filter", reason="BadConfig")
+        self.logging_steps = int(config.get("loggingSteps", 1))
+        pods = config.get("pods")
+        self.pods: dict[str, Any] | None = dict(pods) if pods is not None else None
+        self.path: str | None = None
+        if "path" in config:
+            path = os.path.expanduser(config["path"])
+            self.path = path if os.path.isabs(path) else os.path.join(ctx.base_dir, path)
+        self._parsers: dict[str, LogParser] = {}  # stream -> parser (its learned layouts survive polls)
+        self._lines = self._parsed = 0  # for health, this process
+
+    def _parser(self, key: str, state: dict[str, Any] | None) -> LogParser:
+        parser = self._parsers.get(key)
+        if parser is None:
+            parser = self._parsers[key] = LogParser(self.fmt, patterns=self.patterns, katib=self.katib,
+                                                    logging_steps=self.logging_steps)
+        parser.restore(state)
+        parser.lines = parser.parsed = parser.failed = 0
+        return parser
+
+    async def poll(self, cursor: Cursor | None) -> Batch:
+        """The points after `cursor`, at most ctx.max_batch_points of them (one line is never split)."""
+        if self.path is not None:
+            return await asyncio.to_thread(self._poll_files, cursor)
+        return await self._poll_pods(cursor)
+
+    async def aclose(self) -> None:
+        self._parsers.clear()
+
+    def _batch(self, points: list[Point], streams: dict[str, Any], parsers: dict[str, LogParser], more: bool,
+               cut: int, notes: list[str], runs: dict[str, dict[str, Any]], **info: Any) -> Batch:
+        failed = sum(p.failed for p in parsers.values())
+        lines = sum(p.lines for p in parsers.values())
+        self._lines += lines
+        self._parsed += sum(p.parsed for p in parsers.values())
+        skipped = {k: v for k, v in (("unparsed", failed), ("line_too_long", cut)) if v}
+        totals = [p.total_steps for p in parsers.values() if p.total_steps]
+        totals += [s["p"]["t"] for s in streams.values() if s.get("p", {}).get("t")]
+        return Batch(points=points, cursor={"streams": streams}, more=more, skipped=skipped, notes=notes,
+                     total_steps=max(totals) if totals else None, runs=runs,
+                     info={"lines": self._lines, "parsedLines": self._parsed, **info})
+
+    # ---- pods ----------------------------------------------------------------------------------------------
+
+    def _wanted(self, pod: PodRef) -> bool:
+        ranks = (self.pods or {}).get("ranks")
+        if not ranks:
+            return True
+        label = (self.pods or {}).get("rankLabel")
+        keys = (label,) if label else RANK_LABELS
+        for key in keys:
+            if key in pod.labels:
+                try:
+                    return int(pod.labels[key]) in ranks
+                except ValueError:
+                    return False
+        return False
+
+    async def _poll_pods(self, cursor: Cursor | None) -> Batch:
+        reader = self.ctx.pods
+        if reader is None:
+            raise SourceError("logs: pods mode needs access to a Kubernetes API (none here); in local mode use "
+                              "path", reason="NoCluster")
+        selector = (self.pods or {}).get("selector") or self.ctx.selector
+        if not selector:
+            raise SourceError("logs: no pod selector: set logs.pods.selector or spec.selector", reason="BadConfig")
+        try:
+            found = await reader.list_pods(self.ctx.namespace, selector)
+        except Exception as e:
+            raise SourceError(f"cannot list pods in {self.ctx.namespace}: {e}", reason=_reason(e)) from e
+        pods = sorted((p for p in found if self._wanted(p)), key=lambda p: p.name)
+        old = cursor.get("streams", {}) if isinstance(cursor, dict) else {}
+        streams: dict[str, Any] = {}
+        parsers: dict[str, LogParser] = {}
+        points: list[Point] = []
+        notes: list[str] = []
+        runs: dict[str, dict[str, Any]] = {}
+        limit = self.ctx.max_batch_points
+        cut = 0
+        full = False
+        want = (self.pods or {}).get("container")
+        for pod in pods:
+            container = want or next(iter(pod.containers), None)
+            if container is None or container not in pod.containers:
+                notes.append(f"pod {pod.name} has no container {want!r}" if want else f"pod {pod.name} has no "
+                             "containers")
+                continue
+            key = f"{pod.name}/{container}"
+            restarts = pod.containers[container]
+            st = old.get(key)
+            if not isinstance(st, dict) or st.get("uid") != pod.uid:  # new pod (or one recreated under its name)
+                st = {"uid": pod.uid, "r": max(0, restarts - 1), "s": 0, "k": 0, "p": {}}
+            if full or (pod.phase == "Pending" and restarts == 0):
+                streams[key] = st
+                continue
+            st = dict(st)
+            parser = parsers[key] = self._parser(key, st.get("p"))
+            feed = _Feed(parser, pod.name, points, limit)
+            if restarts > st["r"]:
+                if restarts > st["r"] + 1:
+                    notes.append(f"{key}: {restarts - st['r'] - 1} container restart(s) between polls: "
+                                 "the logs of those instances are gone")
+                # the instance before the current one, to its end
+                done, c = await self._read(reader, pod.name, container, st, feed, notes, previous=True)
+                cut += c
+                if done:  # the new instance's lines of that second are not among those taken
+                    st["r"], st["k"] = restarts, 0
+                else:
+                    full = True
+            if not full:
+                _, c = await self._read(reader, pod.name, container, st, feed, notes, previous=False)
+                cut += c
+                full = feed.full
+            st["p"] = parser.state()
+            streams[key] = st
+            if parser.parsed:
+                runs[pod.name] = {"pod": pod.name, "container": container, "format": parser.detected or self.fmt}
+        return self._batch(points, streams, parsers, full, cut, notes, runs, pods=len(pods))
+
+    async def _read(self, reader: Any, pod: str, container: str, st: dict[str, Any], feed: _Feed,
+                    notes: list[str], *, previous: bool) -> tuple[bool, int]:
+        """Read one container instance's log after the stream's position; (read to its end, lines cut)."""
+        pos = _Position(st["s"], st["k"])
+        stream = reader.stream_log(self.ctx.namespace, pod, container,
+                                   since_time=_rfc3339(pos.second) if pos.second else None, follow=False,
+                                   previous=previous)
+        splitter = LineSplitter()
+        try:
+            async for chunk in stream:
+                for blob, _ in splitter.feed(chunk):
+                    if not pos.take(decode_lines(blob), feed):
+                        return self._moved(st, pos, False, splitter)
+            if previous:  # a terminated instance: its unfinished last line is final
+                for blob, _ in splitter.flush():
+                    if not pos.take(decode_lines(blob), feed):
+                        return self._moved(st, pos, False, splitter)
+        except SourceError:
+            raise
+        except Exception as e:
+            status = getattr(e, "status", None)
+            if status not in (400, 404):
+                raise SourceError(f"cannot read the log of {pod}/{container}: {e}", reason=_reason(e)) from e
+            # not started yet, no previous instance, or the pod went away: nothing more to read there now
+            what = "the previous instance of " if previous else ""
+            notes.append(f"{pod}/{container}: no log for {what}the container (HTTP {status})")
+            return self._moved(st, pos, status == 404 or previous, splitter)
+        finally:
+            await stream.aclose()
+        return self._moved(st, pos, True, splitter)
+
+    @staticmethod
+    def _moved(st: dict[str, Any], pos: _Position, ended: bool, splitter: LineSplitter) -> tuple[bool, int]:
+        st["s"], st["k"] = pos.second, pos.seen
+        return ended, splitter.cut
+
+    # ---- files ---------------------------------------------------------------------------------------------
+
+    def _files(self) -> list[tuple[str, str]]:
+        """(run, path) of every file the path names, sorted; run is the path below the glob's fixed part."""
+        path = self.path
+        assert path is not None
+        if not glob.has_magic(path):
+            if not os.path.isfile(path):
+                raise SourceError(f"log file {path} does not exist", reason="LogFileMissing")
+            return [(os.path.basename(path), path)]
+        parts = Path(path).parts
+        fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+        root = Path(*parts[:fixed])
+        found = [p for p in glob.glob(path, recursive=True) if os.path.isfile(p)]
+        return sorted((Path(p).relative_to(root).as_posix(), p) for p in found)
+
+    def _poll_files(self, cursor: Cursor | None) -> Batch:
+        files = self._files()
+        old = cursor.get("streams", {}) if isinstance(cursor, dict) else {}
+        streams: dict[str, Any] = {}
+        parsers: dict[str, LogParser] = {}
+        points: list[Point] = []
+        notes: list[str] = [] if files else [f"no file matches {self.path}"]
+        runs: dict[str, dict[str, Any]] = {}
+        limit = self.ctx.max_batch_points
+        cut = 0
+        full = False
+        for run, path in files:
+            st = old.get(run)
+            st = dict(st) if isinstance(st, dict) else {"o": 0, "p": {}}
+            if full:
+                streams[run] = st
+                continue
+            try:
+                with open(path, "rb") as f:
+                    info = os.fstat(f.fileno())
+                    if st.get("i", info.st_ino) != info.st_ino or info.st_size < st["o"]:
+                        notes.append(f"{run} was replaced or truncated: read again from the start")
+                        st = {"o": 0, "p": {}}
+                    st["i"] = info.st_ino
+                    if info.st_size == st["o"]:
+                        streams[run] = st
+                        continue
+                    parser = parsers[run] = self._parser(run, st.get("p"))
+                    feed = _Feed(parser, run, points, limit)
+                    st["o"], c = self._read_file(f, st["o"], info.st_mtime, feed)
+                    cut += c
+            except FileNotFoundError:
+                continue  # rotated away between listing and opening: it leaves the cursor
+            except OSError as e:
+                raise SourceError(f"cannot read log file {path}: {e.strerror or e}", reason="FileUnreadable") from e
+            st["p"] = parser.state()
+            streams[run] = st
+            full = feed.full
+            if parser.parsed:
+                runs[run] = {"file": path, "format": parser.detected or self.fmt}
+        return self._batch(points, streams, parsers, full, cut, notes, runs, files=len(files))
+
+    @staticmethod
+    def _read_file(f: Any, offset: int, ts: float, feed: _Feed) -> tuple[int, int]:
+        """Lines from `offset` to the last complete one (or until the batch is full); (new offset, lines cut)."""
+        f.seek(offset)
+        splitter = LineSplitter()
+        while True:
+            chunk = f.read(CHUNK_BYTES)
+            if not chunk:
+                return offset, splitter.cut
+            for blob, nbytes in splitter.feed(chunk):
+                lines = decode_lines(blob)
+                for i, line in enumerate(lines):
+                    if not feed.line(line, ts):
+                        return offset + _line_end(blob, i - 1), splitter.cut
+                    if feed.full:
+                        return offset + (nbytes if i == len(lines) - 1 else _line_end(blob, i)), splitter.cut
+                offset += nbytes
