@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import signal
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -99,9 +99,47 @@ def render(rows: list[tuple[LocalWorkload, Snapshot | None]], waiting: str | Non
     return table
 
 
+@dataclass(frozen=True, slots=True)
+class LocalApi:
+    """Where local mode serves the REST API (trainscope.api); the token stays out of repr."""
+
+    port: int = 8080  # 0: a free port
+    host: str = "127.0.0.1"
+    token: str | None = field(default=None, repr=False)
+    cors_origins: tuple[str, ...] = ()
+
+
+def live_facts(snap: Snapshot | None) -> dict[str, Any] | None:
+    """What the API adds to a workload from the running collector: phase and progress."""
+    if snap is None:
+        return None
+    return {"phase": phase_of(snap), "progress": snap.progress}
+
+
+async def _start_api(api: LocalApi, config: RuntimeConfig, runtime: Runtime, console: Console) -> Any:
+    from trainscope.api.app import ApiSettings
+    from trainscope.api.server import ApiServer
+
+    settings = ApiSettings(database_url=config.database_url, token=api.token, cors_origins=api.cors_origins,
+                           live=lambda uid: live_facts(runtime.snapshot(uid)))
+    server = ApiServer(settings, api.host, api.port)
+    try:
+        await server.start()
+    except OSError as exc:  # e.g. the port is taken: collecting goes on without the API
+        console.print(f"[yellow]trainscope local: the API could not listen on {api.host}:{api.port} ({exc}); "
+                      "collecting without it[/]")
+        await server.stop()
+        return None
+    return server
+
+
 async def run_local(workloads: list[LocalWorkload], config: RuntimeConfig, *, console: Console | None = None,
-                    refresh: float = 1.0, stop: asyncio.Event | None = None) -> dict[str, Snapshot | None]:
-    """Collect until `stop` is set or SIGINT/SIGTERM arrives; returns the last snapshots (for tests and --once)."""
+                    refresh: float = 1.0, stop: asyncio.Event | None = None,
+                    api: LocalApi | None = None) -> dict[str, Snapshot | None]:
+    """Collect until `stop` is set or SIGINT/SIGTERM arrives; returns the last snapshots (for tests and --once).
+
+    With `api`, the REST API is served from the same process (on the same database) while collecting.
+    """
     console = console or Console()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -111,19 +149,25 @@ async def run_local(workloads: list[LocalWorkload], config: RuntimeConfig, *, co
     runtime = Runtime(config)
     await runtime.start()
     metrics = MetricsEndpoint(runtime.exported, config.metrics_port, config.metrics_host)
+    api_server = await _start_api(api, config, runtime, console) if api is not None else None
+    caption = f"API: http://{api.host}:{api_server.port}/api/v1/workloads" if api and api_server else None
     try:
         for wl in workloads:
             await runtime.apply(wl.uid, wl.namespace, wl.name, wl.spec, base_dir=wl.base_dir)
         with Live(console=console, refresh_per_second=4, transient=False) as live:
             while True:
                 rows = [(wl, runtime.snapshot(wl.uid)) for wl in workloads]
-                live.update(render(rows, runtime.store_error))
+                table = render(rows, runtime.store_error)
+                table.caption = caption
+                live.update(table)
                 if stop.is_set():  # the last frame shows the state at the stop, not one refresh before
                     break
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), refresh)
         return {wl.uid: snap for wl, snap in rows}
     finally:
+        if api_server is not None:
+            await api_server.stop()
         metrics.close()
         await runtime.close()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -1,4 +1,4 @@
-"""The `trainscope` command: operator, local, db upgrade, crd."""
+"""The `trainscope` command: operator, local, api, db upgrade, crd."""
 
 from __future__ import annotations
 
@@ -62,10 +62,28 @@ def cmd_local(args: argparse.Namespace) -> int:
                                      daemon=True, name="demo-writer").start()
     config = RuntimeConfig(database_url=_database_url(args, embedded_ok=True),
                            metrics_port=args.metrics_port or None, backoff_cap=30.0)
+    api = None
+    if args.api_port:
+        from trainscope.api.server import read_token
+        from trainscope.operator.local import LocalApi
+
+        api = LocalApi(port=args.api_port, host=args.api_host, token=read_token(args.api_token_file),
+                       cors_origins=tuple(args.cors_origin or ()))
     try:
-        asyncio.run(run_local(workloads, config, refresh=args.refresh))
+        asyncio.run(run_local(workloads, config, refresh=args.refresh, api=api))
     finally:
         stop_demo.set()
+    return 0
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    """Serve the Training Performance REST API (read-only) over the store."""
+    from trainscope.api.app import ApiSettings
+    from trainscope.api.server import read_token, run
+
+    settings = ApiSettings(database_url=_database_url(args, embedded_ok=True), token=read_token(args.token_file),
+                           cors_origins=tuple(args.cors_origin or ()), pool_size=args.pool_size)
+    run(settings, args.host, args.port, access_log=args.access_log)
     return 0
 
 
@@ -98,6 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--data-dir", default=os.environ.get("TRAINSCOPE_DATA_DIR"),
                        help="where the embedded PostgreSQL keeps its data")
 
+    def api_auth_options(p: argparse.ArgumentParser, token_flag: str) -> None:
+        p.add_argument(token_flag, dest=token_flag.lstrip("-").replace("-", "_"),
+                       default=os.environ.get("TRAINSCOPE_API_TOKEN_FILE"),
+                       help="file holding the bearer token clients must send (a mounted Secret); without it "
+                            "$TRAINSCOPE_API_TOKEN, and without that no authentication")
+        p.add_argument("--cors-origin", action="append",
+                       default=[o for o in os.environ.get("TRAINSCOPE_API_CORS_ORIGINS", "").split(",") if o],
+                       help="allow browser requests from this origin (repeatable; '*' for any)")
+
     op = sub.add_parser("operator", help="run the Kubernetes operator")
     db_options(op)
     op.add_argument("-n", "--namespace", action="append", help="watch only these namespaces (repeatable)")
@@ -115,7 +142,21 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also run a simulated training job that writes the example's TensorBoard files")
     lo.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics on this port (0: off)")
     lo.add_argument("--refresh", type=float, default=1.0, help="table refresh interval in seconds")
+    lo.add_argument("--api-port", type=int, default=int(os.environ.get("TRAINSCOPE_API_PORT", "8080")),
+                    help="serve the REST API on this port while collecting (0: off)")
+    lo.add_argument("--api-host", default="127.0.0.1", help="the REST API's listen address")
+    api_auth_options(lo, token_flag="--api-token-file")
     lo.set_defaults(func=cmd_local)
+
+    ap = sub.add_parser("api", help="serve the Training Performance REST API (read-only)")
+    db_options(ap)
+    ap.add_argument("--host", default=os.environ.get("TRAINSCOPE_API_HOST", "0.0.0.0"), help="listen address")
+    ap.add_argument("--port", type=int, default=int(os.environ.get("TRAINSCOPE_API_PORT", "8080")),
+                    help="listen port")
+    ap.add_argument("--pool-size", type=int, default=10, help="database connections at most")
+    ap.add_argument("--access-log", action="store_true", help="log every request (paths and queries, never headers)")
+    api_auth_options(ap, token_flag="--token-file")
+    ap.set_defaults(func=cmd_api)
 
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True)

@@ -33,13 +33,14 @@ WHERE s.workload_uid = $1 AND s.source = $2
 """
 
 # Newest source ts wins; the same observation again changes nothing; xmax = 0 marks a freshly inserted row.
+# A replaced point takes this transaction's id again (ingest_xid's default), so the API's stream sees the change.
 # ON CONFLICT may touch a row only once per statement, so a batch holding a step twice is first reduced to one
 # row per key (newest ts, then latest in the batch); a batch without such duplicates skips that sort.
 _MERGE = """
 WITH merged AS (
     INSERT INTO points AS p (series_id, step, ts, value)
     {rows}
-    ON CONFLICT (series_id, step) DO UPDATE SET ts = EXCLUDED.ts, value = EXCLUDED.value
+    ON CONFLICT (series_id, step) DO UPDATE SET ts = EXCLUDED.ts, value = EXCLUDED.value, ingest_xid = DEFAULT
     WHERE EXCLUDED.ts > p.ts
     RETURNING (p.xmax = 0) AS fresh
 )

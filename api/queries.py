@@ -1,0 +1,244 @@
+"""Every read the API makes. Nothing here writes: the pool's sessions are read-only.
+
+Timestamps are integer milliseconds since the epoch on this side (the API's unit), converted exactly from
+PostgreSQL's microseconds by the connection's codec: no floats, so `start`/`end` match what answers show.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from trainscope.api.datasources import data_source_of, kinds_of
+from trainscope.api.params import Filters, Position, SeriesKey
+
+_PG_EPOCH_US = 946_684_800 * 1_000_000  # PostgreSQL counts microseconds from 2000-01-01
+
+Row = tuple[int, int, float]  # (step, timestamp ms, value)
+
+
+def _ms_to_pg(ms: int) -> tuple[int]:
+    return (ms * 1000 - _PG_EPOCH_US,)
+
+
+def _pg_to_ms(value: tuple[int]) -> int:
+    return (value[0] + _PG_EPOCH_US) // 1000  # floor: a point at 12.9999 ms shows (and filters) as 12
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """Codecs of the API's own pool: timestamptz <-> int ms, jsonb <-> Python."""
+    await conn.set_type_codec("timestamptz", schema="pg_catalog", encoder=_ms_to_pg, decoder=_pg_to_ms,
+                              format="tuple")
+    await conn.set_type_codec("jsonb", schema="pg_catalog", encoder=json.dumps, decoder=json.loads, format="text")
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """One stored series of a workload."""
+
+    id: int
+    source: str
+    kind: str
+    run: str
+    metric: str
+
+    @property
+    def data_source(self) -> str:
+        return data_source_of(self.kind)
+
+    @property
+    def key(self) -> SeriesKey:
+        return (self.metric, self.data_source, self.source, self.run)
+
+
+# ---- workloads --------------------------------------------------------------------------------------------------
+
+async def workload_exists(conn: asyncpg.Connection, uid: str) -> bool:
+    """A workloads row, or at least one series under that uid (data written without registration)."""
+    return await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM workloads WHERE uid = $1) "
+        "OR EXISTS (SELECT 1 FROM series WHERE workload_uid = $1)", uid)
+
+
+async def uid_by_name(conn: asyncpg.Connection, namespace: str, name: str) -> str | None:
+    """The uid of namespace/name: the live workload of that name, else the one seen last."""
+    return await conn.fetchval(
+        "SELECT uid FROM workloads WHERE namespace = $1 AND name = $2 "
+        "ORDER BY deleted_at IS NULL DESC, updated_at DESC, uid LIMIT 1", namespace, name)
+
+
+_WORKLOADS = """
+SELECT w.uid, w.namespace, w.name, w.spec, w.created_at, w.updated_at, w.deleted_at
+FROM workloads w
+WHERE ($1::text IS NULL OR w.namespace = $1) AND ($2::text IS NULL OR w.name = $2)
+  AND ($3 OR w.deleted_at IS NULL) AND ($4::text IS NULL OR w.uid = $4)
+ORDER BY w.namespace, w.name, w.uid
+"""
+
+# The newest point of every series of the listed workloads (one backward index probe per series).
+_LATEST = """
+SELECT s.workload_uid, s.kind, s.metric, p.step, p.ts, p.value
+FROM series s
+CROSS JOIN LATERAL (SELECT step, ts, value FROM points WHERE series_id = s.id ORDER BY step DESC LIMIT 1) p
+WHERE s.workload_uid = ANY($1::text[])
+"""
+
+
+async def workloads(conn: asyncpg.Connection, *, namespace: str | None = None, name: str | None = None,
+                    uid: str | None = None, include_deleted: bool = True) -> list[asyncpg.Record]:
+    return await conn.fetch(_WORKLOADS, namespace, name, include_deleted, uid)
+
+
+async def latest_points(conn: asyncpg.Connection, uids: Sequence[str]) -> list[asyncpg.Record]:
+    """(workload_uid, kind, metric, step, ts, value) of the newest point of each series."""
+    return await conn.fetch(_LATEST, list(uids))
+
+
+# ---- series and counts -----------------------------------------------------------------------------------------
+
+async def series(conn: asyncpg.Connection, uid: str, f: Filters | None = None) -> list[Series]:
+    """The workload's series matching the metric / data source / run filters, in answer order."""
+    rows = await conn.fetch("SELECT id, source, kind, run, metric FROM series WHERE workload_uid = $1", uid)
+    out = [Series(*r) for r in rows]
+    if f is not None:
+        if f.metrics is not None:
+            wanted = set(f.metrics)
+            out = [s for s in out if s.metric in wanted]
+        if f.data_source is not None:
+            kinds = set(kinds_of(f.data_source))
+            out = [s for s in out if s.kind in kinds]
+        if f.runs is not None:
+            runs = set(f.runs)
+            out = [s for s in out if s.run in runs]
+    return sorted(out, key=lambda s: s.key)
+
+
+async def counts(conn: asyncpg.Connection, ids: Sequence[int]) -> dict[int, int]:
+    """series id -> number of stored points (index-only count per series)."""
+    rows = await conn.fetch(
+        "SELECT s.id, (SELECT count(*) FROM points WHERE series_id = s.id) AS n FROM unnest($1::bigint[]) AS s(id)",
+        list(ids))
+    return {r["id"]: r["n"] for r in rows}
+
+
+async def runs(conn: asyncpg.Connection, uid: str) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT source, run, info, updated_at FROM runs WHERE workload_uid = $1 ORDER BY source, run", uid)
+
+
+# ---- points -----------------------------------------------------------------------------------------------------
+
+class _Where:
+    """The WHERE clause of a one-series read: step bounds always, time bounds when asked."""
+
+    def __init__(self, f: Filters, first_param: int):
+        self.sql = f"series_id = ${first_param} AND step >= ${first_param + 1} AND step <= ${first_param + 2}"
+        self.ts_args: list[int] = []
+        n = first_param + 3
+        if f.start_ms is not None:
+            self.sql += f" AND ts >= ${n}"
+            self.ts_args.append(f.start_ms)
+            n += 1
+        if f.end_ms is not None:
+            self.sql += f" AND ts < ${n}"  # inclusive on the millisecond shown: everything before end + 1 ms
+            self.ts_args.append(f.end_ms + 1)
+            n += 1
+        self.next_param = n
+
+
+def step_bounds(f: Filters) -> tuple[int, int]:
+    lo = f.from_step if f.from_step is not None else -(2**63)
+    hi = f.to_step if f.to_step is not None else 2**63 - 1
+    return lo, hi
+
+
+async def last_n_bounds(conn: asyncpg.Connection, series_: Sequence[Series], f: Filters, n: int) -> dict[int, int]:
+    """Per series, the lowest step of its last `n` points within the filters (absent: fewer than n points)."""
+    w = _Where(f, 1)
+    sql = (f"SELECT step FROM points WHERE {w.sql} ORDER BY step DESC OFFSET ${w.next_param} LIMIT 1")
+    lo, hi = step_bounds(f)
+    out: dict[int, int] = {}
+    for s in series_:
+        step = await conn.fetchval(sql, s.id, lo, hi, *w.ts_args, n - 1)
+        if step is not None:
+            out[s.id] = step
+    return out
+
+
+async def read_series(conn: asyncpg.Connection, s: Series, f: Filters, lo: int, hi: int,
+                      limit: int) -> list[Row]:
+    """Up to `limit` points of one series with lo <= step <= hi, by step."""
+    w = _Where(f, 1)
+    sql = f"SELECT step, ts, value FROM points WHERE {w.sql} ORDER BY step LIMIT ${w.next_param}"
+    return [tuple(r) for r in await conn.fetch(sql, s.id, lo, hi, *w.ts_args, limit)]
+
+
+def _start(s: Series, f: Filters, lower: dict[int, int], after: Position | None) -> int | None:
+    """The first step to read of a series, or None when the cursor is past it."""
+    lo = max(step_bounds(f)[0], lower.get(s.id, -(2**63)))
+    if after is not None:
+        if s.key < after.key:
+            return None
+        if s.key == after.key:
+            if after.step >= 2**63 - 1:
+                return None
+            lo = max(lo, after.step + 1)
+    return lo
+
+
+async def read_page(conn: asyncpg.Connection, series_: Sequence[Series], f: Filters, lower: dict[int, int],
+                    after: Position | None, limit: int) -> tuple[list[tuple[Series, Row]], bool]:
+    """One keyset page: up to `limit` points in (series key, step) order after `after`; and whether more exist."""
+    out: list[tuple[Series, Row]] = []
+    hi = step_bounds(f)[1]
+    for s in series_:
+        lo = _start(s, f, lower, after)
+        if lo is None:
+            continue
+        want = limit + 1 - len(out)  # one more than fits tells whether another page exists
+        out.extend((s, r) for r in await read_series(conn, s, f, lo, hi, want))
+        if len(out) > limit:
+            return out[:limit], True
+    return out, False
+
+
+async def iter_points(conn: asyncpg.Connection, series_: Sequence[Series], f: Filters, lower: dict[int, int],
+                      chunk: int = 5000) -> AsyncIterator[tuple[Series, list[Row]]]:
+    """Every matching point, series by series, in chunks of at most `chunk` (keyset reads: bounded memory)."""
+    hi = step_bounds(f)[1]
+    for s in series_:
+        lo = _start(s, f, lower, None)
+        assert lo is not None
+        while True:
+            rows = await read_series(conn, s, f, lo, hi, chunk)
+            if rows:
+                yield s, rows
+            if len(rows) < chunk or rows[-1][0] >= hi:
+                break
+            lo = rows[-1][0] + 1
+
+
+# ---- iteration times --------------------------------------------------------------------------------------------
+
+async def iteration_times(conn: asyncpg.Connection, ids: Sequence[int], f: Filters,
+                          chunk: int = 5000) -> AsyncIterator[list[tuple[int, int, str]]]:
+    """Per distinct step of the series, its earliest timestamp and that point's kind, by step (server cursor)."""
+    lo, hi = step_bounds(f)
+    sql = ("SELECT DISTINCT ON (p.step) p.step, p.ts, s.kind FROM points p JOIN series s ON s.id = p.series_id "
+           "WHERE p.series_id = ANY($1::bigint[]) AND p.step >= $2 AND p.step <= $3")
+    args: list[Any] = [list(ids), lo, hi]
+    if f.start_ms is not None:
+        args.append(f.start_ms)
+        sql += f" AND p.ts >= ${len(args)}"
+    if f.end_ms is not None:
+        args.append(f.end_ms + 1)
+        sql += f" AND p.ts < ${len(args)}"
+    sql += " ORDER BY p.step, p.ts, s.kind"
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        cur = await conn.cursor(sql, *args)
+        while rows := await cur.fetch(chunk):
+            yield [tuple(r) for r in rows]
