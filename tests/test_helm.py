@@ -312,6 +312,11 @@ def test_api_deployment_and_service_on_8080_migrating_first():
     assert pod["automountServiceAccountToken"] is False  # the API never talks to Kubernetes
     c = container(docs, "-api", "api")
     assert c["command"] == ["trainscope"] and c["args"][0] == "api"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz" and c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    # the flags the chart passes are the ones `trainscope api` accepts
+    from trainscope.cli import build_parser
+
+    build_parser().parse_args(c["args"])
     assert "--port=8080" in c["args"] and "--host=0.0.0.0" in c["args"]
     assert c["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
