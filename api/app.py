@@ -20,6 +20,7 @@ from trainscope.api.datasources import data_source_of
 from trainscope.api.errors import ApiError, Error
 from trainscope.api.models import Status, Workload, WorkloadList
 from trainscope.api.queries import init_connection
+from trainscope.api.ui import mount_ui
 from trainscope.collector.progress import detect_primary_metric
 from trainscope.collector.store.errors import is_unavailable
 
@@ -242,6 +243,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     routes.install(api, db, settings, stopping)
     app.include_router(api)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    mount_ui(app)  # the dashboard at `/` (api/static, built from web/)
     return app
 
 

@@ -99,5 +99,22 @@ class Runs(BaseModel):
     total_count: int
 
 
+class HealthEvent(BaseModel):
+    type: str
+    status: str
+    reason: str
+    message: str
+    metric: str | None
+    iteration: int | None
+    value: float | None
+    timestamp: int
+
+
+class HealthEvents(BaseModel):
+    workload_uid: str
+    events: list[HealthEvent]
+    total_count: int
+
+
 class Status(BaseModel):
     status: str

@@ -130,6 +130,13 @@ async def runs(conn: asyncpg.Connection, uid: str) -> list[asyncpg.Record]:
         "SELECT source, run, info, updated_at FROM runs WHERE workload_uid = $1 ORDER BY source, run", uid)
 
 
+async def health_events(conn: asyncpg.Connection, uid: str, limit: int) -> list[asyncpg.Record]:
+    """The newest `limit` health transitions of the workload, oldest first."""
+    return await conn.fetch(
+        "SELECT * FROM (SELECT id, type, status, reason, message, metric, step, value, at FROM health_events "
+        "WHERE workload_uid = $1 ORDER BY id DESC LIMIT $2) e ORDER BY id", uid, limit)
+
+
 # ---- points -----------------------------------------------------------------------------------------------------
 
 class _Where:

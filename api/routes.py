@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -12,7 +13,7 @@ from trainscope.api import params, queries, render, stream
 from trainscope.api.datasources import ACCEPTED, data_source_of
 from trainscope.api.downsample import MIN_POINTS, downsample
 from trainscope.api.errors import ApiError, invalid, not_found
-from trainscope.api.models import AvailableMetrics, DataSources, MetricsData, Runs
+from trainscope.api.models import AvailableMetrics, DataSources, HealthEvents, MetricsData, Runs
 from trainscope.api.params import INT64_MAX, INT64_MIN, MAX_MS, Filters
 
 if TYPE_CHECKING:
@@ -167,6 +168,19 @@ def _install(api: APIRouter, db: "Database", settings: "ApiSettings", stopping: 
         items = [{"source": r["source"], "run": r["run"], "info": r["info"] if isinstance(r["info"], dict) else {},
                   "updated_at": r["updated_at"]} for r in rows]
         return {"workload_uid": uid, "runs": items, "total_count": len(items)}
+
+    @api.get(f"{prefix}/health/events", response_model=HealthEvents, tags=["health"],
+             operation_id=f"health_events{suffix}")
+    async def health_events(uid: Uid, limit: Annotated[int, Query(ge=1, le=10_000, description="newest N")] = 500
+                            ) -> dict:
+        """Transitions of the training-health conditions (Stalled, NonFiniteMetric, ...), oldest first."""
+        async with db.acquire() as conn:
+            rows = await queries.health_events(conn, uid, limit)
+        items = [{"type": r["type"], "status": r["status"], "reason": r["reason"], "message": r["message"],
+                  "metric": r["metric"], "iteration": r["step"],
+                  "value": r["value"] if r["value"] is None or math.isfinite(r["value"]) else None,
+                  "timestamp": r["at"]} for r in rows]
+        return {"workload_uid": uid, "events": items, "total_count": len(items)}
 
     @api.get(f"{prefix}/metrics/stream", tags=["metrics"], operation_id=f"metrics_stream{suffix}",
              response_class=StreamingResponse,

@@ -295,3 +295,29 @@ async def test_database_down_is_503_not_500() -> None:
             r = await c.get(path)
             assert r.status_code == 503, (path, r.text)
             assert list(r.json()) == ["code", "message"] and "pw" not in r.text
+
+
+async def test_health_events_are_served_as_stored(api: httpx.AsyncClient, store: Store) -> None:
+    from trainscope.collector.health import Condition, HealthEvent
+
+    events = [HealthEvent(T0 + 10.0005, Condition("Stalled", "True", "NoNewStep", "no new step since step 5",
+                                                  None, 5, None)),
+              HealthEvent(T0 + 20, Condition("NonFiniteMetric", "True", "NonFiniteValue", "loss is nan at step 7",
+                                             "loss", 7, math.nan)),
+              HealthEvent(T0 + 30, Condition("Stalled", "False", "Progressing", "step 9 0s ago", None, 9, None))]
+    await store.add_health_events(UID, events)
+    for path in (f"/api/v1/workloads/{UID}/health/events", "/api/v1/namespaces/ml/workloads/gpt/health/events"):
+        r = await api.get(path)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["workload_uid"] == UID and body["total_count"] == 3
+        assert [(e["type"], e["status"], e["reason"], e["metric"], e["iteration"], e["timestamp"])
+                for e in body["events"]] == [
+            ("Stalled", "True", "NoNewStep", None, 5, int((T0 + 10) * 1000)),
+            ("NonFiniteMetric", "True", "NonFiniteValue", "loss", 7, int((T0 + 20) * 1000)),
+            ("Stalled", "False", "Progressing", None, 9, int((T0 + 30) * 1000))]
+        assert body["events"][1]["value"] is None  # NaN has no JSON form; the message says it
+    assert [e["status"] for e in (await api.get(f"/api/v1/workloads/{UID}/health/events",
+                                                params={"limit": 1})).json()["events"]] == ["False"]
+    missing = await api.get("/api/v1/workloads/nope/health/events")
+    assert missing.status_code == 404 and missing.json()["code"] == "WorkloadNotFound"
