@@ -26,6 +26,19 @@ from trainscope.collector.store import Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
+# While the database is away, retry at least this often: the source's backoff (up to backoff_cap, 300 s by default)
+# is meant for rate-limited APIs; behind a 60 s database outage it left collection idle for minutes afterwards.
+STORE_RETRY_MAX = 5.0
+
+
+def _storable(points: list[Point]) -> list[Point]:
+    """Names with a NUL character (legal in a TensorBoard tag) as U+FFFD: PostgreSQL text cannot hold NUL, and one
+    such name made every write of its batch fail, so the source retried the same batch forever."""
+    if not any("\x00" in p.metric or "\x00" in p.run for p in points):
+        return points
+    return [p._replace(metric=p.metric.replace("\x00", "\ufffd"), run=p.run.replace("\x00", "\ufffd"))
+            if "\x00" in p.metric or "\x00" in p.run else p for p in points]
+
 
 class SourceState:
     """Health states of one source, as shown in status."""
@@ -140,6 +153,7 @@ class Collector:
         backoff_base: float = 1.0,
         backoff_cap: float = 300.0,
         health_interval: float = 2.0,
+        poll_timeout: float = 300.0,
         clock: Callable[[], float] = time.time,
     ):
         self.uid, self.namespace, self.name = uid, namespace, name
@@ -163,6 +177,9 @@ class Collector:
         self._primary: str | None = spec.primary_metric
         self._health = HealthMonitor(spec.health)
         self._health_interval = health_interval
+        # A whole poll's deadline: HTTP clients time out per read, so a server trickling an endless answer one byte
+        # at a time would otherwise hold the source forever, still shown as healthy.
+        self._poll_timeout = poll_timeout
         self._conditions: dict[str, Condition] = {}
         self._unsaved_events: list[HealthEvent] = []
 
@@ -230,7 +247,7 @@ class Collector:
                     batch = await self._poll(source, cursor, health, backoff)
                     if batch is None:
                         continue
-                    points = self._select(batch.points)
+                    points = _storable(self._select(batch.points))
                     result = await self._store_call(
                         health, backoff,
                         lambda b=batch, p=points: self.store.write(self.uid, src.name, src.kind, p, b.cursor, b.runs))
@@ -246,7 +263,7 @@ class Collector:
                 self._absorb(src.name, health, batch, points, result.inserted)
                 backoff.reset()
                 if not batch.more:
-                    await self._sleep(self.spec.poll_interval)
+                    await self._sleep(src.poll_interval or self.spec.poll_interval)
                 else:
                     await asyncio.sleep(0)
         finally:
@@ -260,12 +277,17 @@ class Collector:
         poll = asyncio.ensure_future(source.poll(cursor))
         stop = asyncio.ensure_future(self._stopping.wait())
         try:
-            await asyncio.wait({poll, stop}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({poll, stop}, timeout=self._poll_timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stop.cancel()
         if not poll.done():
             poll.cancel()
             await asyncio.gather(poll, return_exceptions=True)
+            if self._stopping.is_set():
+                return None
+            self._fail(health, SourceError(f"poll did not finish within {self._poll_timeout:g}s", reason="PollTimeout"),
+                       "PollTimeout")
+            await self._sleep(backoff.next())
             return None
         elapsed = time.monotonic() - started
         health.polls += 1
@@ -292,7 +314,7 @@ class Collector:
                 health.errors["StoreUnavailable"] = health.errors.get("StoreUnavailable", 0) + 1
                 if self._stopping.is_set():
                     return None
-                await self._sleep(backoff.next())
+                await self._sleep(min(backoff.next(), STORE_RETRY_MAX))
 
     def _fail(self, health: SourceHealth, exc: BaseException, reason: str) -> None:
         health.state = SourceState.FAILING

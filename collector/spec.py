@@ -64,6 +64,13 @@ def _duration_field(description: str) -> dict[str, Any]:
     return {"type": "string", "pattern": DURATION_PATTERN, "description": description}
 
 
+def _poll_interval_schema() -> dict[str, Any]:
+    return {"type": "string", "pattern": DURATION_PATTERN, "x-kubernetes-validations": [{
+        # guarded: CEL's duration() throws on text the pattern already rejects
+        "rule": f"!self.matches(r'{DURATION_PATTERN}') || duration(self) >= duration('50ms')",
+        "message": "must be at least 50ms"}]}
+
+
 def health_schema() -> dict[str, Any]:
     """`spec.health`: detector settings; every field is optional and defaults to measured values."""
     def obj(description: str, **props: Any) -> dict[str, Any]:
@@ -107,6 +114,8 @@ def spec_schema(source_schemas: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "properties": {
             "name": {"type": "string", "minLength": 1, "maxLength": 63, "pattern": SOURCE_NAME_PATTERN,
                      "description": "Unique within the Workload; defaults to the kind."},
+            "pollInterval": {**_poll_interval_schema(), "description": "This source's own poll interval (e.g. a "
+                             "hosted job's status every 5m); default spec.pollInterval."},
             **{kind: schema for kind, schema in sorted(source_schemas.items())},
         },
     }
@@ -139,12 +148,8 @@ def spec_schema(source_schemas: dict[str, dict[str, Any]]) -> dict[str, Any]:
             "sources": {"type": "array", "minItems": 1, "maxItems": MAX_SOURCES, "items": source_item,
                         "description": "Where the run's metrics live."},
             "totalSteps": {"type": "integer", "minimum": 1, "description": "Steps in the whole run (progress, ETA)."},
-            "pollInterval": {"type": "string", "pattern": DURATION_PATTERN, "default": "30s",
-                             "description": "How often each source is polled, e.g. 30s, 1m.",
-                             "x-kubernetes-validations": [{
-                                 # guarded: CEL's duration() throws on text the pattern already rejects
-                                 "rule": f"!self.matches(r'{DURATION_PATTERN}') || duration(self) >= duration('50ms')",
-                                 "message": "must be at least 50ms"}]},
+            "pollInterval": {**_poll_interval_schema(), "default": "30s",
+                             "description": "How often each source is polled, e.g. 30s, 1m."},
             "primaryMetric": {"type": "string", "minLength": 1, "maxLength": 256,
                               "description": "Metric shown as Loss; default: a loss-like name is detected."},
             "metrics": {**metric_filter_schema(), "description": "Which metrics are stored."},
@@ -167,6 +172,7 @@ class SourceSpec:
     name: str
     kind: str
     config: dict[str, Any]
+    poll_interval: float | None = None  # seconds; None: the Workload's
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,7 +263,10 @@ def parse_spec(spec: Any, source_schemas: dict[str, dict[str, Any]] | None = Non
         if name in seen:
             raise SpecError(f"spec.sources[{i}].name", f"duplicate source name {name!r}: give each source a name")
         seen.add(name)
-        sources.append(SourceSpec(name=name, kind=kind, config=dict(item[kind])))
+        own = parse_duration(item["pollInterval"]) if "pollInterval" in item else None
+        if own is not None and own < MIN_POLL_INTERVAL:
+            raise SpecError(f"spec.sources[{i}].pollInterval", f"must be at least {MIN_POLL_INTERVAL:g}s")
+        sources.append(SourceSpec(name=name, kind=kind, config=dict(item[kind]), poll_interval=own))
     poll_interval = parse_duration(spec.get("pollInterval", "30s"))
     if poll_interval < MIN_POLL_INTERVAL:
         raise SpecError("spec.pollInterval", f"must be at least {MIN_POLL_INTERVAL:g}s (got {spec['pollInterval']!r})")

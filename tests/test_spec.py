@@ -187,4 +187,14 @@ def test_spec_error_is_a_value_error():
 
 def test_spec_schema_has_one_property_per_kind():
     item = spec_schema(KINDS)["properties"]["sources"]["items"]
-    assert set(item["properties"]) == {"name", "tensorboard", "wandb"}
+    assert set(item["properties"]) == {"name", "pollInterval", "tensorboard", "wandb"}
+
+
+def test_a_source_may_poll_at_its_own_interval() -> None:
+    spec = parse_spec({"pollInterval": "30s", "sources": [
+        {"name": "job", "pollInterval": "5m", "tensorboard": {"logDir": "/a"}},
+        {"name": "tb", "tensorboard": {"logDir": "/b"}}]})
+    assert [(s.name, s.poll_interval) for s in spec.sources] == [("job", 300.0), ("tb", None)]
+    with pytest.raises(SpecError) as err:
+        parse_spec({"sources": [{"pollInterval": "0s", "tensorboard": {"logDir": "/a"}}]})
+    assert err.value.field == "spec.sources[0].pollInterval"
