@@ -203,11 +203,17 @@ def create_app(settings: ApiSettings) -> FastAPI:
             rows = await queries.workloads(conn, namespace=namespace, name=name, uid=uid,
                                            include_deleted=include_deleted)
             latest = await queries.latest_points(conn, [r["uid"] for r in rows]) if rows else []
+            conds = await queries.current_conditions(conn, [r["uid"] for r in rows]) if rows else []
         by_uid: dict[str, list[asyncpg.Record]] = {}
         for r in latest:
             by_uid.setdefault(r["workload_uid"], []).append(r)
+        conditions: dict[str, list[dict[str, str]]] = {}
+        for c in conds:
+            conditions.setdefault(c["workload_uid"], []).append(
+                {"type": c["type"], "status": c["status"], "reason": c["reason"], "message": c["message"]})
         live = settings.live or (lambda uid: None)
-        return [_workload_item(r, by_uid.get(r["uid"], []), live(r["uid"])) for r in rows]
+        return [{**_workload_item(r, by_uid.get(r["uid"], []), live(r["uid"])),
+                 "conditions": conditions.get(r["uid"], [])} for r in rows]
 
     Namespace = Annotated[str | None, Query(max_length=253, description="only workloads of this namespace")]
     IncludeDeleted = Annotated[bool, Query(description="also workloads whose Workload object is gone")]

@@ -64,6 +64,13 @@ class PrimaryMetric(BaseModel):
     data_source: str
 
 
+class Condition(BaseModel):
+    type: str
+    status: str
+    reason: str
+    message: str
+
+
 class Workload(BaseModel):
     uid: str
     namespace: str
@@ -76,6 +83,8 @@ class Workload(BaseModel):
     progress: float | None = Field(description="step / total_steps, 0..1")
     primary_metric: PrimaryMetric | None = Field(description="spec.primaryMetric or a detected loss, newest point")
     data_sources: list[str]
+    conditions: list[Condition] = Field(description="training-health conditions (Stalled, NonFiniteMetric, ...) "
+                                        "with at least one stored transition: each one's newest status")
     created_at: int
     updated_at: int
     deleted_at: int | None

@@ -93,6 +93,19 @@ async def workloads(conn: asyncpg.Connection, *, namespace: str | None = None, n
     return await conn.fetch(_WORKLOADS, namespace, name, include_deleted, uid)
 
 
+# Each health condition's newest transition per workload: its current status, as the collector last stored it.
+_CONDITIONS = """
+SELECT DISTINCT ON (workload_uid, type) workload_uid, type, status, reason, message
+FROM health_events WHERE workload_uid = ANY($1::text[])
+ORDER BY workload_uid, type, id DESC
+"""
+
+
+async def current_conditions(conn: asyncpg.Connection, uids: Sequence[str]) -> list[asyncpg.Record]:
+    """(workload_uid, type, status, reason, message) of the newest stored transition of each health condition."""
+    return await conn.fetch(_CONDITIONS, list(uids))
+
+
 async def latest_points(conn: asyncpg.Connection, uids: Sequence[str]) -> list[asyncpg.Record]:
     """(workload_uid, kind, metric, step, ts, value) of the newest point of each series."""
     return await conn.fetch(_LATEST, list(uids))

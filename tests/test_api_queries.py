@@ -321,3 +321,17 @@ async def test_health_events_are_served_as_stored(api: httpx.AsyncClient, store:
                                                 params={"limit": 1})).json()["events"]] == ["False"]
     missing = await api.get("/api/v1/workloads/nope/health/events")
     assert missing.status_code == 404 and missing.json()["code"] == "WorkloadNotFound"
+
+
+async def test_the_workload_list_carries_each_health_conditions_newest_status(api: httpx.AsyncClient,
+                                                                             store: Store) -> None:
+    from trainscope.collector.health import Condition, HealthEvent
+
+    await store.add_health_events(UID, [
+        HealthEvent(T0 + 1, Condition("Stalled", "True", "NoNewStep", "no new step since step 5", None, 5, None)),
+        HealthEvent(T0 + 2, Condition("MetricSpike", "True", "SpikeAboveBand", "loss jumped", "loss", 6, 9.0)),
+        HealthEvent(T0 + 3, Condition("Stalled", "False", "Progressing", "step 9 0s ago", None, 9, None))])
+    [item] = (await api.get("/api/v1/workloads")).json()["workloads"]
+    assert item["conditions"] == [
+        {"type": "MetricSpike", "status": "True", "reason": "SpikeAboveBand", "message": "loss jumped"},
+        {"type": "Stalled", "status": "False", "reason": "Progressing", "message": "step 9 0s ago"}]
