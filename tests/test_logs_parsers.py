@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from trainscope.collector.points import Point
 from trainscope.collector.sources.logparsers import (
     FORMATS,
+    NEAR_FULL,
     LineSplitter,
     LogParser,
     compile_katib,
@@ -322,3 +323,155 @@ def test_memory_stays_flat_on_endless_hostile_input():
     assert splitter.pending <= 4096
     assert len(parser.state().get("c", {})) == 256  # MAX_COUNTED_NAMES
     assert grown < 200_000
+
+
+# ---- feed_lines: runs of learned layouts parsed in bulk, exactly as line by line ---------------------------------
+
+
+def feed_one_by_one(parser: LogParser, lines: list[str], ts, run: str, out: list[Point], limit: int):
+    """The reference: `feed` per line, a line that overflows a non-empty batch put back (state rolled back)."""
+    for i, line in enumerate(lines):
+        start = len(out)
+        cp = parser.checkpoint() if start + NEAR_FULL >= limit else None
+        parser.feed(line, ts if isinstance(ts, float) else ts[i], run, out)
+        if len(out) >= limit:
+            if len(out) > limit and cp is not None and start > 0:
+                del out[start:]
+                parser.rollback(cp)
+                return i, True
+            return i + 1, True
+    return len(lines), False
+
+
+def exact(p: Point) -> tuple:
+    return p.metric, p.step, p.ts, repr(p.value), p.run  # NaN equals NaN, -0.0 differs from 0.0
+
+
+def both_ways(lines: list[str], fmt: str, limit: int, per_line_ts: bool, **kw) -> None:
+    """feed_lines and the reference, batch after batch (each batch a fresh list, as polls do): the same lines
+    taken, the same points, counts and running state."""
+    ts = [1000.0 + i / 7 for i in range(len(lines))] if per_line_ts else 5.0
+    fast, slow = LogParser(fmt, **kw), LogParser(fmt, **kw)
+    i = 0
+    while i < len(lines):
+        rest = lines[i:]
+        rest_ts = ts if isinstance(ts, float) else ts[i:]
+        a: list[Point] = []
+        b: list[Point] = []
+        got = fast.feed_lines(rest, rest_ts, "pod", a, limit)
+        want = feed_one_by_one(slow, rest, rest_ts, "pod", b, limit)
+        assert got == want and list(map(exact, a)) == list(map(exact, b)) and {type(p) for p in a} <= {Point}
+        assert (fast.lines, fast.parsed, fast.failed, fast.detected) == (slow.lines, slow.parsed, slow.failed,
+                                                                         slow.detected)
+        assert fast.state() == slow.state()
+        assert got[0] > 0 or got[1]
+        i += max(got[0], 1)  # a line bigger than the limit is taken alone; nothing taken: a full batch
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in TEXTS.iterdir()))
+@pytest.mark.parametrize("fmt", ["auto", "hf", "megatron"])
+def test_feed_lines_equals_feed_on_every_text(name: str, fmt: str):
+    lines = decode_lines((TEXTS / name).read_bytes().rstrip(b"\n") + b"\n")
+    for limit in (10**9, 37, 9, 1):
+        both_ways(lines, fmt, limit, per_line_ts=limit == 37, logging_steps=10)
+    # long runs of one layout, in several windows, with an eval dict and a changed layout in the middle
+    many = [f"{{'loss': {i / 3:.4f}, 'learning_rate': {i}e-06, 'epoch': {i / 100}}}" for i in range(1, 700)]
+    many[400:400] = ["{'eval_loss': 0.25, 'epoch': 4.0}", "{'loss': 1.0, 'step': 401, 'epoch': 4.01}"]
+    meg = [f" [2024-05-01 12:00:00] iteration {i:8d}/    5000 | lm loss: {1 / i:.6E} | grad norm: {i % 5:.3f} |"
+           for i in range(1, 700)]
+    meg[300] = meg[300].replace("grad norm: 1.000", "grad norm: oops")
+    for limit in (10**9, 1000, 64):
+        both_ways(many + meg + many, fmt, limit, per_line_ts=True)
+
+
+def test_feed_lines_runs_in_bulk(monkeypatch: pytest.MonkeyPatch):
+    """The fast path is taken (not merely equal): a long Megatron log is parsed without calling `feed` per line."""
+    lines = [f" iteration {i:8d}/    5000 | lm loss: {1 / i:.6E} | grad norm: 1.000 |" for i in range(1, 2001)]
+    calls = []
+    feed = LogParser.feed
+    monkeypatch.setattr(LogParser, "feed", lambda self, line, *a: calls.append(line) or feed(self, line, *a))
+    parser = LogParser()
+    out: list[Point] = []
+    assert parser.feed_lines(lines, 1.0, "r", out, 10**9) == (2000, False)
+    assert calls == lines[:1] and len(out) == 4000 and parser.total_steps == 5000 and parser.parsed == 2000
+    assert out[-1] == Point("grad norm", 2000, 1.0, 1.0, "r")
+
+
+# a few layouts (so that they are learned, then met again) with hostile values, prefixes and suffixes
+_HF_LAYOUTS = [("loss", "grad_norm", "learning_rate", "epoch"), ("eval_loss", "epoch"), ("loss", "step", "epoch"),
+               ("loss", "max_steps"), ("train_runtime", "total_steps", "global_step"), ("a,b", "epoch"),
+               ("x'y", "loss"), ("step",)]
+_MEG_LAYOUTS = [("lm loss", "grad norm"), ("consumed samples", "lm loss", "loss scale"), ("a:b", "lm loss"),
+                ("x|y",), ("lm loss", "grad norm", "params norm")]
+_GOOD = ["0.5", "nan", "NaN", "inf", "-inf", "2e-05", "1", "10", "0", "-3", "2.5", "1e400", " 3", "1_0", "٣", "-0.0"]
+_BAD = ["'x'", "1.0.0", "", "\x1b[0m1", "1\r2", "1 2", "{", "x|y"]
+_PREFIXES = [" [2024-05-01 12:00:00]", "[rank0]: ", "[rank3]: ", " [default1]:", "\x1b[32m", "INFO ", "a {'b' ",
+             "{x} ", "iteration ", "see iteration 3/ 4 | ", "\r", "{'loss': 1, 'epoch': 2} ", "x" * 30 + "]: "]
+_SUFFIXES = [" ", " trailing", "\r", "\x1b[0m", "}", " | extra: 1.5 |", "{'loss': 2.0}",
+             "\r{'loss': 2.0, 'epoch': 1.0}", "\r iteration 9/ 10 | lm loss: 1.0 | grad norm: 2.0 |", " extra: 2 |"]
+_NOISE = ["Traceback (most recent call last):", "{'lora_rank': 8, 'cutoff_len': 1024}", "step=3 loss=0.5",
+          " validation loss at iteration 100 | lm loss value: 2.8 |", "***** Running training *****",
+          "  Total optimization steps = 1,875", "", "Epoch 1:  10%|#  | 10/100 [00:01<00:09, 9.0it/s, loss=0.3]",
+          " iteration 200/ timeout"]
+
+_values = st.lists(st.sampled_from(_GOOD * 2 + _BAD), min_size=3, max_size=3)
+_prefix = st.sampled_from([""] * len(_PREFIXES) + _PREFIXES)
+_suffix = st.sampled_from([""] * len(_SUFFIXES) + _SUFFIXES)
+
+
+def _hf(pre: str, keys: tuple[str, ...], vals: list[str], suf: str) -> str:
+    return pre + "{" + ", ".join(f"'{k}': {vals[i % 3]}" for i, k in enumerate(keys)) + "}" + suf
+
+
+def _meg(pre: str, it: int, total: int, keys: tuple[str, ...], vals: list[str], suf: str) -> str:
+    fields = "".join(f" {k}: {vals[i % 3]} |" for i, k in enumerate(keys))
+    return pre + f" iteration {it:8d}/{total:8d} |" + fields + suf
+
+
+_hf_line = st.builds(_hf, _prefix, st.sampled_from(_HF_LAYOUTS), _values, _suffix)
+_meg_line = st.builds(_meg, _prefix, st.integers(0, 10**6), st.sampled_from([0, 5000, 10**7]),
+                      st.sampled_from(_MEG_LAYOUTS), _values, _suffix)
+# a mix: short runs of a line (so layouts are reused), other formats and noise between
+_mix = st.lists(st.tuples(st.one_of(_hf_line, _meg_line, _hf_line, _meg_line, st.sampled_from(_NOISE)),
+                          st.integers(1, 5)),
+                max_size=40).map(lambda runs: [line for line, n in runs for _ in range(n)])
+
+
+@pytest.mark.parametrize("fmt", ["auto", "hf", "megatron"])
+def test_feed_lines_equals_feed_on_every_variant(fmt: str):
+    """Each layout learned, then met again with each prefix, suffix and value: the bulk path takes a line exactly
+    when `feed` would read it with the layout (else `feed` reads it)."""
+    good = ["0.5", "2e-05", "10"]
+    for keys in _HF_LAYOUTS + _MEG_LAYOUTS:
+        def line(pre: str = "", vals: list[str] = good, suf: str = "", keys: tuple[str, ...] = keys) -> str:
+            return _hf(pre, keys, vals, suf) if keys in _HF_LAYOUTS else _meg(pre, 7, 5000, keys, vals, suf)
+
+        variants = ([line(pre=p) for p in _PREFIXES] + [line(suf=x) for x in _SUFFIXES]
+                    + [line(vals=[v, *good[1:]]) for v in _GOOD + _BAD] + [line(vals=[*good[:2], v]) for v in _BAD])
+        for v in variants:
+            for limit in (10**9, 2 * len(keys) + 1):
+                both_ways([line(), line(), v, line(), v, v, line()], fmt, limit, per_line_ts=True, logging_steps=2)
+
+
+def test_feed_lines_keys_with_escapes_are_never_bulk():
+    """Stripping ANSI codes can leave an ESC in a key (ESC ESC[0m X -> ESC X); the same bytes in a later line are
+    stripped again, so a layout holding an ESC is never matched in bulk."""
+    lines = ["{'a\x1b\x1b[0mXb': 1.0, 'epoch': 1}", "{'a\x1bXb': 2.0, 'epoch': 1}", "{'a\x1bXb': 3.0, 'epoch': 1}"]
+    for fmt in ("auto", "hf"):
+        both_ways(lines, fmt, 10**9, per_line_ts=False)
+
+
+@settings(max_examples=500, deadline=None, database=None)
+@given(_mix, st.sampled_from(["auto", "hf", "megatron"]), st.sampled_from([10**9, 1000, 50, 7, 1]), st.booleans(),
+       st.sampled_from([1, 5]))
+def test_feed_lines_equals_feed_on_random_mixes(lines: list[str], fmt: str, limit: int, per_line_ts: bool,
+                                                 logging_steps: int):
+    both_ways(lines, fmt, limit, per_line_ts, logging_steps=logging_steps)
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(st.lists(st.tuples(st.one_of(_hf_line, _meg_line), st.integers(1, 300)), min_size=1, max_size=4)
+       .map(lambda runs: [line.replace(" 1 ", f" {i} ") for line, n in runs for i in range(n)]),
+       st.sampled_from(["auto", "hf", "megatron"]), st.sampled_from([10**9, 500, 64]))
+def test_feed_lines_equals_feed_on_long_runs(lines: list[str], fmt: str, limit: int):
+    both_ways(lines, fmt, limit, per_line_ts=True, logging_steps=3)

@@ -4,7 +4,9 @@ bars, key=value pairs, JSON lines, user regexes and Katib-style filters.
 Public API (also for other sources that read console logs):
 
 - `LogParser(fmt, ...)`: a stateful parser for ONE stream (running step counts, totals live in it; `state()` /
-  `LogParser(..., state=...)` carry them across restarts). `feed(line, ts, run, out)` appends `Point`s.
+  `LogParser(..., state=...)` carry them across restarts). `feed(line, ts, run, out)` appends `Point`s;
+  `feed_lines(lines, ts, run, out, limit)` does the same for many lines, bounded by a number of points, and parses
+  runs of lines in a layout the stream printed before in bulk (exactly the points `feed` would give).
 - `LineSplitter`: bytes chunks -> complete lines, correct across chunk boundaries, lines over a bound cut.
 - `parse_text(text, fmt)`: the simple way: every (metric, value, step) in a text, in order.
 
@@ -17,7 +19,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import chain, compress, cycle, repeat, takewhile
 from typing import Any
 
 from trainscope.collector.points import Point
@@ -28,8 +31,12 @@ MAX_COUNTED_NAMES = 256  # running step counters kept per stream (metrics logged
 STEP_KEYS = frozenset({"step", "global_step", "global_steps", "current_steps", "_step", "iteration", "iter"})
 TOTAL_KEYS = frozenset({"total_steps", "max_steps", "train_iters"})
 
+NEAR_FULL = 256  # feed_lines: within this many points of the limit, a line is checkpointed so it can be put back
 _JSON = json.JSONDecoder()
 _new_point = tuple.__new__  # Point(...) without the NamedTuple's Python-level __new__
+_groups = re.Match.groups
+_WINDOW = 256  # lines parsed in bulk at a time: their strings, floats and points stay in the CPU's caches
+_NOT_RANK = r"(?!\s*\[(?:rank|default)\d+\]:)"  # a line `feed` would take a torchrun rank prefix off
 _ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
 _RANK = re.compile(r"\s*\[(?:rank|default)(\d+)\]:\s?")
 _NUMBER = r"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|NaN|NAN|inf|Inf|INF|infinity|Infinity)"
@@ -174,6 +181,161 @@ class LogParser:
         if self._counts:
             s["c"] = dict(self._counts)
         return s
+
+    # ---- many lines ----------------------------------------------------------------------------------------
+
+    def feed_lines(self, lines: Sequence[str], ts: float | Sequence[float], run: str, out: list[Point],
+                   limit: int) -> tuple[int, bool]:
+        """`feed` each line in order (`ts`: one time for all, or one per line) while `out` holds fewer than `limit`
+        points; (lines taken, full). A line whose points would take a non-empty `out` past `limit` is not taken
+        (the parser is as before it): it is read first next time. `out` full after a line: the lines after it are
+        not taken either.
+
+        Runs of lines in the layout this stream printed last (HF dicts, Megatron iteration lines) are parsed in
+        bulk: one regex match per line, every value of the run through one `float` map, the Points built in one
+        `extend`; the result, counts and state are exactly those of `feed` line by line."""
+        one = not isinstance(ts, Sequence)
+        n = len(lines)
+        i = 0
+        lay = self._fast()
+        while i < n:
+            if lay is not None:
+                i += self._bulk(lay, lines, i, ts, one, run, out, limit)
+                if len(out) >= limit:
+                    return i, True
+                if i >= n:
+                    break
+            # the line the run stopped at (not in the layout, or it would not fit), or any line without a layout
+            start = len(out)
+            cp = self.checkpoint() if start + NEAR_FULL >= limit else None
+            self.feed(lines[i], ts if one else ts[i], run, out)  # type: ignore[index,arg-type]
+            if len(out) >= limit:
+                if len(out) > limit and cp is not None and start > 0:
+                    del out[start:]
+                    self.rollback(cp)
+                    return i, True
+                return i + 1, True
+            i += 1
+            lay = self._fast()
+        return n, False
+
+    def _fast(self) -> _Layout | None:
+        """The layout the next line is matched against first by `feed`, when runs of it can be parsed in bulk."""
+        if self.patterns or self.katib:
+            return None
+        order = self._order
+        fmt = order[0] if len(order) == 1 else self.detected
+        lay = self._layouts.get(fmt) if fmt == "hf" or fmt == "megatron" else None
+        return lay if lay is not None and lay.whole is not None else None
+
+    def _bulk(self, lay: _Layout, lines: Sequence[str], i: int, ts: float | Sequence[float], one: bool, run: str,
+              out: list[Point], limit: int) -> int:
+        """Parse the run of lines from `i` that `feed` would read with `lay`'s regex and that fit below `limit`;
+        return how many (0: line `i` is not one, or does not fit)."""
+        k = len(lay.keep)
+        n = len(lines)
+        done = 0
+        while True:
+            w = min((limit - len(out)) // k, _WINDOW, n - i)
+            if w <= 0:
+                return done
+            r = self._window(lay, lines, i, w, ts, one, run, out)
+            done += r
+            if r < w:
+                return done
+            i += r
+
+    def _window(self, lay: _Layout, lines: Sequence[str], i: int, w: int, ts: float | Sequence[float], one: bool,
+                run: str, out: list[Point]) -> int:
+        """`_bulk` on at most `w` lines."""
+        k = len(lay.keep)
+        ms = list(takewhile(bool, map(lay.whole, map(lines.__getitem__, range(i, i + w)))))
+        if len(ms) < 2:  # none, or a lone line between others: the line path's own emitters, no bulk set-up
+            return self._single(lay, ms[0], ts if one else ts[i], run, out) if ms else 0  # type: ignore[index]
+        if lay.fmt == "hf":
+            try:
+                vals = list(map(float, chain.from_iterable(map(_groups, ms))))
+            except ValueError:  # feed reads such a line another way: the run ends before it
+                ms = ms[:_first_bad(ms, 0)]
+                if not ms:
+                    return 0
+                vals = list(map(float, chain.from_iterable(map(_groups, ms))))
+            r = len(ms)
+            steps = self._hf_steps(lay, vals, r)
+            if lay.mask is not None:
+                vals = list(compress(vals, cycle(lay.mask)))
+        else:
+            flat = list(chain.from_iterable(map(_groups, ms)))
+            try:
+                vals = list(map(float, compress(flat, cycle(lay.mask))))  # type: ignore[arg-type]
+            except ValueError:
+                ms = ms[:_first_bad(ms, 2)]
+                if not ms:
+                    return 0
+                flat = list(chain.from_iterable(map(_groups, ms)))
+                vals = list(map(float, compress(flat, cycle(lay.mask))))  # type: ignore[arg-type]
+            r = len(ms)
+            g = k + 2
+            steps = list(map(int, flat[0::g]))
+            self._last_step = steps[-1]
+            for total in reversed(flat[1::g]):
+                if int(total):
+                    self.total_steps = int(total)
+                    break
+        step_it = repeat(steps) if isinstance(steps, int) else chain.from_iterable(map(repeat, steps, repeat(k)))
+        ts_it = repeat(ts) if one else chain.from_iterable(map(repeat, ts[i:i + r], repeat(k)))  # type: ignore[index]
+        out.extend(map(_new_point, repeat(Point), zip(cycle(lay.keep), step_it, ts_it, vals, repeat(run))))
+        self.lines += r
+        self.parsed += r
+        self.detected = lay.fmt
+        return r
+
+    def _single(self, lay: _Layout, m: re.Match[str], ts: float, run: str, out: list[Point]) -> int:
+        g = m.groups()
+        try:
+            vals = list(map(float, g if lay.fmt == "hf" else g[2:]))
+        except ValueError:
+            return 0
+        if lay.fmt == "hf":
+            self._hf_emit(lay, vals, ts, run, out)
+        else:
+            self._meg_emit(lay, g, vals, ts, run, out)
+        self.lines += 1
+        self.parsed += 1
+        self.detected = lay.fmt
+        return 1
+
+    def _hf_steps(self, lay: _Layout, vals: list[float], r: int) -> int | Iterable[int]:
+        """The steps of `r` HF dicts in `lay` (their values in `vals`), and the running state after them, as
+        `_hf_emit` gives them one by one."""
+        if lay.step_at < 0 and lay.total_at < 0:
+            if not lay.train:
+                return self._hf_step
+            ls = self.logging_steps
+            first = self._hf_n + 1
+            self._hf_n += r
+            self._hf_step = self._hf_n * ls
+            return range(first * ls, self._hf_step + ls, ls) if ls else 0
+        steps = []
+        g = len(lay.names)
+        for j in range(0, r * g, g):
+            step: int | None = None
+            if lay.step_at >= 0:
+                v = vals[j + lay.step_at]
+                step = int(v) if math.isfinite(v) and v == int(v) else None
+            if lay.total_at >= 0:
+                v = vals[j + lay.total_at]
+                if math.isfinite(v) and v >= 1:
+                    self.total_steps = int(v)
+            if lay.train:
+                self._hf_n += 1
+                if step is None:
+                    step = self._hf_n * self.logging_steps
+                self._hf_step = step
+            elif step is None:
+                step = self._hf_step
+            steps.append(step)
+        return steps
 
     # ---- one line ----------------------------------------------------------------------------------------
 
@@ -335,12 +497,7 @@ class LogParser:
                 except ValueError:
                     pass
                 else:
-                    step = int(g[0])
-                    self._last_step = step
-                    self.total_steps = int(g[1]) or self.total_steps
-                    for k, v in zip(lay.names, vals, strict=True):
-                        out.append(_new_point(Point, (k, step, ts, v, run)))
-                    return len(vals)
+                    return self._meg_emit(lay, g, vals, ts, run, out)
         step = int(m.group(1))
         self.total_steps = int(m.group(2)) or self.total_steps
         self._last_step = step
@@ -349,6 +506,15 @@ class LogParser:
         if n > 0 and n == rest.count("|") <= 64:  # every field numeric: learn the layout
             self._learn("megatron", tuple(p[0] for p in out[-n:]))
         return n
+
+    def _meg_emit(self, lay: _Layout, g: tuple[str, ...], vals: list[float], ts: float, run: str,
+                  out: list[Point]) -> int:
+        step = int(g[0])
+        self._last_step = step
+        self.total_steps = int(g[1]) or self.total_steps
+        for k, v in zip(lay.names, vals, strict=True):
+            out.append(_new_point(Point, (k, step, ts, v, run)))
+        return len(vals)
 
     def _fields(self, rest: str, prefix: str, step: int, ts: float, run: str, out: list[Point]) -> int:
         """Megatron's `| name: value |` fields."""
@@ -554,15 +720,29 @@ class LogParser:
 
 
 class _Layout:
-    """A learned line layout: one anchored regex whose groups are the values, and the metric name of each."""
+    """A learned line layout: one anchored regex whose groups are the values, and the metric name of each.
 
-    __slots__ = ("names", "rx", "step_at", "total_at", "train")
+    `whole` (None when the keys hold a carriage return or an escape) fullmatches a line exactly when `feed` would
+    read that line with `rx` and nothing else: no ANSI code, no carriage return, no torchrun rank prefix, `rx`
+    at the first `{'` (HF) or `iteration ` (Megatron) of the line. `keep` are the names of the points of one
+    line, `mask` which groups are their values (None: all).
+    """
+
+    __slots__ = ("fmt", "keep", "mask", "names", "rx", "step_at", "total_at", "train", "whole")
 
     def __init__(self, fmt: str, keys: tuple[str, ...]):
+        self.fmt = fmt
         self.step_at = self.total_at = -1
         self.train = False
+        plain = not any("\r" in k or "\x1b" in k for k in keys)
         if fmt == "hf":
-            self.rx = re.compile(r"\{" + ", ".join(f"'{re.escape(k)}': ([^,{{}}]+)" for k in keys) + r"\}")
+
+            def dict_of(value: str) -> str:
+                return r"\{" + ", ".join(f"'{re.escape(k)}': ({value})" for k in keys) + r"\}"
+
+            self.rx = re.compile(dict_of(r"[^,{}]+"))
+            # no rank prefix, no "{'" before the dict (atomic: it cannot end elsewhere); no \r or ESC anywhere
+            whole = _NOT_RANK + r"(?>[^{\r\x1b]*(?:\{(?!')[^{\r\x1b]*)*)" + dict_of(r"[^,{}\r\x1b]+") + r"[^\r\x1b]*"
             names: list[str | None] = []
             for at, k in enumerate(keys):
                 if k in STEP_KEYS:
@@ -572,10 +752,30 @@ class _Layout:
                 self.train = self.train or k == "loss"
                 names.append(None if k in STEP_KEYS or k in TOTAL_KEYS else k)
             self.names = tuple(names)
+            self.keep = tuple(k for k in names if k is not None)
+            self.mask = None if len(self.keep) == len(names) else tuple(k is not None for k in names)
         else:  # megatron: iteration A/ B, then the fields
-            self.rx = re.compile(r"iteration +(\d+) */ *(\d+) *\|" + "".join(
-                f" *{re.escape(k)} *: *([^ |]+) *\\|" for k in keys))
-            self.names = keys
+
+            def line_of(value: str) -> str:
+                return r"iteration +(\d+) */ *(\d+) *\|" + "".join(f" *{re.escape(k)} *: *({value}) *\\|" for k in keys)
+
+            self.rx = re.compile(line_of(r"[^ |]+"))
+            # no rank prefix, no "iteration " before the match (atomic, as above); no \r or ESC anywhere
+            whole = (_NOT_RANK + r"(?>[^i\r\x1b]*(?:i(?!teration )[^i\r\x1b]*)*)" + line_of(r"[^ |\r\x1b]+")
+                     + r"[^\r\x1b]*")
+            self.names = self.keep = keys
+            self.mask = (False, False) + (True,) * len(keys)
+        self.whole = re.compile(whole).fullmatch if plain and self.keep else None
+
+
+def _first_bad(ms: list[re.Match[str]], skip: int) -> int:
+    """Index of the first match whose values (groups after the first `skip`) are not all numbers."""
+    for j, m in enumerate(ms):
+        try:
+            list(map(float, m.groups()[skip:]))
+        except ValueError:
+            return j
+    return len(ms)
 
 
 def _flatten(obj: dict[str, Any], prefix: str, out: list[tuple[str, float]], depth: int) -> None:

@@ -13,6 +13,7 @@ import asyncio
 import datetime
 import glob
 import os
+from itertools import islice
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,7 +30,6 @@ from trainscope.collector.sources.logparsers import (
 
 _POW10 = [10**i for i in range(10)]
 CHUNK_BYTES = 1 << 20  # log files are read in pieces of this size
-_NEAR_FULL = 256  # within this many points of the batch limit, each line is checkpointed so it can be put back
 # Labels that carry a pod's rank/index, tried in order when `ranks` is set without `rankLabel`.
 RANK_LABELS = (
     "training.kubeflow.org/replica-index",  # Kubeflow PyTorchJob / TrainJob
@@ -104,19 +104,12 @@ class _Feed:
         self.parser, self.run, self.out, self.limit = parser, run, out, limit
         self.full = False
 
-    def line(self, text: str, ts: float) -> bool:
-        """Parse one line; False (and nothing kept) when its points do not fit and the batch already has some."""
-        out = self.out
-        start = len(out)
-        cp = self.parser.checkpoint() if start + _NEAR_FULL >= self.limit else None
-        self.parser.feed(text, ts, self.run, out)
-        if len(out) >= self.limit:
-            self.full = True
-            if len(out) > self.limit and cp is not None and start > 0:
-                del out[start:]
-                self.parser.rollback(cp)
-                return False
-        return True
+    def lines(self, lines: list[str], ts: float | list[float]) -> int:
+        """Parse lines in order (one time for all, or one per line) until the batch is full; how many were taken.
+        A line whose points do not fit in a batch that already has some is not taken (see LogParser.feed_lines)."""
+        taken, full = self.parser.feed_lines(lines, ts, self.run, self.out, self.limit)
+        self.full = self.full or full
+        return taken
 
 
 class _Position:
@@ -135,8 +128,10 @@ class _Position:
     def take(self, lines: list[str], feed: _Feed) -> bool:
         """Feed the lines after the position; False when the batch is full (the position is after the last
         line taken)."""
-        second, seen, skip, last_prefix, last_sec = self.second, self.seen, self.skip, self.last_prefix, self.last_sec
-        go = True
+        skip, last_prefix, last_sec = self.skip, self.last_prefix, self.last_sec
+        texts: list[str] = []
+        stamps: list[float] = []
+        secs: list[int] = []
         for line in lines:
             sp = line.find(" ")
             stamp = line[:sp] if sp > 0 else line
@@ -149,19 +144,19 @@ class _Position:
                 skip -= 1
                 continue
             frac = stamp[20:-1] if len(stamp) > 21 and stamp[19] == "." else ""
-            ts = last_sec + int(frac) / _POW10[len(frac)] if frac.isdigit() and len(frac) < 10 else float(last_sec)
-            if not feed.line(line[sp + 1:] if sp > 0 else "", ts):
-                go = False
-                break
-            if last_sec > second:
-                second, seen = last_sec, 1
-            elif last_sec == second:
+            stamps.append(last_sec + int(frac) / _POW10[len(frac)] if frac.isdigit() and len(frac) < 10
+                          else float(last_sec))
+            texts.append(line[sp + 1:] if sp > 0 else "")
+            secs.append(last_sec)
+        taken = feed.lines(texts, stamps) if texts else 0
+        second, seen = self.second, self.seen
+        for sec in islice(secs, taken):
+            if sec > second:
+                second, seen = sec, 1
+            elif sec == second:
                 seen += 1
-            if feed.full:
-                go = False
-                break
         self.second, self.seen, self.skip, self.last_prefix, self.last_sec = second, seen, skip, last_prefix, last_sec
-        return go
+        return not feed.full
 
 
 class LogsSource:
@@ -454,9 +449,9 @@ class LogsSource:
                 return offset, splitter.cut
             for blob, nbytes in splitter.feed(chunk):
                 lines = decode_lines(blob)
-                for i, line in enumerate(lines):
-                    if not feed.line(line, ts):
-                        return offset + _line_end(blob, i - 1), splitter.cut
-                    if feed.full:
-                        return offset + (nbytes if i == len(lines) - 1 else _line_end(blob, i)), splitter.cut
+                taken = feed.lines(lines, ts)
+                if taken < len(lines):
+                    return offset + _line_end(blob, taken - 1), splitter.cut
+                if feed.full:
+                    return offset + nbytes, splitter.cut
                 offset += nbytes
