@@ -475,3 +475,12 @@ def test_feed_lines_equals_feed_on_random_mixes(lines: list[str], fmt: str, limi
        st.sampled_from(["auto", "hf", "megatron"]), st.sampled_from([10**9, 500, 64]))
 def test_feed_lines_equals_feed_on_long_runs(lines: list[str], fmt: str, limit: int):
     both_ways(lines, fmt, limit, per_line_ts=True, logging_steps=3)
+
+
+def test_a_megatron_field_that_appears_later_is_not_dropped_by_the_learned_layout() -> None:
+    base = " iteration {i}/ 100 | lm loss: {l:.4E} | grad norm: 1.5 |"
+    lines = [base.format(i=i, l=2.0 / i) for i in range(1, 4)]
+    lines += [base.format(i=i, l=2.0 / i) + " params norm: 3.0E+02 |" for i in range(4, 6)]
+    got = list(parse_text("\n".join(lines) + "\n", "megatron"))
+    assert [(m, s) for m, _, s in got if m == "params norm"] == [("params norm", 4), ("params norm", 5)]
+    assert len([m for m, _, _ in got if m == "lm loss"]) == 5

@@ -759,10 +759,12 @@ class _Layout:
             def line_of(value: str) -> str:
                 return r"iteration +(\d+) */ *(\d+) *\|" + "".join(f" *{re.escape(k)} *: *({value}) *\\|" for k in keys)
 
-            self.rx = re.compile(line_of(r"[^ |]+"))
+            # Anchored at the end: text after the last field may not hold another `name: value |` field, or a
+            # line that grew a field (a metric logged from some step on) would silently lose it.
+            self.rx = re.compile(line_of(r"[^ |]+") + r"[^:|\r\x1b]*$")
             # no rank prefix, no "iteration " before the match (atomic, as above); no \r or ESC anywhere
             whole = (_NOT_RANK + r"(?>[^i\r\x1b]*(?:i(?!teration )[^i\r\x1b]*)*)" + line_of(r"[^ |\r\x1b]+")
-                     + r"[^\r\x1b]*")
+                     + r"[^:|\r\x1b]*")
             self.names = self.keep = keys
             self.mask = (False, False) + (True,) * len(keys)
         self.whole = re.compile(whole).fullmatch if plain and self.keep else None
