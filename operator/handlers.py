@@ -36,7 +36,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     config: RuntimeConfig = memo.config
     if config.kube_connection is None:  # the same credentials kopf found, for Secrets and pod logs
         try:
-            config.kube_connection = login()
+            config.kube_connection = login(settings)
         except Exception as exc:  # the operator still serves sources that need no cluster access
             log.warning("no Kubernetes client for Secrets and pod logs: %s", exc)
     runtime = memo.runtime = Runtime(config)
@@ -84,8 +84,14 @@ async def delete(body: kopf.Body, spec: kopf.Spec, memo: kopf.Memo, **_: Any) ->
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=STATUS_INTERVAL, initial_delay=min(1.0, STATUS_INTERVAL))
-async def write_status(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+async def write_status(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger,
+                       **_: Any) -> None:
     """Write status from the collector's snapshot, only when it changed (at most once per interval)."""
+    entry = memo.runtime.entries.get(body["metadata"]["uid"])
+    if entry is not None and dict(body.get("spec") or {}) != entry.raw_spec:
+        # An edit that lands before kopf has stored the spec it handled at creation never reaches `respec` (kopf
+        # records the edited spec as already handled), so the daemon's first spec would stay in force for good.
+        await _apply(body, memo, logger)
     now = time.time()
     current = dict(status)
     wanted = memo.runtime.status(body["metadata"]["uid"], previous=current, now=now)

@@ -29,9 +29,11 @@ class KubeError(Exception):
         self.status = status
 
 
-def login() -> kopf.ConnectionInfo:
-    """In-cluster service account first, then the kubeconfig, as kopf itself does."""
-    info = kopf.login_with_service_account() or kopf.login_with_kubeconfig()
+def login(settings: kopf.OperatorSettings | None = None) -> kopf.ConnectionInfo:
+    """In-cluster service account first, then the kubeconfig, as kopf itself does (kopf 1.45's helpers require
+    the operator's settings as a keyword)."""
+    settings = settings or kopf.OperatorSettings()
+    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
     if info is None:
         raise RuntimeError("no Kubernetes credentials: not in a cluster and no kubeconfig found")
     return info

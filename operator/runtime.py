@@ -35,6 +35,7 @@ class RuntimeConfig:
     max_batch_points: int = 50_000
     backoff_base: float = 1.0
     backoff_cap: float = 300.0
+    poll_timeout: float = 300.0  # a poll running longer is abandoned and counted as a failure (PollTimeout)
     store_retry: float = 2.0  # seconds between attempts to reach the database at start
     kube_connection: Any = None  # kopf.ConnectionInfo for Secrets and pod logs; None: no cluster access
     secrets_dir: Path | None = None  # local mode: Secrets as files <dir>/<name>/<key>
@@ -141,7 +142,8 @@ class Runtime:
         collector = Collector(entry.uid, entry.spec, store, namespace=entry.namespace, name=entry.name,
                               base_dir=entry.base_dir, max_batch_points=cfg.max_batch_points, pods=self.kube,
                               resolve_secret=secret_resolver(entry.namespace, self.kube, cfg.secrets_dir),
-                              backoff_base=cfg.backoff_base, backoff_cap=cfg.backoff_cap)
+                              backoff_base=cfg.backoff_base, backoff_cap=cfg.backoff_cap,
+                              poll_timeout=cfg.poll_timeout)
         await collector.start()
         entry.collector = collector
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from datetime import UTC, datetime
 from typing import Any
@@ -135,8 +136,11 @@ def health_transitions(previous: list[dict[str, Any]] | None, current: list[dict
 
 
 def _latest(snap: Snapshot, exported: list[str]) -> dict[str, float | str]:
-    """At most MAX_LATEST metrics: the primary, the exported ones, then the most recently updated."""
-    order = sorted(snap.latest, key=lambda m: (m != snap.primary_metric, m not in exported,
+    """At most MAX_LATEST metrics: the primary, the exported ones, then the most recently updated.
+
+    `exported` holds spec.prometheus.metrics, which are globs (as operator/gauges.py matches them)."""
+    order = sorted(snap.latest, key=lambda m: (m != snap.primary_metric,
+                                               not any(fnmatch.fnmatchcase(m, g) for g in exported),
                                                -snap.latest[m].ts, m))
     return {m: metric_value(snap.latest[m].value) for m in order[:MAX_LATEST]}
 

@@ -80,3 +80,22 @@ def test_label_selectors_render_and_match_like_the_api():
     assert not selector_matches(sel, {"job": "llm", "rank": "0", "team": "a", "spot": "y"})
     assert not selector_matches(sel, {"job": "llm", "rank": "2", "team": "a"})
     assert not selector_matches(sel, {"job": "llm", "rank": "0", "team": "a", "role": "eval"})
+
+
+def test_login_finds_the_kubeconfig_like_kopf(tmp_path, monkeypatch):
+    """kopf 1.45's login helpers take the operator's settings; without them the operator had no client at all."""
+    from trainscope.operator.kube import login
+
+    config = tmp_path / "kubeconfig"
+    config.write_text("""
+apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://10.0.0.1:6443", insecure-skip-tls-verify: true}}]
+users: [{name: u, user: {token: t0ken}}]
+contexts: [{name: x, context: {cluster: c, user: u, namespace: ml}}]
+current-context: x
+""")
+    monkeypatch.setenv("KUBECONFIG", str(config))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    info = login()
+    assert (info.server, info.token, info.default_namespace) == ("https://10.0.0.1:6443", "t0ken", "ml")
