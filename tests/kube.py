@@ -699,6 +699,8 @@ async def db_points(database_url: str, uid: str) -> dict[tuple[str, str, str, in
     conn = await asyncpg.connect(database_url)
     try:
         rows = await conn.fetch(_POINTS_SQL, uid)
+    except asyncpg.UndefinedTableError:  # the operator has not migrated this fresh database yet: nothing stored
+        rows = []
     finally:
         await conn.close()
     out = {(r["source"], r["run"], r["metric"], r["step"]): Scalar(r["ts"], r["value"]) for r in rows}

@@ -31,7 +31,8 @@ def cmd_operator(args: argparse.Namespace) -> int:
 
     config = RuntimeConfig(database_url=_database_url(args, embedded_ok=False),
                            metrics_port=args.metrics_port or None)
-    kopf.configure(verbose=args.verbose)
+    # INFO would log every status-timer run of every Workload (~200 lines/s at 1,000): warnings unless -v.
+    kopf.configure(verbose=args.verbose, quiet=not args.verbose)
     namespaces = args.namespace or []
     asyncio.run(kopf.operator(
         clusterwide=not namespaces, namespaces=namespaces, standalone=args.standalone,

@@ -1,0 +1,255 @@
+"""One operator process, N Workloads, each with a TensorBoard run that gains one point per second.
+
+Run: python bench/bench_scale.py [--workloads 10 100 1000] [--duration 60] [--poll 5s] [--status-interval 5]
+
+Per N, from scratch: an embedded PostgreSQL (pgserver, temporary, default durable settings plus
+track_commit_timestamp=on), the KMock emulator in this process (counting status patches), a writer PROCESS that
+appends one scalar event per Workload per second to real event files (trainscope.demo's encoder, the layout
+tensorboardX writes), and `python -m trainscope.cli operator` as its own process so its CPU and RSS are its own
+(psutil). After every Workload shows a step, a window of --duration seconds is measured:
+
+- operator CPU (cores = CPU seconds / wall seconds) and peak RSS;
+- points stored per second (rows committed in the window);
+- status patches per second received by the emulator, and the most any one Workload got;
+- lag of each point committed in the window: its commit time (pg_xact_commit_timestamp) minus its source time
+  (the event's wall_time, stamped by the writer as it wrote), p50/p95/max.
+
+Figures are printed as a markdown table (docs/performance.md), never asserted. The machine is shared: the
+emulator, the writer, PostgreSQL and the operator all run on the same cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import asyncpg
+import psutil
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+os.environ.setdefault("TRAINSCOPE_STATUS_INTERVAL", "0.3")  # for tests/kube.py's import check; the operator's own
+# status interval is set in its environment below
+
+from trainscope.collector.store.embedded import start_embedded  # noqa: E402
+from trainscope.demo import encode_event, frame  # noqa: E402
+
+from faults import CountingCluster, OperatorProcess  # noqa: E402
+
+
+def writer_main(root: str, n: int, stop: mp.synchronize.Event) -> None:
+    """One point per Workload per second, spread evenly over the second, wall_time = the moment it is written."""
+    files = []
+    for i in range(n):
+        d = Path(root) / f"w{i:04d}"
+        d.mkdir(parents=True, exist_ok=True)
+        f = open(d / "events.out.tfevents.0.bench", "ab")
+        f.write(frame(encode_event(time.time(), 0, file_version="brain.Event:2")))
+        f.flush()
+        files.append(f)
+    step = 0
+    start = time.time()
+    while not stop.is_set():
+        step += 1
+        for i, f in enumerate(files):
+            due = start + step - 1 + i / n
+            delay = due - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            f.write(frame(encode_event(time.time(), step, {"train/loss": 1.0 / step})))
+            f.flush()
+    for f in files:
+        f.close()
+
+
+_LAG = """
+WITH w AS (
+    SELECT extract(epoch FROM pg_xact_commit_timestamp(xmin) - ts) AS lag FROM points
+    WHERE pg_xact_commit_timestamp(xmin) BETWEEN $1 AND $2)
+SELECT count(*) AS n, percentile_cont(0.5) WITHIN GROUP (ORDER BY lag) AS p50,
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY lag) AS p95, max(lag) AS max FROM w"""
+
+
+async def _prepare_pg(base: Path) -> tuple[object, str]:
+    server = start_embedded(base / "pgdata", cleanup_mode="delete")
+    url = server.get_uri()
+    conn = await asyncpg.connect(url)
+    await conn.execute("ALTER SYSTEM SET track_commit_timestamp = on")
+    await conn.execute("ALTER SYSTEM SET max_connections = 200")
+    await conn.close()
+    from pgserver import _commands
+
+    _commands.pg_ctl(["-w", "-m", "fast", "restart"], pgdata=server.pgdata, user=server.system_user)
+    return server, url
+
+
+async def run_one(n: int, duration: float, poll: str, status_interval: float) -> dict[str, float]:
+    base = Path(tempfile.mkdtemp(prefix="ts-scale-", dir="/tmp"))
+    server, url = await _prepare_pg(base)
+    stop = mp.Event()
+    writer = mp.Process(target=writer_main, args=(str(base / "runs"), n, stop), daemon=True)
+    writer.start()
+    try:
+        async with CountingCluster() as cluster:
+            op = OperatorProcess(cluster.kubeconfig(base / "kubeconfig"), url, base / "operator.log",
+                                 status_interval=status_interval)
+            op.start()
+            t_create = time.monotonic()
+            for i in range(n):
+                spec = {"sources": [{"name": "tb", "tensorboard": {"logDir": str(base / "runs" / f"w{i:04d}")}}],
+                        "pollInterval": poll}
+                await cluster.create(f"w{i:04d}", spec)
+            # warm-up: every Workload collecting (status shows a step)
+            last_report = 0.0
+            while True:
+                assert op.alive(), op.tail()
+                ready = len(cluster.emu.stepped)
+                if ready >= n:
+                    break
+                if time.monotonic() - last_report > 15:
+                    last_report = time.monotonic()
+                    print(f"  [{n}] warming up: {ready}/{n} Workloads show a step after "
+                          f"{time.monotonic() - t_create:.0f}s", file=sys.stderr, flush=True)
+                await asyncio.sleep(1.0)
+            warmup = time.monotonic() - t_create
+            await asyncio.sleep(max(5.0, 2 * status_interval))  # settle after the start-up burst
+            proc = psutil.Process(op.pid)
+            rss: list[int] = []
+            halt = threading.Event()
+
+            def sample() -> None:
+                while not halt.is_set():
+                    rss.append(proc.memory_info().rss)
+                    halt.wait(0.5)
+            sampler = threading.Thread(target=sample, daemon=True)
+            conn = await asyncpg.connect(url)
+            cpu0, patches0 = op.cpu_seconds(), cluster.emu.status_patches
+            per0 = dict(cluster.emu.status_patches_by)
+            db_t0 = await conn.fetchval("SELECT now()")
+            t0 = time.monotonic()
+            sampler.start()
+            await asyncio.sleep(duration)
+            elapsed = time.monotonic() - t0
+            cpu = op.cpu_seconds() - cpu0
+            patches = cluster.emu.status_patches - patches0
+            per = {k: v - per0.get(k, 0) for k, v in cluster.emu.status_patches_by.items()}
+            db_t1 = await conn.fetchval("SELECT now()")
+            halt.set()
+            sampler.join()
+            row = await conn.fetchrow(_LAG, db_t0, db_t1)
+            await conn.close()
+            await asyncio.to_thread(op.stop)  # never block the loop that serves the emulator kopf talks to
+            return {"workloads": n, "warmup_s": warmup, "cpu_cores": cpu / elapsed, "rss_mb": max(rss) / 2**20,
+                    "points_per_s": row["n"] / (db_t1 - db_t0).total_seconds(), "patches_per_s": patches / elapsed,
+                    "max_patches_per_wl_per_min": 60 * max(per.values(), default=0) / elapsed,
+                    "lag_p50": row["p50"] or 0.0, "lag_p95": row["p95"] or 0.0, "lag_max": row["max"] or 0.0}
+    finally:
+        if "op" in locals():
+            await asyncio.to_thread(op.stop)
+        stop.set()
+        writer.join(10)
+        server.cleanup()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+async def run_local(n: int, duration: float, poll: str) -> dict[str, float]:
+    """The same collectors and store without Kubernetes: `trainscope local` over N Workload manifests (no kopf, no
+    status patches). For N beyond what the KMock emulator can hold."""
+    import subprocess
+
+    import yaml
+
+    base = Path(tempfile.mkdtemp(prefix="ts-scale-", dir="/tmp"))
+    server, url = await _prepare_pg(base)
+    stop = mp.Event()
+    writer = mp.Process(target=writer_main, args=(str(base / "runs"), n, stop), daemon=True)
+    writer.start()
+    docs = [{"apiVersion": "trainscope.io/v1alpha1", "kind": "Workload",
+             "metadata": {"name": f"w{i:04d}", "namespace": "default"},
+             "spec": {"sources": [{"name": "tb", "tensorboard": {"logDir": str(base / "runs" / f"w{i:04d}")}}],
+                      "pollInterval": poll}} for i in range(n)]
+    (base / "workloads.yaml").write_text(yaml.safe_dump_all(docs))
+    env = {**os.environ, "TRAINSCOPE_DATABASE_URL": url}
+    with open(base / "local.log", "wb") as log:  # noqa: ASYNC230  (a bench, not a server)
+        cmd = [sys.executable, "-m", "trainscope.cli", "local", "-f", str(base / "workloads.yaml"), "--refresh", "3600"]
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)  # noqa: ASYNC220
+    try:
+        conn = await asyncpg.connect(url)
+        t_start = time.monotonic()
+        while True:
+            assert proc.poll() is None, (base / "local.log").read_text()[-2000:]
+            try:
+                if await conn.fetchval("SELECT count(DISTINCT workload_uid) FROM series") >= n:
+                    break
+            except asyncpg.UndefinedTableError:  # not migrated yet
+                pass
+            await asyncio.sleep(1.0)
+        warmup = time.monotonic() - t_start
+        await asyncio.sleep(10.0)
+        ps = psutil.Process(proc.pid)
+        rss: list[int] = []
+        t = ps.cpu_times()
+        cpu0 = t.user + t.system
+        db_t0 = await conn.fetchval("SELECT now()")
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < duration:
+            rss.append(ps.memory_info().rss)
+            await asyncio.sleep(0.5)
+        elapsed = time.monotonic() - t0
+        t = ps.cpu_times()
+        cpu = t.user + t.system - cpu0
+        db_t1 = await conn.fetchval("SELECT now()")
+        row = await conn.fetchrow(_LAG, db_t0, db_t1)
+        await conn.close()
+        return {"workloads": n, "warmup_s": warmup, "cpu_cores": cpu / elapsed, "rss_mb": max(rss) / 2**20,
+                "points_per_s": row["n"] / (db_t1 - db_t0).total_seconds(), "patches_per_s": 0.0,
+                "max_patches_per_wl_per_min": 0.0,
+                "lag_p50": row["p50"] or 0.0, "lag_p95": row["p95"] or 0.0, "lag_max": row["max"] or 0.0}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        stop.set()
+        writer.join(10)
+        server.cleanup()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workloads", type=int, nargs="*", default=[10, 100, 300])
+    ap.add_argument("--duration", type=float, default=60.0)
+    ap.add_argument("--poll", default="5s")
+    ap.add_argument("--status-interval", type=float, default=5.0)
+    ap.add_argument("--local", type=int, nargs="*", default=[],
+                    help="also these N in local mode (`trainscope local`: no kopf, no emulator, no status)")
+    args = ap.parse_args()
+    print(f"cores: {psutil.cpu_count()}, pollInterval {args.poll}, status interval {args.status_interval}s, "
+          f"window {args.duration:.0f}s")
+    print("| Workloads | warm-up s | operator CPU (cores) | operator RSS MB | points/s stored | status patches/s "
+          "| max patches per Workload per min | lag p50 s | lag p95 s | lag max s |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    runs = [(n, False) for n in args.workloads] + [(n, True) for n in args.local]
+    for n, local in runs:
+        if local:
+            r = asyncio.run(run_local(n, args.duration, args.poll))
+        else:
+            r = asyncio.run(run_one(n, args.duration, args.poll, args.status_interval))
+        label = f"{n} (local mode)" if local else str(n)
+        print(f"| {label} | {r['warmup_s']:.0f} | {r['cpu_cores']:.2f} | {r['rss_mb']:.0f} | {r['points_per_s']:.0f} "
+              f"| {r['patches_per_s']:.1f} | {r['max_patches_per_wl_per_min']:.1f} | {r['lag_p50']:.2f} "
+              f"| {r['lag_p95']:.2f} | {r['lag_max']:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
