@@ -48,6 +48,14 @@ def _globs(description: str) -> dict[str, Any]:
             "items": {"type": "string", "minLength": 1, "maxLength": 256}}
 
 
+def exactly_one_of(a: str, b: str, *rules: dict[str, str]) -> dict[str, Any]:
+    """Schema keywords saying a source block sets exactly one of two fields: `oneOf` for jsonschema (local mode and
+    the operator's own check) and the same as a CEL rule for the cluster; extra CEL `rules` are appended."""
+    return {"oneOf": [{"required": [a]}, {"required": [b]}],
+            "x-kubernetes-validations": [{"rule": f"has(self.{a}) != has(self.{b})",
+                                          "message": f"set exactly one of {a} or {b}"}, *rules]}
+
+
 def metric_filter_schema() -> dict[str, Any]:
     """include/exclude glob lists, shared by the Workload and by sources that filter tags."""
     return {

@@ -27,6 +27,7 @@ from trainscope.collector.sources.logparsers import (
     compile_patterns,
     decode_lines,
 )
+from trainscope.collector.spec import exactly_one_of
 
 _POW10 = [10**i for i in range(10)]
 CHUNK_BYTES = 1 << 20  # log files are read in pieces of this size
@@ -204,12 +205,9 @@ class LogsSource:
                              "description": "HF Trainer's logging_steps: the step of the n-th training log dict "
                                             "without a step field is n * loggingSteps."},
         },
-        "oneOf": [{"required": ["pods"]}, {"required": ["path"]}],
-        "x-kubernetes-validations": [
-            {"rule": "has(self.pods) != has(self.path)", "message": "set exactly one of pods or path"},
-            {"rule": "!has(self.format) || self.format != 'none' || has(self.patterns) || has(self.filter)",
-             "message": "format none needs patterns or filter"},
-        ],
+        **exactly_one_of("pods", "path", {
+            "rule": "!has(self.format) || self.format != 'none' || has(self.patterns) || has(self.filter)",
+            "message": "format none needs patterns or filter"}),
     }
 
     def __init__(self, config: dict[str, Any], ctx: SourceContext):

@@ -20,7 +20,13 @@ import httpx
 from trainscope.collector.points import Batch, Cursor, Point, RunState
 from trainscope.collector.sources import swanlab_files as files
 from trainscope.collector.sources.base import SourceContext, SourceError
-from trainscope.collector.spec import DURATION_PATTERN, MetricFilter, metric_filter_schema, parse_duration
+from trainscope.collector.spec import (
+    DURATION_PATTERN,
+    MetricFilter,
+    exactly_one_of,
+    metric_filter_schema,
+    parse_duration,
+)
 
 HTTP_CAP = 1499  # points /tag returns for a metric of more than 1,500 points (swanboard's lttb(threshold=1500))
 STATUS_STATES = {0: RunState.RUNNING, 1: RunState.FINISHED, -1: RunState.FAILED}
@@ -135,10 +141,7 @@ class SwanLabSource:
                            "description": "A run still 'running' whose newest point is older than this gets a "
                                           "health note (a killed SwanLab run never leaves 'running')."},
         },
-        "oneOf": [{"required": ["logDir"]}, {"required": ["url"]}],
-        "x-kubernetes-validations": [
-            {"rule": "has(self.logDir) != has(self.url)", "message": "set exactly one of logDir or url"},
-        ],
+        **exactly_one_of("logDir", "url"),
     }
 
     def __init__(self, config: dict[str, Any], ctx: SourceContext):

@@ -20,7 +20,13 @@ import httpx
 from trainscope.collector.points import Batch, Cursor, Point
 from trainscope.collector.sources.base import SourceContext, SourceError
 from trainscope.collector.sources.tfevents import EventScanner, read_file
-from trainscope.collector.spec import DURATION_PATTERN, MetricFilter, metric_filter_schema, parse_duration
+from trainscope.collector.spec import (
+    DURATION_PATTERN,
+    MetricFilter,
+    exactly_one_of,
+    metric_filter_schema,
+    parse_duration,
+)
 
 SERVER_SAMPLE_SIZE = 1000  # TensorBoard's default reservoir size for scalars
 _FETCH_WINDOW = 8  # tag series fetched concurrently in url mode
@@ -82,10 +88,7 @@ class TensorBoardSource:
             "timeout": {"type": "string", "pattern": DURATION_PATTERN, "default": "10s",
                         "description": "Per-request timeout in url mode, e.g. 10s."},
         },
-        "oneOf": [{"required": ["logDir"]}, {"required": ["url"]}],
-        "x-kubernetes-validations": [
-            {"rule": "has(self.logDir) != has(self.url)", "message": "set exactly one of logDir or url"},
-        ],
+        **exactly_one_of("logDir", "url"),
     }
 
     def __init__(self, config: dict[str, Any], ctx: SourceContext):

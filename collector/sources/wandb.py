@@ -21,7 +21,13 @@ import httpx
 
 from trainscope.collector.points import Batch, Cursor, Point, RunState
 from trainscope.collector.sources.base import SourceContext, SourceError
-from trainscope.collector.spec import DURATION_PATTERN, MetricFilter, metric_filter_schema, parse_duration
+from trainscope.collector.spec import (
+    DURATION_PATTERN,
+    MetricFilter,
+    exactly_one_of,
+    metric_filter_schema,
+    parse_duration,
+)
 
 DEFAULT_BASE_URL = "https://api.wandb.ai"
 API_KEY_ENV = "WANDB_API_KEY"
@@ -117,10 +123,7 @@ class WandbSource:
                                                    "keys, e.g. max_steps or trainer.max_steps): progress and ETA."},
             "staleAfter": _duration("10m", "A running run whose heartbeat is older than this gets a note."),
         },
-        "oneOf": [{"required": ["runId"]}, {"required": ["filters"]}],
-        "x-kubernetes-validations": [
-            {"rule": "has(self.runId) != has(self.filters)", "message": "set exactly one of runId or filters"},
-        ],
+        **exactly_one_of("runId", "filters"),
     }
 
     def __init__(self, config: dict[str, Any], ctx: SourceContext):
