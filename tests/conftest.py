@@ -19,13 +19,20 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+from hypothesis import settings as _hypothesis_settings
+
+from trainscope.collector.store import Store
+from trainscope.collector.store.embedded import start_embedded
 
 # kopf fixes a timer's interval when trainscope.operator.handlers is imported; whichever test module imports it
 # first, the operator tests need a fast status timer. Set before any test module is collected.
 os.environ.setdefault("TRAINSCOPE_STATUS_INTERVAL", "0.3")
 
-from trainscope.collector.store import Store
-from trainscope.collector.store.embedded import start_embedded
+# CI replays the same hypothesis examples every run (a red CI is then a regression, reproducible); local runs keep
+# exploring new ones and save what fails in .hypothesis/.
+_hypothesis_settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI"):
+    _hypothesis_settings.load_profile("ci")
 
 TEST_DATABASE_URL_ENV = "TRAINSCOPE_TEST_DATABASE_URL"
 

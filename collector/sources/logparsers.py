@@ -795,9 +795,11 @@ class LineSplitter:
     """Bytes chunks -> complete lines, across chunk boundaries, in bounded memory.
 
     `feed` returns pieces `(blob, nbytes)`: `blob` holds whole lines, each ending in b"\\n"; `nbytes` is how many
-    input bytes they stand for. A line longer than `max_line` keeps only its head (cut at its last carriage
-    return, so a half-drawn progress bar is not read as a value); the rest is dropped as it arrives, the line is
-    counted in `cut` and returned as a piece of its own whose `nbytes` includes what was dropped.
+    input bytes they stand for. An unfinished line is held up to `max_line` bytes: one that grows past that keeps
+    only its head (cut at its last carriage return, so a half-drawn progress bar is not read as a value); the
+    rest is dropped as it arrives, the line is counted in `cut` and returned as a piece of its own whose `nbytes`
+    includes what was dropped. A line that completes within the chunk in hand (with at most `max_line` held
+    bytes before it) is passed on whole: it is in memory already. So memory stays within max_line + one chunk.
     """
 
     __slots__ = ("_dropped", "_dropping", "_tail", "cut", "max_line")
