@@ -156,3 +156,27 @@ def restartable_pg() -> Iterator[RestartablePg]:
     finally:
         pg.cleanup()
         shutil.rmtree(base, ignore_errors=True)
+
+
+# ---- the emulated cluster and the operator (tests/kube.py), for every operator-level test ----------------------------
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[Any]:
+    """A KMock-emulated API server for one test (kube.Cluster)."""
+    from kube import Cluster
+
+    async with Cluster() as c:
+        yield c
+
+
+@pytest.fixture
+async def operator(cluster: Any, database_url: str) -> AsyncIterator[Any]:
+    """The project's kopf operator in its own thread, against `cluster` and this test's database (kube.Operator)."""
+    from kube import Operator, operator_config
+
+    op = await Operator(operator_config(database_url)).start()
+    try:
+        yield op
+    finally:
+        await op.stop()

@@ -7,11 +7,8 @@ its stored points.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from faults import FlakyServer, LiveWriter, ServedRun, TensorBoardFiles
 from kube import (
@@ -21,27 +18,11 @@ from kube import (
     db_points,
     db_scalar,
     eventually,
-    operator_config,
     series,
     show,
 )
 
 WAIT = 20.0
-
-
-@pytest.fixture
-async def cluster() -> AsyncIterator[Cluster]:
-    async with Cluster() as c:
-        yield c
-
-
-@pytest.fixture
-async def operator(cluster: Cluster, database_url: str) -> AsyncIterator[Operator]:
-    op = await Operator(operator_config(database_url)).start()
-    try:
-        yield op
-    finally:
-        await op.stop()
 
 
 def _tasks_of(loop: asyncio.AbstractEventLoop, name: str) -> list[str]:

@@ -30,12 +30,6 @@ SLACK = 15.0  # deadline slack on 2 loaded cores; the points usually arrive with
 
 
 @pytest.fixture
-async def cluster() -> AsyncIterator[Cluster]:
-    async with Cluster() as c:
-        yield c
-
-
-@pytest.fixture
 async def operator(cluster: Cluster, database_url: str) -> AsyncIterator[Operator]:
     config = operator_config(database_url)
     config.poll_timeout = 4.0  # the whole-poll deadline (default 300 s) that ends an endless trickle

@@ -6,38 +6,21 @@ lands in Kubernetes and Prometheus (gauges only for exported metrics, status `la
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import httpx
-import pytest
 
 from trainscope.operator.status import MAX_LATEST
 
 from faults import EventFile
-from kube import Cluster, Operator, compare_points, db_points, eventually, operator_config, read_scalars, show
+from kube import Cluster, Operator, compare_points, db_points, eventually, read_scalars, show
 
 WAIT = 60.0
 HOSTILE = [
     'say "hi"', "it's", "back\\slash", "new\nline", "tab\tand\rcr", "ünïcødé/損失", "emoji 🚀 loss", "{{.Values}}",
     "a,b=c}", "", " ", "train/" + "x" * 10240, "\u202eRTL", "nul\x00byte",
 ]
-
-
-@pytest.fixture
-async def cluster() -> AsyncIterator[Cluster]:
-    async with Cluster() as c:
-        yield c
-
-
-@pytest.fixture
-async def operator(cluster: Cluster, database_url: str) -> AsyncIterator[Operator]:
-    op = await Operator(operator_config(database_url)).start()
-    try:
-        yield op
-    finally:
-        await op.stop()
 
 
 async def _metrics_text(operator: Operator) -> str:

@@ -13,12 +13,6 @@ from trainscope.operator.kube import KubeClient, label_selector, secret_resolver
 from kube import Cluster
 
 
-@pytest.fixture
-async def cluster():
-    async with Cluster() as c:
-        yield c
-
-
 async def post(cluster: Cluster, path: str, body: dict) -> None:
     response = await cluster.emu.post(path, json=body)
     assert response.status in (200, 201), await response.text()

@@ -7,30 +7,14 @@ Collector read at call time); once it is in collector/sources/__init__.py the fi
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from kube import Cluster, Operator, condition, db_points, eventually, operator_config, show, six_digits, source_status
+from kube import Cluster, Operator, condition, db_points, eventually, show, six_digits, source_status
 
 WAIT = 20.0
 T0 = 1_714_564_800.0
-
-
-@pytest.fixture
-async def cluster() -> AsyncIterator[Cluster]:
-    async with Cluster() as c:
-        yield c
-
-
-@pytest.fixture
-async def operator(cluster: Cluster, database_url: str) -> AsyncIterator[Operator]:
-    op = await Operator(operator_config(database_url)).start()
-    try:
-        yield op
-    finally:
-        await op.stop()
 
 
 def lm_loss(it: int) -> float:

@@ -30,12 +30,6 @@ Oracle = dict[tuple[str, str, int], tuple[float, float]]  # (run, metric, step) 
 
 
 @pytest.fixture
-async def cluster() -> AsyncIterator[Cluster]:
-    async with Cluster() as c:
-        yield c
-
-
-@pytest.fixture
 async def kube(cluster: Cluster) -> AsyncIterator[KubeClient]:
     client = KubeClient(kopf.ConnectionInfo(server=cluster.url))
     yield client

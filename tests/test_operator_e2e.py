@@ -9,7 +9,7 @@ resourceVersion semantics, /status isolation) is out of reach here; see tests/ku
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,21 +40,6 @@ from kube import (
 )
 
 WAIT = 20.0  # seconds; generous for 2 loaded cores, never reached when things work
-
-
-@pytest.fixture
-async def cluster() -> AsyncIterator[Cluster]:
-    async with Cluster() as c:
-        yield c
-
-
-@pytest.fixture
-async def operator(cluster: Cluster, database_url: str) -> AsyncIterator[Operator]:
-    op = await Operator(operator_config(database_url)).start()
-    try:
-        yield op
-    finally:
-        await op.stop()
 
 
 @pytest.fixture
