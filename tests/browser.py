@@ -3,7 +3,6 @@ headless Debian Chromium driven by Playwright (web/e2e/driver.mjs, playwright-co
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import os
@@ -14,8 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from trainscope.api.app import ApiSettings
-from trainscope.api.server import ApiServer
+from apifixtures import ThreadedServer
 
 ROOT = Path(__file__).resolve().parent.parent
 WEB = ROOT / "web"
@@ -23,30 +21,8 @@ DRIVER = WEB / "e2e" / "driver.mjs"
 CHROMIUM = os.environ.get("TRAINSCOPE_CHROMIUM", "/usr/bin/chromium")
 
 
-class UiServer:
-    """The API (which mounts the dashboard itself) as tests/apifixtures.py builds it, on a free port of 127.0.0.1,
-    in its own thread."""
-
-    def __init__(self, settings: ApiSettings):
-        self._settings = settings
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="ui-server", daemon=True)
-        self._server: ApiServer | None = None
-        self.url = ""
-
-    def __enter__(self) -> UiServer:
-        self._thread.start()
-        self._server = ApiServer(self._settings, "127.0.0.1", 0)
-        asyncio.run_coroutine_threadsafe(self._server.start(), self._loop).result(30)
-        self.url = f"http://127.0.0.1:{self._server.port}"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._server is not None
-        asyncio.run_coroutine_threadsafe(self._server.stop(), self._loop).result(30)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
+# The API mounts the dashboard itself, so the page is served by the API's own threaded test server.
+UiServer = ThreadedServer
 
 
 class BrowserError(AssertionError):
