@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from trainscope.collector.health import Condition, HealthEvent, HealthMonitor, transitions
-from trainscope.collector.points import Batch, Point, RunState
+from trainscope.collector.points import Batch, Point, RawPoint, RunState
 from trainscope.collector.progress import StepRate, combine_run_states, detect_primary_metric, eta_seconds
 from trainscope.collector.sources import REGISTRY, Source, SourceContext, SourceError, SourceFactory
 from trainscope.collector.sources.base import PodLogReader, SecretResolver, counts_training_steps
@@ -31,13 +31,13 @@ log = logging.getLogger(__name__)
 STORE_RETRY_MAX = 5.0
 
 
-def _storable(points: list[Point]) -> list[Point]:
+def _storable(points: list[RawPoint]) -> list[RawPoint]:
     """Names with a NUL character (legal in a TensorBoard tag) as U+FFFD: PostgreSQL text cannot hold NUL, and one
     such name made every write of its batch fail, so the source retried the same batch forever."""
-    if not any("\x00" in p.metric or "\x00" in p.run for p in points):
+    if not any("\x00" in p[0] or "\x00" in p[4] for p in points):
         return points
-    return [p._replace(metric=p.metric.replace("\x00", "\ufffd"), run=p.run.replace("\x00", "\ufffd"))
-            if "\x00" in p.metric or "\x00" in p.run else p for p in points]
+    return [(m.replace("\x00", "\ufffd"), step, ts, value, run.replace("\x00", "\ufffd"))
+            for m, step, ts, value, run in points]
 
 
 class SourceState:
@@ -169,7 +169,7 @@ class Collector:
         self._health_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self.health: dict[str, SourceHealth] = {}
-        self._latest: dict[tuple[str, str, str], Point] = {}  # (source, run, metric) -> newest point
+        self._latest: dict[tuple[str, str, str], RawPoint] = {}  # (source, run, metric) -> newest point
         self._max_step: int | None = None
         self._rate = StepRate()
         self._allowed: dict[str, bool] = {}
@@ -330,7 +330,7 @@ class Collector:
 
     # ---- what was seen ----------------------------------------------------------------------------------
 
-    def _select(self, points: list[Point]) -> list[Point]:
+    def _select(self, points: list[RawPoint]) -> list[RawPoint]:
         """Apply spec.metrics include/exclude before storing (the verdict per name is cached)."""
         allowed = self._allowed
         flt: MetricFilter = self.spec.metrics
@@ -338,32 +338,35 @@ class Collector:
             return points
         out = []
         for p in points:
-            ok = allowed.get(p.metric)
+            metric = p[0]
+            ok = allowed.get(metric)
             if ok is None:
-                ok = allowed[p.metric] = flt.allows(p.metric)
+                ok = allowed[metric] = flt.allows(metric)
             if ok:
                 out.append(p)
         return out
 
-    def _absorb(self, source: str, health: SourceHealth, batch: Batch, points: list[Point], inserted: int) -> None:
+    def _absorb(self, source: str, health: SourceHealth, batch: Batch, points: list[RawPoint],
+                inserted: int) -> None:
         latest = self._latest
         max_step = self._max_step
         newest_ts = health.newest_ts
         new_names = False
         steps = counts_training_steps(self._registry.get(health.kind))
         for p in points:
-            key = (source, p.run, p.metric)
+            metric, step, ts, _, run = p
+            key = (source, run, metric)
             cur = latest.get(key)
             if cur is None:
                 new_names = True
-            if cur is None or p.step > cur.step or (p.step == cur.step and p.ts >= cur.ts):
+            if cur is None or step > cur[1] or (step == cur[1] and ts >= cur[2]):
                 latest[key] = p
-            if steps and (max_step is None or p.step > max_step):
-                max_step = p.step
-                self._max_step_ts = p.ts
-                self._rate.observe(p.ts, p.step)
-            if newest_ts is None or p.ts > newest_ts:
-                newest_ts = p.ts
+            if steps and (max_step is None or step > max_step):
+                max_step = step
+                self._max_step_ts = ts
+                self._rate.observe(ts, step)
+            if newest_ts is None or ts > newest_ts:
+                newest_ts = ts
         self._max_step = max_step
         if new_names and not self.spec.primary_metric:
             self._primary = detect_primary_metric(m for _, _, m in latest)
@@ -416,10 +419,10 @@ class Collector:
         """A consistent picture for status and gauges (cheap: no I/O)."""
         now = self._clock()
         latest: dict[str, Latest] = {}
-        for (source, run, metric), p in self._latest.items():
+        for (source, run, metric), (_, step, ts, value, _) in self._latest.items():
             cur = latest.get(metric)
-            if cur is None or p.step > cur.step or (p.step == cur.step and p.ts > cur.ts):
-                latest[metric] = Latest(p.value, p.step, p.ts, source, run)
+            if cur is None or step > cur.step or (step == cur.step and ts > cur.ts):
+                latest[metric] = Latest(value, step, ts, source, run)
         healths = tuple(replace(h, skipped=dict(h.skipped), errors=dict(h.errors), info=dict(h.info))
                         for h in self.health.values())
         total = self.spec.total_steps or max((h.total_steps for h in healths if h.total_steps), default=None)

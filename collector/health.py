@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainscope.collector.points import Point, RunState
+from trainscope.collector.points import RawPoint, RunState
 
 STALLED = "Stalled"
 NON_FINITE = "NonFiniteMetric"
@@ -175,20 +175,20 @@ class HealthMonitor:
             verdict = self._monitored[metric] = any(fnmatch.fnmatchcase(metric, g) for g in globs)
         return verdict
 
-    def observe(self, source: str, points: list[Point], primary: str | None) -> None:
+    def observe(self, source: str, points: list[RawPoint], primary: str | None) -> None:
         """Feed the monitored metrics' points of one batch (in the order the source gave them)."""
         track = self.spec.disagreement_tolerance is not None
-        for p in points:
-            if not self.monitors(p.metric, primary):
+        for metric, step, _, value, run in points:
+            if not self.monitors(metric, primary):
                 continue
-            key = (source, p.run, p.metric)
+            key = (source, run, metric)
             watch = self.watches.get(key)
             if watch is None:
                 watch = self.watches[key] = MetricWatch(self.spec)
-            watch.observe(p.step, p.value)
+            watch.observe(step, value)
             if track:
-                recent = self._recent.setdefault((p.metric, source), deque(maxlen=256))
-                recent.append((p.step, p.value))
+                recent = self._recent.setdefault((metric, source), deque(maxlen=256))
+                recent.append((step, value))
 
     def stall_threshold(self, step_interval: float | None) -> float:
         spec = self.spec

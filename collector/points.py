@@ -14,7 +14,7 @@ Cursor = Any
 class Point(NamedTuple):
     """One observation: a metric's value at a training step, with the SOURCE's timestamp (epoch seconds).
 
-    A NamedTuple keeps millions of points cheap to build and to hand to COPY.
+    The named form of `RawPoint`: what code outside the hot paths builds and reads.
     """
 
     metric: str
@@ -22,6 +22,13 @@ class Point(NamedTuple):
     ts: float
     value: float
     run: str = ""
+
+
+# The same five fields as a plain tuple: what batches carry. Sources on hot paths (the log parsers) emit these, as
+# an exact tuple is half the cost of a NamedTuple to build and CPython's garbage collector stops tracking it
+# (it never untracks a tuple subclass); consumers unpack `metric, step, ts, value, run = p` and never use names.
+# A Point is a RawPoint, so a source may put either in a batch.
+RawPoint = tuple[str, int, float, float, str]
 
 
 class RunState(enum.StrEnum):
@@ -42,7 +49,7 @@ class Batch:
     values), by reason. `notes` are human-readable facts for the source's health (e.g. "HTTP mode is sampled").
     """
 
-    points: list[Point]
+    points: list[RawPoint]  # Points or plain tuples of the same fields
     cursor: Cursor = None
     state: RunState | None = None
     progress: float | None = None  # 0..1, when the source knows it

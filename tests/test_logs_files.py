@@ -40,7 +40,7 @@ def kv(first: int, last: int) -> str:
 
 
 def values(points: list[Point]) -> list[tuple[str, str, int, float]]:
-    return [(p.run, p.metric, p.step, p.value) for p in points]
+    return [(p.run, p.metric, p.step, p.value) for p in map(Point._make, points)]
 
 
 def expected(run: str, first: int, last: int) -> list[tuple[str, str, int, float]]:
@@ -58,7 +58,7 @@ async def test_a_growing_file_is_read_exactly_once(tmp_path: Path):
     assert values(points) == expected("train.log", 1, 10)
     assert all(len(b.points) <= 7 for b in batches) and len(batches) == 4  # 3 lines (6 points) per batch
     assert cursor["streams"]["train.log"]["o"] == log.stat().st_size
-    assert {p.ts for p in points} == {log.stat().st_mtime}  # files have no kubelet time: the file's mtime
+    assert {p[2] for p in points} == {log.stat().st_mtime}  # files have no kubelet time: the file's mtime
 
     with log.open("a") as f:
         f.write(kv(11, 12) + "step=13 loss=0.0")  # a line still being written
@@ -93,7 +93,7 @@ async def test_globs_name_runs_by_their_path(tmp_path: Path):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(kv(1, n))
     _, points, batches = await poll_all({"path": str(tmp_path / "**" / "*.log")}, None, tmp_path, limit=1000)
-    assert {p.run for p in points} == {"a/rank0.log", "b/rank0.log", "a/x/deep.log"}
+    assert {p.run for p in map(Point._make, points)} == {"a/rank0.log", "b/rank0.log", "a/x/deep.log"}
     assert batches[0].info["files"] == 3 and set(batches[0].runs) == {"a/rank0.log", "b/rank0.log", "a/x/deep.log"}
     _, none, batches = await poll_all({"path": str(tmp_path / "*.txt")}, None, tmp_path)
     assert none == [] and "no file matches" in batches[0].notes[0]

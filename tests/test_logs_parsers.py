@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trainscope.collector.points import Point
+from trainscope.collector.points import Point, RawPoint
 from trainscope.collector.sources.logparsers import (
     FORMATS,
     NEAR_FULL,
@@ -36,7 +36,7 @@ def run_file(name: str, fmt: str = "auto", **kw) -> tuple[dict[tuple[str, int], 
         for blob, _ in splitter.feed(data[i:i + 4096]):
             for line in decode_lines(blob):
                 parser.feed(line, 0.0, "r", out)
-    return {(p.metric, p.step): p.value for p in out}, parser
+    return {(p.metric, p.step): p.value for p in map(Point._make, out)}, parser
 
 
 def same(a: float, b: float) -> bool:
@@ -113,7 +113,8 @@ def test_lightning_bar_of_unknown_length_counts_epochs():
     for ep in range(2):
         line = "".join(f"\rEpoch {ep}: |          | {b}/? [00:0{b}<?, 2.00it/s, loss={b}.5]" for b in range(1, 4))
         parser.feed(line, 0.0, "", out)
-    assert [(p.step, p.value) for p in out] == [(1, 1.5), (2, 2.5), (3, 3.5), (4, 1.5), (5, 2.5), (6, 3.5)]
+    assert [(p.step, p.value) for p in map(Point._make, out)] == [
+        (1, 1.5), (2, 2.5), (3, 3.5), (4, 1.5), (5, 2.5), (6, 3.5)]
 
 
 @pytest.mark.parametrize("fmt", ["auto", "keyvalue"])
@@ -149,7 +150,7 @@ def test_interleaved_ranks_and_rank_prefixes():
     parser = LogParser()
     for line in text.split("\n"):
         parser.feed(line, 1.0, "pod-0", out)
-    assert sorted((p.run, p.step, p.value) for p in out) == [
+    assert sorted((p.run, p.step, p.value) for p in map(Point._make, out)) == [
         ("pod-0", 1, 2.0), ("pod-0", 2, 1.5), ("pod-0/rank1", 1, 2.1), ("pod-0/rank1", 2, 1.6)]
 
 
@@ -173,7 +174,7 @@ def test_patterns_and_katib_filter():
     for line in ["Step 7/100 - train_loss is 0.25", "epoch 2: acc 0.91, f1 0.88", "objective=0.5 other=2",
                  "objective=0.25", "Step 8/100 - train_loss is oops"]:
         parser.feed(line, 0.0, "", out)
-    assert [(p.metric, p.step, p.value) for p in out] == [
+    assert [(p.metric, p.step, p.value) for p in map(Point._make, out)] == [
         ("train_loss", 7, 0.25), ("acc", 2, 0.91), ("f1", 2, 0.88),
         ("objective", 1, 0.5), ("other", 1, 2.0), ("objective", 2, 0.25)]  # Katib lines: running count per name
     assert parser.failed == 1
@@ -197,7 +198,7 @@ def test_state_round_trip_continues_running_counts():
     second = LogParser(logging_steps=5, state=first.state())
     for line in lines[3:]:
         second.feed(line, 0.0, "", parts)
-    assert parts == whole and [p.step for p in whole if p.metric == "loss"] == [5, 10, 15, 20, 25, 30]
+    assert parts == whole and [p.step for p in map(Point._make, whole) if p.metric == "loss"] == [5, 10, 15, 20, 25, 30]
 
 
 def test_layout_change_is_followed():
@@ -208,9 +209,9 @@ def test_layout_change_is_followed():
     out: list[Point] = []
     for i in range(1, 31):
         parser.feed((b if i % 7 == 0 else a).format(i=i, v=1 / i), 0.0, "", out)
-    assert sorted(p.step for p in out if p.metric == "lm loss") == list(range(1, 31))
-    assert sorted(p.step for p in out if p.metric == "params norm") == [7, 14, 21, 28]
-    assert all(p.value == float(f"{1 / p.step:.6E}") for p in out if p.metric == "lm loss")
+    assert sorted(p.step for p in map(Point._make, out) if p.metric == "lm loss") == list(range(1, 31))
+    assert sorted(p.step for p in map(Point._make, out) if p.metric == "params norm") == [7, 14, 21, 28]
+    assert all(p.value == float(f"{1 / p.step:.6E}") for p in map(Point._make, out) if p.metric == "lm loss")
 
 
 # ---- bytes, chunks and long lines ---------------------------------------------------------------------------------
@@ -260,7 +261,8 @@ def test_a_huge_line_is_cut_counted_and_never_held():
     parser = LogParser()
     out: list[Point] = []
     parser.feed(head, 0.0, "", out)
-    assert out and all(p.value == p.step + 0.5 for p in out)  # the cut-off, half-drawn segment is not read
+    # the cut-off, half-drawn segment is not read
+    assert out and all(p.value == p.step + 0.5 for p in map(Point._make, out))
 
 
 def test_parse_text_public_api():
@@ -289,7 +291,7 @@ def test_hostile_lines_never_crash_and_give_finite_steps(lines: list[str], fmt: 
     for line in lines:
         n = parser.feed(line, 1.0, "r", out)
         assert n >= 0
-    for p in out:
+    for p in map(Point._make, out):
         assert isinstance(p.metric, str) and p.metric and isinstance(p.step, int) and isinstance(p.value, float)
     assert parser.lines == len(lines) and parser.parsed + parser.failed <= len(lines)
     LogParser(fmt, state=parser.state())  # the state always round-trips
@@ -343,8 +345,9 @@ def feed_one_by_one(parser: LogParser, lines: list[str], ts, run: str, out: list
     return len(lines), False
 
 
-def exact(p: Point) -> tuple:
-    return p.metric, p.step, p.ts, repr(p.value), p.run  # NaN equals NaN, -0.0 differs from 0.0
+def exact(p: RawPoint) -> tuple:
+    metric, step, ts, value, run = p
+    return metric, step, ts, repr(value), run  # NaN equals NaN, -0.0 differs from 0.0
 
 
 def both_ways(lines: list[str], fmt: str, limit: int, per_line_ts: bool, **kw) -> None:
@@ -360,7 +363,8 @@ def both_ways(lines: list[str], fmt: str, limit: int, per_line_ts: bool, **kw) -
         b: list[Point] = []
         got = fast.feed_lines(rest, rest_ts, "pod", a, limit)
         want = feed_one_by_one(slow, rest, rest_ts, "pod", b, limit)
-        assert got == want and list(map(exact, a)) == list(map(exact, b)) and {type(p) for p in a} <= {Point}
+        # and plain tuples, as RawPoint says
+        assert got == want and list(map(exact, a)) == list(map(exact, b)) and {type(p) for p in a} <= {tuple}
         assert (fast.lines, fast.parsed, fast.failed, fast.detected) == (slow.lines, slow.parsed, slow.failed,
                                                                          slow.detected)
         assert fast.state() == slow.state()

@@ -68,10 +68,10 @@ def same_value(a: float, b: float) -> bool:
 
 def check(points: list[Point], oracle: Oracle) -> None:
     """The points equal the oracle exactly once each: no duplicate, none missing, values and timestamps right."""
-    keys = [(p.run, p.metric, p.step) for p in points]
+    keys = [(p.run, p.metric, p.step) for p in map(Point._make, points)]
     dups = {k for k in keys if keys.count(k) > 1} if len(set(keys)) != len(keys) else set()
     assert not dups, f"delivered twice: {sorted(dups)[:5]}"
-    got = {(p.run, p.metric, p.step): (p.ts, p.value) for p in points}
+    got = {(p.run, p.metric, p.step): (p.ts, p.value) for p in map(Point._make, points)}
     assert got.keys() == oracle.keys(), (sorted(got.keys() - oracle.keys())[:5], sorted(oracle.keys() - got.keys())[:5])
     wrong = [k for k in oracle if not same_value(got[k][1], oracle[k][1]) or abs(got[k][0] - oracle[k][0]) > 1e-6]
     assert not wrong, [(k, got[k], oracle[k]) for k in wrong[:5]]
@@ -122,7 +122,7 @@ async def test_resumes_exactly_across_restarts_with_shared_timestamps(cluster: C
     expect(oracle, "gpt-0", cluster.write_log("gpt-0", text, at=at, spacing=0.05), want)
     new: list[Point] = []
     await drain(lambda: source(kube, 9), cursor, new)
-    assert {p.step for p in new} == set(range(121, 131))
+    assert {p.step for p in map(Point._make, new)} == set(range(121, 131))
     check(points + new, oracle)
 
 
@@ -157,9 +157,9 @@ async def test_pods_come_and_go_restart_and_ranks(cluster: Cluster, kube: KubeCl
     expect(oracle, "gpt-3", cluster.write_log("gpt-3", text3, at=T0 + 31), want3)
     new: list[Point] = []
     cursor, _ = await drain(lambda: source(kube, 50), cursor, new)
-    latest = {(p.run, p.metric, p.step): p for p in points + new}  # a re-logged step: the newest wins
+    latest = {(p.run, p.metric, p.step): p for p in map(Point._make, points + new)}  # a re-logged step: the newest wins
     check(list(latest.values()), oracle)
-    assert [p.step for p in new if p.run == "gpt-0" and p.metric == "lm loss"] == \
+    assert [p.step for p in map(Point._make, new) if p.run == "gpt-0" and p.metric == "lm loss"] == \
         [*range(21, 26), *range(16, 31)]
     assert set(cursor["streams"]) == {"gpt-0/trainer", "gpt-2/trainer", "gpt-3/trainer"}  # gpt-1 left it
     assert cursor["streams"]["gpt-0/trainer"]["r"] == 1
@@ -167,7 +167,7 @@ async def test_pods_come_and_go_restart_and_ranks(cluster: Cluster, kube: KubeCl
     # ranks: only rank 0 is read
     rank0: list[Point] = []
     await drain(lambda: source(kube, 1000, ranks=[0]), None, rank0)
-    assert {p.run for p in rank0} == {"gpt-0"}
+    assert {p.run for p in map(Point._make, rank0)} == {"gpt-0"}
 
 
 async def test_container_choice_and_errors(cluster: Cluster, kube: KubeClient):
@@ -175,7 +175,7 @@ async def test_container_choice_and_errors(cluster: Cluster, kube: KubeClient):
     cluster.write_log("multi", "step=1 loss=0.5\n", at=T0, container="trainer")
     cluster.write_log("multi", "step=1 loss=9.0\n", at=T0, container="sidecar")
     batch = await source(kube, 100, container="trainer").poll(None)
-    assert [(p.metric, p.value) for p in batch.points] == [("loss", 0.5)]
+    assert [(p.metric, p.value) for p in map(Point._make, batch.points)] == [("loss", 0.5)]
     batch = await source(kube, 100, container="nope").poll(None)
     assert not batch.points and "no container 'nope'" in batch.notes[0]
 

@@ -22,6 +22,13 @@ def _database_url(args: argparse.Namespace, *, embedded_ok: bool) -> str:
     return resolve_database_url(embedded_ok=embedded_ok, data_dir=data_dir)
 
 
+def _tune_gc() -> None:
+    """The collecting processes allocate points by the million: see trainscope.gc_tuning."""
+    from trainscope.gc_tuning import tune_for_ingest
+
+    tune_for_ingest()
+
+
 def cmd_operator(args: argparse.Namespace) -> int:
     """Run the kopf operator with the project's handlers and settings."""
     import kopf
@@ -29,6 +36,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
     import trainscope.operator.handlers  # noqa: F401  (registers the handlers)
     from trainscope.operator.runtime import RuntimeConfig
 
+    _tune_gc()
     config = RuntimeConfig(database_url=_database_url(args, embedded_ok=False),
                            metrics_port=args.metrics_port or None)
     # INFO would log every status-timer run of every Workload (~200 lines/s at 1,000): warnings unless -v.
@@ -45,6 +53,7 @@ def cmd_local(args: argparse.Namespace) -> int:
     from trainscope.operator.local import ManifestError, load_workloads, run_local
     from trainscope.operator.runtime import RuntimeConfig
 
+    _tune_gc()
     try:
         workloads = load_workloads([Path(f) for f in args.file])
     except ManifestError as err:
@@ -176,9 +185,13 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from trainscope.collector.store import StoreUnavailable
     from trainscope.collector.store.embedded import DatabaseNotConfigured
+    from trainscope.gc_tuning import GcSettingError
 
     try:
         return args.func(args)
+    except GcSettingError as exc:
+        print(f"trainscope {args.command}: {exc}", file=sys.stderr)
+        return 2
     except (StoreUnavailable, DatabaseNotConfigured) as exc:
         print(f"trainscope {args.command}: {exc}", file=sys.stderr)
         return 1

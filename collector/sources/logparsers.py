@@ -4,9 +4,10 @@ bars, key=value pairs, JSON lines, user regexes and Katib-style filters.
 Public API (also for other sources that read console logs):
 
 - `LogParser(fmt, ...)`: a stateful parser for ONE stream (running step counts, totals live in it; `state()` /
-  `LogParser(..., state=...)` carry them across restarts). `feed(line, ts, run, out)` appends `Point`s;
-  `feed_lines(lines, ts, run, out, limit)` does the same for many lines, bounded by a number of points, and parses
-  runs of lines in a layout the stream printed before in bulk (exactly the points `feed` would give).
+  `LogParser(..., state=...)` carry them across restarts). `feed(line, ts, run, out)` appends points (plain
+  `RawPoint` tuples); `feed_lines(lines, ts, run, out, limit)` does the same for many lines, bounded by a number
+  of points, and parses runs of lines in a layout the stream printed before in bulk (exactly the points `feed`
+  would give).
 - `LineSplitter`: bytes chunks -> complete lines, correct across chunk boundaries, lines over a bound cut.
 - `parse_text(text, fmt)`: the simple way: every (metric, value, step) in a text, in order.
 
@@ -23,7 +24,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from itertools import chain, compress, cycle, repeat, takewhile
 from typing import Any
 
-from trainscope.collector.points import Point
+from trainscope.collector.points import RawPoint
 
 FORMATS = ("auto", "hf", "megatron", "deepspeed", "lightning", "keyvalue", "json", "none")
 MAX_LINE_BYTES = 1 << 20  # a longer line is cut to this and counted, never held whole
@@ -33,7 +34,6 @@ TOTAL_KEYS = frozenset({"total_steps", "max_steps", "train_iters"})
 
 NEAR_FULL = 256  # feed_lines: within this many points of the limit, a line is checkpointed so it can be put back
 _JSON = json.JSONDecoder()
-_new_point = tuple.__new__  # Point(...) without the NamedTuple's Python-level __new__
 _groups = re.Match.groups
 _WINDOW = 256  # lines parsed in bulk at a time: their strings, floats and points stay in the CPU's caches
 _NOT_RANK = r"(?!\s*\[(?:rank|default)\d+\]:)"  # a line `feed` would take a torchrun rank prefix off
@@ -184,7 +184,7 @@ class LogParser:
 
     # ---- many lines ----------------------------------------------------------------------------------------
 
-    def feed_lines(self, lines: Sequence[str], ts: float | Sequence[float], run: str, out: list[Point],
+    def feed_lines(self, lines: Sequence[str], ts: float | Sequence[float], run: str, out: list[RawPoint],
                    limit: int) -> tuple[int, bool]:
         """`feed` each line in order (`ts`: one time for all, or one per line) while `out` holds fewer than `limit`
         points; (lines taken, full). A line whose points would take a non-empty `out` past `limit` is not taken
@@ -229,7 +229,7 @@ class LogParser:
         return lay if lay is not None and lay.whole is not None else None
 
     def _bulk(self, lay: _Layout, lines: Sequence[str], i: int, ts: float | Sequence[float], one: bool, run: str,
-              out: list[Point], limit: int) -> int:
+              out: list[RawPoint], limit: int) -> int:
         """Parse the run of lines from `i` that `feed` would read with `lay`'s regex and that fit below `limit`;
         return how many (0: line `i` is not one, or does not fit)."""
         k = len(lay.keep)
@@ -246,7 +246,7 @@ class LogParser:
             i += r
 
     def _window(self, lay: _Layout, lines: Sequence[str], i: int, w: int, ts: float | Sequence[float], one: bool,
-                run: str, out: list[Point]) -> int:
+                run: str, out: list[RawPoint]) -> int:
         """`_bulk` on at most `w` lines."""
         k = len(lay.keep)
         ms = list(takewhile(bool, map(lay.whole, map(lines.__getitem__, range(i, i + w)))))
@@ -284,13 +284,13 @@ class LogParser:
                     break
         step_it = repeat(steps) if isinstance(steps, int) else chain.from_iterable(map(repeat, steps, repeat(k)))
         ts_it = repeat(ts) if one else chain.from_iterable(map(repeat, ts[i:i + r], repeat(k)))  # type: ignore[index]
-        out.extend(map(_new_point, repeat(Point), zip(cycle(lay.keep), step_it, ts_it, vals, repeat(run))))
+        out.extend(zip(cycle(lay.keep), step_it, ts_it, vals, repeat(run)))  # plain tuples: see RawPoint
         self.lines += r
         self.parsed += r
         self.detected = lay.fmt
         return r
 
-    def _single(self, lay: _Layout, m: re.Match[str], ts: float, run: str, out: list[Point]) -> int:
+    def _single(self, lay: _Layout, m: re.Match[str], ts: float, run: str, out: list[RawPoint]) -> int:
         g = m.groups()
         try:
             vals = list(map(float, g if lay.fmt == "hf" else g[2:]))
@@ -339,7 +339,7 @@ class LogParser:
 
     # ---- one line ----------------------------------------------------------------------------------------
 
-    def feed(self, line: str, ts: float, run: str, out: list[Point]) -> int:
+    def feed(self, line: str, ts: float, run: str, out: list[RawPoint]) -> int:
         """Parse one line (without its newline); append its points to `out`; return how many were added."""
         self.lines += 1
         if "\x1b" in line:
@@ -373,7 +373,7 @@ class LogParser:
             n = 0
         return n
 
-    def _segment(self, s: str, ts: float, run: str, out: list[Point]) -> int:
+    def _segment(self, s: str, ts: float, run: str, out: list[RawPoint]) -> int:
         """Points of one segment; -1 when it looked like a metrics line but nothing could be read."""
         n = 0
         order = self._order
@@ -401,7 +401,7 @@ class LogParser:
             return -1 if bad and not n else n
         return n
 
-    def _one(self, fmt: str, s: str, ts: float, run: str, out: list[Point]) -> int:
+    def _one(self, fmt: str, s: str, ts: float, run: str, out: list[RawPoint]) -> int:
         auto = self.fmt == "auto"
         if fmt == "hf":
             return self._hf(s, ts, run, out, auto) if "{'" in s else 0
@@ -421,7 +421,7 @@ class LogParser:
 
     # ---- formats -----------------------------------------------------------------------------------------
 
-    def _hf(self, s: str, ts: float, run: str, out: list[Point], auto: bool) -> int:
+    def _hf(self, s: str, ts: float, run: str, out: list[RawPoint], auto: bool) -> int:
         i = s.find("{'")
         lay = self._layouts.get("hf")
         if lay is not None:  # the dict layout this stream printed last: one regex match, no per-pair work
@@ -473,10 +473,10 @@ class LogParser:
         elif step is None:
             step = self._hf_step
         for k, val in pairs:
-            out.append(_new_point(Point, (k, step, ts, val, run)))
+            out.append((k, step, ts, val, run))
         return len(pairs)
 
-    def _megatron(self, s: str, ts: float, run: str, out: list[Point]) -> int:
+    def _megatron(self, s: str, ts: float, run: str, out: list[RawPoint]) -> int:
         i = s.find("iteration ")
         m = _MEG_ITER.match(s, i) if i >= 0 else None
         if m is None:
@@ -508,15 +508,15 @@ class LogParser:
         return n
 
     def _meg_emit(self, lay: _Layout, g: tuple[str, ...], vals: list[float], ts: float, run: str,
-                  out: list[Point]) -> int:
+                  out: list[RawPoint]) -> int:
         step = int(g[0])
         self._last_step = step
         self.total_steps = int(g[1]) or self.total_steps
         for k, v in zip(lay.names, vals, strict=True):
-            out.append(_new_point(Point, (k, step, ts, v, run)))
+            out.append((k, step, ts, v, run))
         return len(vals)
 
-    def _fields(self, rest: str, prefix: str, step: int, ts: float, run: str, out: list[Point]) -> int:
+    def _fields(self, rest: str, prefix: str, step: int, ts: float, run: str, out: list[RawPoint]) -> int:
         """Megatron's `| name: value |` fields."""
         n = 0
         for part in rest.split("|"):
@@ -527,7 +527,7 @@ class LogParser:
                 val = float(v)
             except ValueError:
                 continue
-            out.append(_new_point(Point, (prefix + k.strip(), step, ts, val, run)))
+            out.append((prefix + k.strip(), step, ts, val, run))
             n += 1
         return n if n else -1
 
@@ -541,7 +541,7 @@ class LogParser:
             lay = cache[(fmt, keys)] = _Layout(fmt, keys)
         self._layouts[fmt] = lay
 
-    def _hf_emit(self, lay: _Layout, vals: list[float], ts: float, run: str, out: list[Point]) -> int:
+    def _hf_emit(self, lay: _Layout, vals: list[float], ts: float, run: str, out: list[RawPoint]) -> int:
         step: int | None = None
         if lay.step_at >= 0:
             v = vals[lay.step_at]
@@ -558,11 +558,11 @@ class LogParser:
         n = 0
         for k, v in zip(lay.names, vals, strict=True):
             if k is not None:
-                out.append(_new_point(Point, (k, step, ts, v, run)))
+                out.append((k, step, ts, v, run))
                 n += 1
         return n
 
-    def _deepspeed(self, s: str, ts: float, run: str, out: list[Point]) -> int:
+    def _deepspeed(self, s: str, ts: float, run: str, out: list[RawPoint]) -> int:
         if "steps: " in s:
             m = _DS_STEPS.search(s)
             if m is None:
@@ -589,13 +589,13 @@ class LogParser:
                 val = float(v)
             except ValueError:
                 continue
-            out.append(_new_point(Point, (k, step, ts, val, run)))
+            out.append((k, step, ts, val, run))
             n += 1
         if n:
             self._last_step = step
         return n if n else -1
 
-    def _lightning(self, s: str, ts: float, run: str, out: list[Point]) -> int:
+    def _lightning(self, s: str, ts: float, run: str, out: list[RawPoint]) -> int:
         if "it/s" not in s and "s/it" not in s:
             return 0
         m = _PL_BAR.search(s)
@@ -613,13 +613,13 @@ class LogParser:
         for k, v in _PL_PAIR.findall(m.group(4)):
             if k == "v_num":
                 continue
-            out.append(_new_point(Point, (k, step, ts, float(v), run)))
+            out.append((k, step, ts, float(v), run))
             n += 1
         if n:
             self._last_step = step
         return n
 
-    def _json(self, s: str, ts: float, run: str, out: list[Point], auto: bool) -> int:
+    def _json(self, s: str, ts: float, run: str, out: list[RawPoint], auto: bool) -> int:
         try:
             obj, _ = _JSON.raw_decode(s, s.find('{"'))
         except ValueError:
@@ -644,7 +644,7 @@ class LogParser:
             return 0
         return self._emit(pairs, step, ts, run, out)
 
-    def _keyvalue(self, s: str, ts: float, run: str, out: list[Point], auto: bool) -> int:
+    def _keyvalue(self, s: str, ts: float, run: str, out: list[RawPoint], auto: bool) -> int:
         step = None
         pairs = []
         for k, v in _KV_PAIR.findall(s):
@@ -656,7 +656,7 @@ class LogParser:
             return 0
         return self._emit(pairs, step, ts, run, out)
 
-    def _patterns(self, s: str, ts: float, run: str, out: list[Point]) -> int:
+    def _patterns(self, s: str, ts: float, run: str, out: list[RawPoint]) -> int:
         n = 0
         bad = False
         for rx in self.patterns:
@@ -677,7 +677,7 @@ class LogParser:
                     n += self._emit(good, step, ts, run, out)
         return n if n or not bad else -1
 
-    def _katib(self, s: str, ts: float, run: str, out: list[Point]) -> int:
+    def _katib(self, s: str, ts: float, run: str, out: list[RawPoint]) -> int:
         pairs: list[tuple[str, float]] = []
         step = None
         bad = False
@@ -698,12 +698,12 @@ class LogParser:
         return -1 if bad else 0
 
     def _emit(self, pairs: list[tuple[str, float]], step: int | None, ts: float, run: str,
-              out: list[Point]) -> int:
+              out: list[RawPoint]) -> int:
         """Points of one line; without a step in the line, each metric's own running count is its step."""
         if step is not None:
             self._last_step = step
             for k, v in pairs:
-                out.append(_new_point(Point, (k, step, ts, v, run)))
+                out.append((k, step, ts, v, run))
             return len(pairs)
         counts = self._counts
         n = 0
@@ -714,7 +714,7 @@ class LogParser:
                     continue
                 c = 0
             counts[k] = c + 1
-            out.append(_new_point(Point, (k, c + 1, ts, v, run)))
+            out.append((k, c + 1, ts, v, run))
             n += 1
         return n if n else -1
 
@@ -742,7 +742,9 @@ class _Layout:
 
             self.rx = re.compile(dict_of(r"[^,{}]+"))
             # no rank prefix, no "{'" before the dict (atomic: it cannot end elsewhere); no \r or ESC anywhere
-            whole = _NOT_RANK + r"(?>[^{\r\x1b]*(?:\{(?!')[^{\r\x1b]*)*)" + dict_of(r"[^,{}\r\x1b]+") + r"[^\r\x1b]*"
+            # possessive `++`/`*+`: a value's class excludes what follows it, so no backtracking is ever useful
+            whole = (_NOT_RANK + r"(?>[^{\r\x1b]*(?:\{(?!')[^{\r\x1b]*)*)" + dict_of(r"[^,{}\r\x1b]++")
+                     + r"[^\r\x1b]*+")
             names: list[str | None] = []
             for at, k in enumerate(keys):
                 if k in STEP_KEYS:
@@ -756,15 +758,18 @@ class _Layout:
             self.mask = None if len(self.keep) == len(names) else tuple(k is not None for k in names)
         else:  # megatron: iteration A/ B, then the fields
 
-            def line_of(value: str) -> str:
-                return r"iteration +(\d+) */ *(\d+) *\|" + "".join(f" *{re.escape(k)} *: *({value}) *\\|" for k in keys)
+            def line_of(value: str, sp: str = " *") -> str:
+                return (rf"iteration +(\d+){sp}/{sp}(\d+){sp}\|"
+                        + "".join(f"{sp}{re.escape(k)}{sp}:{sp}({value}){sp}\\|" for k in keys))
 
             # Anchored at the end: text after the last field may not hold another `name: value |` field, or a
             # line that grew a field (a metric logged from some step on) would silently lose it.
             self.rx = re.compile(line_of(r"[^ |]+") + r"[^:|\r\x1b]*$")
             # no rank prefix, no "iteration " before the match (atomic, as above); no \r or ESC anywhere
-            whole = (_NOT_RANK + r"(?>[^i\r\x1b]*(?:i(?!teration )[^i\r\x1b]*)*)" + line_of(r"[^ |\r\x1b]+")
-                     + r"[^:|\r\x1b]*")
+            # possessive quantifiers (13% faster here): names are trimmed and a value's class excludes the space
+            # and bar after it, so giving characters back could never lead to a match
+            whole = (_NOT_RANK + r"(?>[^i\r\x1b]*(?:i(?!teration )[^i\r\x1b]*)*)"
+                     + line_of(r"[^ |\r\x1b]++", " *+") + r"[^:|\r\x1b]*+")
             self.names = self.keep = keys
             self.mask = (False, False) + (True,) * len(keys)
         self.whole = re.compile(whole).fullmatch if plain and self.keep else None
@@ -869,10 +874,10 @@ def parse_text(text: str | bytes, fmt: str = "auto", *, patterns: Iterable[str] 
         text = text.encode("utf-8", "surrogatepass")
     parser = LogParser(fmt, patterns=compile_patterns(patterns), logging_steps=logging_steps)
     splitter = LineSplitter()
-    out: list[Point] = []
+    out: list[RawPoint] = []
     for blob, _ in [*splitter.feed(text), *splitter.flush()]:
         for line in decode_lines(blob):
             out.clear()
             parser.feed(line, 0.0, "", out)
-            for p in out:
-                yield p.metric, p.value, p.step
+            for metric, step, _, value, _ in out:
+                yield metric, value, step

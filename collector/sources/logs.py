@@ -17,7 +17,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, ClassVar
 
-from trainscope.collector.points import Batch, Cursor, Point
+from trainscope.collector.points import Batch, Cursor, RawPoint
 from trainscope.collector.sources.base import PodRef, SourceContext, SourceError
 from trainscope.collector.sources.logparsers import (
     FORMATS,
@@ -101,7 +101,7 @@ class _Feed:
 
     __slots__ = ("full", "limit", "out", "parser", "run")
 
-    def __init__(self, parser: LogParser, run: str, out: list[Point], limit: int):
+    def __init__(self, parser: LogParser, run: str, out: list[RawPoint], limit: int):
         self.parser, self.run, self.out, self.limit = parser, run, out, limit
         self.full = False
 
@@ -252,7 +252,7 @@ class LogsSource:
     async def aclose(self) -> None:
         self._parsers.clear()
 
-    def _batch(self, points: list[Point], streams: dict[str, Any], parsers: dict[str, LogParser], more: bool,
+    def _batch(self, points: list[RawPoint], streams: dict[str, Any], parsers: dict[str, LogParser], more: bool,
                cut: int, notes: list[str], runs: dict[str, dict[str, Any]], **info: Any) -> Batch:
         failed = sum(p.failed for p in parsers.values())
         lines = sum(p.lines for p in parsers.values())
@@ -297,7 +297,7 @@ class LogsSource:
         old = cursor.get("streams", {}) if isinstance(cursor, dict) else {}
         streams: dict[str, Any] = {}
         parsers: dict[str, LogParser] = {}
-        points: list[Point] = []
+        points: list[RawPoint] = []
         notes: list[str] = []
         runs: dict[str, dict[str, Any]] = {}
         limit = self.ctx.max_batch_points
@@ -399,7 +399,7 @@ class LogsSource:
         old = cursor.get("streams", {}) if isinstance(cursor, dict) else {}
         streams: dict[str, Any] = {}
         parsers: dict[str, LogParser] = {}
-        points: list[Point] = []
+        points: list[RawPoint] = []
         notes: list[str] = [] if files else [f"no file matches {self.path}"]
         runs: dict[str, dict[str, Any]] = {}
         limit = self.ctx.max_batch_points

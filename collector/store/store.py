@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 
 from trainscope.collector.health import Condition, HealthEvent
-from trainscope.collector.points import Point
+from trainscope.collector.points import RawPoint
 from trainscope.collector.store import writer
 from trainscope.collector.store.codecs import init_connection
 from trainscope.collector.store.errors import unavailable_as_store_error
@@ -119,7 +119,7 @@ class Store:
             return await conn.fetchval(
                 "SELECT cursor FROM cursors WHERE workload_uid = $1 AND source = $2", uid, source)
 
-    async def write(self, uid: str, source: str, kind: str, points: Sequence[Point], cursor: Any,
+    async def write(self, uid: str, source: str, kind: str, points: Sequence[RawPoint], cursor: Any,
                     runs: Mapping[str, Mapping[str, Any]] | None = None) -> WriteResult:
         """Store a batch, its cursor and its runs' metadata in one transaction: all of it or nothing.
 
@@ -137,7 +137,7 @@ class Store:
             try:
                 records = writer.to_records(points, ids)
             except KeyError:
-                missing = {(p.run, p.metric) for p in points} - ids.keys()
+                missing = {(p[4], p[0]) for p in points} - ids.keys()
                 resolved = await writer.resolve_series(conn, uid, source, kind, missing)
                 created = {key: sid for key, (sid, _) in resolved.items()}
                 for sid, max_step in resolved.values():

@@ -7,7 +7,7 @@ from typing import Any
 
 import asyncpg
 
-from trainscope.collector.points import Point
+from trainscope.collector.points import RawPoint
 
 SeriesKey = tuple[str, str]  # (run, metric)
 Record = tuple[int, int, float, float]  # (series_id, step, ts, value): a `points` row, in COPY order
@@ -137,6 +137,6 @@ async def save_cursor(conn: asyncpg.Connection, uid: str, source: str, cursor: o
     await conn.execute(_SAVE_CURSOR, uid, source, cursor)
 
 
-def to_records(points: Sequence[Point], ids: dict[SeriesKey, int]) -> list[Record]:
+def to_records(points: Sequence[RawPoint], ids: dict[SeriesKey, int]) -> list[Record]:
     """Points -> `points` rows; KeyError when a series is not in `ids`."""
     return [(ids[run, metric], step, ts, value) for metric, step, ts, value, run in points]
