@@ -197,15 +197,16 @@ async def test_cursors_are_per_workload_and_source(store: Store) -> None:
 # rejects it, in the middle of a COPY or of the staging COPY.
 BAD_TS = 9_224_318_400_000.0
 
-# PostgreSQL's jsonb refuses \u0000, so this cursor fails on the server AFTER the points went in.
-BAD_CURSOR = {"pos": "\x00"}
+# Not JSON: the cursor's statement fails AFTER the points went in (what PostgreSQL itself would refuse, NUL or
+# NaN, is stored in a storable form: see test_cursor_and_run_metadata_postgres_would_refuse_are_stored).
+BAD_CURSOR = {"pos": object()}
 
 
 async def test_cursor_rejected_after_points_leaves_neither(store: Store, database_url: str) -> None:
     good = grid(3, range(10))
     await store.write("w1", "tb", "tensorboard", good, "c1")
     more = grid(3, range(10, 20)) + grid(1, range(5), run="new-run")  # appends and a new series
-    with pytest.raises(asyncpg.PostgresError):
+    with pytest.raises(asyncpg.DataError, match="not JSON serializable"):
         await store.write("w1", "tb", "tensorboard", more, BAD_CURSOR)
     assert await stored_points(database_url, "w1") == expected(good)
     assert await store.load_cursor("w1", "tb") == "c1"
@@ -327,3 +328,18 @@ async def test_run_metadata_is_stored_with_the_batch_and_merged(store):
     assert info.info == {"displayName": "llama-7b", "state": "finished"}
     await store.forget_workload("wl-runs", delete_data=True)
     assert await store.runs("wl-runs") == []
+
+
+async def test_cursor_and_run_metadata_postgres_would_refuse_are_stored(store: Store, database_url: str) -> None:
+    """jsonb refuses NUL, unpaired surrogates and NaN: such a cursor or run config (a W&B config may hold NaN, a
+    run name NUL) used to fail every retry of its batch, blocking the source. They are stored as U+FFFD and as
+    the strings "NaN"/"Infinity"; the points go in with them."""
+    cursor = {"runs": {"r\x00n": 5}, "pos": "\ud800x", "pair": "\U0001F600", "lr": math.nan, "plain": "a\\u0000"}
+    runs = {"run-a": {"config": {"lr": math.inf, "name": "x\x00y", "warmup": -math.inf}, "state": "running"}}
+    pts = [Point("loss", 1, T0, 1.0, "run-a")]
+    assert await store.write("w1", "wb", "wandb", pts, cursor, runs=runs) == WriteResult(1, 0)
+    assert await store.load_cursor("w1", "wb") == {"runs": {"r\ufffdn": 5}, "pos": "\ufffdx", "pair": "\U0001F600",
+                                                    "lr": "NaN", "plain": "a\\u0000"}
+    [info] = await store.runs("w1")
+    assert info.info == {"config": {"lr": "Infinity", "name": "x\ufffdy", "warmup": "-Infinity"}, "state": "running"}
+    assert await stored_points(database_url, "w1") == expected(pts, source="wb")

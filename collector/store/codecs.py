@@ -40,8 +40,40 @@ def decode_ts(value: tuple[int]) -> float:
 
 
 def _dump_json(value: Any) -> str:
-    # NaN is not JSON; PostgreSQL would reject it anyway, better to fail before the transaction.
-    return json.dumps(value, allow_nan=False, separators=(",", ":"))
+    """Cursors and run metadata as jsonb text that PostgreSQL accepts: what it refuses (NUL, unpaired surrogates,
+    NaN/Infinity) would fail the batch's transaction on every retry and block the source for good, so such
+    strings and numbers are stored in a storable form instead (see `storable_json`)."""
+    try:
+        text = json.dumps(value, allow_nan=False, separators=(",", ":"))
+    except ValueError:  # a non-finite float
+        return json.dumps(storable_json(value), allow_nan=False, separators=(",", ":"))
+    if "\\u0000" in text or "\\ud" in text:  # only then can a string hold NUL or a surrogate (ASCII output)
+        return json.dumps(storable_json(value), allow_nan=False, separators=(",", ":"))
+    return text
+
+
+def storable_json(value: Any) -> Any:
+    """`value` with NUL as U+FFFD, unpaired surrogates as U+FFFD and NaN/±Infinity as the strings "NaN",
+    "Infinity", "-Infinity" (in keys too); everything else unchanged."""
+    if isinstance(value, str):
+        return _storable_str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {_storable_str(k) if isinstance(k, str) else k: storable_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable_json(v) for v in value]
+    return value
+
+
+def _storable_str(s: str) -> str:
+    s = s.replace("\x00", "\ufffd")
+    # a surrogate pair survives (UTF-16 joins it), a lone surrogate becomes U+FFFD
+    return s.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace") if _has_surrogate(s) else s
+
+
+def _has_surrogate(s: str) -> bool:
+    return any("\ud800" <= c <= "\udfff" for c in s) if not s.isascii() else False
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:
