@@ -1,6 +1,6 @@
 """Parsing training logs: lines/s per format against two read-and-split ceilings and the naive every-pattern way.
 
-Run: python bench/bench_logs.py [--lines 200000 --repeat 5 --batch 50000]
+Run: python bench/bench_logs.py [--lines 200000 --repeat 5 --batch 50000] [--cpu] [--anatomy]
 Writes one large realistic log per format (HF Trainer dicts, Megatron iteration lines, DeepSpeed, Lightning
 progress bars, key=value, JSON lines; "+noise" variants mix in the info lines, warnings and tracebacks real jobs
 print) and times, in this one process, on the same file:
@@ -20,6 +20,8 @@ print) and times, in this one process, on the same file:
 - naive: the same reading, then every format's regexes tried on every line (search, then findall of the pairs
   on a match), as a straightforward implementation would.
 - poll(): LogsSource.poll end to end (asyncio.to_thread), polled until `more` is false, default batch size.
+- --anatomy: for an HF and a Megatron line, each step of the bulk path timed alone (GC off) against the 40%
+  budget (2.5x ceiling (b)): what one line's regex, floats and points cost at the least.
 
 All of them run under the garbage-collector thresholds the collecting processes set (trainscope.gc_tuning, as
 `trainscope operator` and `trainscope local` do); "ours @gc700" repeats "ours" under CPython's default thresholds
@@ -222,6 +224,70 @@ def load() -> str:
     return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def anatomy(fmt: str, lines: int, repeat: int) -> None:
+    """Where one line's time goes (GC off, CPU time, ns per line), against the 40% budget: 2.5x the time of
+    ceiling (b). Each step runs alone on the same lines, as feed_lines does it: the regex that recognises the
+    learned layout (with its match objects), the value groups into floats, the points as plain tuples."""
+    from itertools import chain, compress, cycle
+    from itertools import repeat as rep
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "x.log"
+        write(path, fmt, lines, False)
+        text = decode_lines(path.read_bytes())
+        was = gc.isenabled()
+        gc.disable()
+        try:
+            read = best(split, path, repeat)[0] * 1e9 / lines  # CLOCK: run with --cpu for CPU time
+            ceiling = best(tokenize, path, repeat)[0] * 1e9 / lines
+        finally:
+            if was:
+                gc.enable()
+    parser = LogParser(fmt)
+    parser.feed_lines(text[:10], 0.0, "r", [], 10**9)  # learns the layout
+    lay = parser._fast()
+    assert lay is not None and lay.whole is not None
+    keep = lay.keep
+
+    def clock(fn: Callable[[], object]) -> float:
+        times = []
+        for _ in range(repeat):
+            t0 = time.process_time()
+            fn()
+            times.append(time.process_time() - t0)
+        return min(times) * 1e9 / len(text)
+
+    def values() -> list[float]:
+        return list(map(float, compress(chain.from_iterable(map(re.Match.groups, matches)), cycle(mask))))
+
+    def points() -> list[tuple]:
+        steps = chain.from_iterable(map(rep, range(len(text)), rep(len(keep))))
+        return list(zip(cycle(keep), steps, rep(0.0), vals, rep("r")))
+
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        matches = list(map(lay.whole, text))
+        mask = lay.mask or (True,) * len(matches[0].groups())
+        vals = values()
+        costs = {
+            "ceiling (b): read, split, tokenize": ceiling,
+            "read, decode, split (a)": read,
+            "layout regex (fullmatch)": clock(lambda: list(map(lay.whole, text))),
+            "value strings -> floats": clock(values),
+            "points as plain tuples": clock(points),
+            "ours: (a) + feed_lines": read + clock(lambda: parser.feed_lines(text, 0.0, "r", [], 10**9)),
+        }
+    finally:
+        if was:
+            gc.enable()
+    budget = 2.5 * ceiling
+    print(f"\n{fmt}: ns per line (CPU time, GC off, best of {repeat}); the 40% goal allows {budget:,.0f} ns "
+          "for everything")
+    for name, ns in costs.items():
+        print(f"  {name:<36}{ns:>8,.0f} ns  {ns / budget:>6.0%} of the budget")
+
+
 def main() -> None:
     global BATCH, CLOCK
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -231,6 +297,7 @@ def main() -> None:
                         help="points per poll (default: SourceContext.max_batch_points)")
     parser.add_argument("--only", default="", help="comma-separated cases, e.g. hf,megatron")
     parser.add_argument("--cpu", action="store_true", help="time with process CPU time, not the wall clock")
+    parser.add_argument("--anatomy", action="store_true", help="also time each step of an HF and a Megatron line")
     args = parser.parse_args()
     BATCH = args.batch
     CLOCK = time.process_time if args.cpu else time.perf_counter
@@ -264,6 +331,9 @@ def main() -> None:
             print(f"{name:<16}{n / t_split:>12,.0f}{n / t_tok:>13,.0f}{n / t_ours:>11,.0f}{points / n:>8.1f}"
                   f"{t_split / t_ours:>8.1%}{t_tok / t_ours:>8.1%}{n / t_naive:>10,.0f}{t_naive / t_ours:>10.1f}x"
                   f"{n / t_pods:>11,.0f}{n / t_poll:>11,.0f}{n / t_default:>13,.0f}")
+    if args.anatomy:
+        for fmt in ("hf", "megatron"):
+            anatomy(fmt, args.lines, args.repeat)
     print(f"\n{load()}")
 
 
