@@ -8,22 +8,22 @@ its files (and, for short runs, from the dashboard) independently of the source 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from rawhttp import free_port, stop_process
 
 HERE = Path(__file__).resolve()
 SWANLAB_EXE = Path(sys.executable).with_name("swanlab")
@@ -136,7 +136,7 @@ def _main(logdir: str, plan: list[dict[str, Any]]) -> None:
         print(f"{_MARK}ok", flush=True)
 
 
-# ---- reading back what SwanLab wrote (the oracle for create_time), waiting, servers
+# ---- reading back what SwanLab wrote (the oracle for create_time), waiting, the dashboard
 
 
 def file_points(logdir: Path, run_id: str, folders: dict[str, str]) -> list[tuple]:
@@ -196,12 +196,6 @@ def wait_for(predicate: Callable[[], Any], what: str, deadline_s: float = 60.0) 
         time.sleep(0.1)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def swanlab_watch(logdir: Path, env: dict[str, str]) -> Iterator[tuple[str, subprocess.Popen]]:
     """A real `swanlab watch` on a free local port; yields (base URL, process) once it answers."""
@@ -213,12 +207,7 @@ def swanlab_watch(logdir: Path, env: dict[str, str]) -> Iterator[tuple[str, subp
         wait_for(lambda: proc.poll() is None and api(url, "/api/v1/project") is not None, "swanlab watch to answer")
         yield url, proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def api(url: str, path: str) -> Any:
@@ -226,44 +215,6 @@ def api(url: str, path: str) -> Any:
     resp = httpx.get(url + path, timeout=10)
     resp.raise_for_status()
     return resp.json()["data"]
-
-
-Handler = Callable[[str], Awaitable[bytes | None]]
-
-
-@contextlib.asynccontextmanager
-async def raw_http_server(handler: Handler) -> AsyncIterator[str]:
-    """A tiny HTTP server on the running loop: `handler(path)` returns the raw answer, or None to hang up."""
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request = await reader.readuntil(b"\r\n\r\n")
-            answer = await handler(request.split(b" ", 2)[1].decode())
-            if answer is not None:
-                writer.write(answer)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(server.wait_closed(), 2)
-
-
-def http_response(body: Any, status: str = "200 OK", content_type: str = "application/json") -> bytes:
-    """Raw HTTP/1.1 bytes; a dict or list body is sent as JSON."""
-    text = body if isinstance(body, str | bytes) else json.dumps(body)
-    data = text.encode() if isinstance(text, str) else text
-    head = (f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(data)}\r\n"
-            "Connection: close\r\n\r\n")
-    return head.encode() + data
 
 
 if __name__ == "__main__":

@@ -1,16 +1,15 @@
-"""Helpers for the TensorBoard source tests: real event files, an independent oracle, servers to talk to."""
+"""Helpers for the TensorBoard source tests: real event files, an independent oracle, a real server to talk to."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import json
 import math
-import socket
 import struct
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,10 @@ from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
 from tensorboardX.proto.tensor_pb2 import TensorProto
 from tensorboardX.proto.tensor_shape_pb2 import TensorShapeProto
 
-from trainscope.collector.points import Point
+from trainscope.collector.points import Batch, Point
+from trainscope.collector.sources.tensorboard import TensorBoardSource
+
+from rawhttp import free_port, stop_process
 
 SPECIALS = [math.nan, math.inf, -math.inf]
 _SCALARS_MD = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="scalars"))
@@ -143,6 +145,27 @@ def oracle(logdir: Path, only_run: str | None = None, label: str | None = None) 
     return keys(out)
 
 
+async def drain(src: TensorBoardSource, cursor: Any = None, max_polls: int = 10_000,
+                one_event_over: bool = False) -> tuple[list, Any, list[Batch]]:
+    """Poll until more=False, passing the cursor through JSON like the store does; return points, cursor, batches.
+
+    A batch holds at most max_batch_points, except one lone Event carrying more values (`one_event_over`).
+    """
+    points, batches = [], []
+    for _ in range(max_polls):
+        batch = await src.poll(cursor)
+        if one_event_over and len(batch.points) > src.ctx.max_batch_points:
+            assert len({(p.run, p.step, p.ts) for p in batch.points}) == 1
+        else:
+            assert len(batch.points) <= src.ctx.max_batch_points
+        cursor = json.loads(json.dumps(batch.cursor))
+        points += batch.points
+        batches.append(batch)
+        if not batch.more:
+            return points, cursor, batches
+    raise AssertionError("source never finished")
+
+
 def event_files(logdir: Path) -> list[Path]:
     return sorted(logdir.rglob("*tfevents*"))
 
@@ -157,12 +180,6 @@ def records(data: bytes) -> list[tuple[int, int]]:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def tensorboard_server(logdir: Path, *extra: str) -> Iterator[str]:
     """A real `tensorboard` subprocess on a free local port; yields its base URL."""
@@ -174,12 +191,7 @@ def tensorboard_server(logdir: Path, *extra: str) -> Iterator[str]:
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         if proc.stderr:
             proc.stderr.close()
 
@@ -196,41 +208,6 @@ def wait_for(predicate: Callable[[], bool], deadline_s: float = 90.0, what: str 
         if time.monotonic() > end:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.3)
-
-
-Handler = Callable[[str], Awaitable[bytes]]
-
-
-@contextlib.asynccontextmanager
-async def raw_http_server(handler: Handler) -> AsyncIterator[str]:
-    """A tiny HTTP server on the running loop: `handler(path)` returns the raw bytes answered (status line too)."""
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request = await reader.readuntil(b"\r\n\r\n")
-            path = request.split(b" ", 2)[1].decode()
-            writer.write(await handler(path))
-            await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(server.wait_closed(), 2)
-
-
-def http_response(body: bytes | str, status: str = "200 OK", content_type: str = "application/json") -> bytes:
-    data = body.encode() if isinstance(body, str) else body
-    head = (f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(data)}\r\n"
-            "Connection: close\r\n\r\n")
-    return head.encode() + data
 
 
 def fetch_json(url: str, **params: Any) -> Any:

@@ -14,7 +14,7 @@ import httpx
 from trainscope.operator.status import MAX_LATEST
 
 from faults import EventFile
-from kube import Cluster, Operator, compare_points, db_points, eventually, read_scalars, show
+from kube import Cluster, Operator, Scalar, compare_points, db_points, eventually, read_scalars, show
 
 WAIT = 60.0
 HOSTILE = [
@@ -30,6 +30,18 @@ async def _metrics_text(operator: Operator) -> str:
     return rsp.text
 
 
+async def _stored_exactly(database_url: str, uid: str, truth: dict[tuple[str, str, int], Scalar], what: str) -> None:
+    """Wait until the store holds exactly `truth` for the Workload `uid` (source "tb"), failing with `what`."""
+
+    async def stored() -> None:
+        try:
+            points = await db_points(database_url, uid)
+        except asyncpg.PostgresError as exc:  # the operator has not migrated the database yet
+            raise AssertionError(str(exc)) from None
+        compare_points(points, truth, "tb")
+    await eventually(stored, within=WAIT, what=what)
+
+
 async def test_hostile_metric_names_survive_store_status_and_metrics(cluster: Cluster, operator: Operator,
                                                                      database_url: str, tmp_path: Path) -> None:
     run = EventFile(tmp_path / "names", tags=HOSTILE)
@@ -42,14 +54,7 @@ async def test_hostile_metric_names_survive_store_status_and_metrics(cluster: Cl
     spec = {"sources": [{"name": "tb", "tensorboard": {"logDir": str(tmp_path / "names")}}], "pollInterval": "200ms",
             "prometheus": {"metrics": ["*"]}}
     uid = (await cluster.create("names", spec))["metadata"]["uid"]
-
-    async def stored() -> None:
-        try:
-            points = await db_points(database_url, uid)
-        except asyncpg.PostgresError as exc:  # the operator has not migrated the database yet
-            raise AssertionError(str(exc)) from None
-        compare_points(points, truth, "tb")
-    await eventually(stored, within=WAIT, what="every hostile name stored exactly")
+    await _stored_exactly(database_url, uid, truth, "every hostile name stored exactly")
 
     async def shown() -> dict:
         obj = await cluster.workload("names")
@@ -87,14 +92,7 @@ async def test_ten_thousand_metric_names_stay_bounded(cluster: Cluster, operator
     uid = (await cluster.create("wide", spec))["metadata"]["uid"]
     truth = read_scalars(tmp_path / "wide")
     assert len(truth) == 20_000
-
-    async def stored() -> None:
-        try:
-            points = await db_points(database_url, uid)
-        except asyncpg.PostgresError as exc:  # the operator has not migrated the database yet
-            raise AssertionError(str(exc)) from None
-        compare_points(points, truth, "tb")
-    await eventually(stored, within=WAIT, what="20,000 points of 10,000 names stored")
+    await _stored_exactly(database_url, uid, truth, "20,000 points of 10,000 names stored")
 
     async def shown() -> dict:
         obj = await cluster.workload("wide")

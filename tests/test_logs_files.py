@@ -7,14 +7,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-import celpy
 import pytest
 
 from trainscope.collector.points import Point
 from trainscope.collector.sources.base import SourceContext, SourceError
 from trainscope.collector.sources.logs import LogsSource
-from trainscope.collector.spec import SpecError, parse_spec
+from trainscope.collector.spec import parse_spec
 from trainscope.operator.crd import spec_crd_schema, to_structural
+
+from schemachecks import assert_cel_rule, assert_spec_error, assert_structural
 
 SCHEMAS = {"logs": LogsSource.schema}
 
@@ -151,9 +152,7 @@ def test_valid_configs(block: dict[str, Any]):
     ({"path": "x", "loggingSteps": 0}, "spec.sources[0].logs.loggingSteps", "less than the minimum"),
 ])
 def test_invalid_configs_name_the_field(block: dict[str, Any], field: str, words: str):
-    with pytest.raises(SpecError) as err:
-        parse_spec(spec(block), SCHEMAS)
-    assert err.value.field == field and words in err.value.message, str(err.value)
+    assert_spec_error(spec(block), SCHEMAS, field, words)
 
 
 @pytest.mark.parametrize(("block", "words"), [
@@ -168,29 +167,14 @@ def test_constructor_rejects_what_the_schema_cannot_see(block: dict[str, Any], w
     assert err.value.reason == "BadConfig"
 
 
-def _nodes(schema: dict[str, Any], name: str = "logs"):
-    yield name, schema
-    for prop, sub in schema.get("properties", {}).items():
-        yield from _nodes(sub, f"{name}.{prop}")
-    if isinstance(schema.get("items"), dict):
-        yield from _nodes(schema["items"], f"{name}[]")
-
-
 def test_schema_is_structural_and_the_cel_rules_agree():
     schema = LogsSource.schema
-    for name, node in _nodes(schema):
-        assert "type" in node, name
-        if not name.endswith("[]"):
-            assert node.get("description"), name
-        if node["type"] == "object" and not name.endswith("matchLabels"):
-            assert node["additionalProperties"] is False, name
+    assert_structural(schema, "logs", open_object=lambda name: name.endswith("matchLabels"))
     to_structural(schema, "logs")
     assert "logs" in spec_crd_schema({**SCHEMAS})["properties"]["sources"]["items"]["properties"]
-    env = celpy.Environment()
-    one_of, none_needs = (env.program(env.compile(r["rule"])) for r in schema["x-kubernetes-validations"])
-    for block, ok in [({"pods": {}}, True), ({"path": "x"}, True), ({}, False), ({"pods": {}, "path": "x"}, False)]:
-        assert bool(one_of.evaluate({"self": celpy.json_to_cel(block)})) is ok
-    for block, ok in [({"path": "x"}, True), ({"path": "x", "format": "none"}, False),
-                      ({"path": "x", "format": "none", "patterns": ["(?P<a>1)"]}, True),
-                      ({"path": "x", "format": "hf"}, True)]:
-        assert bool(none_needs.evaluate({"self": celpy.json_to_cel(block)})) is ok
+    one_of, none_needs = (r["rule"] for r in schema["x-kubernetes-validations"])
+    assert_cel_rule(one_of, [({"pods": {}}, True), ({"path": "x"}, True), ({}, False),
+                             ({"pods": {}, "path": "x"}, False)])
+    assert_cel_rule(none_needs, [({"path": "x"}, True), ({"path": "x", "format": "none"}, False),
+                                 ({"path": "x", "format": "none", "patterns": ["(?P<a>1)"]}, True),
+                                 ({"path": "x", "format": "hf"}, True)])

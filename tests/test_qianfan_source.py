@@ -22,7 +22,7 @@ from trainscope.collector.sources.qianfan import (
     METRIC_TRAIN_TIME,
     QianfanSource,
 )
-from trainscope.collector.spec import SpecError, parse_spec
+from trainscope.collector.spec import parse_spec
 from trainscope.operator.crd import build_crd, registry_schemas
 
 from fakes.qianfan_server import (
@@ -40,7 +40,8 @@ from fakes.qianfan_server import (
     qianfan_error,
     serve,
 )
-from tbfixtures import free_port
+from rawhttp import free_port
+from schemachecks import assert_spec_error
 
 
 @pytest.fixture
@@ -440,9 +441,7 @@ def test_valid_configs(block: dict[str, Any]):
     ({"taskId": 1, "jobId": 1, "timeout": "10"}, "spec.sources[0].qianfan.timeout", "is not a duration"),
 ])
 def test_invalid_configs_name_the_field(block: dict[str, Any], field: str, words: str):
-    with pytest.raises(SpecError) as err:
-        parse_spec(spec(block), SCHEMAS)
-    assert err.value.field == field and words in err.value.message, str(err.value)
+    assert_spec_error(spec(block), SCHEMAS, field, words)
 
 
 def test_schema_is_structural_in_the_crd():

@@ -6,7 +6,6 @@ what the real server sends in those cases (HTTP 500 with code 3555 and its messa
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
@@ -14,7 +13,7 @@ import pytest
 from trainscope.collector.sources import SourceContext, SourceError
 from trainscope.collector.sources.swanlab import SwanLabSource
 
-from swanfixtures import free_port, http_response, raw_http_server
+from rawhttp import free_port, http_response, raw_http_server, silent_server_error
 
 T = "2026-01-02T03:04:05.000001+00:00"
 PROJECT = {"code": 0, "message": "success", "data": {"id": 1, "name": "p", "experiments": [
@@ -129,18 +128,5 @@ async def test_server_down_is_unreachable():
 
 
 async def test_slow_server_times_out():
-    release = asyncio.Event()
-
-    async def slow(path: str) -> bytes:
-        await release.wait()
-        return b""
-
-    async with raw_http_server(slow) as url:
-        src = SwanLabSource({"url": url, "timeout": "200ms"}, SourceContext())
-        try:
-            with pytest.raises(SourceError) as err:
-                await src.poll(None)
-        finally:
-            release.set()
-            await src.aclose()
-    assert err.value.reason == "Timeout" and "0.2s" in str(err.value)
+    err = await silent_server_error(lambda url: SwanLabSource({"url": url, "timeout": "200ms"}, SourceContext()))
+    assert err.reason == "Timeout" and "0.2s" in str(err)

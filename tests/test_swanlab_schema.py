@@ -7,14 +7,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-import celpy
 import pytest
 
 from trainscope.collector.points import RunState
 from trainscope.collector.sources import SourceContext, SourceError
 from trainscope.collector.sources import swanlab_files as files
 from trainscope.collector.sources.swanlab import ExperimentSelector, SwanLabSource, run_state, unwrap_config
-from trainscope.collector.spec import SpecError, parse_spec
+from trainscope.collector.spec import parse_spec
+
+from schemachecks import assert_constructor_says_exactly_one, assert_logdir_or_url_schema, assert_spec_error
 
 SCHEMAS = {SwanLabSource.kind: SwanLabSource.schema}
 
@@ -52,39 +53,15 @@ def test_valid_configs(block: dict[str, Any]):
     ({"logDir": "/l", "metrics": {"only": ["x"]}}, "spec.sources[0].swanlab.metrics.only", "unknown field"),
 ])
 def test_invalid_configs_name_the_field(block: dict[str, Any], field: str, words: str):
-    with pytest.raises(SpecError) as err:
-        parse_spec(spec(block), SCHEMAS)
-    assert err.value.field == field and words in err.value.message, str(err.value)
+    assert_spec_error(spec(block), SCHEMAS, field, words)
 
 
 def test_constructor_says_exactly_one():
-    for block in ({}, {"logDir": "/l", "url": "http://h"}):
-        with pytest.raises(SourceError, match="set exactly one of logDir or url"):
-            SwanLabSource(block, SourceContext())
-
-
-def _objects(schema: dict[str, Any], name: str = "swanlab"):
-    yield name, schema
-    for prop, sub in schema.get("properties", {}).items():
-        yield from _objects(sub, f"{name}.{prop}")
-    if isinstance(schema.get("items"), dict):
-        yield from _objects(schema["items"], f"{name}[]")
+    assert_constructor_says_exactly_one(SwanLabSource)
 
 
 def test_schema_is_structural_and_the_cel_rule_agrees():
-    schema = SwanLabSource.schema
-    for name, node in _objects(schema):
-        assert "type" in node, name
-        if not name.endswith("[]"):
-            assert node.get("description"), name
-        if node["type"] == "object":
-            assert node["additionalProperties"] is False, name
-    for sub in schema["oneOf"]:
-        assert set(sub) == {"required"}
-    (rule,) = schema["x-kubernetes-validations"]
-    program = celpy.Environment().program(celpy.Environment().compile(rule["rule"]))
-    for block, ok in [({"logDir": "x"}, True), ({"url": "u"}, True), ({}, False), ({"logDir": "x", "url": "u"}, False)]:
-        assert bool(program.evaluate({"self": celpy.json_to_cel(block)})) is ok
+    assert_logdir_or_url_schema(SwanLabSource.schema, "swanlab")
 
 
 def test_relative_logdir_starts_at_the_base_dir(tmp_path: Path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import os
 import struct
@@ -16,7 +15,6 @@ from tensorboardX import SummaryWriter
 from tensorboardX.proto.summary_pb2 import Summary
 from tensorboardX.proto.tensor_pb2 import TensorProto
 
-from trainscope.collector.points import Batch
 from trainscope.collector.sources import REGISTRY, SourceContext, SourceError, tfevents
 from trainscope.collector.sources.tensorboard import TensorBoardSource
 from trainscope.collector.sources.tfevents import frame
@@ -24,6 +22,7 @@ from trainscope.collector.sources.tfevents import frame
 from tbfixtures import (
     OpenWriter,
     add_summary,
+    drain,
     event_files,
     key,
     keys,
@@ -38,27 +37,6 @@ from tbfixtures import (
 def source(logdir: Path | str, max_points: int = 50_000, base: Path | None = None, **config: Any) -> TensorBoardSource:
     ctx = SourceContext(max_batch_points=max_points, base_dir=base or Path.cwd())
     return TensorBoardSource({"logDir": str(logdir), **config}, ctx)
-
-
-async def drain(src: TensorBoardSource, cursor: Any = None, max_polls: int = 10_000,
-                one_event_over: bool = False) -> tuple[list, Any, list[Batch]]:
-    """Poll until more=False, passing the cursor through JSON like the store does; return points, cursor, batches.
-
-    A batch holds at most max_batch_points, except one lone Event carrying more values (`one_event_over`).
-    """
-    points, batches = [], []
-    for _ in range(max_polls):
-        batch = await src.poll(cursor)
-        if one_event_over and len(batch.points) > src.ctx.max_batch_points:
-            assert len({(p.run, p.step, p.ts) for p in batch.points}) == 1
-        else:
-            assert len(batch.points) <= src.ctx.max_batch_points
-        cursor = json.loads(json.dumps(batch.cursor))
-        points += batch.points
-        batches.append(batch)
-        if not batch.more:
-            return points, cursor, batches
-    raise AssertionError("source never finished")
 
 
 def test_registered():

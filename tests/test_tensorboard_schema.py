@@ -6,18 +6,18 @@ import math
 import struct
 from typing import Any
 
-import celpy
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tensorboardX.proto.event_pb2 import Event
 from tensorboardX.proto.summary_pb2 import Summary
 
-from trainscope.collector.sources import SourceContext, SourceError
+from trainscope.collector.sources import SourceContext
 from trainscope.collector.sources.tensorboard import TensorBoardSource
 from trainscope.collector.sources.tfevents import EventScanner, decode_event, frame
-from trainscope.collector.spec import SpecError, parse_spec
+from trainscope.collector.spec import parse_spec
 
+from schemachecks import assert_constructor_says_exactly_one, assert_logdir_or_url_schema, assert_spec_error
 from tbfixtures import tensor_summary
 
 
@@ -48,39 +48,15 @@ def test_valid_configs(block: dict[str, Any]):
     ({"logDir": "/l", "tags": {"only": ["x"]}}, "spec.sources[0].tensorboard.tags.only", "unknown field"),
 ])
 def test_invalid_configs_name_the_field(block: dict[str, Any], field: str, words: str):
-    with pytest.raises(SpecError) as err:
-        parse_spec(spec(block))
-    assert err.value.field == field and words in err.value.message, str(err.value)
+    assert_spec_error(spec(block), None, field, words)
 
 
 def test_constructor_says_exactly_one():
-    for block in ({}, {"logDir": "/l", "url": "http://h"}):
-        with pytest.raises(SourceError, match="set exactly one of logDir or url"):
-            TensorBoardSource(block, SourceContext())
-
-
-def _objects(schema: dict[str, Any], name: str = "tensorboard"):
-    yield name, schema
-    for prop, sub in schema.get("properties", {}).items():
-        yield from _objects(sub, f"{name}.{prop}")
-    if isinstance(schema.get("items"), dict):
-        yield from _objects(schema["items"], f"{name}[]")
+    assert_constructor_says_exactly_one(TensorBoardSource)
 
 
 def test_schema_is_structural_and_the_cel_rule_agrees():
-    schema = TensorBoardSource.schema
-    for name, node in _objects(schema):
-        assert "type" in node, name
-        if not name.endswith("[]"):
-            assert node.get("description"), name
-        if node["type"] == "object":
-            assert node["additionalProperties"] is False, name
-    for sub in schema["oneOf"]:
-        assert set(sub) == {"required"}  # value validation only, as structural schemas require
-    (rule,) = schema["x-kubernetes-validations"]
-    program = celpy.Environment().program(celpy.Environment().compile(rule["rule"]))
-    for block, ok in [({"logDir": "x"}, True), ({"url": "u"}, True), ({}, False), ({"logDir": "x", "url": "u"}, False)]:
-        assert bool(program.evaluate({"self": celpy.json_to_cel(block)})) is ok
+    assert_logdir_or_url_schema(TensorBoardSource.schema, "tensorboard")
 
 
 # ---- the decoder, against protobuf's own encoder

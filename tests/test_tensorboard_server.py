@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 from collections.abc import Iterator
@@ -15,16 +14,15 @@ from tensorboardX import SummaryWriter
 from trainscope.collector.sources import SourceContext, SourceError
 from trainscope.collector.sources.tensorboard import TensorBoardSource
 
+from rawhttp import free_port, http_response, raw_http_server, silent_server_error
 from tbfixtures import (
     SPECIALS,
     OpenWriter,
     add_summary,
+    drain,
     fetch_json,
-    free_port,
-    http_response,
     key,
     keys,
-    raw_http_server,
     tensor_summary,
     tensorboard_server,
     wait_for,
@@ -36,19 +34,6 @@ SHORT_STEPS = 200
 
 def url_source(url: str, max_points: int = 50_000, **config: Any) -> TensorBoardSource:
     return TensorBoardSource({"url": url, **config}, SourceContext(max_batch_points=max_points))
-
-
-async def drain(src: TensorBoardSource, cursor: Any = None) -> tuple[list, Any, list]:
-    points, batches = [], []
-    for _ in range(1000):
-        batch = await src.poll(cursor)
-        assert len(batch.points) <= src.ctx.max_batch_points
-        cursor = json.loads(json.dumps(batch.cursor))
-        points += batch.points
-        batches.append(batch)
-        if not batch.more:
-            return points, cursor, batches
-    raise AssertionError("source never finished")
 
 
 @pytest.fixture(scope="module")
@@ -204,18 +189,5 @@ async def test_bare_nan_and_vanished_tags_are_handled():
 
 
 async def test_slow_server_times_out():
-    release = asyncio.Event()
-
-    async def handler(path: str) -> bytes:
-        await release.wait()  # never answers until the test is over
-        return b""
-
-    async with raw_http_server(handler) as url:
-        src = url_source(url, timeout="200ms")
-        try:
-            with pytest.raises(SourceError) as err:
-                await src.poll(None)
-        finally:
-            release.set()
-            await src.aclose()
-    assert err.value.reason == "Timeout" and "0.2s" in str(err.value)
+    err = await silent_server_error(lambda url: url_source(url, timeout="200ms"))
+    assert err.reason == "Timeout" and "0.2s" in str(err)

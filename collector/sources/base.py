@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
+import httpx
+
 from trainscope.collector.points import Batch, Cursor
+from trainscope.collector.spec import DURATION_PATTERN, exactly_one_of, parse_duration
 
 # Resolves a secret reference ({"name", "key"} in the Workload's namespace, or an env var) to its value.
 SecretResolver = Callable[[dict[str, str]], Awaitable[str]]
@@ -94,3 +98,83 @@ class SourceFactory(Protocol):
     schema: ClassVar[dict[str, Any]]
 
     def __call__(self, config: dict[str, Any], ctx: SourceContext) -> Source: ...
+
+
+def log_dir_or_url_schema(description: str, log_dir: str, url: str, properties: dict[str, Any]) -> dict[str, Any]:
+    """The config schema of a kind that reads a log directory or a server showing one: exactly one of logDir or
+    url (described for the kind), then the kind's own `properties`; one definition of what a path and a URL may be."""
+    return {
+        "type": "object",
+        "description": description,
+        "additionalProperties": False,
+        "properties": {
+            "logDir": {"type": "string", "minLength": 1, "maxLength": 4096, "description": log_dir},
+            "url": {"type": "string", "pattern": r"^https?://[^\s/]+(/\S*)?$", "maxLength": 2048,
+                    "description": url},
+            **properties,
+        },
+        **exactly_one_of("logDir", "url"),
+    }
+
+
+def url_timeout_property() -> dict[str, Any]:
+    """The `timeout` field of such a kind: how long url mode waits for each request (LogDirOrUrlSource reads it)."""
+    return {"type": "string", "pattern": DURATION_PATTERN, "default": "10s",
+            "description": "Per-request timeout in url mode, e.g. 10s."}
+
+
+class LogDirOrUrlSource:
+    """Base of the kinds that read either a log directory (logDir) or a server showing one (url): one copy of the
+    exactly-one check, the path resolution, poll's dispatch to the mode and the url mode's HTTP client."""
+
+    kind: ClassVar[str]
+    program: ClassVar[str]  # what serves url mode, as messages name it, e.g. "TensorBoard"
+
+    def __init__(self, config: dict[str, Any], ctx: SourceContext):
+        if ("logDir" in config) == ("url" in config):
+            raise SourceError(f"{self.kind}: set exactly one of logDir or url", reason="BadConfig")
+        self.ctx = ctx
+        self.timeout = parse_duration(config.get("timeout", "10s"))
+        self.log_dir: Path | None = None
+        self.url: str | None = None
+        if "logDir" in config:
+            path = Path(config["logDir"]).expanduser()
+            self.log_dir = path if path.is_absolute() else Path(ctx.base_dir) / path
+        else:
+            self.url = config["url"].rstrip("/")
+        self._client: httpx.AsyncClient | None = None
+
+    async def poll(self, cursor: Cursor | None) -> Batch:
+        """Return the points after `cursor`, at most ctx.max_batch_points of them."""
+        if self.log_dir is not None:
+            return await asyncio.to_thread(self._poll_logdir, cursor)
+        return await self._poll_url(cursor)
+
+    def _poll_logdir(self, cursor: Cursor | None) -> Batch:
+        raise NotImplementedError
+
+    async def _poll_url(self, cursor: Cursor | None) -> Batch:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def _http(self) -> httpx.AsyncClient:
+        """The url mode's HTTP client, made on first use (a logDir source never needs one)."""
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=self.timeout, follow_redirects=True)
+        return self._client
+
+    def _no_answer(self, path: str, e: httpx.HTTPError) -> SourceError:
+        """The SourceError for a GET of `path` that got no HTTP answer, worded alike for every kind."""
+        url = f"{self.url}{path}"
+        if isinstance(e, httpx.TimeoutException):
+            return SourceError(f"{self.program} at {self.url} did not answer {path} within {self.timeout:g}s",
+                               reason="Timeout")
+        if isinstance(e, httpx.ConnectError):
+            return SourceError(f"cannot connect to {self.program} at {self.url}: {e}", reason="Unreachable")
+        if isinstance(e, httpx.RemoteProtocolError):
+            return SourceError(f"{url} did not answer in HTTP: {e}", reason="BadResponse")
+        return SourceError(f"request to {url} failed: {e}", reason="Unreachable")

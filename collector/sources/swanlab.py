@@ -19,11 +19,16 @@ import httpx
 
 from trainscope.collector.points import Batch, Cursor, Point, RunState
 from trainscope.collector.sources import swanlab_files as files
-from trainscope.collector.sources.base import SourceContext, SourceError
+from trainscope.collector.sources.base import (
+    LogDirOrUrlSource,
+    SourceContext,
+    SourceError,
+    log_dir_or_url_schema,
+    url_timeout_property,
+)
 from trainscope.collector.spec import (
     DURATION_PATTERN,
     MetricFilter,
-    exactly_one_of,
     metric_filter_schema,
     parse_duration,
 )
@@ -103,23 +108,19 @@ class ExperimentSelector:
         return chosen, missing
 
 
-class SwanLabSource:
+class SwanLabSource(LogDirOrUrlSource):
     """Scalars of SwanLab experiments; see docs/sources/swanlab.md."""
 
     kind: ClassVar[str] = "swanlab"
-    schema: ClassVar[dict[str, Any]] = {
-        "type": "object",
-        "description": "Scalars of SwanLab experiments, from a SwanLab log directory (logDir, complete) or a "
-                       "`swanlab watch` dashboard (url, at most 1,499 points per metric). Set exactly one of "
-                       "logDir or url.",
-        "additionalProperties": False,
-        "properties": {
-            "logDir": {"type": "string", "minLength": 1, "maxLength": 4096,
-                       "description": "SwanLab log directory (the one holding runs.swanlab, i.e. swanlab.init's "
-                                      "logdir in local mode). Relative paths start at the collector's base dir."},
-            "url": {"type": "string", "pattern": r"^https?://[^\s/]+(/\S*)?$", "maxLength": 2048,
-                    "description": "Base URL of a SwanLab dashboard (`swanlab watch`), e.g. http://swanlab:5092. "
-                                   "It serves at most 1,499 points per metric and no metric holding NaN/Inf."},
+    program: ClassVar[str] = "SwanLab"
+    schema: ClassVar[dict[str, Any]] = log_dir_or_url_schema(
+        "Scalars of SwanLab experiments, from a SwanLab log directory (logDir, complete) or a `swanlab watch` "
+        "dashboard (url, at most 1,499 points per metric). Set exactly one of logDir or url.",
+        log_dir="SwanLab log directory (the one holding runs.swanlab, i.e. swanlab.init's logdir in local mode). "
+                "Relative paths start at the collector's base dir.",
+        url="Base URL of a SwanLab dashboard (`swanlab watch`), e.g. http://swanlab:5092. It serves at most 1,499 "
+            "points per metric and no metric holding NaN/Inf.",
+        properties={
             "experiments": {
                 "type": "object",
                 "additionalProperties": False,
@@ -135,45 +136,21 @@ class SwanLabSource:
                 },
             },
             "metrics": {**metric_filter_schema(), "description": "Which SwanLab metric keys are read (globs)."},
-            "timeout": {"type": "string", "pattern": DURATION_PATTERN, "default": "10s",
-                        "description": "Per-request timeout in url mode, e.g. 10s."},
+            "timeout": url_timeout_property(),
             "staleAfter": {"type": "string", "pattern": DURATION_PATTERN, "default": "10m",
                            "description": "A run still 'running' whose newest point is older than this gets a "
                                           "health note (a killed SwanLab run never leaves 'running')."},
         },
-        **exactly_one_of("logDir", "url"),
-    }
+    )
 
     def __init__(self, config: dict[str, Any], ctx: SourceContext):
-        if ("logDir" in config) == ("url" in config):
-            raise SourceError("swanlab: set exactly one of logDir or url", reason="BadConfig")
-        self.ctx = ctx
+        super().__init__(config, ctx)
         self.metrics = MetricFilter.from_dict(config.get("metrics"))
         self.selector = ExperimentSelector(config.get("experiments"))
-        self.timeout = parse_duration(config.get("timeout", "10s"))
         self.stale_after = parse_duration(config.get("staleAfter", "10m"))
-        self.log_dir: Path | None = None
-        self.url: str | None = None
-        if "logDir" in config:
-            path = Path(config["logDir"]).expanduser()
-            self.log_dir = path if path.is_absolute() else Path(ctx.base_dir) / path
-        else:
-            self.url = config["url"].rstrip("/")
-        self._client: httpx.AsyncClient | None = None
         self._sent: dict[str, dict[str, Any]] = {}  # run label -> metadata already handed out by this instance
         self._extra: dict[str, dict[str, Any]] = {}  # run label -> config/system/error once read
         self._unservable: set[tuple[str, str]] = set()
-
-    async def poll(self, cursor: Cursor | None) -> Batch:
-        """Return the points after `cursor`, at most ctx.max_batch_points of them."""
-        if self.log_dir is not None:
-            return await asyncio.to_thread(self._poll_logdir, cursor)
-        return await self._poll_url(cursor)
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
 
     # ---- shared
 
@@ -267,28 +244,21 @@ class SwanLabSource:
 
     async def _get(self, path: str) -> Any:
         """GET an API path and unwrap {"code": 0, "data": ...}; 500s are retried a few times (see _RETRIES)."""
-        if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self.timeout, follow_redirects=True)
         url = f"{self.url}{path}"
         for attempt in range(_RETRIES + 1):
             try:
-                resp = await self._client.get(url)
-            except httpx.TimeoutException as e:
-                raise SourceError(f"SwanLab at {self.url} did not answer {path} within {self.timeout:g}s",
-                                  reason="Timeout") from e
-            except httpx.ConnectError as e:
-                raise SourceError(f"cannot connect to SwanLab at {self.url}: {e}", reason="Unreachable") from e
+                resp = await self._http().get(url)
             except httpx.RemoteProtocolError as e:
                 if "disconnected" not in str(e):
-                    raise SourceError(f"{url} did not answer in HTTP: {e}", reason="BadResponse") from e
+                    raise self._no_answer(path, e) from e
                 if attempt < _RETRIES:  # a server going away, or restarting
                     await asyncio.sleep(_RETRY_BASE * 2 ** attempt)
                     continue
                 raise SourceError(f"SwanLab at {self.url} closed the connection without an HTTP answer to GET "
                                   f"{path} (it went away, or this is not a SwanLab dashboard)",
                                   reason="Unreachable") from e
-            except httpx.HTTPError as e:
-                raise SourceError(f"request to {url} failed: {e}", reason="Unreachable") from e
+            except httpx.HTTPError as e:  # timeouts, refused connections, ...
+                raise self._no_answer(path, e) from e
             if resp.status_code == 500:
                 message = _message(resp)
                 if _NON_FINITE in message:

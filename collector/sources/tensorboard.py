@@ -18,15 +18,15 @@ from typing import Any, ClassVar
 import httpx
 
 from trainscope.collector.points import Batch, Cursor, Point
-from trainscope.collector.sources.base import SourceContext, SourceError
-from trainscope.collector.sources.tfevents import EventScanner, read_file
-from trainscope.collector.spec import (
-    DURATION_PATTERN,
-    MetricFilter,
-    exactly_one_of,
-    metric_filter_schema,
-    parse_duration,
+from trainscope.collector.sources.base import (
+    LogDirOrUrlSource,
+    SourceContext,
+    SourceError,
+    log_dir_or_url_schema,
+    url_timeout_property,
 )
+from trainscope.collector.sources.tfevents import EventScanner, read_file
+from trainscope.collector.spec import MetricFilter, metric_filter_schema
 
 SERVER_SAMPLE_SIZE = 1000  # TensorBoard's default reservoir size for scalars
 _FETCH_WINDOW = 8  # tag series fetched concurrently in url mode
@@ -67,56 +67,27 @@ def _walk_runs(root: Path) -> tuple[list[tuple[str, str, str]], list[str]]:
     return found, notes
 
 
-class TensorBoardSource:
+class TensorBoardSource(LogDirOrUrlSource):
     """Scalars of TensorBoard runs; see docs/sources/tensorboard.md."""
 
     kind: ClassVar[str] = "tensorboard"
-    schema: ClassVar[dict[str, Any]] = {
-        "type": "object",
-        "description": "Scalars from TensorBoard event files (logDir, complete) or a TensorBoard server "
-                       "(url, sampled). Set exactly one of logDir or url.",
-        "additionalProperties": False,
-        "properties": {
-            "logDir": {"type": "string", "minLength": 1, "maxLength": 4096,
-                       "description": "Directory holding event files (searched recursively; each directory with "
-                                      "*tfevents* files is a run). Relative paths start at the collector's base dir."},
-            "url": {"type": "string", "pattern": r"^https?://[^\s/]+(/\S*)?$", "maxLength": 2048,
-                    "description": "Base URL of a running TensorBoard server (including any --path_prefix). "
-                                   "It serves a sample of 1,000 points per tag unless started with "
-                                   "--samples_per_plugin scalars=<large>."},
-            "tags": {**metric_filter_schema(), "description": "Which TensorBoard tags are read (globs)."},
-            "timeout": {"type": "string", "pattern": DURATION_PATTERN, "default": "10s",
-                        "description": "Per-request timeout in url mode, e.g. 10s."},
-        },
-        **exactly_one_of("logDir", "url"),
-    }
+    program: ClassVar[str] = "TensorBoard"
+    schema: ClassVar[dict[str, Any]] = log_dir_or_url_schema(
+        "Scalars from TensorBoard event files (logDir, complete) or a TensorBoard server (url, sampled). Set exactly "
+        "one of logDir or url.",
+        log_dir="Directory holding event files (searched recursively; each directory with *tfevents* files is a "
+                "run). Relative paths start at the collector's base dir.",
+        url="Base URL of a running TensorBoard server (including any --path_prefix). It serves a sample of 1,000 "
+            "points per tag unless started with --samples_per_plugin scalars=<large>.",
+        properties={"tags": {**metric_filter_schema(), "description": "Which TensorBoard tags are read (globs)."},
+                    "timeout": url_timeout_property()},
+    )
 
     def __init__(self, config: dict[str, Any], ctx: SourceContext):
-        if ("logDir" in config) == ("url" in config):
-            raise SourceError("tensorboard: set exactly one of logDir or url", reason="BadConfig")
-        self.ctx = ctx
+        super().__init__(config, ctx)
         self.tags = MetricFilter.from_dict(config.get("tags"))
-        self.timeout = parse_duration(config.get("timeout", "10s"))
-        self.log_dir: Path | None = None
-        self.url: str | None = None
-        if "logDir" in config:
-            path = Path(config["logDir"]).expanduser()
-            self.log_dir = path if path.is_absolute() else Path(ctx.base_dir) / path
-            self._scanner = EventScanner(self.tags.allows)
-        else:
-            self.url = config["url"].rstrip("/")
-        self._client: httpx.AsyncClient | None = None
-
-    async def poll(self, cursor: Cursor | None) -> Batch:
-        """Return the points after `cursor`, at most ctx.max_batch_points of them."""
         if self.log_dir is not None:
-            return await asyncio.to_thread(self._poll_logdir, cursor)
-        return await self._poll_url(cursor)
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+            self._scanner = EventScanner(self.tags.allows)
 
     # ---- logDir mode
 
@@ -164,20 +135,10 @@ class TensorBoardSource:
     # ---- url mode
 
     async def _get_json(self, path: str, params: dict[str, str] | None = None) -> Any:
-        if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self.timeout, follow_redirects=True)
-        url = f"{self.url}{path}"
         try:
-            resp = await self._client.get(url, params=params)
-        except httpx.TimeoutException as e:
-            raise SourceError(f"TensorBoard at {self.url} did not answer {path} within {self.timeout:g}s",
-                              reason="Timeout") from e
-        except httpx.ConnectError as e:
-            raise SourceError(f"cannot connect to TensorBoard at {self.url}: {e}", reason="Unreachable") from e
-        except httpx.RemoteProtocolError as e:
-            raise SourceError(f"{url} did not answer in HTTP: {e}", reason="BadResponse") from e
+            resp = await self._http().get(f"{self.url}{path}", params=params)
         except httpx.HTTPError as e:
-            raise SourceError(f"request to {url} failed: {e}", reason="Unreachable") from e
+            raise self._no_answer(path, e) from e
         if resp.status_code == 404 and params is not None:
             return None  # the tag went away between listing and fetching (TensorBoard reloaded)
         if resp.status_code >= 400:
