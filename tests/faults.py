@@ -3,11 +3,15 @@ and one small adapter per source kind (how to grow a run, where its truth is, wh
 
 - `OperatorProcess`: `python -m trainscope.cli operator` against the KMock emulator through a kubeconfig, so a test
   can SIGKILL it and measure its RSS/CPU with psutil.
-- `CountingCluster`: tests/kube.py's Cluster whose emulator counts status patches.
+- `CountingCluster`: tests/kube.py's Cluster whose emulator counts status patches and can make chosen pods'
+  `pods/{name}/log` misbehave (`set_log_fault`); the cluster entered last is `CountingCluster.active`, where the
+  `logs` adapter puts its pods.
 - `EventFile` / `LiveWriter`: real TensorBoard event files written with trainscope.demo's encoder (the exact
   layout tensorboardX writes, one scalar per event), fast enough for 500k points; a thread that keeps appending.
 - `SourceAdapter`: the fault tests are written against this; `ADAPTERS` maps a registered kind to its adapter.
   A new kind plugs in with a class that can grow a run, name its truth and give its spec item.
+- `PodLogsRun`: the `logs` kind's adapter: training pods in the emulator printing Megatron-LM lines with kubelet
+  timestamps, a container crash (read back with previous=true) and the resumed run printing steps again.
 - `FlakyServer`: an HTTP/1.1 server on 127.0.0.1 that serves a run correctly or misbehaves on demand (refuses,
   hangs, trickles, truncates, 5xx storms, wrong content types).
 """
@@ -32,25 +36,50 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 from urllib.parse import parse_qs, urlsplit
 
+import aiohttp.web
 import kmock
 import psutil
 
 from trainscope.collector.sources import REGISTRY
 from trainscope.demo import encode_event, frame
 
-from kube import Cluster, Emulator, Scalar, eventually, read_scalars
+from kube import NAMESPACE, Cluster, Emulator, Instance, LogEntry, Scalar, eventually, read_scalars, rfc3339nano
 
 # ---- the emulated API server, counting what the operator sends ---------------------------------------------------
 
 
+# What a misbehaving pods/{name}/log answers (CountingEmulator.set_log_fault). The API server itself stays up (kopf
+# and the other pods need it), so a refused connection is expressed per request as `reset`.
+LOG_MODES = ("ok", "reset", "hang", "trickle", "cut", "5xx", "html")
+_HTML_PAGE = ("<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1>"
+              "</center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n")
+
+
 class CountingEmulator(Emulator):
-    """The test emulator, counting status patches (per object) as they reach the API server."""
+    """The test emulator, counting status patches (per object) as they reach the API server, and able to make the
+    log of chosen pods misbehave (the pod-log endpoint failing while the rest of the API works).
+
+    Log modes (LOG_MODES): reset: the connection is dropped as the request arrives (a refused or reset
+    connection); hang: the request is read and never answered; trickle: the true answer, one byte every
+    `trickle_pause` s, and then the answer never ends; cut: the true answer's first half, cut inside a line, then the
+    connection is dropped; 5xx: 500/502/503 in turn, as Status objects; html: 200 with a proxy's HTML error page.
+    Hanging and trickling answers end when their pod's mode changes (or the client goes away).
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.status_patches = 0
         self.status_patches_by: dict[str, int] = {}
         self.stepped: set[str] = set()  # Workloads whose status got a step (cheap to read, unlike object history)
+        self.log_faults: dict[str, str] = {}  # pod name -> mode of its pods/{name}/log
+        self.log_requests: dict[str, int] = {}  # misbehaving log answers begun, by mode
+        self.trickle_pause = 0.2
+        self._n5xx = 0
+
+    def set_log_fault(self, pods: Iterable[str], mode: str) -> None:
+        assert mode in LOG_MODES, mode
+        for pod in pods:
+            self.log_faults[pod] = mode
 
     async def _handle(self, request: kmock.Request) -> Any:
         if request.subresource == "status" and request.action == kmock.action.UPDATE:
@@ -58,13 +87,107 @@ class CountingEmulator(Emulator):
             self.status_patches_by[request.name] = self.status_patches_by.get(request.name, 0) + 1
             if isinstance(request.data, dict) and (request.data.get("status") or {}).get("step"):
                 self.stepped.add(request.name)
+        if (request.resource is not None and request.resource.plural == "pods" and request.subresource == "log"
+                and self.log_faults.get(request.name or "", "ok") != "ok"):
+            return await self._misbehave(request, request.name or "", self.log_faults[request.name or ""])
         return await super()._handle(request)
+
+    def _log_answer(self, request: kmock.Request) -> bytes | None:
+        """What pods/{name}/log (follow=false) would answer now, or None where PodLogs answers with an error."""
+        params = request.params
+        keys = [k for k in self.pod_logs.logs if k[:2] == (request.namespace or NAMESPACE, request.name)]
+        container = params.get("container") or (keys[0][2] if len(keys) == 1 else None)
+        runs = self.pod_logs.logs.get((request.namespace or NAMESPACE, request.name or "", container or ""))
+        previous = params.get("previous") == "true"
+        if not runs or (previous and len(runs) < 2):
+            return None
+        since = 0
+        if params.get("sinceTime"):
+            when = datetime.fromisoformat(params["sinceTime"].replace("Z", "+00:00"))
+            since = int(when.timestamp()) * 10**9
+        stamps = params.get("timestamps") == "true"
+        out = bytearray()
+        new_line = True
+        for entry in list((runs[-2] if previous else runs[-1]).entries):
+            keep = entry.ns >= since
+            if keep:
+                if stamps and new_line:
+                    out += rfc3339nano(entry.ns).encode() + b" "
+                out += entry.data
+            new_line = entry.data.endswith(b"\n") or not keep
+        return bytes(out)
+
+    async def _misbehave(self, request: kmock.Request, pod: str, mode: str) -> Any:
+        self.log_requests[mode] = self.log_requests.get(mode, 0) + 1
+        raw = request._raw_request
+        assert raw is not None
+
+        def gone() -> bool:
+            return raw.transport is None or raw.transport.is_closing()
+
+        def drop() -> None:
+            if raw.transport is not None:
+                raw.transport.abort()
+
+        if mode == "5xx":
+            self._n5xx += 1
+            status = (500, 502, 503)[self._n5xx % 3]
+            reason = {500: "InternalError", 502: "BadGateway", 503: "ServiceUnavailable"}[status]
+            return aiohttp.web.json_response(
+                {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": status, "reason": reason,
+                 "message": f"Get \"https://10.0.0.7:10250/containerLogs/{NAMESPACE}/{pod}/trainer\": "
+                            "proxy error"}, status=status, headers={"Retry-After": "1"} if status == 503 else None)
+        if mode == "html":
+            return aiohttp.web.Response(status=200, text=_HTML_PAGE, content_type="text/html")
+        if mode in ("reset", "hang"):
+            while mode == "hang" and self.log_faults.get(pod) == mode and not gone():  # noqa: ASYNC110 (no event
+                await asyncio.sleep(0.05)  # tells that the client went away)
+            drop()
+            return aiohttp.web.Response(status=500)  # never reaches the client: its connection is gone
+        body = self._log_answer(request)
+        if body is None:  # an error answer (no such container, no previous instance): as PodLogs gives it
+            return await super()._handle(request)
+        response = aiohttp.web.StreamResponse(headers={"Content-Type": "text/plain"})
+        await response.prepare(raw)
+        if mode == "cut":
+            half = len(body) // 2
+            while 0 < half < len(body) and body[half - 1:half] == b"\n":
+                half -= 1  # inside a line, not at its end
+            with contextlib.suppress(ConnectionError):
+                await response.write(body[:half])
+            drop()
+            return response
+        assert mode == "trickle", mode
+        sent = 0
+        with contextlib.suppress(ConnectionError):
+            while self.log_faults.get(pod) == mode and not gone():
+                if sent < len(body):
+                    await response.write(body[sent:sent + 1])
+                    sent += 1
+                await asyncio.sleep(self.trickle_pause)
+        drop()
+        return response
 
 
 class CountingCluster(Cluster):
+    """A Cluster on a CountingEmulator. The one entered last is `CountingCluster.active` (adapters that need the
+    emulator, like `PodLogsRun`, find it there: the ADAPTERS factories take only a folder and a name)."""
+
+    active: ClassVar[CountingCluster | None] = None
+
     def __init__(self) -> None:
         self.emu = CountingEmulator()
         self._server = kmock.Server(self.emu)
+
+    async def __aenter__(self) -> CountingCluster:
+        await super().__aenter__()
+        CountingCluster.active = self
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if CountingCluster.active is self:
+            CountingCluster.active = None
+        await super().__aexit__(*exc)
 
     def kubeconfig(self, path: Path) -> Path:
         path.write_text(f"""apiVersion: v1
@@ -525,6 +648,169 @@ class QianfanServer:
         self._serving.__exit__(None, None, None)
 
 
+class PodLogsRun(_Exact):
+    """logs in pod mode: training pods in the active CountingCluster's emulator, printing Megatron-LM lines that the
+    operator reads through the API (pods list, then pods/{name}/log with timestamps and sinceTime).
+
+    Every pod prints one iteration line per step (five metrics), a validation block every 100 steps, checkpoint and
+    NCCL noise; the lines of one step share a kubelet timestamp, and with `wall` a second holds many steps (the
+    cursor counts lines within a second). Pod 0's container crashes at the steps in `restarts` (by default one
+    inside the run as it first stands, read back with previous=true during catch-up, and one LIVE_RESTART steps
+    later, during live collection): a partial error line ends the old instance, and the new one resumes from the
+    last checkpoint, printing those steps again with other values at later times (the newest wins, as in the store).
+    The API keeps only the current and the previous instance, so the default plan assumes that the run as it first
+    stands has been read before LIVE_RESTART more steps are printed (the fault tests wait for the first catch-up).
+
+    The truth is the values this class printed (each one as `float()` of its own text), at the timestamps it gave
+    the lines, never what a parser made of them. Emulator changes from another thread (LiveWriter) are queued to
+    the emulator's event loop in order, without waiting for it.
+    """
+
+    kind: ClassVar[str] = "logs"
+    CONTAINER = "trainer"
+    LABEL = "trainscope-faults/run"
+    CHECKPOINT = 50  # a restarted container resumes after the last multiple of this
+    LIVE_RESTART = 100  # steps after the run as it first stands: the default second crash
+    TOTAL = 1_000_000  # Megatron's `iteration A/ B`: B
+
+    def __init__(self, root: Path, name: str = "logs", cluster: CountingCluster | None = None, *, pods: int = 2,
+                 restarts: Iterable[int] | None = None):
+        cluster = cluster or CountingCluster.active
+        assert cluster is not None, "PodLogsRun needs a CountingCluster (entered): its pods live in that emulator"
+        self.name = name
+        self.emu = cluster.emu
+        self.pods = [f"{name}-{i}" for i in range(pods)]
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._lock = threading.Lock()
+        self._truth: Truth = {}
+        self._last = 0
+        self._restarts: list[int] | None = sorted(restarts) if restarts is not None else None
+        self._instance = [0] * pods  # container restarts so far, per pod
+        self._last_ns = [0] * pods
+        self._shift = [0] * pods  # ns added to wall(step) after a restart (the crash took time)
+        self.crashes = 0
+        for i, pod in enumerate(self.pods):
+            self._apply(self._create_pod, pod, i)
+
+    # ---- the emulator (on its loop)
+
+    def _apply(self, fn: Callable[..., None], *args: Any) -> None:
+        if threading.get_ident() == self._loop_thread:
+            fn(*args)
+        else:
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    def _create_pod(self, pod: str, index: int) -> None:
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self.emu.objects["v1/pods", NAMESPACE, pod] = {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": pod, "namespace": NAMESPACE, "uid": f"uid-{pod}", "resourceVersion": "1",
+                         "creationTimestamp": now,
+                         "labels": {self.LABEL: self.name, "training.kubeflow.org/replica-index": str(index)}},
+            "spec": {"containers": [{"name": self.CONTAINER}]},
+            "status": {"phase": "Running", "containerStatuses": [{"name": self.CONTAINER, "restartCount": 0}]}}
+        self.emu.pod_logs.instances(NAMESPACE, pod, self.CONTAINER).append(Instance([]))
+
+    def _mutate(self, ops: list[tuple[int, list[LogEntry] | None]]) -> None:
+        """Append entries to a pod's current container instance, or (None) restart its container."""
+        for index, entries in ops:
+            runs = self.emu.pod_logs.instances(NAMESPACE, self.pods[index], self.CONTAINER)
+            if entries is not None:
+                runs[-1].entries.extend(entries)
+                continue
+            runs[-1].terminated = True
+            runs.append(Instance([]))
+            self.emu.objects["v1/pods", NAMESPACE, self.pods[index]].patch({"status": {"containerStatuses": [
+                {"name": self.CONTAINER, "restartCount": len(runs) - 1}]}})
+        self.emu.pod_logs.changed()
+
+    # ---- what the pods print
+
+    def _lines(self, index: int, step: int, ns: int) -> list[LogEntry]:
+        """The lines of one step of pod `index` (all stamped `ns`), its points going into the truth."""
+        pod, inst = self.pods[index], self._instance[index]
+        when = datetime.fromtimestamp(ns // 10**9, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        loss = math.nan if step % 997 == 0 else 9.0 / math.sqrt(step) + 0.01 * inst + 0.001 * index
+        fields = [("consumed samples", f"{step * 256:12d}"),
+                  ("elapsed time per iteration (ms)", f"{800 + (step * 7 + inst * 3 + index) % 100 / 10:.1f}"),
+                  ("learning rate", f"{3e-4 * min(1.0, step / 2000):.6E}"),
+                  ("lm loss", f"{loss:.6E}"),
+                  ("grad norm", "inf" if step % 1999 == 0 else f"{1 + 1 / step + 0.01 * inst:.3f}")]
+        text = [f" [{when}] iteration {step:8d}/{self.TOTAL:8d} | "
+                + " | ".join(f"{metric}: {value}" for metric, value in fields) + " |"]
+        ts = ns / 1e9
+        for metric, value in fields:
+            self._truth[(pod, metric, step)] = Scalar(ts, float(value))
+        if step % 100 == 0:
+            val = 3.0 / math.sqrt(step) + 0.01 * inst
+            value, ppl = f"{val:.6E}", f"{math.exp(val):.6E}"
+            text += ["-" * 100, f" validation loss at iteration {step} | lm loss value: {value} | lm loss PPL: "
+                                f"{ppl} | ", "-" * 100]
+            self._truth[(pod, "validation lm loss value", step)] = Scalar(ts, float(value))
+            self._truth[(pod, "validation lm loss PPL", step)] = Scalar(ts, float(ppl))
+        if step % 10 == 0:
+            text.append(f"[rank1]:[W{when[5:7]}{when[8:10]} {when[11:]}.000000000 ProcessGroupNCCL.cpp:4115] Warning: "
+                        "TORCH_NCCL_AVOID_RECORD_STREAMS=1 has no effect")
+        if step % self.CHECKPOINT == 0:
+            text += [f"saving checkpoint at iteration {step:8d} to /ckpt/gpt in torch_dist format",
+                     f"  successfully saved checkpoint from iteration {step:8d} to /ckpt/gpt [ t 1/4, p 1/2 ]"]
+        return [LogEntry(ns, (line + "\n").encode()) for line in text]
+
+    def _stamp(self, index: int, step: int, wall: Callable[[int], float] | None, now: int) -> int:
+        ns = round(wall(step) * 1e6) * 1000 + self._shift[index] if wall else now
+        self._last_ns[index] = max(ns, self._last_ns[index])  # a kubelet's timestamps never go back
+        return self._last_ns[index]
+
+    def grow_to(self, step: int, wall: Callable[[int], float] | None = None) -> None:
+        with self._lock:
+            if step <= self._last:
+                return
+            if self._restarts is None:
+                self._restarts = [self._last + 1 + (step - self._last) * 3 // 5 + 7, step + self.LIVE_RESTART]
+            now = time.time_ns() // 1000 * 1000  # without `wall`, the steps of this call are printed at once
+            ops: list[tuple[int, list[LogEntry] | None]] = []
+            for index in range(len(self.pods)):
+                entries: list[LogEntry] = []
+                for s in range(self._last + 1, step + 1):
+                    entries += self._lines(index, s, self._stamp(index, s, wall, now))
+                    if index == 0 and s in self._restarts:
+                        entries.append(LogEntry(self._last_ns[index] + 1000, b"[rank0]: RuntimeError: CUDA error: "
+                                                b"an illegal memory access was encountered"))  # no newline: cut off
+                        ops += [(index, entries), (index, None)]
+                        entries = []
+                        self._instance[index] += 1
+                        self.crashes += 1
+                        resume = (s - 1) // self.CHECKPOINT * self.CHECKPOINT + 1
+                        self._last_ns[index] += 2 * 10**9  # the restart took two seconds
+                        if wall:
+                            self._shift[index] = self._last_ns[index] - round(wall(resume) * 1e6) * 1000
+                        else:
+                            now = max(now, self._last_ns[index])
+                        for r in range(resume, s + 1):  # from the checkpoint on, printed again
+                            entries += self._lines(index, r, self._stamp(index, r, wall, now))
+                ops.append((index, entries))
+            self._last = step
+            self._apply(self._mutate, ops)
+
+    @property
+    def last_step(self) -> int:
+        return self._last
+
+    def truth(self) -> Truth:
+        with self._lock:
+            return dict(self._truth)
+
+    def spec_item(self) -> dict[str, Any]:
+        return {"name": self.name, "logs": {"pods": {"selector": {"matchLabels": {self.LABEL: self.name}}}}}
+
+    def http_item(self, name: str, url: str, timeout: str) -> dict[str, Any] | None:
+        return None  # it talks to the Kubernetes API: see CountingEmulator.set_log_fault
+
+    def close(self) -> None:
+        return None
+
+
 # kind -> adapter factory(root folder, source name). A kind registered in trainscope.collector.sources without an
 # entry here is not covered by the fault suite: test_faults_kill.py lists it and fails, so it gets one.
 ADAPTERS: dict[str, Callable[[Path, str], SourceAdapter]] = {
@@ -532,14 +818,12 @@ ADAPTERS: dict[str, Callable[[Path, str], SourceAdapter]] = {
     "swanlab": lambda root, name: SwanLabFiles(root, name),
     "wandb": lambda root, name: WandbServer(root, name),
     "qianfan": lambda root, name: QianfanServer(root, name),
+    "logs": lambda root, name: PodLogsRun(root, name),
 }
 
 
 # Registered kinds the fault suite does not cover yet, each with what its adapter needs. Keep this short.
-PENDING: dict[str, str] = {
-    "logs": "pod logs served by the emulator (pods list + a following pods/log stream with timestamps) for the "
-            "operator process to read; not written yet",
-}
+PENDING: dict[str, str] = {}
 
 
 def covered_kinds() -> list[str]:

@@ -86,7 +86,7 @@ async def test_sigkill_ten_times_loses_and_duplicates_nothing(cluster: CountingC
     uids: dict[str, str] = {}
     writers: list[LiveWriter] = []
     conn: asyncpg.Connection | None = None
-    landed: list[tuple[int, str, float, dict[str, int]]] = []
+    landed: list[tuple[int, str, str | None, float, dict[str, int]]] = []
     try:
         op.start()
         for name, adapter in sources.items():
@@ -97,24 +97,33 @@ async def test_sigkill_ten_times_loses_and_duplicates_nothing(cluster: CountingC
         await _wait_table(conn)
         # Training goes on throughout: the live run from the start, every other run once it is half caught up.
         writers.append(LiveWriter(live.grow_to, lambda: live.last_step, rate=100).start())
+        counts: dict[str, int] = {}
         for kill in range(1, KILLS + 1):
             if not op.alive():
                 op.start()
             cursors = await _cursors(conn)
+            # During catch-up each round watches, in turn, one run still catching up: the kill then lands at a random
+            # moment after that run's latest commit, so every kind is killed in the middle of its own catch-up (and
+            # not only before its first batch, as a slow reader would be if the fastest one set the pace).
+            behind = [n for n, total in big_total.items() if counts.get(n, 0) < total] if kill <= KILLS // 2 else []
+            focus = behind[kill % len(behind)] if behind else None
 
-            async def progressed(before: dict[str, Any] = cursors) -> None:
+            async def progressed(before: dict[str, Any] = cursors, focus: str | None = focus) -> None:
                 # a cursor that moved is a commit of new points (cheaper to watch than counting 400k rows)
                 assert op.alive(), f"operator exited:\n{op.tail()}"
                 now = await _cursors(conn)
-                assert any(now[k] != before.get(k) for k in now), f"no new point stored yet\n{op.tail(5)}"
-            await eventually(progressed, within=WAIT, what=f"the operator (start #{op.starts}) to store points",
-                             interval=0.05)
+                moved = [k for k in now if now[k] != before.get(k)]
+                if focus is not None:
+                    moved = [k for k in moved if k == (uids[focus], sources[focus].name)]
+                assert moved, f"no new point of {focus or 'any run'} stored yet\n{op.tail(5)}"
+            await eventually(progressed, within=WAIT, what=f"the operator (start #{op.starts}) to store points of "
+                             f"{focus or 'any run'}", interval=0.05)
             delay = rng.uniform(0.0, 1.2)
             await asyncio.sleep(delay)
             op.kill()
             counts = {n: await _count(conn, uids[n]) for n in big_total}
             phase = "catch-up" if any(counts[n] < total for n, total in big_total.items()) else "live"
-            landed.append((kill, phase, delay, counts))
+            landed.append((kill, phase, focus, delay, counts))
             if kill == KILLS // 2:
                 # The first half lands during catch-up; let this start finish it, then training goes on in every
                 # run and the second half lands during live collection.
@@ -130,7 +139,7 @@ async def test_sigkill_ten_times_loses_and_duplicates_nothing(cluster: CountingC
                     if name != "live":
                         writers.append(LiveWriter(adapter.grow_to, lambda a=adapter: a.last_step, rate=50).start())
         print(f"kill rounds done after {time.monotonic() - t0:.0f}s")
-        print("kills (n, phase, delay after first new point, stored counts):")
+        print("kills (n, phase, run watched, delay after its new points, stored counts):")
         for row in landed:
             print("  ", row)
 
@@ -166,9 +175,10 @@ async def test_sigkill_ten_times_loses_and_duplicates_nothing(cluster: CountingC
                 assert obj["status"].get("step") == last, show(obj)
                 assert source_status(obj, source).get("points") == n, show(obj)
             await eventually(reported, within=WAIT, what=f"{name}'s status to show the whole run")
+            print(f"  {name}: {len(stored)} points stored and reported after {time.monotonic() - t0:.0f}s")
         print(f"verified after {time.monotonic() - t0:.0f}s")
-        assert any(phase == "catch-up" for _, phase, _, _ in landed), landed
-        assert any(phase == "live" for _, phase, _, _ in landed), landed
+        assert any(phase == "catch-up" for _, phase, _, _, _ in landed), landed
+        assert any(phase == "live" for _, phase, _, _, _ in landed), landed
         assert await asyncio.to_thread(op.stop) == 0, op.tail()
     finally:
         for w in writers:

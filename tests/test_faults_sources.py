@@ -4,6 +4,11 @@ truncated JSON, 5xx storms, HTML error pages, JSON of the wrong shape), one tiny
 another HTTP source keep storing new points (checked as "arrived within the poll interval plus slack", a deadline
 for waiting, not a timed assertion). In the end the flaky TensorBoard server behaves again and its source's stored
 points equal what it served, exactly once.
+
+The `logs` kind reads pod logs through the Kubernetes API, so its misbehaving server is the emulated API server
+itself: one pod's `pods/{name}/log` fails in each of CountingEmulator's LOG_MODES while everything else it serves
+(the pods list, kopf's Workloads, the other pods' logs) keeps working; after each mode the source must hold exactly
+what the pod printed.
 """
 
 from __future__ import annotations
@@ -16,21 +21,31 @@ import pytest
 
 from faults import (
     ADAPTERS,
+    LOG_MODES,
     MODES,
+    CountingCluster,
     FlakyServer,
+    PodLogsRun,
     ServedRun,
     SourceAdapter,
     TensorBoardFiles,
     covered_kinds,
 )
-from kube import Cluster, Operator, compare_points, db_points, eventually, operator_config, show, source_status
+from kube import Operator, compare_points, db_points, eventually, operator_config, show, source_status
 
 POLL = 0.2  # seconds: pollInterval of every Workload here
 SLACK = 15.0  # deadline slack on 2 loaded cores; the points usually arrive within one poll
 
 
 @pytest.fixture
-async def operator(cluster: Cluster, database_url: str) -> AsyncIterator[Operator]:
+async def cluster() -> AsyncIterator[CountingCluster]:
+    """The emulated API server, able to make a pod's log misbehave (and where the logs adapter puts its pods)."""
+    async with CountingCluster() as c:
+        yield c
+
+
+@pytest.fixture
+async def operator(cluster: CountingCluster, database_url: str) -> AsyncIterator[Operator]:
     config = operator_config(database_url)
     config.poll_timeout = 4.0  # the whole-poll deadline (default 300 s) that ends an endless trickle
     op = await Operator(config).start()
@@ -40,7 +55,7 @@ async def operator(cluster: Cluster, database_url: str) -> AsyncIterator[Operato
         await op.stop()
 
 
-async def test_each_misbehaving_source_degrades_alone(cluster: Cluster, operator: Operator, database_url: str,
+async def test_each_misbehaving_source_degrades_alone(cluster: CountingCluster, operator: Operator, database_url: str,
                                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     good = TensorBoardFiles(tmp_path, "good")
     other = TensorBoardFiles(tmp_path, "other")
@@ -56,10 +71,13 @@ async def test_each_misbehaving_source_degrades_alone(cluster: Cluster, operator
             adapters[kind] = ADAPTERS[kind](tmp_path / kind, kind)
             for key, value in adapters[kind].env().items():
                 monkeypatch.setenv(key, value)
-            servers[kind] = await FlakyServer(ServedRun.make(200)).__aenter__()
-            item = adapters[kind].http_item(f"flaky-{kind}", servers[kind].url, "1s")
-            if item is not None:
-                items.append(item)
+            server = await FlakyServer(ServedRun.make(200)).__aenter__()
+            item = adapters[kind].http_item(f"flaky-{kind}", server.url, "1s")
+            if item is None:  # a kind without an HTTP server of its own (logs: see the pod-log test below)
+                await server.__aexit__(None, None, None)
+                continue
+            servers[kind] = server
+            items.append(item)
         flaky = [item["name"] for item in items[1:]]
         assert flaky, "no covered kind talks HTTP"
         mixed = (await cluster.create("mixed", {"sources": items, "pollInterval": "200ms"}))["metadata"]["uid"]
@@ -75,11 +93,7 @@ async def test_each_misbehaving_source_degrades_alone(cluster: Cluster, operator
             compare_points(await db_points(database_url, steady_uid), steady.served.truth(), "tb")
 
         def errors(scraped: Any) -> dict[str, dict[str, float]]:
-            out: dict[str, dict[str, float]] = {name: {} for name in flaky}
-            for labels, value in scraped.get("trainscope_source_errors_total", []):
-                if labels.get("workload") == "mixed" and labels.get("source") in out:
-                    out[labels["source"]][labels["reason"]] = value
-            return out
+            return source_errors(scraped, "mixed", flaky)
 
         seen: dict[str, dict[str, Any]] = {}
         for mode in [m for m in MODES if m != "ok"]:
@@ -131,3 +145,74 @@ async def test_each_misbehaving_source_degrades_alone(cluster: Cluster, operator
         await steady.__aexit__(None, None, None)
         for a in [good, other, *adapters.values()]:
             a.close()
+
+
+def source_errors(scraped: Any, workload: str, sources: list[str]) -> dict[str, dict[str, float]]:
+    """trainscope_source_errors_total of the Workload's sources: source -> reason -> count."""
+    out: dict[str, dict[str, float]] = {name: {} for name in sources}
+    for labels, value in scraped.get("trainscope_source_errors_total", []):
+        if labels.get("workload") == workload and labels.get("source") in out:
+            out[labels["source"]][labels["reason"]] = value
+    return out
+
+
+async def test_a_misbehaving_pod_log_degrades_only_its_source(cluster: CountingCluster, operator: Operator,
+                                                              database_url: str, tmp_path: Path) -> None:
+    """One pod's log endpoint fails in every way (LOG_MODES) while its container keeps printing, and crashes once
+    in the middle: its logs source fails, the TensorBoard source of the same Workload and the logs source of another
+    Workload keep storing their new points on time; each time the endpoint behaves again, the flaky source holds
+    exactly what the pod printed (the crashed instance's tail read with previous=true), nothing lost or twice."""
+    flaky = PodLogsRun(tmp_path, "flaky", cluster, pods=1, restarts=(30, 95))
+    steady = PodLogsRun(tmp_path, "steady", cluster, pods=1, restarts=())
+    good = TensorBoardFiles(tmp_path, "good")
+    for run in (flaky, steady, good):
+        run.grow_to(50)
+    mixed = (await cluster.create("logs-mixed", {"sources": [good.spec_item(), flaky.spec_item()],
+                                                 "pollInterval": "200ms"}))["metadata"]["uid"]
+    other = (await cluster.create("logs-steady", {"sources": [steady.spec_item()], "pollInterval": "200ms"})
+             )["metadata"]["uid"]
+
+    async def flaky_complete() -> None:
+        obj = await cluster.workload("logs-mixed")
+        assert source_status(obj, flaky.name)["state"] == "Healthy", show(obj)
+        compare_points(await db_points(database_url, mixed), flaky.truth(), flaky.name)
+
+    async def healthy_arrived() -> None:
+        compare_points(await db_points(database_url, mixed), good.truth(), good.name)
+        compare_points(await db_points(database_url, other), steady.truth(), steady.name)
+
+    await eventually(flaky_complete, within=SLACK, what="the flaky pod's log at first")
+    seen: dict[str, list[str]] = {}
+    try:
+        for mode in LOG_MODES[1:]:
+            cluster.emu.set_log_fault(flaky.pods, mode)
+            before = source_errors(await operator.scrape(), "logs-mixed", [flaky.name])[flaky.name]
+            for _ in range(2):  # training goes on in every pod and run
+                for run in (flaky, steady, good):
+                    run.grow_to(run.last_step + 10)
+                await eventually(healthy_arrived, within=POLL + SLACK, what=f"the healthy sources' points ({mode})")
+
+            async def degraded(mode: str = mode, before: dict[str, float] = before) -> None:
+                assert cluster.emu.log_requests.get(mode, 0) >= 1, f"no log request answered in mode {mode} yet"
+                obj = await cluster.workload("logs-mixed")
+                assert source_status(obj, good.name)["state"] == "Healthy", show(obj)
+                src = source_status(obj, flaky.name)
+                assert src["state"] == "Failing" and src.get("lastError"), f"{mode}:\n{show(obj)}"
+                now = source_errors(await operator.scrape(), "logs-mixed", [flaky.name])[flaky.name]
+                new = sorted(r for r, n in now.items() if n > before.get(r, 0))
+                assert new, f"no failure counted in mode {mode}; errors {now}"
+                steady_obj = await cluster.workload("logs-steady")
+                assert source_status(steady_obj, steady.name)["state"] == "Healthy", show(steady_obj)
+                seen[mode] = [*new, src["lastError"][:90]]
+            await eventually(degraded, within=SLACK, what=f"the flaky logs source to show mode {mode}")
+
+            cluster.emu.set_log_fault(flaky.pods, "ok")
+            await eventually(flaky_complete, within=SLACK, what=f"the flaky pod's log read exactly after mode {mode}")
+    finally:
+        cluster.emu.set_log_fault(flaky.pods, "ok")
+        good.close()
+    print("\nwhat the flaky logs source said per mode:")
+    for mode, said in seen.items():
+        print(f"  {mode:8} {said}")
+    assert flaky.crashes == 2
+    await eventually(healthy_arrived, within=SLACK, what="the healthy sources, at the end")

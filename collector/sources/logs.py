@@ -113,6 +113,12 @@ class _Feed:
         return taken
 
 
+class _NotALog(ValueError):
+    """A line of a pods/log answer without the kubelet's timestamp (asked for with timestamps=true): what came back
+    is something else, e.g. a proxy's HTML error page with status 200. Counting such lines as lines of the cursor's
+    second would make the next poll skip as many real lines."""
+
+
 class _Position:
     """Where a pod-log stream is: `seen` lines taken of those the API returns for sinceTime=`second`.
 
@@ -124,7 +130,8 @@ class _Position:
 
     def __init__(self, second: int, seen: int):
         self.second, self.seen, self.skip = second, seen, seen
-        self.last_prefix, self.last_sec = "", second
+        self.last_prefix: str | None = None  # the last timestamp prefix checked (None: none yet)
+        self.last_sec = second
 
     def take(self, lines: list[str], feed: _Feed) -> bool:
         """Feed the lines after the position; False when the batch is full (the position is after the last
@@ -139,8 +146,9 @@ class _Position:
             prefix = stamp[:19]
             if prefix != last_prefix:
                 sec = _second(prefix)
-                if sec is not None:  # else not a kubelet timestamp (never, from the API): count it in the second
-                    last_prefix, last_sec = prefix, sec
+                if sec is None:  # every line the API sends starts with one: this answer is not the pod's log
+                    raise _NotALog(line[:80])
+                last_prefix, last_sec = prefix, sec
             if skip:
                 skip -= 1
                 continue
@@ -361,6 +369,9 @@ class LogsSource:
                         return self._moved(st, pos, False, splitter)
         except SourceError:
             raise
+        except _NotALog as e:
+            raise SourceError(f"the answer for the log of {pod}/{container} is not a pod log (a line without a "
+                              f"kubelet timestamp: {e.args[0]!r})", reason="BadResponse") from None
         except Exception as e:
             status = getattr(e, "status", None)
             if status not in (400, 404):
