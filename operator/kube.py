@@ -100,13 +100,15 @@ def _file(path: Any, data: str | bytes | None) -> str | None:
 class KubeClient:
     """Get Secrets, list pods and stream pod logs; implements collector's PodLogReader."""
 
-    def __init__(self, info: kopf.ConnectionInfo, *, timeout: float = 30.0):
+    def __init__(self, info: kopf.ConnectionInfo, *, timeout: float = 30.0, read_timeout: float = 60.0):
         headers = {"Accept": "application/json"}
         if info.token:
             headers["Authorization"] = f"Bearer {info.token}"
         auth = (info.username, info.password) if info.username and info.password else None
         self._http = httpx.AsyncClient(base_url=info.server.rstrip("/"), headers=headers, auth=auth,
-                                       verify=_tls(info), timeout=httpx.Timeout(timeout, read=None))
+                                       verify=_tls(info), timeout=httpx.Timeout(timeout, read=read_timeout))
+        # read_timeout bounds the silence between two chunks: logs are read with follow=false, so the API server
+        # sends what it has without pausing; a longer silence is a hung connection, ended before the poll deadline
 
     async def aclose(self) -> None:
         await self._http.aclose()
