@@ -1,18 +1,29 @@
-"""`downsample=N`: at most N points per series, min/max per step bucket, computed by PostgreSQL in one pass.
+"""`downsample=N`: at most N points per series, min/max per step bucket, computed by PostgreSQL in two cheap passes.
 
 Method (M4-like, without the bucket's first/last): a series' step range [lo, hi] (within the filters) is cut
-into B = (N - 2) // 2 equal step buckets; from each bucket the point with the lowest and the one with the highest
-value are kept, and the series' first and last points always are. So the answer has at most 2B + 2 <= N points,
-keeps every local extreme at the bucket's resolution (the global min and max included) and both ends. Ordering is
-PostgreSQL's float order: NaN above +Infinity, so a NaN spike shows up as a bucket's maximum. Ties keep the
-lowest step for a minimum and the highest for a maximum. A series with at most N points is returned whole.
+into B = (N - 2) // 2 equal step buckets, bucket(step) = floor((step - lo) * B / (hi - lo + 1)) in exact integer
+arithmetic; from each bucket the point with the lowest and the one with the highest value are kept, and the
+series' first and last points always are. So the answer has at most 2B + 2 <= N points, keeps every local extreme
+at the bucket's resolution (the global min and max included) and both ends. Ordering is PostgreSQL's float order:
+NaN above +Infinity, so a NaN spike shows up as a bucket's maximum. Ties keep the lowest step for a minimum and the
+highest for a maximum. A series with at most N points is returned whole.
 
-PostgreSQL aggregates min/max(ARRAY[value, step]) per (series, bucket) over the matching rows; only those
-2B + 2 points per series cross the wire, never the series itself.
+How, in one REPEATABLE READ snapshot (see docs/api.md, Downsampling):
+1. bounds: each series' first and last matching point (two index probes per series);
+2. pass 1: plain float min(value), max(value), count(*) per (series, bucket) over the matching rows — no per-row
+   array, which cost more than the scan itself. When the series make up most of the table, the scan is cut into
+   page (ctid) ranges, one UNION ALL branch each, which PostgreSQL runs in parallel workers (Parallel Append); the
+   planner would not split it itself, as it cannot tell that a bucket expression has few distinct values;
+3. pass 2: only the rows whose value is one of the extremes found (a hashed `value = ANY(...)`), grouped by
+   (series, bucket, value): lowest and highest step, their count and timestamp. A bucket whose extreme value occurs
+   once is complete; ties are read by primary key.
+Only the <= N chosen points per series cross the wire, never the series itself.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +34,11 @@ from trainscope.api.params import Filters
 from trainscope.api.queries import Row, Series, read_series, step_bounds
 
 MIN_POINTS = 4
+INT64_MAX = 2**63 - 1
+# The ctid split pays off when a whole-table scan is the plan anyway: the series hold this share of the table's rows
+# (planner's estimate), and the table is big enough for parallel workers to be worth starting.
+SPLIT_MIN_SHARE = 0.3
+SPLIT_MIN_PAGES = 1024  # 8 MB, PostgreSQL's min_parallel_table_scan_size
 
 
 def buckets_for(max_points: int) -> int:
@@ -30,8 +46,8 @@ def buckets_for(max_points: int) -> int:
 
 
 def bucket_of(step: int, lo: int, hi: int, nb: int) -> int:
-    """The same float arithmetic as the SQL, so a Python oracle picks the same buckets."""
-    return math.floor((float(step) - float(lo)) * float(nb) / (float(hi) - float(lo) + 1.0))
+    """The bucket of `step` in a series spanning [lo, hi]: the SQL's exact integer arithmetic."""
+    return (step - lo) * nb // (hi - lo + 1)
 
 
 def _order(value: float) -> tuple[int, float]:
@@ -65,40 +81,111 @@ class Downsampled:
     reduced: bool  # some series had more than max_points
 
 
+# Each series' first and last matching point: index probes (the ts filter, if any, is checked on the way).
 _BOUNDS = """
-SELECT s.sid, b.lo, b.hi
+SELECT s.sid, f.step AS lo, f.ts AS lo_ts, f.value AS lo_value, l.step AS hi, l.ts AS hi_ts, l.value AS hi_value
 FROM unnest($1::bigint[], $2::bigint[]) AS s(sid, lo0)
-CROSS JOIN LATERAL (
-    SELECT min(step) AS lo, max(step) AS hi FROM points WHERE series_id = s.sid AND step >= s.lo0 AND step <= $3 {ts}
-) b
-WHERE b.lo IS NOT NULL
+CROSS JOIN LATERAL (SELECT step, ts, value FROM points
+                    WHERE series_id = s.sid AND step >= s.lo0 AND step <= $3 {ts} ORDER BY step LIMIT 1) f
+CROSS JOIN LATERAL (SELECT step, ts, value FROM points
+                    WHERE series_id = s.sid AND step >= s.lo0 AND step <= $3 {ts} ORDER BY step DESC LIMIT 1) l
 """
 
-_BUCKETS = """
-SELECT x.sid, x.b, min(x.a) AS mn, max(x.a) AS mx, count(*) AS n
-FROM (
-    SELECT p.series_id AS sid,
-           floor((p.step::float8 - s.lo::float8) * $4::float8 / (s.hi::float8 - s.lo::float8 + 1.0))::int AS b,
-           ARRAY[p.value, p.step::float8] AS a
-    FROM points p JOIN unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS s(sid, lo, hi) ON p.series_id = s.sid
-    WHERE p.step >= s.lo AND p.step <= s.hi {ts}
-) x
-GROUP BY 1, 2
-"""
+# Pass 1, one branch: per (series, bucket) the lowest and highest value and the number of points.
+_PASS1 = ("SELECT p.series_id AS sid, {bucket} AS b, min(p.value) AS mn, max(p.value) AS mx, count(*) AS n "
+          "{rows} GROUP BY 1, 2")
+_PASS1_MERGE = "SELECT sid, b, min(mn) AS mn, max(mx) AS mx, sum(n)::bigint AS n FROM ({}) x GROUP BY 1, 2"
 
-# Index probes per series (a join on unnest() would be planned as a scan of the whole table).
+# Pass 2: the rows holding one of the extreme values, per (series, bucket, value); few rows pass the `= ANY`,
+# so one query (PostgreSQL's own parallel scan, if it likes) does better than the page-range split.
+_PASS2 = ("SELECT p.series_id AS sid, {bucket} AS b, p.value AS v, min(p.step) AS first, max(p.step) AS last, "
+          "count(*) AS n, min(p.ts) AS ts {rows} GROUP BY 1, 2, 3")
+
 _LOOKUP = "SELECT step, ts, value FROM points WHERE series_id = $1 AND step = ANY($2::bigint[]) ORDER BY step"
 
 
-def _ts_clause(f: Filters, first: int, prefix: str = "") -> tuple[str, list[int]]:
+def _rows_sql(f: Filters, sids: Sequence[int], los: Sequence[int], spans: Sequence[int], nb: int,
+              per_series_lo: bool, values: list[float] | None = None) -> tuple[str, str, list[object]]:
+    """(FROM ... WHERE ..., bucket expression, args) for the matching rows of these series [holding `values`].
+
+    The bucket is int8 arithmetic unless (step - lo) * nb could overflow (then numeric). When the series share one
+    step range (metrics logged together), lo and span are constants and no join is needed (~15% cheaper).
+    """
+    args: list[object] = []
+
+    def param(value: object, cast: str) -> str:
+        args.append(value)
+        return f"${len(args)}::{cast}"
+
+    where = []
+    if values is not None:  # first: PostgreSQL hashes this `= ANY` only ahead of the series' one (16.2)
+        where.append(f"p.value = ANY({param(values, 'float8[]')})")
+    exact = max(spans) * nb <= INT64_MAX
+    span_type = "bigint" if exact else "numeric"
+    if len(set(los)) == 1 and len(set(spans)) == 1:
+        rows = "FROM points p"
+        where.append(f"p.series_id = ANY({param(list(sids), 'bigint[]')})")
+        lo, span = param(los[0], "bigint"), param(spans[0], span_type)
+    else:
+        rows = (f"FROM points p JOIN unnest({param(list(sids), 'bigint[]')}, {param(list(los), 'bigint[]')}, "
+                f"{param(list(spans), span_type + '[]')}) AS s(sid, lo, span) ON p.series_id = s.sid")
+        lo, span = "s.lo", "s.span"
+    bucket = f"(p.step - {lo}) * {nb} / {span}" if exact else f"div((p.step::numeric - {lo}) * {nb}, {span})::bigint"
+    if per_series_lo:  # `last`: the rows before each series' own first step are not in the answer
+        where.append(f"p.step >= {lo}")
+    if f.from_step is not None:
+        where.append(f"p.step >= {param(f.from_step, 'bigint')}")
+    if f.to_step is not None:
+        where.append(f"p.step <= {param(f.to_step, 'bigint')}")
+    if f.start_ms is not None:
+        where.append(f"p.ts >= {param(f.start_ms, 'timestamptz')}")
+    if f.end_ms is not None:
+        where.append(f"p.ts < {param(f.end_ms + 1, 'timestamptz')}")
+    return f"{rows} WHERE {' AND '.join(where) or 'TRUE'}", bucket, args
+
+
+def _ts_clause(f: Filters, first: int) -> tuple[str, list[int]]:
     sql, args = "", []
     if f.start_ms is not None:
         args.append(f.start_ms)
-        sql += f" AND {prefix}ts >= ${first + len(args) - 1}"
+        sql += f" AND ts >= ${first + len(args) - 1}"
     if f.end_ms is not None:
         args.append(f.end_ms + 1)
-        sql += f" AND {prefix}ts < ${first + len(args) - 1}"
+        sql += f" AND ts < ${first + len(args) - 1}"
     return sql, args
+
+
+async def _estimate(conn: asyncpg.Connection, sql: str, *args: object) -> float:
+    """The planner's row estimate of a query (it scales the table's statistics to its current size)."""
+    plan = json.loads(await conn.fetchval("EXPLAIN (FORMAT JSON) " + sql, *args))
+    return float(plan[0]["Plan"]["Plan Rows"])
+
+
+async def page_ranges(conn: asyncpg.Connection, ids: Sequence[int]) -> list[str]:
+    """ctid conditions splitting `points` for parallel workers, or [""] (one branch) when a split would not pay."""
+    workers = int(await conn.fetchval("SELECT current_setting('max_parallel_workers_per_gather')"))
+    pages = await conn.fetchval("SELECT pg_relation_size('points') / current_setting('block_size')::int")
+    if workers < 1 or pages < SPLIT_MIN_PAGES:
+        return [""]
+    ours = await _estimate(conn, "SELECT 1 FROM points WHERE series_id = ANY($1::bigint[])", list(ids))
+    if ours < SPLIT_MIN_SHARE * await _estimate(conn, "SELECT 1 FROM points"):
+        return [""]
+    n = max(2, workers)  # one branch per worker (the leader gathers, and takes a branch if one is left)
+    cuts = [pages * i // n for i in range(1, n)]
+    conds = [f" AND p.ctid < '({cuts[0]},0)'::tid"]
+    conds += [f" AND p.ctid >= '({a},0)'::tid AND p.ctid < '({b},0)'::tid" for a, b in itertools.pairwise(cuts)]
+    conds.append(f" AND p.ctid >= '({cuts[-1]},0)'::tid")  # open-ended: pages added since are scanned too
+    return conds
+
+
+def _union(template: str, merge: str, split: list[str], rows: str, **parts: object) -> str:
+    """One branch per page range (UNION ALL, merged again by `merge`), or the plain query."""
+    branches = [template.format(rows=rows + cond, **parts) for cond in split]
+    return branches[0] if len(branches) == 1 else merge.format(" UNION ALL ".join(f"({b})" for b in branches))
+
+
+def _same(a: float, b: float) -> bool:
+    return a == b or (a != a and b != b)  # PostgreSQL's float equality: NaN = NaN
 
 
 async def downsample(conn: asyncpg.Connection, series_: Sequence[Series], f: Filters, lower: dict[int, int],
@@ -108,29 +195,64 @@ async def downsample(conn: asyncpg.Connection, series_: Sequence[Series], f: Fil
     by_id = {s.id: s for s in series_}
     nb = buckets_for(max_points)
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        # One pass over many rows: let PostgreSQL hash-aggregate in memory and use its parallel workers.
-        await conn.execute("SET LOCAL work_mem = '64MB'")
-        await conn.execute("SET LOCAL parallel_setup_cost = 100")
+        await conn.execute("SET LOCAL work_mem = '64MB'")  # the per-bucket hash tables stay in memory
+        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")  # a hashed `= ANY` needs a constant
         ts, ts_args = _ts_clause(f, 4)
         bounds = await conn.fetch(_BOUNDS.format(ts=ts), [s.id for s in series_],
                                   [max(lo0, lower.get(s.id, lo0)) for s in series_], hi0, *ts_args)
         if not bounds:
             return Downsampled([(s, []) for s in series_], 0, False)
-        ts, ts_args = _ts_clause(f, 5, "p.")
-        rows = await conn.fetch(_BUCKETS.format(ts=ts), [b["sid"] for b in bounds], [b["lo"] for b in bounds],
-                                [b["hi"] for b in bounds], nb, *ts_args)
+        sids = [b["sid"] for b in bounds]
+        los = [b["lo"] for b in bounds]
+        spans = [b["hi"] - b["lo"] + 1 for b in bounds]
+        split = await page_ranges(conn, sids)
+        if len(split) > 1:  # each branch must scan its pages (TID Range Scan), not walk the whole primary key
+            await conn.execute("SET LOCAL enable_indexscan = off; SET LOCAL enable_bitmapscan = off")
+        rows, bucket, args = _rows_sql(f, sids, los, spans, nb, bool(lower))
+        extremes = await conn.fetch(_union(_PASS1, _PASS1_MERGE, split, rows, bucket=bucket), *args)
+
         totals: dict[int, int] = {}
-        keep: dict[int, set[int]] = {b["sid"]: {b["lo"], b["hi"]} for b in bounds}
-        for r in rows:
+        for r in extremes:
             totals[r["sid"]] = totals.get(r["sid"], 0) + r["n"]
-            keep[r["sid"]].update((int(r["mn"][1]), int(r["mx"][1])))
+        big = [i for i, sid in enumerate(sids) if totals.get(sid, 0) > max_points]
+        chosen: dict[int, dict[int, Row | None]] = {}  # sid -> step -> the point (None: to be read)
+        for b in bounds:
+            if totals.get(b["sid"], 0) > max_points:
+                chosen[b["sid"]] = {b["lo"]: (b["lo"], b["lo_ts"], b["lo_value"]),
+                                    b["hi"]: (b["hi"], b["hi_ts"], b["hi_value"])}
+        if big:
+            values = {v for r in extremes if r["sid"] in chosen for v in (r["mn"], r["mx"])}
+            if any(v != v for v in values):  # one NaN is enough (NaN = NaN in PostgreSQL)
+                values = {v for v in values if v == v} | {math.nan}
+            rows, bucket, args = _rows_sql(f, [sids[i] for i in big], [los[i] for i in big],
+                                           [spans[i] for i in big], nb, bool(lower), list(values))
+            found: dict[tuple[int, int], list[asyncpg.Record]] = {}
+            for r in await conn.fetch(_PASS2.format(rows=rows, bucket=bucket), *args):
+                found.setdefault((r["sid"], r["b"]), []).append(r)
+            for r in extremes:
+                keep = chosen.get(r["sid"])
+                if keep is None:
+                    continue
+                groups = found[(r["sid"], r["b"])]
+                low = next(g for g in groups if _same(g["v"], r["mn"]))
+                high = next(g for g in groups if _same(g["v"], r["mx"]))
+                for g, step in ((low, low["first"]), (high, high["last"])):
+                    if keep.get(step) is None:
+                        keep[step] = (step, g["ts"], g["v"]) if g["n"] == 1 else None
+        if len(split) > 1:
+            await conn.execute("SET LOCAL enable_indexscan = on; SET LOCAL enable_bitmapscan = on")
         result: dict[int, list[Row]] = {}
         for b in bounds:
             sid = b["sid"]
-            if totals.get(sid, 0) <= max_points:  # small enough: the whole series, unchanged
+            keep = chosen.get(sid)
+            if keep is None:  # small enough: the whole series, unchanged
                 result[sid] = await read_series(conn, by_id[sid], f, b["lo"], b["hi"], max_points)
-            else:
-                result[sid] = [tuple(r) for r in await conn.fetch(_LOOKUP, sid, sorted(keep[sid]))]
+                continue
+            ties = sorted(step for step, row in keep.items() if row is None)
+            if ties:
+                for row in await conn.fetch(_LOOKUP, sid, ties):
+                    keep[row["step"]] = tuple(row)
+            result[sid] = [keep[step] for step in sorted(keep)]  # type: ignore[misc]
     out = [(s, result.get(s.id, [])) for s in series_]
     reduced = any(n > max_points for n in totals.values())
     return Downsampled(out, sum(totals.values()), reduced)

@@ -116,6 +116,14 @@ def median_of(repeat: int, fn: Any) -> tuple[float, Any]:
     return statistics.median(r[0] for r in runs), runs[0][1]
 
 
+def interleaved(repeat: int, *fns: Any) -> list[tuple[float, Any]]:
+    """(median seconds, first result) of each fn, run in turns so that a change of machine load hits all alike."""
+    for fn in fns:
+        fn()  # warm-up
+    runs = [[fn() for fn in fns] for _ in range(repeat)]
+    return [(statistics.median(r[i][0] for r in runs), runs[0][i][1]) for i in range(len(fns))]
+
+
 def walk(client: httpx.Client, base: str, limit: int) -> tuple[float, int]:
     t = time.perf_counter()
     cursor, n = None, 0
@@ -178,12 +186,17 @@ async def fill(url: str, points: int, series: int) -> None:
         await conn.close()
 
 
+class _Done(Exception):
+    """--only: the asked measurements are done."""
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--points", type=int, default=1_000_000)
     ap.add_argument("--series", type=int, default=10)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--page", type=int, default=10_000, help="page size of the paginated walk")
+    ap.add_argument("--only", choices=("downsample",), help="measure only the downsampled queries (~1 minute)")
     ap.add_argument("--serve", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=18080)
     args = ap.parse_args()
@@ -209,14 +222,16 @@ def main() -> None:
                 ref = f"{server.base}/reference/workloads/{UID}/metrics/data"
                 one = "train/metric_3"
                 for label, q in (("all series", {}), ("one series", {"metrics": one})):
-                    o, osize = median_of(args.repeat, lambda q=q: timed_get(c, ours, downsample=1000, **q))
-                    r_all, rsize = median_of(args.repeat, lambda q=q: timed_get(c, ref, **q))
-                    r_ds, _ = median_of(args.repeat, lambda q=q: timed_get(c, ref, downsample=1000, **q))
+                    (o, osize), (r_all, rsize), (r_ds, _) = interleaved(
+                        args.repeat, lambda q=q: timed_get(c, ours, downsample=1000, **q),
+                        lambda q=q: timed_get(c, ref, **q), lambda q=q: timed_get(c, ref, downsample=1000, **q))
                     rows.append((f"downsample=1000, {label}: ours", f"{o * 1000:.0f} ms", f"{osize / 1e6:.2f} MB"))
                     rows.append(("  reference, every point (what its clients get)", f"{r_all * 1000:.0f} ms",
                                  f"{rsize / 1e6:.1f} MB; ours {r_all / o:.1f}x faster"))
                     rows.append(("  reference + the same downsampling in Python", f"{r_ds * 1000:.0f} ms",
                                  f"ours {r_ds / o:.1f}x faster"))
+                if args.only == "downsample":
+                    raise _Done
                 w, n = median_of(max(1, args.repeat - 1), lambda: walk(c, server.base, args.page))
                 r_all, _ = median_of(max(1, args.repeat - 1), lambda: timed_get(c, ref))
                 rows.append((f"paginated walk, limit={args.page}: ours", f"{w * 1000:.0f} ms",
@@ -226,13 +241,15 @@ def main() -> None:
                 full, size = median_of(max(1, args.repeat - 1), lambda: timed_get(c, ours))
                 rows.append(("ours, everything in one streamed JSON answer", f"{full * 1000:.0f} ms",
                              f"{size / 1e6:.0f} MB"))
+        except _Done:
+            pass
         finally:
             server.stop()
 
-        for what, path, params in (("ours: CSV export, streamed", "/api/v1/workloads/{uid}/metrics/data",
-                                    {"format": "csv"}),
-                                   ("ours: JSON, streamed", "/api/v1/workloads/{uid}/metrics/data", {}),
-                                   ("reference: JSON, loaded whole", "/reference/workloads/{uid}/metrics/data", {})):
+        exports = (("ours: CSV export, streamed", "/api/v1/workloads/{uid}/metrics/data", {"format": "csv"}),
+                   ("ours: JSON, streamed", "/api/v1/workloads/{uid}/metrics/data", {}),
+                   ("reference: JSON, loaded whole", "/reference/workloads/{uid}/metrics/data", {}))
+        for what, path, params in () if args.only else exports:
             server = Server(url, args.port)  # a fresh process each: its peak belongs to this export alone
             try:
                 secs, before, peak, size = export_peak(server, path.format(uid=UID), params)
@@ -245,7 +262,8 @@ def main() -> None:
         print(f"\n{'measure':<{width}}  {'value':>10}  notes")
         for what, value, note in rows:
             print(f"{what:<{width}}  {value:>10}  {note}")
-        print(f"\nPostgreSQL {pg.get_uri().split('?')[0]} (embedded), {os.cpu_count()} CPUs")
+        print(f"\nPostgreSQL {pg.get_uri().split('?')[0]} (embedded), {os.cpu_count()} CPUs, "
+              f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     finally:
         pg.cleanup()
         shutil.rmtree(base_dir, ignore_errors=True)

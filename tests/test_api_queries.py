@@ -211,6 +211,76 @@ async def test_downsample_equals_the_python_oracle_with_filters(store: Store, da
     assert len(got) <= max_points and got[0] == rows[0] and got[-1] == rows[-1]
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["one-query", "page-ranges"])
+async def test_downsample_ties_plateaus_and_different_ranges(store: Store, database_url: str,
+                                                             monkeypatch: pytest.MonkeyPatch, split: bool) -> None:
+    """Constant and stepped series (every row ties), repeated extremes, NaN/inf, series on different step ranges
+    (the join form), `last` (each series from its own step), the page-range split: each equals the oracle."""
+    from trainscope.api import downsample as ds
+
+    if split:  # the test table is small: let the split happen anyway, so its UNION ALL runs on PostgreSQL
+        monkeypatch.setattr(ds, "SPLIT_MIN_PAGES", 0)
+        monkeypatch.setattr(ds, "SPLIT_MIN_SHARE", 0.0)
+    rnd = random.Random(11)
+    series: dict[str, list[tuple[int, float]]] = {
+        "const": [(s, 1e-3) for s in range(3000)],
+        "stepped": [(s, 0.1 if s < 1234 else 0.01 if s < 2500 else 0.001) for s in range(0, 6000, 2)],
+        "coarse": [(s, float(rnd.randint(0, 3))) for s in range(100, 2600)],
+        "spiky": [(s, rnd.choice([rnd.gauss(0, 1), math.nan, math.inf, -math.inf, 0.0, -0.0]))
+                  for s in range(-700, 1800)],
+    }
+    pts = [Point(m, s, T0 + s + 0.25, v) for m, rows in series.items() for s, v in rows]
+    await store.write("ties", "tb", "tensorboard", pts, None)
+    async with client_for(ApiSettings(database_url)) as c:
+        answers = [(await c.get("/api/v1/workloads/ties/metrics/data", params=p)).json()
+                   for p in ({"downsample": 50}, {"downsample": 21, "last": 2000}, {"downsample": 7, "from_step": 5})]
+        await c._transport.app.state.db.close()  # type: ignore[attr-defined]
+    for out, keep in zip(answers, (lambda r: r, lambda r: r[-2000:], lambda r: [x for x in r if x[0] >= 5]),
+                         strict=True):
+        n = out["downsample"]["max_points_per_series"]
+        assert out["downsampled"] is True
+        assert out["downsample"]["source_points"] == sum(len(keep(rows)) for rows in series.values())
+        for metric, rows in series.items():
+            want = minmax_reference([(s, math.floor((T0 + s + 0.25) * 1000), v) for s, v in keep(rows)], n)
+            got = [(i["iteration"], i["timestamp"], i["value"]) for i in out["data"] if i["metric_name"] == metric]
+            assert got == [(s, t, v if math.isfinite(v) else None) for s, t, v in want], metric
+            assert len(got) <= n
+
+
+async def test_downsample_steps_at_the_int64_bounds(store: Store, database_url: str) -> None:
+    """A step range too wide for int8 bucket arithmetic takes the numeric form: same buckets as the oracle."""
+    rnd = random.Random(5)
+    steps = sorted({-(2**63), 2**63 - 1, *(rnd.randint(-(2**62), 2**62) for _ in range(300))})
+    pts = [Point("wide", s, T0 + i, math.sin(i / 9)) for i, s in enumerate(steps)]
+    await store.write("wide", "tb", "tensorboard", pts, None)
+    async with client_for(ApiSettings(database_url)) as c:
+        out = (await c.get("/api/v1/workloads/wide/metrics/data", params={"downsample": 40})).json()
+        await c._transport.app.state.db.close()  # type: ignore[attr-defined]
+    want = minmax_reference([(p.step, math.floor(p.ts * 1000), p.value) for p in pts], 40)
+    assert [(i["iteration"], i["timestamp"], i["value"]) for i in out["data"]] == want
+
+
+async def test_downsample_splits_the_table_only_for_a_dominant_workload(store: Store, database_url: str,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Page ranges (a whole-table scan in parallel) for a workload holding most rows; one plain query otherwise."""
+    from trainscope.api import downsample as ds
+
+    monkeypatch.setattr(ds, "SPLIT_MIN_PAGES", 0)
+    await store.write("big", "tb", "tensorboard", [Point(f"m{i}", s, T0 + s, 1.0) for i in range(4)
+                                                    for s in range(5000)], None)
+    await store.write("small", "tb", "tensorboard", [Point("m", s, T0 + s, 1.0) for s in range(100)], None)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("ANALYZE points")
+        big = [r["id"] for r in await conn.fetch("SELECT id FROM series WHERE workload_uid = 'big'")]
+        small = [r["id"] for r in await conn.fetch("SELECT id FROM series WHERE workload_uid = 'small'")]
+        ranges = await ds.page_ranges(conn, big)
+        assert await ds.page_ranges(conn, small) == [""]
+    finally:
+        await conn.close()
+    assert len(ranges) >= 2 and "<" in ranges[0] and ranges[-1].count("ctid") == 1  # the last one is open-ended
+
+
 # ---- formats ----------------------------------------------------------------------------------------------------
 
 async def test_csv_and_ndjson_round_trip(store: Store, database_url: str) -> None:
