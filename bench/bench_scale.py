@@ -12,7 +12,10 @@ tensorboardX writes), and `python -m trainscope.cli operator` as its own process
 - points stored per second (rows committed in the window);
 - status patches per second received by the emulator, and the most any one Workload got;
 - lag of each point committed in the window: its commit time (pg_xact_commit_timestamp) minus its source time
-  (the event's wall_time, stamped by the writer as it wrote), p50/p95/max.
+  (the event's wall_time, stamped by the writer as it wrote), p50/p95/max;
+- the CPU of this process in the window (the emulator serving the operator: shows the emulator is not the limit);
+- how long creating the N Workloads took (the emulator serving the operator meanwhile) and the machine's 1-minute
+  load average at the end of the row's run (the machine is shared: figures mean little without it).
 
 Figures are printed as a markdown table (docs/performance.md), never asserted. The machine is shared: the
 emulator, the writer, PostgreSQL and the operator all run on the same cores.
@@ -107,6 +110,7 @@ async def run_one(n: int, duration: float, poll: str, status_interval: float) ->
                 spec = {"sources": [{"name": "tb", "tensorboard": {"logDir": str(base / "runs" / f"w{i:04d}")}}],
                         "pollInterval": poll}
                 await cluster.create(f"w{i:04d}", spec)
+            create_s = time.monotonic() - t_create
             # warm-up: every Workload collecting (status shows a step)
             last_report = 0.0
             while True:
@@ -131,7 +135,8 @@ async def run_one(n: int, duration: float, poll: str, status_interval: float) ->
                     halt.wait(0.5)
             sampler = threading.Thread(target=sample, daemon=True)
             conn = await asyncpg.connect(url)
-            cpu0, patches0 = op.cpu_seconds(), cluster.emu.status_patches
+            me = psutil.Process()  # the emulator (and this bench's light bookkeeping)
+            cpu0, patches0, emu0 = op.cpu_seconds(), cluster.emu.status_patches, me.cpu_times()
             per0 = dict(cluster.emu.status_patches_by)
             db_t0 = await conn.fetchval("SELECT now()")
             t0 = time.monotonic()
@@ -139,6 +144,8 @@ async def run_one(n: int, duration: float, poll: str, status_interval: float) ->
             await asyncio.sleep(duration)
             elapsed = time.monotonic() - t0
             cpu = op.cpu_seconds() - cpu0
+            emu1 = me.cpu_times()
+            emu_cpu = (emu1.user + emu1.system) - (emu0.user + emu0.system)
             patches = cluster.emu.status_patches - patches0
             per = {k: v - per0.get(k, 0) for k, v in cluster.emu.status_patches_by.items()}
             db_t1 = await conn.fetchval("SELECT now()")
@@ -147,7 +154,8 @@ async def run_one(n: int, duration: float, poll: str, status_interval: float) ->
             row = await conn.fetchrow(_LAG, db_t0, db_t1)
             await conn.close()
             await asyncio.to_thread(op.stop)  # never block the loop that serves the emulator kopf talks to
-            return {"workloads": n, "warmup_s": warmup, "cpu_cores": cpu / elapsed, "rss_mb": max(rss) / 2**20,
+            return {"workloads": n, "create_s": create_s, "load": os.getloadavg()[0], "warmup_s": warmup,
+                    "cpu_cores": cpu / elapsed, "rss_mb": max(rss) / 2**20, "emulator_cores": emu_cpu / elapsed,
                     "points_per_s": row["n"] / (db_t1 - db_t0).total_seconds(), "patches_per_s": patches / elapsed,
                     "max_patches_per_wl_per_min": 60 * max(per.values(), default=0) / elapsed,
                     "lag_p50": row["p50"] or 0.0, "lag_p95": row["p95"] or 0.0, "lag_max": row["max"] or 0.0}
@@ -162,7 +170,7 @@ async def run_one(n: int, duration: float, poll: str, status_interval: float) ->
 
 async def run_local(n: int, duration: float, poll: str) -> dict[str, float]:
     """The same collectors and store without Kubernetes: `trainscope local` over N Workload manifests (no kopf, no
-    status patches). For N beyond what the KMock emulator can hold."""
+    status patches): what collection alone costs, to set beside the operator's figures."""
     import subprocess
 
     import yaml
@@ -209,7 +217,8 @@ async def run_local(n: int, duration: float, poll: str) -> dict[str, float]:
         db_t1 = await conn.fetchval("SELECT now()")
         row = await conn.fetchrow(_LAG, db_t0, db_t1)
         await conn.close()
-        return {"workloads": n, "warmup_s": warmup, "cpu_cores": cpu / elapsed, "rss_mb": max(rss) / 2**20,
+        return {"workloads": n, "create_s": 0.0, "load": os.getloadavg()[0], "warmup_s": warmup,
+                "cpu_cores": cpu / elapsed, "rss_mb": max(rss) / 2**20, "emulator_cores": 0.0,
                 "points_per_s": row["n"] / (db_t1 - db_t0).total_seconds(), "patches_per_s": 0.0,
                 "max_patches_per_wl_per_min": 0.0,
                 "lag_p50": row["p50"] or 0.0, "lag_p95": row["p95"] or 0.0, "lag_max": row["max"] or 0.0}
@@ -227,7 +236,7 @@ async def run_local(n: int, duration: float, poll: str) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--workloads", type=int, nargs="*", default=[10, 100, 300])
+    ap.add_argument("--workloads", type=int, nargs="*", default=[10, 100, 1000])
     ap.add_argument("--duration", type=float, default=60.0)
     ap.add_argument("--poll", default="5s")
     ap.add_argument("--status-interval", type=float, default=5.0)
@@ -236,9 +245,10 @@ def main() -> None:
     args = ap.parse_args()
     print(f"cores: {psutil.cpu_count()}, pollInterval {args.poll}, status interval {args.status_interval}s, "
           f"window {args.duration:.0f}s")
-    print("| Workloads | warm-up s | operator CPU (cores) | operator RSS MB | points/s stored | status patches/s "
-          "| max patches per Workload per min | lag p50 s | lag p95 s | lag max s |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| Workloads | create s | warm-up s | operator CPU (cores) | operator RSS MB | points/s stored "
+          "| status patches/s | max patches per Workload per min | lag p50 s | lag p95 s | lag max s "
+          "| emulator CPU (cores) | load (1 min) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     runs = [(n, False) for n in args.workloads] + [(n, True) for n in args.local]
     for n, local in runs:
         if local:
@@ -246,9 +256,10 @@ def main() -> None:
         else:
             r = asyncio.run(run_one(n, args.duration, args.poll, args.status_interval))
         label = f"{n} (local mode)" if local else str(n)
-        print(f"| {label} | {r['warmup_s']:.0f} | {r['cpu_cores']:.2f} | {r['rss_mb']:.0f} | {r['points_per_s']:.0f} "
+        print(f"| {label} | {r['create_s']:.1f} | {r['warmup_s']:.0f} | {r['cpu_cores']:.2f} | {r['rss_mb']:.0f} "
+              f"| {r['points_per_s']:.0f} "
               f"| {r['patches_per_s']:.1f} | {r['max_patches_per_wl_per_min']:.1f} | {r['lag_p50']:.2f} "
-              f"| {r['lag_p95']:.2f} | {r['lag_max']:.2f} |", flush=True)
+              f"| {r['lag_p95']:.2f} | {r['lag_max']:.2f} | {r['emulator_cores']:.2f} | {r['load']:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

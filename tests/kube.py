@@ -3,7 +3,9 @@
 - `Emulator`: kmock's KubernetesEmulator plus what kopf needs and kmock 0.8 lacks (resourceVersion, uid,
   creationTimestamp, generateName, 422 on a failed JSON-patch test) and a `metadata.generation` bump when the
   spec changes, so observedGeneration can be checked. It also serves `pods/{name}/log` as the kubelet does
-  (`PodLogs`): timestamps, second-granular sinceTime, follow, previous, in chunks with delays.
+  (`PodLogs`): timestamps, second-granular sinceTime, follow, previous, in chunks with delays. Each request
+  costs the same however many came before (kmock's own dispatch grows with its request log; see
+  `Emulator.__iter__`), so one emulator can serve an operator with 1,000 Workloads.
 - `Cluster`: the emulator served over HTTP, with Workload/Event/Pod/log helpers for tests.
 - `Operator`: `kopf.operator()` with the project's handlers on its own thread and event loop (never on
   pytest-asyncio's loop, which serves the emulator), stoppable and restartable.
@@ -17,6 +19,7 @@ read from TRAINSCOPE_STATUS_INTERVAL when the handlers are imported.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import datetime
 import itertools
 import json
@@ -27,7 +30,7 @@ import struct
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -84,23 +87,88 @@ def _tune(settings: kopf.OperatorSettings, **_: Any) -> None:
 # ---- the emulated API server ---------------------------------------------------------------------------------
 
 
+# The request the current task is dispatching, if any (see Emulator.__iter__).
+_DISPATCHING: contextvars.ContextVar[kmock.Request | None] = contextvars.ContextVar("kmock_dispatching",
+                                                                                    default=None)
+
+
 class Emulator(kmock.KubernetesEmulator):
-    """KMock's emulator with the object metadata kopf relies on.
+    """KMock's emulator with the object metadata kopf relies on, at a cost per request that does not grow.
 
     kmock 0.8 sets no resourceVersion/uid/creationTimestamp (kopf's finalizer JSON patches `test` the
     resourceVersion and would retry forever), ignores generateName (kopf's events use it), answers a failed
     JSON-patch `test` with 500 where Kubernetes answers 422 (kopf retries on 422), and never bumps
     `generation`. This subclass fills all of these in, in place on the request body, so the stored object and
     the watch events carry them.
+
+    kmock also records every request it serves and every version of every object, for assertions no test here
+    makes. Unless `keep_history` is set, a served request is forgotten and an object keeps only its current
+    version, so memory stays flat while an operator patches status for hours.
     """
 
+    keep_history = False  # True: kmock's request log and object histories, as kmock keeps them
     _rv = itertools.count(1)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         self.pod_logs = PodLogs(self)
 
+    def __iter__(self) -> Iterator[kmock.Request]:
+        """The requests kmock's views see: while a request is dispatched, that request alone.
+
+        kmock picks the reaction for a request with `request in view`, and a view answers that by filtering
+        every request the emulator ever served: each request cost more than the last (creating 400 Workloads
+        with an operator running took minutes, ~99% of it in kmock's filter checks). The reactions here (the
+        emulator's fallbacks) filter each request on its own, never by its position among others (no slices),
+        so the answer is the same when the current request is the only one to look at.
+        """
+        current = _DISPATCHING.get()
+        if current is not None:
+            yield current
+        else:
+            yield from super().__iter__()
+
+    def _KubernetesEmulator__get_objs(self, request: kmock.Request, strict: bool) -> list[kmock.Object]:
+        """The stored objects a request addresses (kmock's private `__get_objs`), by key when it names one.
+
+        kmock scans every stored object for every get, create, patch and delete; with 1,000 Workloads that scan
+        was the largest cost left. A request that names its object (and namespace, or is strict about it, as
+        get/patch/delete are) matches exactly the object under that key; lists and watches still scan.
+        """
+        if request.resource is not None and request.name is not None and (strict or request.namespace is not None):
+            key = (request.resource, request.namespace, request.name)
+            return [self.objects[key]] if key in self.objects else []
+        return super()._KubernetesEmulator__get_objs(request, strict)  # type: ignore[misc]
+
     async def _handle(self, request: kmock.Request) -> Any:
+        token = _DISPATCHING.set(request)
+        try:
+            return await self._serve(request)
+        finally:
+            _DISPATCHING.reset(token)
+            if not self.keep_history:
+                self._forget(request)
+
+    def _forget(self, request: kmock.Request) -> None:
+        """Drop a served request from kmock's logs, and the versions before the current of what it touched."""
+        for log in (self._requests, *(payload._requests for payload in self._payloads)):
+            for i in range(len(log) - 1, -1, -1):
+                if log[i] is request:
+                    del log[i]
+                    break
+        if request.resource is None or request.action not in (kmock.action.CREATE, kmock.action.UPDATE,
+                                                               kmock.action.DELETE):
+            return
+        meta = request.data.get("metadata", {}) if isinstance(request.data, dict) else {}
+        key = (request.resource, request.namespace or meta.get("namespace"), request.name or meta.get("name"))
+        if key in self.objects:
+            history = self.objects[key].history
+            # keep from the last real version on: a soft-deleted object still answers `.last`
+            last = max((i for i, version in enumerate(history) if version is not None), default=0)
+            if last > 0:
+                del history[:last]
+
+    async def _serve(self, request: kmock.Request) -> Any:
         if request.resource is not None and request.resource.plural == "pods" and request.subresource == "log":
             return await self.pod_logs.serve(request)
         if request.resource is not None and request.data is not None:
