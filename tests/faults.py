@@ -43,7 +43,18 @@ import psutil
 from trainscope.collector.sources import REGISTRY
 from trainscope.demo import encode_event, frame
 
-from kube import NAMESPACE, Cluster, Emulator, Instance, LogEntry, Scalar, eventually, read_scalars, rfc3339nano
+from kube import (
+    NAMESPACE,
+    Cluster,
+    Emulator,
+    Instance,
+    LogEntry,
+    Scalar,
+    eventually,
+    read_scalars,
+    render_log,
+    since_ns,
+)
 
 # ---- the emulated API server, counting what the operator sends ---------------------------------------------------
 
@@ -101,21 +112,8 @@ class CountingEmulator(Emulator):
         previous = params.get("previous") == "true"
         if not runs or (previous and len(runs) < 2):
             return None
-        since = 0
-        if params.get("sinceTime"):
-            when = datetime.fromisoformat(params["sinceTime"].replace("Z", "+00:00"))
-            since = int(when.timestamp()) * 10**9
-        stamps = params.get("timestamps") == "true"
-        out = bytearray()
-        new_line = True
-        for entry in list((runs[-2] if previous else runs[-1]).entries):
-            keep = entry.ns >= since
-            if keep:
-                if stamps and new_line:
-                    out += rfc3339nano(entry.ns).encode() + b" "
-                out += entry.data
-            new_line = entry.data.endswith(b"\n") or not keep
-        return bytes(out)
+        entries = list((runs[-2] if previous else runs[-1]).entries)
+        return render_log(entries, since_ns(params), params.get("timestamps") == "true")[0]
 
     async def _misbehave(self, request: kmock.Request, pod: str, mode: str) -> Any:
         self.log_requests[mode] = self.log_requests.get(mode, 0) + 1

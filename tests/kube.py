@@ -30,7 +30,7 @@ import struct
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -223,6 +223,28 @@ def rfc3339nano(ns: int) -> str:
     return f"{head}.{frac:09d}".rstrip("0").rstrip(".") + "Z"
 
 
+def since_ns(params: Mapping[str, str]) -> int:
+    """A pods/log request's sinceTime as the kubelet applies it: whole seconds, in ns (0: from the start)."""
+    if not params.get("sinceTime"):
+        return 0
+    when = datetime.datetime.fromisoformat(params["sinceTime"].replace("Z", "+00:00"))
+    return int(when.timestamp()) * 10**9
+
+
+def render_log(entries: Iterable[LogEntry], since: int, stamps: bool, new_line: bool = True) -> tuple[bytes, bool]:
+    """The log text of `entries` written at or after `since`, each line after its kubelet timestamp when `stamps`;
+    and whether the text ends at a line start (for rendering what is written next)."""
+    out = bytearray()
+    for entry in entries:
+        keep = entry.ns >= since
+        if keep:
+            if stamps and new_line:
+                out += rfc3339nano(entry.ns).encode() + b" "
+            out += entry.data
+        new_line = entry.data.endswith(b"\n") or not keep
+    return bytes(out), new_line
+
+
 @dataclass
 class LogEntry:
     """One entry of a container's log: the kubelet's timestamp (ns) and the bytes written. An entry without a
@@ -297,10 +319,7 @@ class PodLogs:
             return self._error(400, f'container "{container}" in pod "{name}" is waiting to start: '
                                     "ContainerCreating")
         instance = runs[-2] if previous else runs[-1]
-        since = 0
-        if params.get("sinceTime"):
-            when = datetime.datetime.fromisoformat(params["sinceTime"].replace("Z", "+00:00"))
-            since = int(when.timestamp()) * 10**9  # the kubelet gets whole seconds
+        since = since_ns(params)
         stamps = params.get("timestamps") == "true"
         follow = params.get("follow") == "true" and not previous
         raw = request._raw_request
@@ -311,14 +330,7 @@ class PodLogs:
         new_line = True
         try:
             while True:
-                out = bytearray()
-                for entry in instance.entries[sent:]:
-                    keep = entry.ns >= since
-                    if keep:
-                        if stamps and new_line:
-                            out += rfc3339nano(entry.ns).encode() + b" "
-                        out += entry.data
-                    new_line = entry.data.endswith(b"\n") or not keep
+                out, new_line = render_log(instance.entries[sent:], since, stamps, new_line)
                 sent = len(instance.entries)
                 for i in range(0, len(out), self.chunk):
                     await response.write(bytes(out[i:i + self.chunk]))
