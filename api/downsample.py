@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from trainscope.api.params import Filters
-from trainscope.api.queries import Row, Series, read_series, step_bounds
+from trainscope.api.queries import Row, Series, read_series, step_bounds, ts_clause
 
 MIN_POINTS = 4
 INT64_MAX = 2**63 - 1
@@ -144,17 +144,6 @@ def _rows_sql(f: Filters, sids: Sequence[int], los: Sequence[int], spans: Sequen
     return f"{rows} WHERE {' AND '.join(where) or 'TRUE'}", bucket, args
 
 
-def _ts_clause(f: Filters, first: int) -> tuple[str, list[int]]:
-    sql, args = "", []
-    if f.start_ms is not None:
-        args.append(f.start_ms)
-        sql += f" AND ts >= ${first + len(args) - 1}"
-    if f.end_ms is not None:
-        args.append(f.end_ms + 1)
-        sql += f" AND ts < ${first + len(args) - 1}"
-    return sql, args
-
-
 async def _estimate(conn: asyncpg.Connection, sql: str, *args: object) -> float:
     """The planner's row estimate of a query (it scales the table's statistics to its current size)."""
     plan = json.loads(await conn.fetchval("EXPLAIN (FORMAT JSON) " + sql, *args))
@@ -197,9 +186,8 @@ async def downsample(conn: asyncpg.Connection, series_: Sequence[Series], f: Fil
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         await conn.execute("SET LOCAL work_mem = '64MB'")  # the per-bucket hash tables stay in memory
         await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")  # a hashed `= ANY` needs a constant
-        ts, ts_args = _ts_clause(f, 4)
-        bounds = await conn.fetch(_BOUNDS.format(ts=ts), [s.id for s in series_],
-                                  [max(lo0, lower.get(s.id, lo0)) for s in series_], hi0, *ts_args)
+        args: list[object] = [[s.id for s in series_], [max(lo0, lower.get(s.id, lo0)) for s in series_], hi0]
+        bounds = await conn.fetch(_BOUNDS.format(ts=ts_clause(f, args)), *args)
         if not bounds:
             return Downsampled([(s, []) for s in series_], 0, False)
         sids = [b["sid"] for b in bounds]

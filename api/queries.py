@@ -242,6 +242,18 @@ async def iter_points(conn: asyncpg.Connection, series_: Sequence[Series], f: Fi
             lo = rows[-1][0] + 1
 
 
+def ts_clause(f: Filters, args: list[Any], column: str = "ts") -> str:
+    """` AND column >= $n AND column < $m` for the filters' start/end (ms, end inclusive); values appended to `args`."""
+    sql = ""
+    if f.start_ms is not None:
+        args.append(f.start_ms)
+        sql += f" AND {column} >= ${len(args)}"
+    if f.end_ms is not None:
+        args.append(f.end_ms + 1)
+        sql += f" AND {column} < ${len(args)}"
+    return sql
+
+
 # ---- iteration times --------------------------------------------------------------------------------------------
 
 async def iteration_times(conn: asyncpg.Connection, ids: Sequence[int], f: Filters,
@@ -251,13 +263,7 @@ async def iteration_times(conn: asyncpg.Connection, ids: Sequence[int], f: Filte
     sql = ("SELECT DISTINCT ON (p.step) p.step, p.ts, s.kind FROM points p JOIN series s ON s.id = p.series_id "
            "WHERE p.series_id = ANY($1::bigint[]) AND p.step >= $2 AND p.step <= $3")
     args: list[Any] = [list(ids), lo, hi]
-    if f.start_ms is not None:
-        args.append(f.start_ms)
-        sql += f" AND p.ts >= ${len(args)}"
-    if f.end_ms is not None:
-        args.append(f.end_ms + 1)
-        sql += f" AND p.ts < ${len(args)}"
-    sql += " ORDER BY p.step, p.ts, s.kind"
+    sql += ts_clause(f, args, "p.ts") + " ORDER BY p.step, p.ts, s.kind"
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         cur = await conn.cursor(sql, *args)
         while rows := await cur.fetch(chunk):
