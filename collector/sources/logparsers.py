@@ -319,23 +319,28 @@ class LogParser:
         steps = []
         g = len(lay.names)
         for j in range(0, r * g, g):
-            step: int | None = None
-            if lay.step_at >= 0:
-                v = vals[j + lay.step_at]
-                step = int(v) if math.isfinite(v) and v == int(v) else None
-            if lay.total_at >= 0:
-                v = vals[j + lay.total_at]
-                if math.isfinite(v) and v >= 1:
-                    self.total_steps = int(v)
-            if lay.train:
-                self._hf_n += 1
-                if step is None:
-                    step = self._hf_n * self.logging_steps
-                self._hf_step = step
-            elif step is None:
-                step = self._hf_step
-            steps.append(step)
+            steps.append(self._hf_step_of(lay, vals, j))
         return steps
+
+    def _hf_step_of(self, lay: _Layout, vals: list[float], j: int) -> int:
+        """The step of the HF dict whose values start at vals[j] (its own step field, else the running count),
+        updating the running state and total steps as the dict says."""
+        step: int | None = None
+        if lay.step_at >= 0:
+            v = vals[j + lay.step_at]
+            step = int(v) if math.isfinite(v) and v == int(v) else None
+        if lay.total_at >= 0:
+            v = vals[j + lay.total_at]
+            if math.isfinite(v) and v >= 1:
+                self.total_steps = int(v)
+        if lay.train:
+            self._hf_n += 1
+            if step is None:
+                step = self._hf_n * self.logging_steps
+            self._hf_step = step
+        elif step is None:
+            step = self._hf_step
+        return step
 
     # ---- one line ----------------------------------------------------------------------------------------
 
@@ -542,19 +547,7 @@ class LogParser:
         self._layouts[fmt] = lay
 
     def _hf_emit(self, lay: _Layout, vals: list[float], ts: float, run: str, out: list[RawPoint]) -> int:
-        step: int | None = None
-        if lay.step_at >= 0:
-            v = vals[lay.step_at]
-            step = int(v) if math.isfinite(v) and v == int(v) else None
-        if lay.total_at >= 0 and math.isfinite(vals[lay.total_at]) and vals[lay.total_at] >= 1:
-            self.total_steps = int(vals[lay.total_at])
-        if lay.train:
-            self._hf_n += 1
-            if step is None:
-                step = self._hf_n * self.logging_steps
-            self._hf_step = step
-        elif step is None:
-            step = self._hf_step
+        step = self._hf_step_of(lay, vals, 0)
         n = 0
         for k, v in zip(lay.names, vals, strict=True):
             if k is not None:
