@@ -49,6 +49,7 @@ demo: $(STAMP)  ## the main job: local mode on the embedded PostgreSQL, with a s
 
 test: $(STAMP) $(HELM_STAMP) $(WEB_STAMP) $(CHROMIUM)  ## lint, then the whole suite (real PostgreSQL, real tensorboard, kopf on KMock, real helm, headless Chromium)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/python tools/lint_imports.py
 	$(VENV)/bin/pytest -q
 
 bench: $(STAMP)

@@ -6,18 +6,22 @@ gets the same message, naming the field, wherever it comes from.
 
 from __future__ import annotations
 
-import fnmatch
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import jsonschema
 
 from trainscope.collector.health import HealthSpec
+from trainscope.collector.schema import (  # noqa: F401  (re-exported: the names spec users know)
+    DURATION_PATTERN,
+    MetricFilter,
+    SpecError,
+    exactly_one_of,
+    globs,
+    metric_filter_schema,
+    parse_duration,
+)
 
-DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 SOURCE_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 MAX_SOURCES = 16
 MIN_POLL_INTERVAL = 0.05  # seconds (the CRD's CEL rule says 50ms); below this a source would be polled in a tight loop
@@ -25,47 +29,6 @@ _PATTERN_HINTS = {
     DURATION_PATTERN: "is not a duration: use e.g. 30s, 5m, 1h30m, 500ms",
     SOURCE_NAME_PATTERN: "must be lowercase letters, digits and '-', starting and ending with a letter or digit",
 }
-
-
-class SpecError(ValueError):
-    """An invalid Workload spec; `field` is the dotted path of the offending field (e.g. spec.sources[0].name)."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
-
-
-def parse_duration(text: str) -> float:
-    """'30s', '1m30s', '500ms', '2h' -> seconds."""
-    if not re.fullmatch(DURATION_PATTERN, text):
-        raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 5m, 1h30m, 500ms)")
-    return sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text))
-
-
-def _globs(description: str) -> dict[str, Any]:
-    return {"type": "array", "maxItems": 64, "description": description,
-            "items": {"type": "string", "minLength": 1, "maxLength": 256}}
-
-
-def exactly_one_of(a: str, b: str, *rules: dict[str, str]) -> dict[str, Any]:
-    """Schema keywords saying a source block sets exactly one of two fields: `oneOf` for jsonschema (local mode and
-    the operator's own check) and the same as a CEL rule for the cluster; extra CEL `rules` are appended."""
-    return {"oneOf": [{"required": [a]}, {"required": [b]}],
-            "x-kubernetes-validations": [{"rule": f"has(self.{a}) != has(self.{b})",
-                                          "message": f"set exactly one of {a} or {b}"}, *rules]}
-
-
-def metric_filter_schema() -> dict[str, Any]:
-    """include/exclude glob lists, shared by the Workload and by sources that filter tags."""
-    return {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "include": _globs("Glob patterns of metric names to keep (default: all)."),
-            "exclude": _globs("Glob patterns of metric names to drop (applied after include)."),
-        },
-    }
 
 
 def _duration_field(description: str) -> dict[str, Any]:
@@ -86,7 +49,7 @@ def health_schema() -> dict[str, Any]:
 
     return obj(
         "Training health detection (docs/health.md).",
-        metrics=_globs("Metrics watched for non-finite values, spikes and divergence (default: the primary)."),
+        metrics=globs("Metrics watched for non-finite values, spikes and divergence (default: the primary)."),
         stall=obj("Stalled: no new step for a while, while the run is not finished.",
                   after=_duration_field("Fixed threshold; default derived from the run's own step interval."),
                   factor={"type": "number", "minimum": 1, "maximum": 1000,
@@ -164,7 +127,7 @@ def spec_schema(source_schemas: dict[str, dict[str, Any]]) -> dict[str, Any]:
             "prometheus": {
                 "type": "object",
                 "additionalProperties": False,
-                "properties": {"metrics": _globs("Metrics exported as gauges (default: the primary metric).")},
+                "properties": {"metrics": globs("Metrics exported as gauges (default: the primary metric).")},
             },
             "health": health_schema(),
             "retainData": {"type": "boolean", "default": True,
@@ -181,24 +144,6 @@ class SourceSpec:
     kind: str
     config: dict[str, Any]
     poll_interval: float | None = None  # seconds; None: the Workload's
-
-
-@dataclass(frozen=True, slots=True)
-class MetricFilter:
-    """include/exclude globs; an empty include keeps everything."""
-
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-
-    def allows(self, metric: str) -> bool:
-        if self.include and not any(fnmatch.fnmatchcase(metric, p) for p in self.include):
-            return False
-        return not any(fnmatch.fnmatchcase(metric, p) for p in self.exclude)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> MetricFilter:
-        d = d or {}
-        return cls(tuple(d.get("include", ())), tuple(d.get("exclude", ())))
 
 
 @dataclass(frozen=True, slots=True)

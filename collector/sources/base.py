@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import httpx
 
 from trainscope.collector.points import Batch, Cursor
-from trainscope.collector.spec import DURATION_PATTERN, exactly_one_of, parse_duration
+from trainscope.collector.schema import DURATION_PATTERN, exactly_one_of, parse_duration
 
 # Resolves a secret reference ({"name", "key"} in the Workload's namespace, or an env var) to its value.
 SecretResolver = Callable[[dict[str, str]], Awaitable[str]]

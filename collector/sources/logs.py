@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from trainscope.collector.points import Batch, Cursor, RawPoint
+from trainscope.collector.schema import exactly_one_of
 from trainscope.collector.sources.base import PodRef, SourceContext, SourceError
 from trainscope.collector.sources.logparsers import (
     FORMATS,
@@ -27,7 +28,6 @@ from trainscope.collector.sources.logparsers import (
     compile_patterns,
     decode_lines,
 )
-from trainscope.collector.spec import exactly_one_of
 
 _POW10 = [10**i for i in range(10)]
 CHUNK_BYTES = 1 << 20  # log files are read in pieces of this size

@@ -20,9 +20,9 @@ from typing import Any, ClassVar
 import httpx
 
 from trainscope.collector.points import Batch, Cursor, Point, RunState
+from trainscope.collector.schema import DURATION_PATTERN, parse_duration
 from trainscope.collector.sources.base import SourceContext, SourceError
 from trainscope.collector.sources.bce_auth import Credentials, authorization, canonical_time, uri_encode
-from trainscope.collector.spec import DURATION_PATTERN, parse_duration
 
 DEFAULT_ENDPOINT = "https://qianfan.baidubce.com"
 JOB_DETAIL_PATH = "/wenxinworkshop/finetune/jobDetail"

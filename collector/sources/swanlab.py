@@ -18,6 +18,12 @@ from urllib.parse import quote
 import httpx
 
 from trainscope.collector.points import Batch, Cursor, Point, RunState
+from trainscope.collector.schema import (
+    DURATION_PATTERN,
+    MetricFilter,
+    metric_filter_schema,
+    parse_duration,
+)
 from trainscope.collector.sources import swanlab_files as files
 from trainscope.collector.sources.base import (
     LogDirOrUrlSource,
@@ -25,12 +31,6 @@ from trainscope.collector.sources.base import (
     SourceError,
     log_dir_or_url_schema,
     url_timeout_property,
-)
-from trainscope.collector.spec import (
-    DURATION_PATTERN,
-    MetricFilter,
-    metric_filter_schema,
-    parse_duration,
 )
 
 HTTP_CAP = 1499  # points /tag returns for a metric of more than 1,500 points (swanboard's lttb(threshold=1500))

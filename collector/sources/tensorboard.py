@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import httpx
 
 from trainscope.collector.points import Batch, Cursor, Point
+from trainscope.collector.schema import MetricFilter, metric_filter_schema
 from trainscope.collector.sources.base import (
     LogDirOrUrlSource,
     SourceContext,
@@ -26,7 +27,6 @@ from trainscope.collector.sources.base import (
     url_timeout_property,
 )
 from trainscope.collector.sources.tfevents import EventScanner, read_file
-from trainscope.collector.spec import MetricFilter, metric_filter_schema
 
 SERVER_SAMPLE_SIZE = 1000  # TensorBoard's default reservoir size for scalars
 _FETCH_WINDOW = 8  # tag series fetched concurrently in url mode

@@ -20,14 +20,14 @@ from typing import Any, ClassVar
 import httpx
 
 from trainscope.collector.points import Batch, Cursor, Point, RunState
-from trainscope.collector.sources.base import SourceContext, SourceError
-from trainscope.collector.spec import (
+from trainscope.collector.schema import (
     DURATION_PATTERN,
     MetricFilter,
     exactly_one_of,
     metric_filter_schema,
     parse_duration,
 )
+from trainscope.collector.sources.base import SourceContext, SourceError
 
 DEFAULT_BASE_URL = "https://api.wandb.ai"
 API_KEY_ENV = "WANDB_API_KEY"
