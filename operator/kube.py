@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import kopf
 
-from trainscope.collector.sources.base import PodRef, SecretResolver, SourceError
+from trainscope.collector.sources.base import ContainerState, PodRef, SecretResolver, SourceError
 
 
 class KubeError(Exception):
@@ -134,13 +134,13 @@ class KubeClient:
             meta, status = item.get("metadata") or {}, item.get("status") or {}
             if selector and not selector_matches(selector, meta.get("labels") or {}):
                 continue
-            restarts = {c.get("name"): int(c.get("restartCount") or 0)
-                        for c in status.get("containerStatuses") or []}
+            states = {c.get("name"): container_state(c) for c in status.get("containerStatuses") or []}
+            restarts = {name: st.restarts for name, st in states.items()}
             containers = {c["name"]: restarts.get(c["name"], 0) for c in (item.get("spec") or {}).get(
                 "containers") or []}
             pods.append(PodRef(name=meta.get("name", ""), uid=meta.get("uid", ""), labels=meta.get("labels") or {},
                                phase=status.get("phase", ""), containers=containers,
-                               deleted=bool(meta.get("deletionTimestamp"))))
+                               deleted=bool(meta.get("deletionTimestamp")), states=states))
         return pods
 
     async def stream_log(self, namespace: str, pod: str, container: str | None, *, since_time: str | None = None,
@@ -202,3 +202,14 @@ def secret_resolver(namespace: str, kube: KubeClient | None, secrets_dir: Path |
                           f"<secrets-dir>/{name}/{key})", reason="SecretMissing", retry_after=60.0)
 
     return resolve
+
+
+def container_state(c: dict[str, Any]) -> ContainerState:
+    """pod.status.containerStatuses[i] -> ContainerState (fields as in the core/v1 ContainerStatus reference)."""
+    state, last = c.get("state") or {}, (c.get("lastState") or {}).get("terminated") or {}
+    waiting, term = state.get("waiting") or {}, state.get("terminated") or {}
+    code = term.get("exitCode")
+    return ContainerState(restarts=int(c.get("restartCount") or 0), waiting=waiting.get("reason"),
+                          exit_code=int(code) if code is not None else None, reason=term.get("reason"),
+                          message=term.get("message"),
+                          last_exit_code=int(last["exitCode"]) if last.get("exitCode") is not None else None)

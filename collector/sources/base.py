@@ -30,8 +30,21 @@ class SourceError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class ContainerState:
+    """One container's status as the kubelet reports it (pod.status.containerStatuses[i]); what tells a source
+    that the training process ended, and how."""
+
+    restarts: int = 0
+    waiting: str | None = None  # state.waiting.reason, e.g. "CrashLoopBackOff", "ContainerCreating"
+    exit_code: int | None = None  # state.terminated.exitCode: set while the current instance has ended
+    reason: str | None = None  # state.terminated.reason: "Completed", "Error", "OOMKilled"
+    message: str | None = None  # state.terminated.message (terminationMessagePath), if any
+    last_exit_code: int | None = None  # lastState.terminated.exitCode: how the previous instance ended
+
+
+@dataclass(frozen=True, slots=True)
 class PodRef:
-    """A pod as a log-reading source sees it: identity, labels and its containers' restart counts."""
+    """A pod as a log-reading source sees it: identity, labels and its containers' restart counts and states."""
 
     name: str
     uid: str
@@ -39,6 +52,7 @@ class PodRef:
     phase: str
     containers: dict[str, int]  # container name -> restartCount
     deleted: bool = False
+    states: dict[str, ContainerState] = field(default_factory=dict)  # container name -> its status
 
 
 class PodLogReader(Protocol):
