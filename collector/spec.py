@@ -193,9 +193,9 @@ def _explain(err: jsonschema.ValidationError, kinds: set[str]) -> SpecError:
 
 def parse_spec(spec: Any, source_schemas: dict[str, dict[str, Any]] | None = None) -> WorkloadSpec:
     """Validate a Workload `spec` dict and parse it; raises SpecError naming the first bad field."""
-    if source_schemas is None:
-        from trainscope.collector.sources import REGISTRY
+    from trainscope.collector.sources import REGISTRY
 
+    if source_schemas is None:
         source_schemas = {kind: cls.schema for kind, cls in REGISTRY.items()}
     if not isinstance(spec, dict):
         raise SpecError("spec", "must be an object")
@@ -219,6 +219,9 @@ def parse_spec(spec: Any, source_schemas: dict[str, dict[str, Any]] | None = Non
         own = parse_duration(item["pollInterval"]) if "pollInterval" in item else None
         if own is not None and own < MIN_POLL_INTERVAL:
             raise SpecError(f"spec.sources[{i}].pollInterval", f"must be at least {MIN_POLL_INTERVAL:g}s")
+        check = getattr(REGISTRY.get(kind), "check_config", None)
+        for where, problem in check(item[kind]) if check is not None else ():
+            raise SpecError(f"spec.sources[{i}].{kind}.{where}", problem)
         sources.append(SourceSpec(name=name, kind=kind, config=dict(item[kind]), poll_interval=own))
     poll_interval = parse_duration(spec.get("pollInterval", "30s"))
     if poll_interval < MIN_POLL_INTERVAL:

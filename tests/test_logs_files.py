@@ -158,7 +158,7 @@ def test_invalid_configs_name_the_field(block: dict[str, Any], field: str, words
 @pytest.mark.parametrize(("block", "words"), [
     ({"path": "x", "format": "none"}, "format none needs patterns or filter"),
     ({"path": "x", "patterns": ["(?P<metric>x)"]}, "needs named groups"),
-    ({"path": "x", "patterns": ["(oops"]}, "not a valid regex"),
+    ({"path": "x", "patterns": ["(oops"]}, "not a supported regex"),
     ({"path": "x", "filter": {"metricsFormat": ["loss=(\\d+)"]}}, "two groups"),
 ])
 def test_constructor_rejects_what_the_schema_cannot_see(block: dict[str, Any], words: str):

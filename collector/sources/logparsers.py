@@ -25,6 +25,7 @@ from itertools import chain, compress, cycle, repeat, takewhile
 from typing import Any
 
 from trainscope.collector.points import RawPoint
+from trainscope.collector.sources.userregex import compile_katib, compile_patterns  # noqa: F401  (RE2: linear time)
 
 FORMATS = ("auto", "hf", "megatron", "deepspeed", "lightning", "keyvalue", "json", "none")
 MAX_LINE_BYTES = 1 << 20  # a longer line is cut to this and counted, never held whole
@@ -67,41 +68,6 @@ def _step_of(text: str) -> int | None:
     except ValueError:
         return None
     return int(v) if math.isfinite(v) and v == int(v) else None
-
-
-def _named(pattern: str) -> str:
-    """Accept Go/PCRE named groups `(?<name>...)` as Python's `(?P<name>...)`."""
-    return re.sub(r"\(\?<(?=[A-Za-z_])", "(?P<", pattern)
-
-
-def compile_patterns(patterns: Iterable[str]) -> list[re.Pattern[str]]:
-    """User regexes: named groups `metric`+`value` (+ optional `step`), or one named group per metric name
-    (+ optional `step`). Raises ValueError naming the bad pattern."""
-    out = []
-    for p in patterns:
-        try:
-            rx = re.compile(_named(p))
-        except re.error as e:
-            raise ValueError(f"pattern {p!r} is not a valid regex: {e}") from None
-        names = set(rx.groupindex) - {"step"}
-        if not names or ("metric" in names and "value" not in names):
-            raise ValueError(f"pattern {p!r} needs named groups: metric and value, or one group per metric name")
-        out.append(rx)
-    return out
-
-
-def compile_katib(formats: Iterable[str]) -> list[re.Pattern[str]]:
-    """Katib's metricsFormat regexes: group 1 is the metric name, group 2 its value."""
-    out = []
-    for p in formats:
-        try:
-            rx = re.compile(p)
-        except re.error as e:
-            raise ValueError(f"metricsFormat {p!r} is not a valid regex: {e}") from None
-        if rx.groups < 2:
-            raise ValueError(f"metricsFormat {p!r} needs two groups: the metric name, then its value")
-        out.append(rx)
-    return out
 
 
 class LogParser:

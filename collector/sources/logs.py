@@ -28,6 +28,7 @@ from trainscope.collector.sources.logparsers import (
     compile_patterns,
     decode_lines,
 )
+from trainscope.collector.sources.userregex import check_log_regexes
 
 _POW10 = [10**i for i in range(10)]
 CHUNK_BYTES = 1 << 20  # log files are read in pieces of this size
@@ -217,6 +218,9 @@ class LogsSource:
             "rule": "!has(self.format) || self.format != 'none' || has(self.patterns) || has(self.filter)",
             "message": "format none needs patterns or filter"}),
     }
+
+    # Checks the schema cannot state (RE2 syntax of the user regexes): parse_spec names the field of each problem.
+    check_config = staticmethod(check_log_regexes)
 
     def __init__(self, config: dict[str, Any], ctx: SourceContext):
         if ("pods" in config) == ("path" in config):
