@@ -16,19 +16,41 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from trainscope.collector.admit import admit
 from trainscope.collector.health import Condition, HealthEvent, HealthMonitor, transitions
 from trainscope.collector.points import Batch, Point, RawPoint, RunState
 from trainscope.collector.progress import StepRate, combine_run_states, detect_primary_metric, eta_seconds
+from trainscope.collector.scrub import remember_secret, scrub
 from trainscope.collector.sources import REGISTRY, Source, SourceContext, SourceError, SourceFactory
 from trainscope.collector.sources.base import PodLogReader, SecretResolver, counts_training_steps
 from trainscope.collector.spec import MetricFilter, SourceSpec, WorkloadSpec
-from trainscope.collector.store import Store, StoreUnavailable
+from trainscope.collector.store import Store, StoreHealth, StoreUnavailable
+from trainscope.collector.store.quarantine import Outcome, write_isolating
 
 log = logging.getLogger(__name__)
 
 # While the database is away, retry at least this often: the source's backoff (up to backoff_cap, 300 s by default)
 # is meant for rate-limited APIs; behind a 60 s database outage it left collection idle for minutes afterwards.
 STORE_RETRY_MAX = 5.0
+STORE_RETRY_REFUSED = 30.0  # the database refused us (credentials, missing database, privilege)
+
+
+def _note_rejections(health: SourceHealth, notes: list[str], outcome: Outcome) -> None:
+    """Retimed and quarantined points show in the source's notes (this batch) and skipped counts (cumulative)."""
+    notes = list(notes)
+    refused = [(p, why) for p, why in outcome.rejected if not why.startswith(("NameTooLong", "StepOutOfRange"))]
+    if refused:
+        p, why = refused[0]
+        notes.append(f"the database refused {len(refused)} point(s), quarantined in rejected_points: e.g. "
+                     f"{p[0][:80]!r} step {p[1]}: {why[:200]}")
+    if outcome.runs_dropped:
+        notes.append(f"the database refused the run metadata of this batch: {outcome.runs_dropped[:200]}")
+    for _, why in outcome.rejected:
+        reason = why.split(":", 1)[0] if why.startswith(("NameTooLong", "StepOutOfRange")) else "RejectedByStore"
+        health.skipped[reason] = health.skipped.get(reason, 0) + 1
+    if notes:
+        health.notes = (*health.notes, *(scrub(n) for n in notes))
+        log.warning("source %s: %s", health.name, "; ".join(notes))
 
 
 def _storable(points: list[RawPoint]) -> list[RawPoint]:
@@ -38,6 +60,19 @@ def _storable(points: list[RawPoint]) -> list[RawPoint]:
         return points
     return [(m.replace("\x00", "\ufffd"), step, ts, value, run.replace("\x00", "\ufffd"))
             for m, step, ts, value, run in points]
+
+
+def _remembering(resolve: SecretResolver | None) -> SecretResolver | None:
+    """The resolver, teaching the scrubber each value it hands out (so no error text can carry it)."""
+    if resolve is None:
+        return None
+
+    async def resolved(ref: dict[str, str]) -> str:
+        value = await resolve(ref)
+        remember_secret(value)
+        return value
+
+    return resolved
 
 
 class SourceState:
@@ -111,6 +146,7 @@ class Snapshot:
     taken_at: float
     health: tuple[Condition, ...] = ()
     step_ts: float | None = None  # source time of the highest step
+    store: StoreHealth | None = None  # the database as this process last found it (StoreReady)
 
     @property
     def primary(self) -> Latest | None:
@@ -161,7 +197,7 @@ class Collector:
         self.store = store
         self._ctx = SourceContext(namespace=namespace, workload=name, selector=spec.selector,
                                   base_dir=base_dir or Path.cwd(), max_batch_points=max_batch_points,
-                                  resolve_secret=resolve_secret, pods=pods)
+                                  resolve_secret=_remembering(resolve_secret), pods=pods)
         self._registry = REGISTRY if registry is None else registry
         self._backoff = (backoff_base, backoff_cap)
         self._clock = clock
@@ -247,20 +283,26 @@ class Collector:
                     batch = await self._poll(source, cursor, health, backoff)
                     if batch is None:
                         continue
-                    points = _storable(self._select(batch.points))
-                    result = await self._store_call(
+                    admitted = admit(_storable(self._select(batch.points)), self._clock())
+                    points = admitted.points
+                    outcome = await self._store_call(
                         health, backoff,
-                        lambda b=batch, p=points: self.store.write(self.uid, src.name, src.kind, p, b.cursor, b.runs))
+                        lambda b=batch, a=admitted, c=cursor: write_isolating(
+                            self.store, self.uid, src.name, src.kind, a.points, c, b.cursor, b.runs, a.rejected))
                 except Exception as exc:  # a bad config, a write the database rejects, or a bug: back off
                     reason = exc.reason if isinstance(exc, SourceError) else f"Internal{type(exc).__name__}"
                     log.exception("source %s/%s: unexpected failure", self.name, src.name)
                     self._fail(health, exc, reason)
                     await self._sleep(backoff.next())
                     continue
-                if result is None:  # stopped while the store was away; nothing committed, nothing lost
+                if outcome is None:  # stopped while the store was away; nothing committed, nothing lost
                     return
                 cursor = batch.cursor
-                self._absorb(src.name, health, batch, points, result.inserted)
+                if outcome.rejected:
+                    good = {id(p) for p, _ in outcome.rejected}
+                    points = [p for p in points if id(p) not in good]
+                self._absorb(src.name, health, batch, points, outcome.result.inserted)
+                _note_rejections(health, admitted.notes, outcome)
                 backoff.reset()
                 if not batch.more:
                     await self._sleep(src.poll_interval or self.spec.poll_interval)
@@ -309,17 +351,19 @@ class Collector:
                 return await call()
             except StoreUnavailable as exc:
                 health.state = SourceState.WAITING
-                health.last_error = f"database unavailable: {exc}"
+                health.last_error = scrub(f"database unavailable ({exc.reason}): {exc}")
                 health.last_error_reason = "StoreUnavailable"
                 health.errors["StoreUnavailable"] = health.errors.get("StoreUnavailable", 0) + 1
                 if self._stopping.is_set():
                     return None
-                await self._sleep(min(backoff.next(), STORE_RETRY_MAX))
+                # Refused credentials or a missing GRANT wait for a person: retried, but not every few seconds.
+                cap = STORE_RETRY_MAX if exc.reason in ("Unreachable", "Timeout") else STORE_RETRY_REFUSED
+                await self._sleep(min(backoff.next(), cap))
 
     def _fail(self, health: SourceHealth, exc: BaseException, reason: str) -> None:
         health.state = SourceState.FAILING
         health.consecutive_failures += 1
-        health.last_error = str(exc) or type(exc).__name__
+        health.last_error = scrub(str(exc) or type(exc).__name__)
         health.last_error_reason = reason
         health.errors[reason] = health.errors.get(reason, 0) + 1
         log.warning("source %s/%s failed (%s): %s", self.name, health.name, reason, health.last_error)
@@ -445,7 +489,7 @@ class Collector:
         return Snapshot(step=step, total_steps=total, progress=progress, throughput=rate, eta_seconds=eta,
                         primary_metric=primary, latest=latest, run_state=run_state, sources=healths,
                         last_point_ts=last_ts, taken_at=now, health=tuple(self._conditions.values()),
-                        step_ts=self._max_step_ts)
+                        step_ts=self._max_step_ts, store=getattr(getattr(self.store, "state", None), "health", None))
 
     # ---- health ---------------------------------------------------------------------------------------------
 

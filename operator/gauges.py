@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.registry import Collector as PromCollector
 
-from trainscope.collector.collector import Snapshot
+from trainscope.collector.collector import Snapshot, SourceState
 from trainscope.operator.status import Phase, phase_of
 
 PHASES = (Phase.PENDING, Phase.COLLECTING, Phase.SUCCEEDED, Phase.FAILED, Phase.DEGRADED)
@@ -35,7 +35,10 @@ METRICS = {
     "trainscope_workload_condition": "1 while a condition is True (Ready, Stalled, NonFiniteMetric, MetricSpike, "
                                      "MetricDiverging, SourcesDisagree), else 0.",
     "trainscope_workload_seconds_since_step": "Now minus the source time of the highest step.",
-    "trainscope_source_up": "1 when the source's last poll and write succeeded.",
+    "trainscope_store_up": "1 while the database answers, 0 while it cannot be used (unreachable, hung, refusing "
+                           "the credentials or a privilege).",
+    "trainscope_source_up": "1 when the source's last poll succeeded and its write succeeded or waits for the "
+                            "database (a database outage shows in trainscope_store_up, not here).",
     "trainscope_source_lag_seconds": "Now minus the source time of the source's newest point.",
     "trainscope_source_points_ingested_total": "Points stored from the source (new rows).",
     "trainscope_source_errors_total": "Failed polls or writes of the source, by reason.",
@@ -57,8 +60,10 @@ class Exported:
 class WorkloadExporter(PromCollector):
     """A prometheus_client collector over whatever `workloads()` returns at scrape time."""
 
-    def __init__(self, workloads: Callable[[], Iterable[Exported]]):
+    def __init__(self, workloads: Callable[[], Iterable[Exported]],
+                 store_up: Callable[[], bool | None] | None = None):
         self._workloads = workloads
+        self._store_up = store_up
 
     def describe(self) -> list[Metric]:
         return []  # dynamic: do not let the registry call collect() at registration
@@ -110,7 +115,9 @@ class WorkloadExporter(PromCollector):
                 phase.add_metric([*ids, p], 1.0 if p == current else 0.0)
             for h in snap.sources:
                 sl = [*ids, h.name, h.kind]
-                up.add_metric(sl, 1.0 if h.last_success is not None and h.healthy else 0.0)
+                # Waiting for the database is not the source's failure: one store alert, not one per source.
+                ok = h.healthy or h.state == SourceState.WAITING
+                up.add_metric(sl, 1.0 if h.last_success is not None and ok else 0.0)
                 _maybe(lag, sl, h.lag(snap.taken_at))
                 points.add_metric(sl, h.points)
                 for reason, n in sorted(h.errors.items()):
@@ -118,6 +125,11 @@ class WorkloadExporter(PromCollector):
                 for reason, n in sorted(h.skipped.items()):
                     skipped.add_metric([*sl, reason], n)
                 polls.add_metric(sl, count_value=h.polls, sum_value=h.poll_seconds)
+        store = self._store_up() if self._store_up is not None else None
+        if store is not None:
+            family = gauge("trainscope_store_up", [])
+            family.add_metric([], 1.0 if store else 0.0)
+            yield family
         yield from (value, vstep, step, total, progress, eta, speed, phase, last, cond, since, up, lag, points,
                     errors, skipped, polls)
 
@@ -130,8 +142,9 @@ def _maybe(family: GaugeMetricFamily, labels: list[str], v: float | None) -> Non
 class MetricsEndpoint:
     """Registers a WorkloadExporter in the default registry and serves /metrics; `close()` undoes both."""
 
-    def __init__(self, workloads: Callable[[], Iterable[Exported]], port: int | None, host: str = "0.0.0.0"):
-        self.exporter = WorkloadExporter(workloads)
+    def __init__(self, workloads: Callable[[], Iterable[Exported]], port: int | None, host: str = "0.0.0.0",
+                 store_up: Callable[[], bool | None] | None = None):
+        self.exporter = WorkloadExporter(workloads, store_up)
         REGISTRY.register(self.exporter)
         self._server = None
         self.port: int | None = None

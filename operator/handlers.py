@@ -13,6 +13,7 @@ from typing import Any
 
 import kopf
 
+from trainscope.collector.scrub import scrub
 from trainscope.operator.gauges import MetricsEndpoint
 from trainscope.operator.kube import login
 from trainscope.operator.runtime import Runtime, RuntimeConfig
@@ -41,7 +42,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
             log.warning("no Kubernetes client for Secrets and pod logs: %s", exc)
     runtime = memo.runtime = Runtime(config)
     await runtime.start()
-    memo.metrics = MetricsEndpoint(runtime.exported, config.metrics_port, config.metrics_host)
+    memo.metrics = MetricsEndpoint(runtime.exported, config.metrics_port, config.metrics_host,
+                                   store_up=runtime.store_up)
 
 
 @kopf.on.cleanup()
@@ -59,7 +61,7 @@ async def _apply(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger) -> None:
                                      meta.get("generation"))
     if error is not None:
         logger.error("invalid spec: %s", error)
-        kopf.warn(body, reason="InvalidSpec", message=str(error))
+        kopf.warn(body, reason="InvalidSpec", message=scrub(str(error)))
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=60.0)
@@ -103,6 +105,6 @@ async def write_status(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, 
             patch.status[key] = value
         for cond in health_transitions(current.get("conditions"), wanted.get("conditions", [])):
             if cond["status"] == "True":
-                kopf.warn(body, reason=cond["type"], message=cond["message"])
+                kopf.warn(body, reason=cond["type"], message=scrub(cond["message"]))
             else:
-                kopf.info(body, reason=f"{cond['type']}Cleared", message=cond["message"])
+                kopf.info(body, reason=f"{cond['type']}Cleared", message=scrub(cond["message"]))

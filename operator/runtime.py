@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from trainscope.collector.collector import Collector, Snapshot
+from trainscope.collector.scrub import install_log_scrubber
 from trainscope.collector.spec import SpecError, WorkloadSpec, parse_spec
-from trainscope.collector.store import Store, StoreUnavailable
+from trainscope.collector.store import Store, StoreState, StoreUnavailable
+from trainscope.collector.store.errors import CONFIG_REASONS
 from trainscope.operator.gauges import Exported
 from trainscope.operator.kube import KubeClient, secret_resolver
 from trainscope.operator.status import build_status
@@ -36,7 +38,11 @@ class RuntimeConfig:
     backoff_base: float = 1.0
     backoff_cap: float = 300.0
     poll_timeout: float = 300.0  # a poll running longer is abandoned and counted as a failure (PollTimeout)
-    store_retry: float = 2.0  # seconds between attempts to reach the database at start
+    store_retry: float = 2.0  # seconds between attempts to reach the database at start (doubling up to 30 s when
+    #                          it refuses us: wrong credentials, no database, no privilege)
+    store_probe: float = 5.0  # seconds between checks that the database still answers (StoreReady, store_up)
+    store_connect_timeout: float = 10.0  # a connection attempt; a hung server fails it instead of hanging
+    store_command_timeout: float = 60.0  # one statement or a wait for a pooled connection
     kube_connection: Any = None  # kopf.ConnectionInfo for Secrets and pod logs; None: no cluster access
     secrets_dir: Path | None = None  # local mode: Secrets as files <dir>/<name>/<key>
 
@@ -60,9 +66,12 @@ class Runtime:
     """Owns the store pool and one Collector per valid Workload."""
 
     def __init__(self, config: RuntimeConfig):
+        install_log_scrubber()  # no log line of this process carries a secret, whoever writes it
         self.config = config
         self.store: Store | None = None
         self.store_error: str | None = None
+        self.store_state = StoreState()
+        self._probe_task: asyncio.Task[None] | None = None
         self._store_ready = asyncio.Event()
         self._connect_task: asyncio.Task[None] | None = None
         self.entries: dict[str, Entry] = {}
@@ -75,15 +84,36 @@ class Runtime:
         self._connect_task = asyncio.create_task(self._connect(), name="store-connect")
 
     async def _connect(self) -> None:
+        cfg = self.config
+        attempt = 0
         while self.store is None:
             try:
-                self.store = await Store.open(self.config.database_url, migrate=True)
-            except (StoreUnavailable, OSError) as exc:
+                self.store = await Store.open(cfg.database_url, migrate=True, state=self.store_state,
+                                              connect_timeout=cfg.store_connect_timeout,
+                                              command_timeout=cfg.store_command_timeout)
+            except StoreUnavailable as exc:  # logged once per change by store_state
                 self.store_error = f"database unavailable: {exc}"
-                log.warning("%s; retrying in %.0fs", self.store_error, self.config.store_retry)
-                await asyncio.sleep(self.config.store_retry)
+                attempt += 1
+                delay = cfg.store_retry
+                if exc.reason in CONFIG_REASONS:  # a person has to act: do not hammer the server meanwhile
+                    delay = min(30.0, cfg.store_retry * 2 ** min(attempt - 1, 8))
+                log.debug("%s; retrying in %.0fs", self.store_error, delay)
+                await asyncio.sleep(delay)
         self.store_error = None
         self._store_ready.set()
+        self._probe_task = asyncio.create_task(self._probe(self.store), name="store-probe")
+
+    async def _probe(self, store: Store) -> None:
+        """Keep `store_state` current while no collector happens to call the store (idle or long poll intervals)."""
+        while True:
+            await asyncio.sleep(self.config.store_probe)
+            await store.ping(min(self.config.store_probe, self.config.store_command_timeout))
+            h = store.state.health
+            self.store_error = None if h.up else f"database unavailable: {h.message}"
+
+    def store_up(self) -> bool | None:
+        """True/False once the database was tried (the trainscope_store_up gauge); None before."""
+        return self.store_state.up
 
     async def wait_store(self) -> Store:
         """The store, once the database has been reached and migrated."""
@@ -95,9 +125,10 @@ class Runtime:
         """Stop every collector (each commits what it has), then close the pool."""
         for uid in list(self.entries):
             await self.stop(uid)
-        if self._connect_task is not None:
-            self._connect_task.cancel()
-            await asyncio.gather(self._connect_task, return_exceptions=True)
+        for task in (self._connect_task, self._probe_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self.store is not None:
             await self.store.close()
         if self.kube is not None:
@@ -191,6 +222,7 @@ class Runtime:
             return None
         return build_status(self.snapshot(uid), now=now or time.time(), generation=entry.generation,
                             previous=previous, spec_error=entry.error, waiting=self.store_error,
+                            store=self.store_state.health,
                             exported=list(entry.spec.prometheus_metrics) if entry.spec else [])
 
     def exported(self) -> Iterator[Exported]:

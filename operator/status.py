@@ -11,6 +11,8 @@ from trainscope.collector.collector import Snapshot, SourceHealth, SourceState
 from trainscope.collector.health import CONDITION_TYPES
 from trainscope.collector.points import RunState
 from trainscope.collector.progress import format_duration
+from trainscope.collector.scrub import scrub
+from trainscope.collector.store import StoreHealth
 
 MAX_LATEST = 20  # bounded: a Workload with 10,000 metric names must not blow up its object
 MAX_ERROR_CHARS = 300
@@ -69,7 +71,7 @@ def source_status(h: SourceHealth, now: float) -> dict[str, Any]:
     if h.last_success is not None:
         out["lastSuccessTime"] = iso(h.last_success)
     if h.last_error and h.state != SourceState.HEALTHY:
-        out["lastError"] = h.last_error[:MAX_ERROR_CHARS]
+        out["lastError"] = scrub(h.last_error)[:MAX_ERROR_CHARS]
         out["reason"] = h.last_error_reason
     lag = coarse_seconds(h.lag(now))
     if lag is not None:
@@ -77,7 +79,7 @@ def source_status(h: SourceHealth, now: float) -> dict[str, Any]:
     if h.run_state is not None:
         out["runState"] = str(h.run_state)
     if h.notes:
-        out["notes"] = [n[:MAX_ERROR_CHARS] for n in h.notes[:5]]
+        out["notes"] = [scrub(n)[:MAX_ERROR_CHARS] for n in h.notes[:5]]
     if h.skipped:
         out["skipped"] = dict(sorted(h.skipped.items()))
     return out
@@ -92,11 +94,22 @@ def _condition(ctype: str, ok: bool | str, reason: str, message: str, previous: 
     return {"type": ctype, "status": status, "reason": reason, "message": message, "lastTransitionTime": since}
 
 
+def _store_condition(store: StoreHealth, prev: dict[str, dict[str, Any]], stamp: str) -> dict[str, Any]:
+    """StoreReady: True while the database answers; False with why (AuthenticationFailed, DatabaseMissing,
+    PermissionDenied, Timeout, Unreachable); Unknown before the first attempt."""
+    status = "Unknown" if store.up is None else store.up
+    return _condition("StoreReady", status, store.reason, scrub(store.message)[:MAX_ERROR_CHARS], prev, stamp)
+
+
 def conditions(snap: Snapshot | None, previous: list[dict[str, Any]] | None, now: float,
-               spec_error: str | None = None, waiting: str | None = None) -> list[dict[str, Any]]:
-    """Ready and SourcesHealthy, keeping lastTransitionTime while a condition's status holds."""
+               spec_error: str | None = None, waiting: str | None = None,
+               store: StoreHealth | None = None) -> list[dict[str, Any]]:
+    """Ready and SourcesHealthy (and StoreReady when the database's state is known), keeping lastTransitionTime
+    while a condition's status holds."""
     prev = {c.get("type"): c for c in previous or [] if isinstance(c, dict)}
     stamp = iso(now) or ""
+    store = store or (snap.store if snap is not None else None)
+    extra = [_store_condition(store, prev, stamp)] if store is not None else []
     if spec_error is not None or snap is None:
         if spec_error is not None:
             reason, message = "InvalidSpec", spec_error
@@ -104,12 +117,13 @@ def conditions(snap: Snapshot | None, previous: list[dict[str, Any]] | None, now
             reason, message = "WaitingForStore", waiting
         else:
             reason, message = "Starting", "starting the collector"
+        message = scrub(message)[:MAX_ERROR_CHARS]
         return [_condition("Ready", False, reason, message, prev, stamp),
-                _condition("SourcesHealthy", False, reason, message, prev, stamp)]
+                _condition("SourcesHealthy", False, reason, message, prev, stamp), *extra]
     bad = [h for h in snap.sources if not h.healthy]
     if bad:
         first = bad[0]
-        msg = "; ".join(f"{h.name}: {h.state}: {(h.last_error or '')[:120]}" for h in bad)
+        msg = scrub("; ".join(f"{h.name}: {h.state}: {(h.last_error or '')[:120]}" for h in bad))
         healthy = _condition("SourcesHealthy", False, first.last_error_reason or "SourceFailing", msg, prev, stamp)
     else:
         healthy = _condition("SourcesHealthy", True, "AllSourcesHealthy", f"{len(snap.sources)} source(s) healthy",
@@ -118,7 +132,7 @@ def conditions(snap: Snapshot | None, previous: list[dict[str, Any]] | None, now
     ready = _condition("Ready", bool(working), "Collecting" if working else "NoHealthySource",
                        f"{len(working)}/{len(snap.sources)} source(s) collecting", prev, stamp)
     health = [_condition(c.type, c.status, c.reason, c.message[:MAX_ERROR_CHARS], prev, stamp) for c in snap.health]
-    return [ready, healthy, *health]
+    return [ready, healthy, *extra, *health]
 
 
 def health_transitions(previous: list[dict[str, Any]] | None, current: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -147,11 +161,12 @@ def _latest(snap: Snapshot, exported: list[str]) -> dict[str, float | str]:
 
 def build_status(snap: Snapshot | None, *, now: float, generation: int | None = None,
                  previous: dict[str, Any] | None = None, spec_error: str | None = None,
-                 waiting: str | None = None, exported: list[str] | None = None) -> dict[str, Any]:
+                 waiting: str | None = None, exported: list[str] | None = None,
+                 store: StoreHealth | None = None) -> dict[str, Any]:
     """The whole `.status` for a Workload, without lastUpdateTime (added only when something changed)."""
     previous = previous or {}
     status: dict[str, Any] = {"observedGeneration": generation}
-    status["conditions"] = conditions(snap, previous.get("conditions"), now, spec_error, waiting)
+    status["conditions"] = conditions(snap, previous.get("conditions"), now, spec_error, waiting, store)
     if spec_error is not None or snap is None:
         status["phase"] = Phase.PENDING
         return {k: v for k, v in status.items() if v is not None}

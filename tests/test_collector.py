@@ -189,20 +189,24 @@ async def test_database_outage_delays_writes_and_loses_nothing(restartable_pg):
         await store.close()
 
 
-async def test_a_batch_the_database_rejects_fails_that_source_only_and_is_retried(store, database_url):
+async def test_a_point_with_an_unusable_wall_time_is_retimed_and_its_source_moves_on(store, database_url):
     good, bad = make_run(20), make_run(20)
-    bad.points[5] = bad.points[5]._replace(ts=math.nan)  # no timestamptz for NaN: the write is refused
+    bad.points[5] = bad.points[5]._replace(ts=math.nan)  # no timestamptz holds NaN: it used to block the source
     c = collector(store, "wl-7", {"good": good, "bad": bad})
     await c.start()
     try:
-        await eventually(lambda: c.health["bad"].consecutive_failures >= 2)
-        await eventually(lambda: c.snapshot().step == 20)
+        await eventually(lambda: c.snapshot().step == 20 and c.health["bad"].points == 40)
         h = c.health["bad"]
-        assert h.state == SourceState.FAILING and h.last_error_reason.startswith("Internal")
-        assert h.points == 0  # the whole batch was refused, its cursor with it
-        bad.points[5] = bad.points[5]._replace(ts=T0 + 3)  # the source is fixed: the same cursor is retried
-        await eventually(lambda: c.health["bad"].points == 40)
-        assert await stored(database_url, "wl-7") == {**expected("good", good), **expected("bad", bad)}
+        assert h.state == SourceState.HEALTHY and h.consecutive_failures == 0
+        assert any("unusable wall time" in n and "nan" in n for n in h.notes), h.notes
+        want = {**expected("good", good), **expected("bad", bad)}
+        p = bad.points[5]  # the NaN point keeps its value; its time is the previous point's of the same batch
+        want["bad", p.metric, p.step] = (bad.points[4].ts, p.value)
+        got = await stored(database_url, "wl-7")
+        assert got.keys() == want.keys()
+        assert got["bad", p.metric, p.step] == want["bad", p.metric, p.step]
+        assert {k: v for k, v in got.items() if k != ("bad", p.metric, p.step)} == {
+            k: v for k, v in want.items() if k != ("bad", p.metric, p.step)}
     finally:
         await c.stop()
 

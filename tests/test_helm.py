@@ -617,7 +617,7 @@ def exposed_names() -> frozenset[str]:
                     latest={"loss": Latest(math.nan, 5, now - 5, "tb", ".")}, run_state=RunState.RUNNING,
                     sources=(good, bad), last_point_ts=now - 5, taken_at=now)
     registry = CollectorRegistry()
-    registry.register(WorkloadExporter(lambda: [Exported("ns", "wl", (), snap)]))
+    registry.register(WorkloadExporter(lambda: [Exported("ns", "wl", (), snap)], store_up=lambda: True))
     text = generate_latest(registry).decode()
     return frozenset(s.name for fam in text_string_to_metric_families(text) for s in fam.samples)
 

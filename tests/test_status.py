@@ -162,7 +162,7 @@ def test_exporter_exposes_documented_metrics_per_workload():
     bad = SourceHealth("tb2", "tensorboard", state=SourceState.FAILING, errors={"Timeout": 2},
                        skipped={"bad_crc": 1}, polls=4, poll_seconds=0.5)
     workloads = [Exported("ns", "wl", ("lo*",), snap(sources=(*snap().sources, bad)))]
-    registry.register(WorkloadExporter(lambda: workloads))
+    registry.register(WorkloadExporter(lambda: workloads, store_up=lambda: True))
     text = generate_latest(registry).decode()
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for fam in text_string_to_metric_families(text) for s in fam.samples}

@@ -21,6 +21,7 @@ import httpx
 
 from trainscope.collector.points import Batch, Cursor, Point, RunState
 from trainscope.collector.schema import DURATION_PATTERN, parse_duration
+from trainscope.collector.scrub import remember_secret, scrub
 from trainscope.collector.sources.base import SourceContext, SourceError
 from trainscope.collector.sources.bce_auth import Credentials, authorization, canonical_time, uri_encode
 
@@ -160,6 +161,8 @@ class QianfanSource:
             raise SourceError(f"no Qianfan access key / secret key: set them in the {where}",
                               reason="MissingCredentials", retry_after=AUTH_RETRY_AFTER)
         self._creds = Credentials(ak, sk)
+        remember_secret(ak)
+        remember_secret(sk)
         self._held.append(self._creds)
         return self._creds
 
@@ -168,7 +171,7 @@ class QianfanSource:
         secrets = {k for c in self._held for k in (c.access_key, c.secret_key) if len(k) >= 4}
         for secret in sorted(secrets, key=len, reverse=True):
             text = text.replace(secret, "<redacted>")
-        return text
+        return scrub(text)
 
     # ---- one request
 

@@ -35,7 +35,7 @@ def _why(exc: Exception) -> str:
     if isinstance(msg, bytes):
         msg = msg.decode("utf-8", "replace")
     hint = ""
-    if "escape sequence" in msg and re.search(r"\\[1-9]", msg) or "perl operator" in msg:
+    if ("escape sequence" in msg and re.search(r"\\[1-9]", msg)) or "perl operator" in msg:
         hint = " (back-references and lookaround need backtracking, which is not supported: every pattern must " \
                "run in linear time)"
     return f"{msg}{hint}"

@@ -27,6 +27,7 @@ from trainscope.collector.schema import (
     metric_filter_schema,
     parse_duration,
 )
+from trainscope.collector.scrub import remember_secret, scrub
 from trainscope.collector.sources.base import SourceContext, SourceError
 
 DEFAULT_BASE_URL = "https://api.wandb.ai"
@@ -180,6 +181,7 @@ class WandbSource:
                 raise SourceError(f"no W&B API key: set {where}", reason="Unauthorized",
                                   retry_after=UNAUTHORIZED_RETRY_AFTER)
             self._key = key
+            remember_secret(key)
         return self._key
 
     def _uses_secret(self) -> bool:
@@ -193,7 +195,7 @@ class WandbSource:
         return f"the environment variable {API_KEY_ENV}"
 
     def _redact(self, text: str) -> str:
-        return text.replace(self._key, "***") if self._key else text
+        return scrub(text.replace(self._key, "***") if self._key else text)
 
     async def _gql(self, op: str, query: str, variables: dict[str, Any]) -> dict[str, Any]:
         """POST one GraphQL operation; return `data`, or raise SourceError with a reason and a backoff hint."""

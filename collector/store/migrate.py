@@ -50,10 +50,10 @@ async def run_migrations(conn: asyncpg.Connection) -> list[str]:
             await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
 
 
-async def apply_migrations(dsn: str) -> list[str]:
+async def apply_migrations(dsn: str, *, connect_timeout: float = 10.0) -> list[str]:
     """Bring the database at `dsn` up to date (used by `trainscope db upgrade`); returns the names applied."""
     with unavailable_as_store_error():
-        conn = await asyncpg.connect(dsn)
+        conn = await asyncpg.connect(dsn, timeout=connect_timeout)
         try:
             return await run_migrations(conn)
         finally:

@@ -7,10 +7,28 @@ from typing import Any
 
 
 class StoreUnavailable(Exception):
-    """The database cannot be reached (connection refused/lost, server shutting down).
+    """The database cannot be used right now; nothing was written, retry later.
 
-    Retry later; nothing was written.
+    `reason` says why: Unreachable (refused, lost, shutting down), Timeout (no answer: a hung or overloaded
+    server), AuthenticationFailed (wrong user or password, no pg_hba entry), DatabaseMissing, PermissionDenied
+    (the role lacks a privilege). The last three need a person (a fixed Secret, a GRANT); the server may be fixed
+    while we run, so they are retried too, more slowly.
     """
+
+    def __init__(self, message: str, reason: str = "Unreachable"):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class StoreHealth:
+    """What the process last learned of its database: `up` None until the first attempt; `since` is when `up`
+    last changed (epoch seconds)."""
+
+    up: bool | None
+    reason: str  # Connected, Connecting, or a StoreUnavailable reason
+    message: str
+    since: float
 
 
 @dataclass(frozen=True, slots=True)

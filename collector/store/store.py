@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
@@ -11,10 +12,15 @@ import asyncpg
 from trainscope.collector.health import Condition, HealthEvent
 from trainscope.collector.points import RawPoint
 from trainscope.collector.store import writer
-from trainscope.collector.store.codecs import init_connection
-from trainscope.collector.store.errors import unavailable_as_store_error
+from trainscope.collector.store.codecs import init_connection, storable_json
+from trainscope.collector.store.errors import StoreState, unavailable_as_store_error
 from trainscope.collector.store.migrate import run_migrations
-from trainscope.collector.store.model import LatestValue, RunInfo, WriteResult
+from trainscope.collector.store.model import LatestValue, RunInfo, StoreHealth, StoreUnavailable, WriteResult
+
+# Seconds: a connection attempt, and one statement (or a wait for a pooled connection). A 200k-point batch takes
+# ~2 s; a server that has not answered in a minute is treated as down (StoreUnavailable, reason Timeout).
+CONNECT_TIMEOUT = 10.0
+COMMAND_TIMEOUT = 60.0
 
 _LATEST = """
 SELECT s.source, s.kind, s.run, s.metric, p.step, p.ts, p.value
@@ -48,6 +54,12 @@ ON CONFLICT (uid) DO UPDATE SET namespace = EXCLUDED.namespace, name = EXCLUDED.
 """
 
 
+def storable_text(text: str) -> str:
+    """`text` as PostgreSQL text can hold it (no NUL, no lone surrogate)."""
+    out = storable_json(text)
+    return out if isinstance(out, str) else str(text)
+
+
 class Store:
     """Workloads, series, points and cursors in PostgreSQL; safe to share between tasks.
 
@@ -55,8 +67,10 @@ class Store:
     by itself once the server is back.
     """
 
-    def __init__(self, pool: asyncpg.Pool):
+    def __init__(self, pool: asyncpg.Pool, state: StoreState | None = None, *, timeout: float = COMMAND_TIMEOUT):
         self._pool = pool
+        self.state = state or StoreState()
+        self._timeout = timeout
         # (uid, source) -> {(run, metric): series id}. Filled only after a commit, so it never names a series
         # that a rolled-back transaction created.
         self._series: dict[tuple[str, str], dict[writer.SeriesKey, int]] = {}
@@ -64,28 +78,59 @@ class Store:
         self._max_step: dict[int, int] = {}
 
     @classmethod
-    async def open(cls, dsn: str, *, min_size: int = 1, max_size: int = 10, migrate: bool = True) -> Store:
-        """Connect a pool to `dsn` (and migrate); raises StoreUnavailable if the server cannot be reached."""
-        with unavailable_as_store_error():
-            pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=init_connection)
-        store = cls(pool)
+    async def open(cls, dsn: str, *, min_size: int = 1, max_size: int = 10, migrate: bool = True,
+                   state: StoreState | None = None, connect_timeout: float = CONNECT_TIMEOUT,
+                   command_timeout: float = COMMAND_TIMEOUT) -> Store:
+        """Connect a pool to `dsn` (and migrate); raises StoreUnavailable (with its reason) if the database
+        cannot be used, and records the outcome in `state`.
+
+        A server that accepts connections but never answers (a stopped postmaster) fails the connect after
+        `connect_timeout` and any statement after `command_timeout` instead of hanging the caller.
+        """
+        state = state or StoreState()
+        try:
+            with unavailable_as_store_error():
+                pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=init_connection,
+                                                 timeout=connect_timeout, command_timeout=command_timeout)
+        except StoreUnavailable as err:
+            state.failed(err)
+            raise
+        store = cls(pool, state, timeout=command_timeout)
         if migrate:
             try:
                 await store.migrate()
             except BaseException:
-                await pool.close()
+                pool.terminate()  # close() would wait for a hung server to answer
                 raise
+        state.ok()
         return store
 
     async def close(self) -> None:
-        """Close every connection of the pool (waits for those in use to be released)."""
-        await self._pool.close()
+        """Close every connection of the pool (waits for those in use to be released, at most the command
+        timeout: then they are dropped)."""
+        try:
+            await asyncio.wait_for(self._pool.close(), self._timeout)
+        except TimeoutError:
+            self._pool.terminate()
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
-        with unavailable_as_store_error():
-            async with self._pool.acquire() as conn:
-                yield conn
+        try:
+            with unavailable_as_store_error():
+                # acquire() waits for a free connection without limit by default: bounded like a statement.
+                async with self._pool.acquire(timeout=self._timeout) as conn:
+                    yield conn
+        except StoreUnavailable as err:
+            self.state.failed(err)
+            raise
+        self.state.ok()
+
+    async def ping(self, limit: float = 5.0) -> StoreHealth:
+        """Ask the database now (`SELECT 1`, at most `limit` seconds); the answer lands in `state` too."""
+        with contextlib.suppress(StoreUnavailable):
+            async with self._connection() as conn:
+                await conn.fetchval("SELECT 1", timeout=limit)
+        return self.state.health
 
     async def migrate(self) -> list[str]:
         """Apply pending migrations; returns the names applied."""
@@ -108,6 +153,7 @@ class Store:
                 await conn.execute("DELETE FROM cursors WHERE workload_uid = $1", uid)
                 await conn.execute("DELETE FROM runs WHERE workload_uid = $1", uid)
                 await conn.execute("DELETE FROM health_events WHERE workload_uid = $1", uid)
+                await conn.execute("DELETE FROM rejected_points WHERE workload_uid = $1", uid)
         if delete_data:
             for key in [k for k in self._series if k[0] == uid]:
                 for sid in self._series.pop(key).values():
@@ -167,6 +213,15 @@ class Store:
             if sid not in known or hi > known[sid]:
                 known[sid] = hi
         return WriteResult(inserted, updated)
+
+    async def reject(self, uid: str, source: str, kind: str, rejected: Sequence[tuple[RawPoint, str]]) -> None:
+        """Keep points that cannot be stored as points, with why, in `rejected_points` (see store/quarantine.py)."""
+        rows = [(uid, source, kind, storable_text(run), storable_text(metric), step, ts, value, storable_text(why))
+                for (metric, step, ts, value, run), why in rejected]
+        async with self._connection() as conn:
+            await conn.executemany(
+                "INSERT INTO rejected_points (workload_uid, source, kind, run, metric, step, ts, value, reason) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)", rows)
 
     async def latest(self, uid: str) -> list[LatestValue]:
         """Per series of the workload, the point with the highest step."""

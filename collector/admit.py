@@ -1,0 +1,80 @@
+"""What a batch must satisfy before it goes to the store, checked where points leave their source.
+
+One record PostgreSQL cannot hold used to fail its whole batch on every retry, so the source stored nothing more:
+a NaN, infinite or out-of-range wall time (a timestamptz cannot hold it), a name longer than an index entry can
+be, a step beyond bigint. Here a point with an unusable wall time keeps its value and gets a usable time instead
+(with a note); a point whose name or step cannot be stored is set aside, with its reason, for the quarantine.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from trainscope.collector.points import RawPoint
+
+# Names are part of the series key, a btree entry of at most ~2.7 KB; with both at most 1 KiB (UTF-8) the key fits
+# whatever the other columns hold and whether or not PostgreSQL could compress it.
+MAX_NAME_BYTES = 1024
+# 9999-12-31T23:59:59Z: beyond it no tool shows a date (timestamptz itself would reach year 294276).
+MAX_TS = 253_402_300_799.0
+MIN_TS = 0.0  # before 1970 is no wall time a training job writes
+_STEP_MIN, _STEP_MAX = -(2**63), 2**63 - 1
+
+
+@dataclass(slots=True)
+class Admitted:
+    """The points to store, those set aside (point, reason), and notes for the source's health."""
+
+    points: list[RawPoint]
+    rejected: list[tuple[RawPoint, str]] = field(default_factory=list)
+    retimed: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def admit(points: list[RawPoint], now: float) -> Admitted:
+    """Check every point; the common case (all good) costs one pass and returns the same list."""
+    bad_ts = [i for i, p in enumerate(points) if not MIN_TS <= p[2] <= MAX_TS]
+    names = {p[0] for p in points} | {p[4] for p in points}
+    long_names = {n for n in names if len(n) * 4 > MAX_NAME_BYTES and len(n.encode("utf-8", "surrogatepass"))
+                  > MAX_NAME_BYTES}
+    bad_step = [i for i, p in enumerate(points) if not _STEP_MIN <= p[1] <= _STEP_MAX] if any(
+        type(p[1]) is not int or p[1] > _STEP_MAX or p[1] < _STEP_MIN for p in points) else []
+    if not bad_ts and not long_names and not bad_step:
+        return Admitted(points)
+    out = Admitted([])
+    retime = set(bad_ts)
+    drop = set(bad_step)
+    last_good: dict[str, float] = {}  # run -> the source's own time of its previous good point in this batch
+    example = None
+    for i, p in enumerate(points):
+        metric, step, ts, value, run = p
+        if metric in long_names or run in long_names:
+            which = "metric" if metric in long_names else "run"
+            n = len((metric if which == "metric" else run).encode("utf-8", "surrogatepass"))
+            out.rejected.append((p, f"NameTooLong: {which} name of {n} bytes (at most {MAX_NAME_BYTES})"))
+            continue
+        if i in drop:
+            out.rejected.append((p, f"StepOutOfRange: step {step} does not fit a 64-bit integer"))
+            continue
+        if i in retime:
+            fixed = last_good.get(run, now)
+            if example is None:
+                example = f"{metric!r} step {step}: wall time {_show(ts)}"
+            out.points.append((metric, step, fixed, value, run))
+            out.retimed += 1
+            continue
+        last_good[run] = ts
+        out.points.append(p)
+    if out.retimed:
+        out.notes.append(f"{out.retimed} point(s) had an unusable wall time (NaN, infinite or outside 1970..9999), "
+                         f"e.g. {example}; stored with the previous point's time, or the time they were read")
+    if out.rejected:
+        p, reason = out.rejected[0]
+        out.notes.append(f"{len(out.rejected)} point(s) cannot be stored and were quarantined (rejected_points), "
+                         f"e.g. {p[0][:80]!r} step {p[1]}: {reason}")
+    return out
+
+
+def _show(ts: float) -> str:
+    return repr(ts) if math.isfinite(ts) else str(ts)
