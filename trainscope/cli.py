@@ -185,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from trainscope.collector.store import StoreUnavailable
     from trainscope.collector.store.embedded import DatabaseNotConfigured
+    from trainscope.collector.store.errors import CONFIG_REASONS
     from trainscope.gc_tuning import GcSettingError
 
     try:
@@ -192,9 +193,14 @@ def main(argv: list[str] | None = None) -> int:
     except GcSettingError as exc:
         print(f"trainscope {args.command}: {exc}", file=sys.stderr)
         return 2
-    except (StoreUnavailable, DatabaseNotConfigured) as exc:
+    except StoreUnavailable as exc:
+        # 2: the database refused us (credentials, no database, no privilege), a person must act; 1: it is not
+        # there right now (unreachable, hung), trying again later may do.
+        print(f"trainscope {args.command}: database unavailable ({exc.reason}): {exc}", file=sys.stderr)
+        return 2 if exc.reason in CONFIG_REASONS else 1
+    except DatabaseNotConfigured as exc:
         print(f"trainscope {args.command}: {exc}", file=sys.stderr)
-        return 1
+        return 2
     except KeyboardInterrupt:
         return 130
 
