@@ -27,9 +27,9 @@ _variants: dict[str, None] = {}  # ordered set of every form of every remembered
 _SHAPES: tuple[tuple[re.Pattern[str], str], ...] = (
     # an echoed header, in HTTP, JSON or Python-repr form: `Authorization: Basic abc`, "authorization": "Bearer x"
     (re.compile(r"""(?i)((?:proxy-)?authorization["']?\s*[:=]\s*["']?)(?:(basic|bearer|token|digest|bce-auth-v1)\b"""
-                r"""[\s/]*)?[^\s"',;}\]]+"""), r"\1\2 " + MASK),
+                r"""[\s/]*)?[^\r\n"'}\]]+"""), r"\1\2 " + MASK),
     (re.compile(r"(?i)\b(basic|bearer)\s+[A-Za-z0-9._~+/\-]{8,}=*"), r"\1 " + MASK),
-    (re.compile(r"bce-auth-v1/[^\s\"',;}\]]+"), "bce-auth-v1/" + MASK),
+    (re.compile(r"bce-auth-v1/[^\s\"',}\]]+"), "bce-auth-v1/" + MASK),  # signed headers are joined by ;
     (re.compile(r"""(?i)\b((?:api[_-]?key|access[_-]?token|secret(?:[_-]?(?:access[_-]?)?key)?|passw(?:or)?d|pwd|token)"""
                 r"""["']?\s*[:=]\s*["']?)[^\s"'&,;}\]]+"""), r"\1" + MASK),
     (re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^/\s:@]*):[^@\s/]+@"), r"\1:" + MASK + "@"),  # URL userinfo

@@ -87,3 +87,33 @@ async def silent_server_error(make_source: Callable[[str], Source]) -> SourceErr
             release.set()
             await src.aclose()
     raise AssertionError("polling a server that never answers did not fail")
+
+
+@contextlib.asynccontextmanager
+async def echo_server(status: str = "400 Bad Request", content_type: str = "text/plain",
+                      wrap: Callable[[str], Any] = lambda head: head) -> AsyncIterator[str]:
+    """A server that answers every request with its own request head as the body (`wrap(head)`, JSON unless a str):
+    what debugging proxies, httpbin-style endpoints and some misconfigured gateways do, Authorization header
+    included."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+            length = next((int(line.split(":", 1)[1]) for line in head.split("\r\n")
+                           if line.lower().startswith("content-length:")), 0)
+            if length:
+                await reader.readexactly(length)
+            writer.write(http_response(wrap(head), status, content_type))
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.wait_closed(), 2)
