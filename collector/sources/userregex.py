@@ -48,6 +48,8 @@ def compile_user(pattern: str) -> Any:
         return re2.compile(_named(pattern), _OPTIONS)
     except re2.error as exc:
         raise UserRegexError(f"not a supported regex: {_why(exc)}") from None
+    except UnicodeEncodeError:  # RE2 takes UTF-8: a lone surrogate cannot be encoded (nor appear in a log line)
+        raise UserRegexError("not a supported regex: it holds a lone surrogate, which is not text") from None
 
 
 def compile_patterns(patterns: Iterable[str]) -> list[Any]:
