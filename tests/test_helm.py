@@ -628,7 +628,7 @@ def test_alert_rules_use_only_exported_metrics(files, sets):
     docs = render(files, sets)
     rules = [r for g in one(docs, "PrometheusRule")["spec"]["groups"] for r in g["rules"]]
     assert {r["alert"] for r in rules} == {"TrainscopeTrainingStalled", "TrainscopeNonFiniteLoss",
-                                           "TrainscopeSourceDown", "TrainscopeCollectorLagHigh"}
+                                           "TrainscopeSourceDown", "TrainscopeStoreDown", "TrainscopeCollectorLagHigh"}
     exposed = exposed_names()
     for rule in rules:
         used = promql_metric_names(rule["expr"])
@@ -637,6 +637,9 @@ def test_alert_rules_use_only_exported_metrics(files, sets):
         assert rule["labels"]["severity"] in {"info", "warning", "critical"} and rule["annotations"]["summary"]
     by_name = {r["alert"]: r for r in rules}
     assert by_name["TrainscopeSourceDown"]["for"] == ("20m" if files else "10m")  # the example overrides N
+    # A database outage raises the store alert alone: SourceDown is silenced while the store is down.
+    assert by_name["TrainscopeStoreDown"]["expr"] == "trainscope_store_up == 0"
+    assert "unless on () (trainscope_store_up == 0)" in by_name["TrainscopeSourceDown"]["expr"]
     # Health conditions named in the rules are ones the collector sets.
     for rule in rules:
         for condition in re.findall(r'condition="([^"]+)"', rule["expr"]):
