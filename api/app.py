@@ -27,6 +27,7 @@ from trainscope.collector.store.errors import is_unavailable
 TOKEN_ENV = "TRAINSCOPE_API_TOKEN"
 
 # A stream needs points.ingest_xid (migration 0003); the API never migrates, it only checks.
+READY_TIMEOUT = 5.0  # seconds /readyz waits for the database before answering 503 (a probe may give up sooner)
 _SCHEMA_CHECK = ("SELECT EXISTS (SELECT 1 FROM information_schema.columns "
                  "WHERE table_name = 'points' AND column_name = 'ingest_xid')")
 
@@ -73,20 +74,22 @@ class Database:
         return self._pool
 
     @contextlib.asynccontextmanager
-    async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
+    async def acquire(self, wait: float | None = None) -> AsyncIterator[asyncpg.Connection]:
         pool = await self.pool()
         try:
-            async with pool.acquire() as conn:
+            async with pool.acquire(timeout=wait) as conn:
                 yield conn
         except Exception as exc:
             if is_unavailable(exc):
                 raise errors.unavailable() from exc
             raise
 
-    async def check_schema(self) -> bool:
-        if not self.schema_ok:
-            async with self.acquire() as conn:
-                self.schema_ok = bool(await conn.fetchval(_SCHEMA_CHECK))
+    async def check_schema(self, *, fresh: bool = False) -> bool:
+        """The schema is migrated (cached once true); `fresh` asks the database now, within READY_TIMEOUT, as
+        readiness must (asyncpg's own timeouts: cancelling from outside would wait on a hung server's answer)."""
+        if fresh or not self.schema_ok:
+            async with self.acquire(READY_TIMEOUT if fresh else None) as conn:
+                self.schema_ok = bool(await conn.fetchval(_SCHEMA_CHECK, timeout=READY_TIMEOUT if fresh else None))
         return self.schema_ok
 
     async def close(self) -> None:
@@ -176,10 +179,10 @@ def create_app(settings: ApiSettings) -> FastAPI:
     @app.get("/readyz", response_model=Status, tags=["health"],
              responses={503: {"model": Error, "description": "database unreachable or not migrated"}})
     async def readyz() -> Any:
-        """The database answers and has the schema this API reads (readiness)."""
+        """The database answers now (within READY_TIMEOUT) and has the schema this API reads (readiness)."""
         try:
-            ok = await db.check_schema()
-        except ApiError as err:
+            ok = await db.check_schema(fresh=True)
+        except ApiError as err:  # down, hung (no answer within READY_TIMEOUT), or every pooled connection busy
             return JSONResponse({"code": "NotReady", "message": err.message}, status_code=503)
         if not ok:
             return JSONResponse({"code": "NotReady", "message": "database schema is not migrated (trainscope db "

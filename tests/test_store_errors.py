@@ -249,3 +249,30 @@ async def test_while_the_server_hangs_the_store_is_down_and_no_source_is(pg: Any
         assert _condition(runtime.status("uid-2", now=T0), "StoreReady")["status"] == "True"
     finally:
         await runtime.close()
+
+
+async def test_api_readiness_follows_the_database_now(pg: Any) -> None:
+    """/readyz asks the database on every call: 200, then 503 while the server is stopped or frozen, then 200."""
+    import httpx
+
+    from trainscope.api.app import ApiSettings, create_app
+
+    await (await Store.open(pg.url)).close()  # migrated
+    app = create_app(ApiSettings(pg.url))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as api:
+        try:
+            assert (await api.get("/readyz")).status_code == 200
+            with Frozen(pg.pgdata):
+                frozen = await api.get("/readyz")
+            assert frozen.status_code == 503 and frozen.json()["code"] == "NotReady", frozen.text
+            await eventually(lambda: _ready(api, 200))
+            await asyncio.to_thread(pg.stop)
+            assert (await api.get("/readyz")).status_code == 503
+            await asyncio.to_thread(pg.start)
+            await eventually(lambda: _ready(api, 200))
+        finally:
+            await app.state.db.close()
+
+
+async def _ready(api: Any, code: int) -> bool:
+    return (await api.get("/readyz")).status_code == code
