@@ -46,6 +46,20 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
                                    store_up=runtime.store_up)
 
 
+@kopf.on.probe(id="store")
+def store_probe(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
+    """The database as the operator last found it (checked every few seconds), in the liveness endpoint's JSON.
+
+    Reported, never raised: the endpoint serves liveness and readiness, and an operator restarted or taken out of
+    its metrics Service during an outage would hide trainscope_store_up == 0 and gain nothing.
+    """
+    runtime: Runtime | None = memo.get("runtime")
+    if runtime is None:
+        return {"up": None, "reason": "Starting"}
+    h = runtime.store_state.health
+    return {"up": h.up, "reason": h.reason, "message": scrub(h.message), "since": h.since}
+
+
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     runtime: Runtime | None = memo.get("runtime")

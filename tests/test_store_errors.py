@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import kopf
 import pytest
 from conftest import with_database
 from prometheus_client import CollectorRegistry, generate_latest
@@ -29,6 +30,7 @@ from tensorboardX import SummaryWriter
 from trainscope.collector.points import Point
 from trainscope.collector.store import Store, StoreUnavailable, WriteResult
 from trainscope.operator.gauges import WorkloadExporter
+from trainscope.operator.handlers import store_probe
 from trainscope.operator.runtime import Runtime, RuntimeConfig
 
 from waiting import eventually
@@ -180,6 +182,8 @@ async def test_the_operator_shows_store_ready_false_and_collects_once_the_passwo
         assert _condition(status, "Ready")["reason"] == "WaitingForStore" and status["phase"] == "Pending"
         assert PASSWORD not in str(status)
         assert _gauges(runtime)["trainscope_store_up", ()] == 0.0
+        probe = store_probe(memo=kopf.Memo(runtime=runtime))  # kopf's liveness JSON: reported, not raised
+        assert probe["up"] is False and probe["reason"] == "AuthenticationFailed" and PASSWORD not in str(probe)
         # The DBA fixes the role (a Secret update on the database side): the operator gets in by itself.
         await _sql(with_database(pg.url, "app"), f"ALTER ROLE pw PASSWORD '{PASSWORD}'",
                    "GRANT CREATE ON SCHEMA public TO pw")
