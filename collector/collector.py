@@ -298,9 +298,9 @@ class Collector:
                 if outcome is None:  # stopped while the store was away; nothing committed, nothing lost
                     return
                 cursor = batch.cursor
-                if outcome.rejected:
-                    good = {id(p) for p, _ in outcome.rejected}
-                    points = [p for p in points if id(p) not in good]
+                if outcome.rejected:  # the database refused these alone: they are not part of what was seen
+                    refused = {id(p) for p, _ in outcome.rejected}
+                    points = [p for p in points if id(p) not in refused]
                 self._absorb(src.name, health, batch, points, outcome.result.inserted)
                 _note_rejections(health, admitted.notes, outcome)
                 backoff.reset()
