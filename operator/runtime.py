@@ -42,7 +42,7 @@ class RuntimeConfig:
     #                          it refuses us: wrong credentials, no database, no privilege)
     store_probe: float = 5.0  # seconds between checks that the database still answers (StoreReady, store_up)
     store_connect_timeout: float = 10.0  # a connection attempt; a hung server fails it instead of hanging
-    store_command_timeout: float = 60.0  # one statement or a wait for a pooled connection
+    store_command_timeout: float = 60.0  # one statement
     kube_connection: Any = None  # kopf.ConnectionInfo for Secrets and pod logs; None: no cluster access
     secrets_dir: Path | None = None  # local mode: Secrets as files <dir>/<name>/<key>
 

@@ -17,8 +17,8 @@ from trainscope.collector.store.errors import StoreState, unavailable_as_store_e
 from trainscope.collector.store.migrate import run_migrations
 from trainscope.collector.store.model import LatestValue, RunInfo, StoreHealth, StoreUnavailable, WriteResult
 
-# Seconds: a connection attempt, and one statement (or a wait for a pooled connection). A 200k-point batch takes
-# ~2 s; a server that has not answered in a minute is treated as down (StoreUnavailable, reason Timeout).
+# Seconds: a connection attempt, and one statement. A 200k-point batch takes ~2 s; a server that has not answered
+# in a minute is treated as down (StoreUnavailable, reason Timeout).
 CONNECT_TIMEOUT = 10.0
 COMMAND_TIMEOUT = 60.0
 
@@ -117,8 +117,9 @@ class Store:
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
         try:
             with unavailable_as_store_error():
-                # acquire() waits for a free connection without limit by default: bounded like a statement.
-                async with self._pool.acquire(timeout=self._timeout) as conn:
+                # No limit on waiting for a free connection: with many collectors that is load, not an outage. A
+                # hung server is caught by the connect and statement timeouts of the connections themselves.
+                async with self._pool.acquire() as conn:
                     yield conn
         except StoreUnavailable as err:
             self.state.failed(err)
