@@ -32,15 +32,21 @@ def _http_protocol() -> type[asyncio.Protocol] | str:
 
         _head_bytes = 0
         _in_head = True
+        _refused = False
 
         def _refuse(self, status: int, reason: str, message: str) -> None:
             body = message.encode()
             self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
                                  b"content-length: %d\r\nconnection: close\r\n\r\n%s"
                                  % (status, reason.encode(), len(body), body))
-            self.transport.close()
+            # Close a moment later, dropping what still arrives meanwhile: closing at once with unread bytes would
+            # reset the connection, and the client could lose the answer.
+            self._refused = True
+            asyncio.get_running_loop().call_later(1.0, self.transport.close)
 
         def data_received(self, data: bytes) -> None:
+            if self._refused:
+                return
             if self._in_head:
                 self._head_bytes += len(data)
                 if self._head_bytes > MAX_HEAD:
@@ -56,24 +62,19 @@ def _http_protocol() -> type[asyncio.Protocol] | str:
         def on_url(self, url: bytes) -> None:
             super().on_url(url)
             if len(self.url) > MAX_URL:
-                raise _UrlTooLong
+                self._url_too_long = True
+                raise ValueError("URL too long")  # httptools turns it into a parser error: send_400_response
+
+        def send_400_response(self, msg: str) -> None:
+            if getattr(self, "_url_too_long", False):
+                self._refuse(414, "URI Too Long", f"the URL exceeds {MAX_URL} bytes")
+            else:
+                super().send_400_response(msg)
 
         def on_headers_complete(self) -> None:
             self._in_head, self._head_bytes = False, 0
             super().on_headers_complete()
 
-    class _UrlTooLong(Exception):
-        pass
-
-    original = LimitedHttpToolsProtocol.data_received
-
-    def data_received(self: LimitedHttpToolsProtocol, data: bytes) -> None:
-        try:
-            original(self, data)
-        except _UrlTooLong:  # httptools re-raises what a callback raised
-            self._refuse(414, "URI Too Long", f"the URL exceeds {MAX_URL} bytes")
-
-    LimitedHttpToolsProtocol.data_received = data_received  # type: ignore[method-assign]
     return LimitedHttpToolsProtocol
 
 
