@@ -6,6 +6,8 @@ taken port is said plainly."""
 
 from __future__ import annotations
 
+import base64
+import http.server
 import json
 import os
 import pty
@@ -14,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -293,3 +296,70 @@ def test_local_listens_on_loopback_and_says_when_a_port_is_taken(tmp_path: Path,
         assert f"cannot listen on 127.0.0.1:{busy}" in proc.stderr.read()
     finally:
         taken.close()
+
+
+# ---- --secrets-dir -----------------------------------------------------------------------------------------------
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    """A server that refuses every request with 401 (as W&B does a bad key) and keeps the Authorization header."""
+
+    seen: list[str] = []
+
+    def do_POST(self) -> None:
+        self.seen.append(self.headers.get("Authorization", ""))
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(401)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_POST
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_local_mode_reads_secrets_from_the_secrets_dir(tmp_path: Path, database_url: str) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    spec = {"pollInterval": "1s", "sources": [{"name": "wb", "wandb": {
+        "baseUrl": f"http://127.0.0.1:{server.server_port}", "entity": "e", "project": "p", "runId": "r1",
+        "apiKeySecretRef": {"name": "wandb-key", "key": "apiKey"}}}]}
+    path = tmp_path / "wl.yaml"
+    path.write_text(yaml.safe_dump({"apiVersion": "trainscope.io/v1alpha1", "kind": "Workload",
+                                    "metadata": {"name": "wl", "namespace": "ml"}, "spec": spec}))
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    key = "k" * 40
+    try:
+        for with_file in (False, True):
+            if with_file:
+                (secrets / "wandb-key").mkdir()
+                (secrets / "wandb-key" / "apiKey").write_text(key + "\n")
+            proc = start(["local", "-f", str(path), "--api-port", "0", "--refresh", "0.3",
+                          "--secrets-dir", str(secrets)], env(TRAINSCOPE_DATABASE_URL=database_url), cwd=tmp_path)
+            try:
+                if with_file:  # the key from the file reaches the server (W&B's basic auth, user "api")
+                    deadline = time.monotonic() + 60
+                    while not _Recorder.seen and time.monotonic() < deadline:
+                        time.sleep(0.1)
+                    assert _Recorder.seen, "no request reached the server"
+                    scheme, _, value = _Recorder.seen[0].partition(" ")
+                    assert scheme == "Basic" and base64.b64decode(value).decode() == f"api:{key}"
+                else:  # the status names the file to create
+                    read_until(proc, lambda line: f"no file {secrets}/wandb-key/apiKey" in line)
+                    assert not _Recorder.seen
+                proc.send_signal(signal.SIGTERM)
+                out, err = proc.communicate(timeout=60)
+                assert proc.returncode == 0, err
+                assert key not in out + err  # never printed
+            finally:
+                proc.kill()
+    finally:
+        server.shutdown()
+
+
+def test_secrets_dir_must_be_a_directory(tmp_path: Path) -> None:
+    proc = start(["local", "-f", str(manifest(tmp_path / "wl.yaml")), "--secrets-dir", str(tmp_path / "nope")],
+                 env(), cwd=tmp_path)
+    assert proc.wait(60) == 2
+    assert f"--secrets-dir {tmp_path / 'nope'}: not a directory" in proc.stderr.read()
