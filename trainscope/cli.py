@@ -150,7 +150,8 @@ def cmd_api(args: argparse.Namespace) -> int:
     from trainscope.api.server import AddressInUse, read_token, run
 
     settings = ApiSettings(database_url=_database_url(args, embedded_ok=True), token=read_token(args.token_file),
-                           cors_origins=tuple(args.cors_origin or ()), pool_size=args.pool_size)
+                           cors_origins=tuple(args.cors_origin or ()), pool_size=args.pool_size,
+                           statement_timeout=args.statement_timeout)
     try:
         run(settings, args.host, args.port, access_log=args.access_log)  # returns on SIGINT/SIGTERM
     except AddressInUse as exc:
@@ -243,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--port", type=int, default=int(os.environ.get("TRAINSCOPE_API_PORT", "8080")),
                     help="listen port")
     ap.add_argument("--pool-size", type=int, default=10, help="database connections at most")
+    ap.add_argument("--statement-timeout", type=float, default=30.0,
+                    help="seconds one SQL statement (or an idle open transaction) may take before PostgreSQL "
+                         "cancels it and the request is answered 503")
     ap.add_argument("--access-log", action="store_true", help="log every request (paths and queries, never headers)")
     api_auth_options(ap, token_flag="--token-file")
     ap.set_defaults(func=cmd_api)
