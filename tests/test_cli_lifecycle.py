@@ -293,7 +293,14 @@ def test_local_listens_on_loopback_and_says_when_a_port_is_taken(tmp_path: Path,
             proc.kill()
         proc = start(["api", "--port", str(busy)], env(TRAINSCOPE_DATABASE_URL=database_url))
         assert proc.wait(60) == 2
-        assert f"cannot listen on 127.0.0.1:{busy}" in proc.stderr.read()
+        err = proc.stderr.read()
+        assert f"cannot listen on 127.0.0.1:{busy}" in err and "WARNING" not in err
+        # Every interface without a token: said before anything else.
+        proc = start(["api", "--host", "0.0.0.0", "--port", str(busy)], env(TRAINSCOPE_DATABASE_URL=database_url))
+        assert proc.wait(60) == 2
+        err = proc.stderr.read()
+        assert "WARNING: the API listens on 0.0.0.0 without a token" in err
+        assert f"cannot listen on 0.0.0.0:{busy}" in err
     finally:
         taken.close()
 

@@ -132,6 +132,7 @@ def cmd_local(args: argparse.Namespace) -> int:
 
         api = LocalApi(port=args.api_port, host=args.api_host, token=read_token(args.api_token_file),
                        cors_origins=tuple(args.cors_origin or ()))
+        _warn_if_open("local", api.host, api.token)
     from rich.console import Console
 
     console = Console()
@@ -144,6 +145,20 @@ def cmd_local(args: argparse.Namespace) -> int:
     return 0
 
 
+def _warn_if_open(command: str, host: str, token: str | None) -> None:
+    """Say so when the API listens beyond this machine with no token: anyone who reaches it reads every metric."""
+    import ipaddress
+
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if token is None and not loopback:
+        print(f"trainscope {command}: WARNING: the API listens on {host} without a token (set "
+              "TRAINSCOPE_API_TOKEN or a token file): anyone who can reach it reads every Workload's metrics",
+              file=sys.stderr)
+
+
 def cmd_api(args: argparse.Namespace) -> int:
     """Serve the Training Performance REST API (read-only) over the store."""
     from trainscope.api.app import ApiSettings
@@ -152,6 +167,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     settings = ApiSettings(database_url=_database_url(args, embedded_ok=True), token=read_token(args.token_file),
                            cors_origins=tuple(args.cors_origin or ()), pool_size=args.pool_size,
                            statement_timeout=args.statement_timeout)
+    _warn_if_open("api", args.host, settings.token)
     try:
         run(settings, args.host, args.port, access_log=args.access_log)  # returns on SIGINT/SIGTERM
     except AddressInUse as exc:
