@@ -185,19 +185,48 @@ def rate(base: str, seconds: float, metric: str) -> float:
     return done / seconds
 
 
-def rates(label: str, url: str, pythonpath: str | None, seconds: float) -> tuple[float, float]:
+def cpu_seconds(pid: int) -> float:
+    """CPU time of the API process and of the PostgreSQL backends serving it (application_name), from /proc:
+    what a request costs, whatever else the machine runs."""
+    import psutil
+
+    total = sum(psutil.Process(pid).cpu_times()[:2])
+    for p in psutil.process_iter(["name", "cmdline"]):
+        try:
+            if p.info["name"] == "postgres" and "trainscope-api" in " ".join(p.info["cmdline"] or ()):
+                total += sum(p.cpu_times()[:2])
+        except psutil.Error:
+            continue
+    return total
+
+
+def rates(label: str, url: str, pythonpath: str | None, seconds: float, rounds: int
+          ) -> list[tuple[float, float, float, float]]:
+    """(alone, beside 10 stalled readers) requests/s and CPU ms per request, `rounds` times in turn on one server:
+    load from elsewhere on the machine then weighs on both sides of each pair alike."""
     api = Api(label, url, pythonpath)
+    out = []
     try:
         rate(api.base, 1.0, "train/metric_00")  # warm-up (pool, plans)
-        alone = rate(api.base, seconds, "train/metric_01")
-        socks = stalled(api.base, 10)
-        try:
-            time.sleep(1.0)  # their answers have filled the sockets; the server waits on each
-            beside = rate(api.base, seconds, "train/metric_01")
-        finally:
-            for s in socks:
-                s.close()
-        return alone, beside
+        for _ in range(rounds):
+            c0 = cpu_seconds(api.proc.pid)
+            alone = rate(api.base, seconds, "train/metric_01")
+            c1 = cpu_seconds(api.proc.pid)
+            socks = stalled(api.base, 10)
+            try:
+                time.sleep(1.0)  # their answers have filled the sockets; the server waits on each
+                c2 = cpu_seconds(api.proc.pid)
+                beside = rate(api.base, seconds, "train/metric_01")
+                c3 = cpu_seconds(api.proc.pid)
+            finally:
+                for s in socks:
+                    s.close()
+            cpu_alone = (c1 - c0) * 1000 / max(1, alone * seconds)
+            cpu_beside = (c3 - c2) * 1000 / beside / seconds if beside else float("nan")
+            out.append((alone, beside, cpu_alone, cpu_beside))
+            print(f"    {label}: alone {alone:.1f}/s ({cpu_alone:.1f} CPU ms/request), beside {beside:.1f}/s "
+                  f"({cpu_beside:.1f} CPU ms/request) | load {tuple(round(x, 1) for x in os.getloadavg())}")
+        return out
     finally:
         api.stop()
 
@@ -209,6 +238,7 @@ def main() -> None:
     ap.add_argument("--series", type=int, default=20)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=5.0, help="length of each requests/s window")
+    ap.add_argument("--rounds", type=int, default=4, help="alone/beside pairs per server start")
     ap.add_argument("--skip-memory", action="store_true")
     args = ap.parse_args()
 
@@ -266,18 +296,22 @@ def main() -> None:
                 api.stop()
 
         print(f"\n2. normal requests/s (one series, last 100 points), alone and beside 10 stalled CSV readers, "
-              f"{args.seconds:g} s windows, median of {args.repeat}")
-        got2: dict[str, list[tuple[float, float]]] = {"baseline": [], "ours": []}
+              f"{args.seconds:g} s windows, {args.rounds} pairs x {args.repeat} server starts")
+        got2: dict[str, list[tuple[float, float, float, float]]] = {"baseline": [], "ours": []}
         for _ in range(args.repeat):
             for label, pp in trees:
-                got2[label].append(rates(label, url, pp, args.seconds))
-                print(f"    {label}: alone {got2[label][-1][0]:.1f}/s, beside {got2[label][-1][1]:.1f}/s "
-                      f"| load {tuple(round(x, 1) for x in os.getloadavg())}")
+                got2[label] += rates(label, url, pp, args.seconds, args.rounds)
         for label, _ in trees:
-            alone = statistics.median(a for a, _ in got2[label])
-            beside = statistics.median(b for _, b in got2[label])
+            rows = got2[label]
+            alone = statistics.median(r[0] for r in rows)
+            beside = statistics.median(r[1] for r in rows)
+            pairs = statistics.median(r[1] / r[0] for r in rows if r[0])
+            cpu_a = statistics.median(r[2] for r in rows)
+            cpu_b = [r[3] for r in rows if r[1]]
+            cpu = f"{statistics.median(cpu_b):.1f}" if cpu_b else "- (no request answered)"
             print(f"  {label}: alone {alone:.1f} req/s, beside 10 stalled readers {beside:.1f} req/s "
-                  f"({beside / alone:.0%} of alone)")
+                  f"(ratio of medians {beside / alone:.0%}; median of the pairs' ratios {pairs:.0%}); "
+                  f"CPU per request (API + its PostgreSQL backends) alone {cpu_a:.1f} ms, beside {cpu} ms")
         print(f"load {tuple(round(x, 1) for x in os.getloadavg())}")
     finally:
         pg.cleanup()
