@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import asyncpg
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -19,6 +19,7 @@ from trainscope.api import errors, queries
 from trainscope.api.datasources import data_source_of
 from trainscope.api.errors import ApiError, Error
 from trainscope.api.models import Status, Workload, WorkloadList
+from trainscope.api.params import MAX_NAME
 from trainscope.api.queries import init_connection
 from trainscope.api.ui import mount_ui
 from trainscope.collector.progress import detect_primary_metric
@@ -44,6 +45,10 @@ class ApiSettings:
     stream_interval: float = 1.0  # seconds between a stream's polls
     stream_batch: int = 1000  # points per SSE event at most
     heartbeat: float = 15.0
+    # Bounds on what one request may hold (docs/api.md, Limits): a statement runs at most `statement_timeout`
+    # seconds; waiting for a free pool connection at most `acquire_timeout` (then 503).
+    statement_timeout: float = 30.0
+    acquire_timeout: float = 10.0
     # trainscope local: uid -> live facts from the running collector (phase, progress...), None if not running.
     live: Callable[[str], dict[str, Any] | None] | None = None
 
@@ -52,8 +57,9 @@ class Database:
     """The API's pool: created on first use (a database that is down at start only delays answers), sessions
     read-only, connection failures answered as 503."""
 
-    def __init__(self, dsn: str, size: int):
+    def __init__(self, dsn: str, size: int, statement_timeout: float = 30.0, acquire_timeout: float = 10.0):
         self._dsn, self._size = dsn, size
+        self.statement_timeout, self.acquire_timeout = statement_timeout, acquire_timeout
         self._pool: asyncpg.Pool | None = None
         self._lock = asyncio.Lock()
         self.schema_ok = False
@@ -65,24 +71,52 @@ class Database:
                     try:
                         self._pool = await asyncpg.create_pool(
                             self._dsn, min_size=1, max_size=self._size, init=init_connection,
-                            server_settings={"default_transaction_read_only": "on",
-                                             "application_name": "trainscope-api"})
+                            server_settings=self._session_settings())
                     except Exception as exc:
                         if is_unavailable(exc) or isinstance(exc, asyncpg.PostgresError):
                             raise errors.unavailable() from exc
                         raise
         return self._pool
 
+    def _session_settings(self) -> dict[str, str]:
+        """Read-only sessions whose statements and open transactions are time-bounded by PostgreSQL itself, so
+        no request (nor a client that stops reading) can hold a connection or a snapshot (VACUUM) for long."""
+        ms = str(max(1, round(self.statement_timeout * 1000)))
+        return {"default_transaction_read_only": "on", "application_name": "trainscope-api",
+                "statement_timeout": ms, "idle_in_transaction_session_timeout": ms}
+
     @contextlib.asynccontextmanager
     async def acquire(self, wait: float | None = None) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection for one short piece of work; waits `wait` (default `acquire_timeout`) at most
+        (then 503)."""
         pool = await self.pool()
         try:
-            async with pool.acquire(timeout=wait) as conn:
-                yield conn
+            conn = await pool.acquire(timeout=self.acquire_timeout if wait is None else wait)
+        except TimeoutError as exc:
+            raise errors.unavailable(f"all {self._size} database connections are busy") from exc
         except Exception as exc:
             if is_unavailable(exc):
                 raise errors.unavailable() from exc
             raise
+        try:
+            yield conn
+        except asyncpg.QueryCanceledError as exc:
+            raise errors.unavailable(f"the query ran longer than {self.statement_timeout:g} s") from exc
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise errors.unavailable() from exc
+            raise
+        finally:
+            await pool.release(conn)
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def busy(self) -> bool:
+        """Every connection of the pool is in use (a request now would wait for one)."""
+        pool = self._pool
+        return pool is not None and pool.get_size() >= self._size and pool.get_idle_size() == 0
 
     async def check_schema(self, *, fresh: bool = False) -> bool:
         """The schema is migrated (cached once true); `fresh` asks the database now, within READY_TIMEOUT, as
@@ -102,6 +136,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": Error, "description": "a parameter is invalid (the message names it)"},
     401: {"model": Error, "description": "a bearer token is configured and the request has no valid one"},
     404: {"model": Error, "description": "no such workload"},
+    414: {"content": {"text/plain": {"schema": {"type": "string"}}},
+          "description": "the URL is longer than the server accepts (64 KiB)"},
+    431: {"content": {"text/plain": {"schema": {"type": "string"}}},
+          "description": "the request line and headers are larger than the server accepts (128 KiB)"},
     503: {"model": Error, "description": "the database is unavailable"},
 }
 
@@ -131,11 +169,25 @@ def _workload_item(row: asyncpg.Record, latest: list[asyncpg.Record], live: dict
             "created_at": row["created_at"], "updated_at": row["updated_at"], "deleted_at": row["deleted_at"]}
 
 
+async def not_ready(db: Database) -> str | None:
+    """Why the API cannot answer now (None: ready): the store unreachable, unmigrated, or every pooled
+    connection busy (requests would queue); checked with a real round trip each time, never cached."""
+    if db.busy():
+        return f"all {db.size} database connections are busy"
+    try:  # a fresh round trip within READY_TIMEOUT: down, hung, or no connection free in time
+        ok = await db.check_schema(fresh=True)
+    except ApiError as err:
+        return err.message
+    if not ok:
+        return "database schema is not migrated (trainscope db upgrade, or start the operator once)"
+    return None
+
+
 def create_app(settings: ApiSettings) -> FastAPI:
     """The API over the store at `settings.database_url`; it only reads."""
     from trainscope.api import routes
 
-    db = Database(settings.database_url, settings.pool_size)
+    db = Database(settings.database_url, settings.pool_size, settings.statement_timeout, settings.acquire_timeout)
     stopping = asyncio.Event()
 
     @contextlib.asynccontextmanager
@@ -179,14 +231,11 @@ def create_app(settings: ApiSettings) -> FastAPI:
     @app.get("/readyz", response_model=Status, tags=["health"],
              responses={503: {"model": Error, "description": "database unreachable or not migrated"}})
     async def readyz() -> Any:
-        """The database answers now (within READY_TIMEOUT) and has the schema this API reads (readiness)."""
-        try:
-            ok = await db.check_schema(fresh=True)
-        except ApiError as err:  # down, hung (no answer within READY_TIMEOUT), or every pooled connection busy
-            return JSONResponse({"code": "NotReady", "message": err.message}, status_code=503)
-        if not ok:
-            return JSONResponse({"code": "NotReady", "message": "database schema is not migrated (trainscope db "
-                                 "upgrade, or start the operator once)"}, status_code=503)
+        """The database answers now (within READY_TIMEOUT), has the schema this API reads, and a connection is
+        free (readiness)."""
+        why = await not_ready(db)
+        if why is not None:
+            return JSONResponse({"code": "NotReady", "message": why}, status_code=503)
         return {"status": "ready"}
 
     async def no_nul(request: Request) -> None:
@@ -218,7 +267,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
         return [{**_workload_item(r, by_uid.get(r["uid"], []), live(r["uid"])),
                  "conditions": conditions.get(r["uid"], [])} for r in rows]
 
-    Namespace = Annotated[str | None, Query(max_length=253, description="only workloads of this namespace")]
+    PathName = Annotated[str, Path(max_length=MAX_NAME)]
+    Namespace = Annotated[str | None, Query(max_length=MAX_NAME, description="only workloads of this namespace")]
     IncludeDeleted = Annotated[bool, Query(description="also workloads whose Workload object is gone")]
 
     @api.get("/workloads", response_model=WorkloadList, tags=["workloads"])
@@ -228,13 +278,13 @@ def create_app(settings: ApiSettings) -> FastAPI:
         return {"workloads": items, "total_count": len(items)}
 
     @api.get("/namespaces/{namespace}/workloads", response_model=WorkloadList, tags=["workloads"])
-    async def namespace_workloads(namespace: str, include_deleted: IncludeDeleted = True) -> dict:
+    async def namespace_workloads(namespace: PathName, include_deleted: IncludeDeleted = True) -> dict:
         """The workloads of one namespace."""
         items = await list_workloads(namespace, None, None, include_deleted)
         return {"workloads": items, "total_count": len(items)}
 
     @api.get("/workloads/{uid}", response_model=Workload, tags=["workloads"])
-    async def workload(uid: str) -> dict:
+    async def workload(uid: PathName) -> dict:
         """One workload by UID."""
         items = await list_workloads(None, None, uid, True)
         if not items:
@@ -242,7 +292,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         return items[0]
 
     @api.get("/namespaces/{namespace}/workloads/{name}", response_model=Workload, tags=["workloads"])
-    async def workload_by_name(namespace: str, name: str) -> dict:
+    async def workload_by_name(namespace: PathName, name: PathName) -> dict:
         """One workload by namespace and name (the live one, else the one seen last)."""
         items = await list_workloads(namespace, name, None, True)
         if not items:

@@ -102,3 +102,24 @@ def decode_cursor(cursor: str, fingerprint: str) -> Position:
     if fp != fingerprint:
         raise invalid("cursor", "belongs to a query with other filters (keep every parameter but cursor unchanged)")
     return Position((metric, ds, source, run), step)
+
+
+# ---- request limits (docs/api.md, Limits) -------------------------------------------------------------------------
+
+MAX_DOWNSAMPLE = 10_000  # points per series a `downsample` answer may ask for
+MAX_ANSWER_POINTS = 100_000  # points one bounded answer (a page, a downsampled view) holds at most
+MAX_NAME = 253  # a path parameter (uid, namespace, name): Kubernetes' longest object name
+
+
+def downsample_points(n: int, n_series: int) -> int:
+    """Points per series for `downsample=n` over `n_series` series: n, lowered so the whole answer stays within
+    MAX_ANSWER_POINTS; 400 naming `downsample` above MAX_DOWNSAMPLE or when even 4 per series would not fit."""
+    if n > MAX_DOWNSAMPLE:
+        raise invalid("downsample", f"must be at most {MAX_DOWNSAMPLE} points per series (got {n})")
+    if n_series * n <= MAX_ANSWER_POINTS:
+        return n
+    per_series = MAX_ANSWER_POINTS // max(1, n_series)
+    if per_series < 4:
+        raise invalid("downsample", f"{n_series} series at 4 points each exceed the {MAX_ANSWER_POINTS} points one "
+                      "answer may hold: select fewer metrics or runs")
+    return per_series

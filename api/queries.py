@@ -7,7 +7,8 @@ PostgreSQL's microseconds by the connection's codec: no floats, so `start`/`end`
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ from trainscope.api.params import Filters, Position, SeriesKey
 _PG_EPOCH_US = 946_684_800 * 1_000_000  # PostgreSQL counts microseconds from 2000-01-01
 
 Row = tuple[int, int, float]  # (step, timestamp ms, value)
+Acquire = Callable[[], AbstractAsyncContextManager[asyncpg.Connection]]  # a pool connection for one short read
 
 
 def _ms_to_pg(ms: int) -> tuple[int]:
@@ -226,15 +228,20 @@ async def read_page(conn: asyncpg.Connection, series_: Sequence[Series], f: Filt
     return out, False
 
 
-async def iter_points(conn: asyncpg.Connection, series_: Sequence[Series], f: Filters, lower: dict[int, int],
+async def iter_points(acquire: Acquire, series_: Sequence[Series], f: Filters, lower: dict[int, int],
                       chunk: int = 5000) -> AsyncIterator[tuple[Series, list[Row]]]:
-    """Every matching point, series by series, in chunks of at most `chunk` (keyset reads: bounded memory)."""
+    """Every matching point, series by series, in chunks of at most `chunk` (keyset reads: bounded memory).
+
+    Each chunk takes a pool connection for its one statement and gives it back before the chunk is written, so a
+    client that reads slowly (or not at all) holds no connection and no transaction while it waits.
+    """
     hi = step_bounds(f)[1]
     for s in series_:
         lo = _start(s, f, lower, None)
         assert lo is not None
         while True:
-            rows = await read_series(conn, s, f, lo, hi, chunk)
+            async with acquire() as conn:
+                rows = await read_series(conn, s, f, lo, hi, chunk)
             if rows:
                 yield s, rows
             if len(rows) < chunk or rows[-1][0] >= hi:
@@ -256,15 +263,34 @@ def ts_clause(f: Filters, args: list[Any], column: str = "ts") -> str:
 
 # ---- iteration times --------------------------------------------------------------------------------------------
 
-async def iteration_times(conn: asyncpg.Connection, ids: Sequence[int], f: Filters,
+# The next `chunk` distinct steps from $2: each series contributes at most its own next `chunk` steps (an index
+# range), which always contain the first `chunk` distinct steps of them all; per step the earliest point wins.
+_ITERATIONS = """
+SELECT DISTINCT ON (p.step) p.step, p.ts, s.kind
+FROM unnest($1::bigint[]) AS x(sid)
+CROSS JOIN LATERAL (SELECT step, ts FROM points WHERE series_id = x.sid AND step >= $2 AND step <= $3 {ts}
+                    ORDER BY step LIMIT $4) p
+JOIN series s ON s.id = x.sid
+ORDER BY p.step, p.ts, s.kind
+LIMIT $4
+"""
+
+
+async def iteration_times(acquire: Acquire, ids: Sequence[int], f: Filters,
                           chunk: int = 5000) -> AsyncIterator[list[tuple[int, int, str]]]:
-    """Per distinct step of the series, its earliest timestamp and that point's kind, by step (server cursor)."""
+    """Per distinct step of the series, its earliest timestamp and that point's kind, by step.
+
+    Keyset pages of `chunk` steps, one short statement each on a connection held only for it (never across a
+    write to the client): a stalled reader keeps no transaction open.
+    """
     lo, hi = step_bounds(f)
-    sql = ("SELECT DISTINCT ON (p.step) p.step, p.ts, s.kind FROM points p JOIN series s ON s.id = p.series_id "
-           "WHERE p.series_id = ANY($1::bigint[]) AND p.step >= $2 AND p.step <= $3")
-    args: list[Any] = [list(ids), lo, hi]
-    sql += ts_clause(f, args, "p.ts") + " ORDER BY p.step, p.ts, s.kind"
-    async with conn.transaction(isolation="repeatable_read", readonly=True):
-        cur = await conn.cursor(sql, *args)
-        while rows := await cur.fetch(chunk):
+    args: list[Any] = [list(ids), lo, hi, chunk]
+    sql = _ITERATIONS.format(ts=ts_clause(f, args))
+    while True:
+        async with acquire() as conn:
+            rows = await conn.fetch(sql, *args)
+        if rows:
             yield [tuple(r) for r in rows]
+        if len(rows) < chunk or rows[-1][0] >= hi:
+            return
+        args[1] = rows[-1][0] + 1

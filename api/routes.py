@@ -102,9 +102,12 @@ def _install(api: APIRouter, db: "Database", settings: "ApiSettings", stopping: 
                                                       description="page size; the answer has next_cursor")] = None,
                    cursor: Annotated[str | None, Query(max_length=4096,
                                                        description="next_cursor of the previous page")] = None,
-                   downsample_: Annotated[int | None, Query(alias="downsample", ge=MIN_POINTS, le=100_000,
+                   downsample_: Annotated[int | None, Query(alias="downsample", ge=MIN_POINTS,
+                                                            le=params.MAX_DOWNSAMPLE,
                                                             description="at most N points per series "
-                                                            "(min/max per step bucket, first and last kept)")] = None,
+                                                            "(min/max per step bucket, first and last kept); "
+                                                            "lowered so the answer holds at most "
+                                                            f"{params.MAX_ANSWER_POINTS} points")] = None,
                    format: Format = "json", include: Include = None) -> Any:
         """Points of the workload, ordered by (metric, data source, source, run) then iteration.
 
@@ -125,8 +128,9 @@ def _install(api: APIRouter, db: "Database", settings: "ApiSettings", stopping: 
             series = await queries.series(conn, uid, f)
             lower = await queries.last_n_bounds(conn, series, f, last) if last is not None else {}
             if downsample_ is not None:
-                ds = await downsample(conn, series, f, lower, downsample_)
-                info = {"method": "minmax", "max_points_per_series": downsample_, "source_points": ds.source_points}
+                per_series = params.downsample_points(downsample_, len(series))
+                ds = await downsample(conn, series, f, lower, per_series)
+                info = {"method": "minmax", "max_points_per_series": per_series, "source_points": ds.source_points}
                 return render.whole(format, uid, f.data_source, ds.series, extra,
                                     {"downsampled": ds.reduced, "downsample": info},
                                     {"X-Downsampled": str(ds.reduced).lower()})
@@ -222,11 +226,9 @@ def _safe(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:100]
 
 
-async def _chunks(db: "Database", series: list[queries.Series], f: Filters,
-                  lower: dict[int, int]) -> AsyncIterator[tuple[queries.Series, list[queries.Row]]]:
-    async with db.acquire() as conn:
-        async for item in queries.iter_points(conn, series, f, lower):
-            yield item
+def _chunks(db: "Database", series: list[queries.Series], f: Filters,
+            lower: dict[int, int]) -> AsyncIterator[tuple[queries.Series, list[queries.Row]]]:
+    return queries.iter_points(db.acquire, series, f, lower)
 
 
 async def _iteration_body(db: "Database", uid: str, f: Filters, ids: list[int],
@@ -234,16 +236,15 @@ async def _iteration_body(db: "Database", uid: str, f: Filters, ids: list[int],
     yield render.envelope_head(uid, f.data_source)
     total = 0
     if ids:
-        async with db.acquire() as conn:
-            async for rows in queries.iteration_times(conn, ids, f):
-                items = []
-                for step, ts, kind in rows:
-                    ds = json.dumps(data_source_of(kind))
-                    items.append(f'{{"metric_name":"iteration","value":{step},"timestamp":{ts},'
+        async for rows in queries.iteration_times(db.acquire, ids, f):
+            items = []
+            for step, ts, kind in rows:
+                ds = json.dumps(data_source_of(kind))
+                items.append(f'{{"metric_name":"iteration","value":{step},"timestamp":{ts},'
+                             f'"iteration":{step},"data_source":{ds}}}')
+                if target is not None:
+                    items.append(f'{{"metric_name":"target_iteration","value":{target},"timestamp":{ts},'
                                  f'"iteration":{step},"data_source":{ds}}}')
-                    if target is not None:
-                        items.append(f'{{"metric_name":"target_iteration","value":{target},"timestamp":{ts},'
-                                     f'"iteration":{step},"data_source":{ds}}}')
-                yield ("," if total else "") + ",".join(items)
-                total += len(items)
+            yield ("," if total else "") + ",".join(items)
+            total += len(items)
     yield render.envelope_tail(total, {})

@@ -107,34 +107,46 @@ async def events(acquire: Acquire, uid: str, f: Filters, include: Sequence[str],
     quiet = 0.0
     while not stopping():
         sent = False
-        async with acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            # The first statement fixes the transaction's snapshot: the delta below sees exactly `target`.
-            target = await conn.fetchval("SELECT txid_current_snapshot()::text")
-            series = {s.id: s for s in await queries.series(conn, uid, f)}
-            if series:
-                args: list[object] = [list(series), pos.base]
-                resume = ""
-                if pos.target is not None and pos.upto is not None:
-                    resume = _RESUME
-                    args += [pos.target, *pos.upto]
-                cur = await conn.cursor(_DELTA.format(resume=resume), *args)
-                rows = await cur.fetch(batch)
-                while rows:
-                    more = await cur.fetch(batch)
-                    last = rows[-1]
-                    done = not more
-                    mark = Position(target) if done else Position(pos.base, target, (last[0], last[1]))
-                    items = _items(writer, series, rows)
-                    data = f'{{"workload_uid":{uid_json},"data":[{",".join(items)}],"total_count":{len(items)}}}'
-                    yield _event("points", data, mark.event_id)
-                    sent = True
-                    rows = more
-        pos = Position(target)
+        while True:  # one poll, a page at a time: no connection or transaction is held while an event is written
+            page, pos, more = await _page(acquire, uid, f, pos, batch)
+            if page:
+                series, rows = page
+                items = _items(writer, series, rows)
+                data = f'{{"workload_uid":{uid_json},"data":[{",".join(items)}],"total_count":{len(items)}}}'
+                yield _event("points", data, pos.event_id)
+                sent = True
+            if not more or stopping():
+                break
         quiet = 0.0 if sent else quiet + interval
         if quiet >= heartbeat:
             yield ": keep-alive\n\n"
             quiet = 0.0
         await asyncio.sleep(interval)
+
+
+async def _page(acquire: Acquire, uid: str, f: Filters, pos: Position, batch: int
+                ) -> tuple[tuple[dict[int, Series], list[asyncpg.Record]] | None, Position, bool]:
+    """Up to `batch` points new since `pos`, in one short transaction: (series, rows) or None, the position after
+    them, and whether more are waiting. A page cut short ends at `base/target/series/step`, whose resume condition
+    the next page's fresh snapshot continues from (points committed in between come with it)."""
+    async with acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        # The first statement fixes the transaction's snapshot: the delta below sees exactly `target`.
+        target = await conn.fetchval("SELECT txid_current_snapshot()::text")
+        series = {s.id: s for s in await queries.series(conn, uid, f)}
+        if not series:
+            return None, Position(target), False
+        args: list[object] = [list(series), pos.base]
+        resume = ""
+        if pos.target is not None and pos.upto is not None:
+            resume = _RESUME
+            args += [pos.target, *pos.upto]
+        args.append(batch + 1)
+        rows = await conn.fetch(_DELTA.format(resume=resume) + f" LIMIT ${len(args)}", *args)
+    if len(rows) > batch:
+        rows = rows[:batch]
+        last = rows[-1]
+        return (series, rows), Position(pos.base, target, (last[0], last[1])), True
+    return ((series, rows) if rows else None), Position(target), False
 
 
 def _items(writer: ItemWriter, series: dict[int, Series], rows: Sequence[asyncpg.Record]) -> list[str]:

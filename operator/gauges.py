@@ -149,7 +149,11 @@ class MetricsEndpoint:
         self._server = None
         self.port: int | None = None
         if port is not None:
-            self._server, _thread = start_http_server(port, addr=host)
+            try:
+                self._server, _thread = start_http_server(port, addr=host)
+            except OSError:  # the port is taken: leave the registry as it was, the caller says so
+                REGISTRY.unregister(self.exporter)
+                raise
             self.port = self._server.server_port
 
     def close(self) -> None:

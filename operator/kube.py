@@ -198,8 +198,12 @@ def secret_resolver(namespace: str, kube: KubeClient | None, secrets_dir: Path |
             return data[key]
         if secrets_dir is not None and (secrets_dir / name / key).is_file():
             return (secrets_dir / name / key).read_text().strip()
-        raise SourceError(f"Secret {name}/{key} is not available here (local mode reads "
-                          f"<secrets-dir>/{name}/{key})", reason="SecretMissing", retry_after=60.0)
+        if secrets_dir is not None:
+            where = f"no file {secrets_dir / name / key}"
+        else:
+            where = f"local mode reads it from --secrets-dir DIR, as the file DIR/{name}/{key}"
+        raise SourceError(f"Secret {name}/{key} is not available here ({where})", reason="SecretMissing",
+                          retry_after=60.0)
 
     return resolve
 

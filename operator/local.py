@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ import yaml
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from trainscope.collector.collector import Snapshot
 from trainscope.collector.progress import format_duration
@@ -75,28 +77,50 @@ def _fmt(value: float | None, spec: str = ".4g") -> str:
     return "-" if value is None else format(value, spec)
 
 
+COLUMNS = ("Workload", "Phase", "Step", "Progress", "Loss", "Steps/s", "ETA", "Sources")
+
+
+def cells(wl: LocalWorkload, snap: Snapshot | None, error_width: int | None = 60) -> tuple[str, ...]:
+    """One Workload's line, as plain text (names, paths and errors are data, never markup); a source's error cut at
+    `error_width` characters (None: whole)."""
+    if snap is None:
+        return (f"{wl.namespace}/{wl.name}", "Pending", "-", "-", "-", "-", "-", "starting")
+    primary = snap.primary
+    loss = "-" if primary is None else f"{primary.value:.4g}"
+    if snap.primary_metric and primary is not None:
+        loss = f"{loss} ({snap.primary_metric})"
+    step = "-" if snap.step is None else (f"{snap.step}/{snap.total_steps}" if snap.total_steps else str(snap.step))
+    sources = ", ".join(
+        f"{h.name}: {h.state}" + (f" ({h.last_error[:error_width]})" if h.last_error and not h.healthy else "")
+        + (f" lag {format_duration(h.lag(snap.taken_at))}" if h.newest_ts else "")
+        for h in snap.sources)
+    return (f"{wl.namespace}/{wl.name}", phase_of(snap), step, "-" if snap.progress is None else f"{snap.progress:.1%}",
+            loss, _fmt(snap.throughput), format_duration(snap.eta_seconds) or "-", sources)
+
+
 def render(rows: list[tuple[LocalWorkload, Snapshot | None]], waiting: str | None) -> Table:
-    """The live table: one line per Workload, sources' health at the end."""
-    table = Table(title="trainscope local" + (f"  [yellow]{waiting}[/]" if waiting else ""), expand=True)
-    for col in ("Workload", "Phase", "Step", "Progress", "Loss", "Steps/s", "ETA", "Sources"):
+    """The live table: one line per Workload, sources' health at the end. Every cell is a Text: a `[bold]` in a
+    name or an error message prints as it is."""
+    title = Text("trainscope local")
+    if waiting:
+        title.append(f"  {waiting}", style="yellow")
+    table = Table(title=title, expand=True)
+    for col in COLUMNS:
         table.add_column(col, no_wrap=col != "Sources")
     for wl, snap in rows:
-        if snap is None:
-            table.add_row(f"{wl.namespace}/{wl.name}", "Pending", "-", "-", "-", "-", "-", "starting")
-            continue
-        primary = snap.primary
-        loss = "-" if primary is None else f"{primary.value:.4g}"
-        if snap.primary_metric and primary is not None:
-            loss = f"{loss} ({snap.primary_metric})"
-        step = "-" if snap.step is None else (f"{snap.step}/{snap.total_steps}" if snap.total_steps else str(snap.step))
-        sources = ", ".join(
-            f"{h.name}: {h.state}" + (f" ({h.last_error[:60]})" if h.last_error and not h.healthy else "")
-            + (f" lag {format_duration(h.lag(snap.taken_at))}" if h.newest_ts else "")
-            for h in snap.sources)
-        table.add_row(f"{wl.namespace}/{wl.name}", phase_of(snap), step,
-                      "-" if snap.progress is None else f"{snap.progress:.1%}", loss, _fmt(snap.throughput),
-                      format_duration(snap.eta_seconds) or "-", sources)
+        table.add_row(*(Text(c) for c in cells(wl, snap)))
     return table
+
+
+def status_lines(rows: list[tuple[LocalWorkload, Snapshot | None]], waiting: str | None) -> list[str]:
+    """Without a terminal: one plain `key=value` line per Workload (and one for a store problem), for logs."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    out = [f"{stamp} trainscope local: {waiting}"] if waiting else []
+    for wl, snap in rows:
+        c = dict(zip(COLUMNS, cells(wl, snap, error_width=None), strict=True))
+        out.append(f"{stamp} {c['Workload']} phase={c['Phase']} step={c['Step']} progress={c['Progress']} "
+                   f"loss={c['Loss']} steps/s={c['Steps/s']} eta={c['ETA']} sources=[{c['Sources']}]")
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,11 +150,22 @@ async def _start_api(api: LocalApi, config: RuntimeConfig, runtime: Runtime, con
     try:
         await server.start()
     except OSError as exc:  # e.g. the port is taken: collecting goes on without the API
-        console.print(f"[yellow]trainscope local: the API could not listen on {api.host}:{api.port} ({exc}); "
-                      "collecting without it[/]")
+        console.print(Text(f"trainscope local: the API could not listen on {api.host}:{api.port} "
+                           f"({exc.strerror or exc}); collecting without it", style="yellow"), soft_wrap=True)
         await server.stop()
         return None
     return server
+
+
+def _start_metrics(runtime: Runtime, config: RuntimeConfig, console: Console) -> MetricsEndpoint:
+    """The Prometheus endpoint; a taken port is said plainly and collecting goes on without it."""
+    try:
+        return MetricsEndpoint(runtime.exported, config.metrics_port, config.metrics_host)
+    except OSError as exc:
+        console.print(Text(f"trainscope local: /metrics could not listen on {config.metrics_host}:"
+                           f"{config.metrics_port} ({exc.strerror or exc}); collecting without it", style="yellow"),
+                      soft_wrap=True)
+        return MetricsEndpoint(runtime.exported, None)
 
 
 async def run_local(workloads: list[LocalWorkload], config: RuntimeConfig, *, console: Console | None = None,
@@ -148,17 +183,30 @@ async def run_local(workloads: list[LocalWorkload], config: RuntimeConfig, *, co
             loop.add_signal_handler(sig, stop.set)
     runtime = Runtime(config)
     await runtime.start()
-    metrics = MetricsEndpoint(runtime.exported, config.metrics_port, config.metrics_host)
+    metrics = _start_metrics(runtime, config, console)
     api_server = await _start_api(api, config, runtime, console) if api is not None else None
     caption = f"API: http://{api.host}:{api_server.port}/api/v1/workloads" if api and api_server else None
     try:
         for wl in workloads:
             await runtime.apply(wl.uid, wl.namespace, wl.name, wl.spec, base_dir=wl.base_dir)
+        if not console.is_terminal:  # redirected: plain lines each interval, nothing to redraw
+            if caption:
+                console.print(caption, markup=False, highlight=False, soft_wrap=True)
+            while True:
+                rows = [(wl, runtime.snapshot(wl.uid)) for wl in workloads]
+                for line in status_lines(rows, runtime.store_error):
+                    console.print(line, markup=False, highlight=False, soft_wrap=True, emoji=False)
+                console.file.flush()
+                if stop.is_set():
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), refresh)
+            return {wl.uid: snap for wl, snap in rows}
         with Live(console=console, refresh_per_second=4, transient=False) as live:
             while True:
                 rows = [(wl, runtime.snapshot(wl.uid)) for wl in workloads]
                 table = render(rows, runtime.store_error)
-                table.caption = caption
+                table.caption = Text(caption) if caption else None
                 live.update(table)
                 if stop.is_set():  # the last frame shows the state at the stop, not one refresh before
                     break

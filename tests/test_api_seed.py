@@ -454,6 +454,9 @@ def test_errors_have_the_seeds_shape(server: str) -> None:
 @pytest.fixture(scope="module")
 def api_schema(server: str) -> Any:
     schema = schemathesis.openapi.from_url(f"{server}/openapi.json")
+    # An over-long invalid value can make the URL or request head exceed the server's documented size limits: the
+    # refusal is then 414/431, a rejection as good as a 400.
+    schema.config.checks.negative_data_rejection.expected_statuses += ["414", "431"]
     return schema.exclude(path_regex=r".*/metrics/stream$")  # an endless response: tested in test_api_stream.py
 
 

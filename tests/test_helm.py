@@ -247,6 +247,10 @@ BAD_VALUES = [
     ("no-database", ["--set", "database.existingSecret="],
      "database.existingSecret: name a Secret holding the PostgreSQL URL"),
     ("same-ports", ["--set", "metrics.port=8081"], "metrics.port and liveness.port must differ"),
+    ("auth-typo", ["--set", "api.auth.enable=false"], "Additional property enable is not allowed"),
+    ("auth-not-a-bool", ["--set-string", "api.auth.enabled=no"], "api.auth.enabled: Invalid type"),
+    ("policy-peer-typo", ["--set", "networkPolicy.apiFrom[0].namespaceSelectr.x=y"],
+     "Additional property namespaceSelectr is not allowed"),
 ]
 
 
@@ -333,13 +337,87 @@ def test_api_deployment_and_service_on_8080_migrating_first():
     assert not [d for d in off if d["metadata"]["name"].endswith("-api")]
 
 
+def test_api_auth_is_on_by_default_with_a_generated_token_secret():
+    docs = render()
+    secret = one(docs, "Secret", "-api-token")
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"  # clients keep their token
+    token = secret["stringData"]["token"]
+    assert re.fullmatch(r"[A-Za-z0-9]{40}", token)
+    c = container(docs, "-api", "api")
+    args = build_parser().parse_args(c["args"])
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "api-token")
+    assert mount["readOnly"] is True and args.token_file == f"{mount['mountPath']}/token"
+    volume = next(v for v in one(docs, "Deployment", "-api")["spec"]["template"]["spec"]["volumes"]
+                  if v["name"] == "api-token")
+    assert volume["secret"] == {"secretName": secret["metadata"]["name"], "items": [{"key": "token", "path": "token"}]}
+    # The token is not in the Deployment (env or args), only in the mounted Secret.
+    assert token not in json.dumps(one(docs, "Deployment", "-api"))
+
+
+def test_api_auth_takes_an_existing_secret_or_is_disabled_explicitly():
+    docs = render(sets=("api.auth.existingSecret=my-token", "api.auth.tokenKey=bearer"))
+    assert not [s for s in by_kind(docs, "Secret") if s["metadata"]["name"].endswith("-api-token")]
+    volume = next(v for v in one(docs, "Deployment", "-api")["spec"]["template"]["spec"]["volumes"]
+                  if v["name"] == "api-token")
+    assert volume["secret"] == {"secretName": "my-token", "items": [{"key": "bearer", "path": "token"}]}
+    off = render(sets=("api.auth.enabled=false",))
+    c = container(off, "-api", "api")
+    assert build_parser().parse_args(c["args"]).token_file is None
+    assert not [m for m in c["volumeMounts"] if m["name"] == "api-token"]
+    assert not [s for s in by_kind(off, "Secret") if s["metadata"]["name"].endswith("-api-token")]
+    no_api = render(sets=("api.enabled=false",))
+    assert not [s for s in by_kind(no_api, "Secret") if s["metadata"]["name"].endswith("-api-token")]
+
+
+def test_the_api_token_is_kept_across_upgrades(tmp_path):
+    """`lookup` finds the Secret of the installed release: its token is rendered again, not a new random one.
+    helm template has no cluster, so the chart's lookup is exercised with a copy that reads a stand-in object."""
+    chart = tmp_path / "trainscope"
+    shutil.copytree(CHART, chart)
+    tpl = chart / "templates" / "api-token-secret.yaml"
+    source = tpl.read_text()
+    assert '{{- $existing := lookup "v1" "Secret" .Release.Namespace $name }}' in source
+    tpl.write_text(source.replace('{{- $existing := lookup "v1" "Secret" .Release.Namespace $name }}',
+                                  '{{- $existing := dict "data" (dict "token" ("kept-token" | b64enc)) }}'))
+    docs = render(chart=chart)
+    assert one(docs, "Secret", "-api-token")["stringData"]["token"] == "kept-token"
+
+
+def test_network_policies_are_optional_and_limit_ingress_only():
+    assert not by_kind(render(), "NetworkPolicy")
+    docs = render(sets=("networkPolicy.enabled=true",))
+    api, op = one(docs, "NetworkPolicy", "-api"), one(docs, "NetworkPolicy", "-operator")
+    own = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}}}]
+    assert api["spec"]["policyTypes"] == op["spec"]["policyTypes"] == ["Ingress"]  # egress stays open
+    assert api["spec"]["podSelector"]["matchLabels"].items() <= pod_labels(one(docs, "Deployment", "-api")).items()
+    assert op["spec"]["podSelector"]["matchLabels"].items() <= pod_labels(
+        one(docs, "Deployment", "-operator")).items()
+    assert not api["spec"]["podSelector"]["matchLabels"].items() <= pod_labels(
+        one(docs, "Deployment", "-operator")).items()
+    assert api["spec"]["ingress"] == [{"ports": [{"port": 8080, "protocol": "TCP"}], "from": own}]
+    assert op["spec"]["ingress"][0] == {"ports": [{"port": 9090, "protocol": "TCP"}], "from": own}
+    assert op["spec"]["ingress"][1] == {"ports": [{"port": 8081, "protocol": "TCP"}]}  # kubelet probes
+    # The documented mode names its peers; they replace the namespace default.
+    docs = render(("network-policy.yaml",))
+    api = one(docs, "NetworkPolicy", "-api")
+    assert api["spec"]["ingress"][0]["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]
+    # The ports follow the values.
+    docs = render(sets=("networkPolicy.enabled=true", "api.port=9000", "metrics.port=9100"))
+    assert one(docs, "NetworkPolicy", "-api")["spec"]["ingress"][0]["ports"][0]["port"] == 9000
+    assert one(docs, "NetworkPolicy", "-operator")["spec"]["ingress"][0]["ports"][0]["port"] == 9100
+    assert not [d for d in render(sets=("networkPolicy.enabled=true", "api.enabled=false"))
+                if d["kind"] == "NetworkPolicy" and d["metadata"]["name"].endswith("-api")]
+
+
 def pod_labels(deploy: dict) -> dict:
     return deploy["spec"]["template"]["metadata"]["labels"]
 
 
 def test_existing_secret_mode():
     docs = render(("existing-secret.yaml",))
-    assert not by_kind(docs, "Secret") and not by_kind(docs, "StatefulSet")
+    assert [s["metadata"]["name"] for s in by_kind(docs, "Secret")] == [f"{RELEASE}-trainscope-api-token"]
+    assert not by_kind(docs, "StatefulSet")
     for suffix, name in (("-operator", "operator"), ("-api", "api"), ("-api", "db-upgrade")):
         env = {e["name"]: e for e in container(docs, suffix, name)["env"]}
         assert env["TRAINSCOPE_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "trainscope-database",
@@ -402,6 +480,8 @@ def test_notes_render_for_every_mode(tmp_path):
     assert "ml-research, ml-prod" in texts["namespaced"]
     assert "ServiceMonitor created" in texts["monitoring"]
     assert all("never upgrades or deletes it" in t for t in texts.values())
+    assert "Authorization: Bearer $TOKEN" in texts["default"] and "ts-trainscope-api-token" in texts["default"]
+    assert "only the peers in networkPolicy.apiFrom may connect" in texts["network-policy"]
 
 
 # ---------------------------------------------------------------------------------------------------------------

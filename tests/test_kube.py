@@ -43,8 +43,11 @@ async def test_local_secrets_come_from_files_or_env(tmp_path, monkeypatch):
     assert await resolve({"name": "qianfan", "key": "secretKey"}) == "sk-value"
     monkeypatch.setenv("TS_TEST_TOKEN", "tok")
     assert await resolve({"env": "TS_TEST_TOKEN"}) == "tok"
-    with pytest.raises(SourceError, match="local mode reads"):
+    with pytest.raises(SourceError) as err:  # the message names the file to create
         await resolve({"name": "qianfan", "key": "accessKey"})
+    assert f"no file {tmp_path}/qianfan/accessKey" in str(err.value) and err.value.reason == "SecretMissing"
+    with pytest.raises(SourceError, match="local mode reads it from --secrets-dir DIR, as the file DIR/qianfan/"):
+        await secret_resolver("default", None, None)({"name": "qianfan", "key": "accessKey"})
 
 
 async def test_pods_are_listed_by_selector_with_restart_counts(cluster):

@@ -4,13 +4,58 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import datetime
+import json
 import logging
 import os
+import signal
 import sys
 import threading
 from pathlib import Path
 
 from trainscope import __version__
+
+_SEVERITY = {logging.WARNING: "warn", logging.CRITICAL: "fatal"}  # kopf's names for these two levels
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line (timestamp, severity, logger, message[, exception]) for log collectors; the same
+    field names as kopf's JSON format, which the operator uses."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"timestamp": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(),
+               "severity": _SEVERITY.get(record.levelno, record.levelname.lower()), "logger": record.name,
+               "message": record.getMessage()}
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False, default=str)
+
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging(verbose: bool, log_format: str) -> None:
+    """Exactly one handler, on the root logger (stderr): every line once, in the chosen format."""
+    handler = logging.StreamHandler()
+    if log_format == "json":
+        formatter: logging.Formatter = JsonFormatter()
+    else:
+        formatter = logging.Formatter(TEXT_FORMAT)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+def _exit_on_sigterm() -> None:
+    """SIGTERM ends the process through SystemExit, so `finally` blocks and atexit hooks run (the embedded
+    PostgreSQL is stopped) instead of the default action killing it on the spot."""
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    with contextlib.suppress(ValueError):  # not the main thread (tests calling main() from a thread)
+        signal.signal(signal.SIGTERM, handler)
 
 
 def _database_url(args: argparse.Namespace, *, embedded_ok: bool) -> str:
@@ -40,7 +85,10 @@ def cmd_operator(args: argparse.Namespace) -> int:
     config = RuntimeConfig(database_url=_database_url(args, embedded_ok=False),
                            metrics_port=args.metrics_port or None)
     # INFO would log every status-timer run of every Workload (~200 lines/s at 1,000): warnings unless -v.
-    kopf.configure(verbose=args.verbose, quiet=not args.verbose)
+    # kopf's handler replaces ours (one handler: every line once), in kopf's JSON format with --log-format json.
+    logging.getLogger().handlers.clear()
+    fmt = kopf.LogFormat.JSON if args.log_format == "json" else TEXT_FORMAT
+    kopf.configure(verbose=args.verbose, quiet=not args.verbose, log_format=fmt)
     namespaces = args.namespace or []
     asyncio.run(kopf.operator(
         clusterwide=not namespaces, namespaces=namespaces, standalone=args.standalone,
@@ -70,8 +118,13 @@ def cmd_local(args: argparse.Namespace) -> int:
                     threading.Thread(target=simulate, args=(wl.base_dir / logdir,),
                                      kwargs={"stop": stop_demo, "total_steps": wl.spec.get("totalSteps", 3000)},
                                      daemon=True, name="demo-writer").start()
+    secrets_dir = Path(args.secrets_dir) if args.secrets_dir else None
+    if secrets_dir is not None and not secrets_dir.is_dir():
+        print(f"trainscope local: --secrets-dir {secrets_dir}: not a directory", file=sys.stderr)
+        return 2
     config = RuntimeConfig(database_url=_database_url(args, embedded_ok=True),
-                           metrics_port=args.metrics_port or None, backoff_cap=30.0)
+                           metrics_port=args.metrics_port or None, metrics_host=args.metrics_host,
+                           backoff_cap=30.0, secrets_dir=secrets_dir)
     api = None
     if args.api_port:
         from trainscope.api.server import read_token
@@ -79,21 +132,47 @@ def cmd_local(args: argparse.Namespace) -> int:
 
         api = LocalApi(port=args.api_port, host=args.api_host, token=read_token(args.api_token_file),
                        cors_origins=tuple(args.cors_origin or ()))
+        _warn_if_open("local", api.host, api.token)
+    from rich.console import Console
+
+    console = Console()
+    refresh = args.refresh if args.refresh is not None else (1.0 if console.is_terminal else 10.0)
     try:
-        asyncio.run(run_local(workloads, config, refresh=args.refresh, api=api))
+        asyncio.run(run_local(workloads, config, console=console, refresh=refresh, api=api))
     finally:
         stop_demo.set()
+        _exit_on_sigterm()  # asyncio put SIGTERM back to its default action when the loop ended
     return 0
+
+
+def _warn_if_open(command: str, host: str, token: str | None) -> None:
+    """Say so when the API listens beyond this machine with no token: anyone who reaches it reads every metric."""
+    import ipaddress
+
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if token is None and not loopback:
+        print(f"trainscope {command}: WARNING: the API listens on {host} without a token (set "
+              "TRAINSCOPE_API_TOKEN or a token file): anyone who can reach it reads every Workload's metrics",
+              file=sys.stderr)
 
 
 def cmd_api(args: argparse.Namespace) -> int:
     """Serve the Training Performance REST API (read-only) over the store."""
     from trainscope.api.app import ApiSettings
-    from trainscope.api.server import read_token, run
+    from trainscope.api.server import AddressInUse, read_token, run
 
     settings = ApiSettings(database_url=_database_url(args, embedded_ok=True), token=read_token(args.token_file),
-                           cors_origins=tuple(args.cors_origin or ()), pool_size=args.pool_size)
-    run(settings, args.host, args.port, access_log=args.access_log)
+                           cors_origins=tuple(args.cors_origin or ()), pool_size=args.pool_size,
+                           statement_timeout=args.statement_timeout)
+    _warn_if_open("api", args.host, settings.token)
+    try:
+        run(settings, args.host, args.port, access_log=args.access_log)  # returns on SIGINT/SIGTERM
+    except AddressInUse as exc:
+        print(f"trainscope api: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -135,8 +214,14 @@ def build_parser() -> argparse.ArgumentParser:
                        default=[o for o in os.environ.get("TRAINSCOPE_API_CORS_ORIGINS", "").split(",") if o],
                        help="allow browser requests from this origin (repeatable; '*' for any)")
 
+    def log_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--log-format", choices=("text", "json"),
+                       default=os.environ.get("TRAINSCOPE_LOG_FORMAT", "text"),
+                       help="log lines as text or as one JSON object each (env TRAINSCOPE_LOG_FORMAT)")
+
     op = sub.add_parser("operator", help="run the Kubernetes operator")
     db_options(op)
+    log_options(op)
     op.add_argument("-n", "--namespace", action="append", help="watch only these namespaces (repeatable)")
     op.add_argument("--metrics-port", type=int, default=int(os.environ.get("TRAINSCOPE_METRICS_PORT", "9090")),
                     help="Prometheus /metrics port (0: off)")
@@ -150,20 +235,34 @@ def build_parser() -> argparse.ArgumentParser:
     lo.add_argument("-f", "--file", action="append", required=True, help="Workload manifest (repeatable)")
     lo.add_argument("--demo", action="store_true",
                     help="also run a simulated training job that writes the example's TensorBoard files")
+    log_options(lo)
     lo.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics on this port (0: off)")
-    lo.add_argument("--refresh", type=float, default=1.0, help="table refresh interval in seconds")
+    lo.add_argument("--metrics-host", default="127.0.0.1",
+                    help="/metrics listen address (0.0.0.0: every interface)")
+    lo.add_argument("--secrets-dir", default=os.environ.get("TRAINSCOPE_SECRETS_DIR"),
+                    help="Secrets the Workloads reference, as files <dir>/<secret name>/<key> (the layout of a "
+                         "mounted Kubernetes Secret); env TRAINSCOPE_SECRETS_DIR")
+    lo.add_argument("--refresh", type=float, default=None,
+                    help="seconds between table refreshes (default 1), or between status lines when the output is "
+                         "not a terminal (default 10)")
     lo.add_argument("--api-port", type=int, default=int(os.environ.get("TRAINSCOPE_API_PORT", "8080")),
                     help="serve the REST API on this port while collecting (0: off)")
-    lo.add_argument("--api-host", default="127.0.0.1", help="the REST API's listen address")
+    lo.add_argument("--api-host", default="127.0.0.1",
+                    help="the REST API's listen address (0.0.0.0: every interface; set a token then)")
     api_auth_options(lo, token_flag="--api-token-file")
     lo.set_defaults(func=cmd_local)
 
     ap = sub.add_parser("api", help="serve the Training Performance REST API (read-only)")
     db_options(ap)
-    ap.add_argument("--host", default=os.environ.get("TRAINSCOPE_API_HOST", "0.0.0.0"), help="listen address")
+    log_options(ap)
+    ap.add_argument("--host", default=os.environ.get("TRAINSCOPE_API_HOST", "127.0.0.1"),
+                    help="listen address (0.0.0.0: every interface, as the Helm chart sets it)")
     ap.add_argument("--port", type=int, default=int(os.environ.get("TRAINSCOPE_API_PORT", "8080")),
                     help="listen port")
     ap.add_argument("--pool-size", type=int, default=10, help="database connections at most")
+    ap.add_argument("--statement-timeout", type=float, default=30.0,
+                    help="seconds one SQL statement (or an idle open transaction) may take before PostgreSQL "
+                         "cancels it and the request is answered 503")
     ap.add_argument("--access-log", action="store_true", help="log every request (paths and queries, never headers)")
     api_auth_options(ap, token_flag="--token-file")
     ap.set_defaults(func=cmd_api)
@@ -181,10 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.verbose, getattr(args, "log_format", "text"))
+    _exit_on_sigterm()
     from trainscope.collector.store import StoreUnavailable
-    from trainscope.collector.store.embedded import DatabaseNotConfigured
+    from trainscope.collector.store.embedded import DatabaseNotConfigured, stop_embedded
     from trainscope.collector.store.errors import CONFIG_REASONS
     from trainscope.gc_tuning import GcSettingError
 
@@ -203,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        stop_embedded()  # on every way out: a return, an exception, SIGINT, SIGTERM
 
 
 if __name__ == "__main__":

@@ -117,3 +117,8 @@ Secrets a Workload names, lists pods and gets pod logs.
 {{- fail "grafanaDashboard.labelKey: the Grafana sidecar finds dashboards by a label; set one" }}
 {{- end }}
 {{- end }}
+
+{{/* The Secret holding the API's bearer token: api.auth.existingSecret, or the one the chart creates. */}}
+{{- define "trainscope.apiTokenSecret" -}}
+{{- .Values.api.auth.existingSecret | default (printf "%s-api-token" (include "trainscope.fullname" .) | trunc 63 | trimSuffix "-") }}
+{{- end }}
