@@ -160,12 +160,12 @@ async def _start_api(api: LocalApi, config: RuntimeConfig, runtime: Runtime, con
 def _start_metrics(runtime: Runtime, config: RuntimeConfig, console: Console) -> MetricsEndpoint:
     """The Prometheus endpoint; a taken port is said plainly and collecting goes on without it."""
     try:
-        return MetricsEndpoint(runtime.exported, config.metrics_port, config.metrics_host)
+        return MetricsEndpoint(runtime.exported, config.metrics_port, config.metrics_host, store_up=runtime.store_up)
     except OSError as exc:
         console.print(Text(f"trainscope local: /metrics could not listen on {config.metrics_host}:"
                            f"{config.metrics_port} ({exc.strerror or exc}); collecting without it", style="yellow"),
                       soft_wrap=True)
-        return MetricsEndpoint(runtime.exported, None)
+        return MetricsEndpoint(runtime.exported, None, store_up=runtime.store_up)
 
 
 async def run_local(workloads: list[LocalWorkload], config: RuntimeConfig, *, console: Console | None = None,

@@ -46,6 +46,9 @@ def setup_logging(verbose: bool, log_format: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    from trainscope.collector.scrub import install_log_scrubber
+
+    install_log_scrubber()  # every command: no secret reaches a log line, whichever library logs it
 
 
 def _exit_on_sigterm() -> None:
