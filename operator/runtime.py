@@ -37,7 +37,7 @@ class RuntimeConfig:
     backoff_cap: float = 300.0
     poll_timeout: float = 300.0  # a poll running longer is abandoned and counted as a failure (PollTimeout)
     store_retry: float = 2.0  # seconds between attempts to reach the database at start
-    kube_connection: Any = None  # kopf.ConnectionInfo for Secrets and pod logs; None: no cluster access
+    kube_connection: Any = None  # kubeauth.Credentials or a kopf.ConnectionInfo for Secrets and pod logs; None: none
     secrets_dir: Path | None = None  # local mode: Secrets as files <dir>/<name>/<key>
 
 

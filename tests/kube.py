@@ -69,7 +69,10 @@ _CURRENT: dict[str, str] = {}
 
 @kopf.on.login(id="kmock-login")
 def _login(**_: Any) -> kopf.ConnectionInfo:
-    return kopf.ConnectionInfo(server=_CURRENT["url"], insecure=True, default_namespace=NAMESPACE)
+    """kopf's credentials; with a token file set (`Cluster.require_token`), its current content, read again each
+    time kopf logs in anew after a 401, as kopf's piggybacking login re-reads a service account's token."""
+    token = Path(_CURRENT["token_file"]).read_text().strip() if "token_file" in _CURRENT else None
+    return kopf.ConnectionInfo(server=_CURRENT["url"], insecure=True, default_namespace=NAMESPACE, token=token)
 
 
 @kopf.on.startup(id="e2e-tuning")
@@ -140,9 +143,28 @@ class Emulator(kmock.KubernetesEmulator):
             return [self.objects[key]] if key in self.objects else []
         return super()._KubernetesEmulator__get_objs(request, strict)  # type: ignore[misc]
 
+    # Bearer tokens the API server accepts now (None: no authentication). Like a bound service-account token
+    # (https://kubernetes.io/docs/reference/access-authn-authz/service-accounts-admin/#bound-service-account-token-volume),
+    # a token that is no longer accepted gets 401 Unauthorized with a Status body, and clients must read the
+    # rotated token file again (client-go's cached file token source re-reads it; see kubeauth.py).
+    tokens: set[str] | None = None
+    unauthorized = 0  # requests answered 401
+    ADMIN = "test-admin"  # the test's own helpers (Cluster.create, add_pod...) always get in with this one
+
+    def _authorized(self, request: kmock.Request) -> bool:
+        if self.tokens is None:
+            return True
+        header = request.headers.get("Authorization") or request.headers.get("authorization") or ""
+        return header.startswith("Bearer ") and header[7:].strip() in (*self.tokens, self.ADMIN)
+
     async def _handle(self, request: kmock.Request) -> Any:
         token = _DISPATCHING.set(request)
         try:
+            if not self._authorized(request):
+                self.unauthorized += 1
+                return aiohttp.web.json_response(
+                    {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                     "message": "Unauthorized", "reason": "Unauthorized", "code": 401}, status=401)
             return await self._serve(request)
         finally:
             _DISPATCHING.reset(token)
@@ -368,6 +390,7 @@ class Cluster:
 
     async def __aexit__(self, *exc: object) -> None:
         _CURRENT.pop("url", None)
+        _CURRENT.pop("token_file", None)
         await self._server.__aexit__(*exc)
         await self.emu.__aexit__(*exc)
 
@@ -404,6 +427,23 @@ class Cluster:
     async def delete(self, name: str, namespace: str = NAMESPACE) -> None:
         rsp = await self.emu.delete(self.path(name, namespace))
         assert rsp.status == 200, await rsp.text()
+
+    # ---- authentication
+
+    def require_token(self, token_file: Path, token: str) -> None:
+        """From now on the API server accepts only `token` (written to `token_file`, which kopf's test login and
+        a kubeconfig's tokenFile read); see Emulator.tokens."""
+        token_file.write_text(token + "\n")
+        _CURRENT["token_file"] = str(token_file)
+        for client in self.emu.clients:
+            client.headers["Authorization"] = f"Bearer {Emulator.ADMIN}"
+        self.emu.tokens = {token}
+
+    def rotate_token(self, token_file: Path, token: str) -> None:
+        """The kubelet writes a new token into the projected file and the old one stops being accepted at once
+        (the harshest case: a real bound token stays valid until its expiry)."""
+        token_file.write_text(token + "\n")
+        self.emu.tokens = {token}
 
     # ---- pods and their logs
 
