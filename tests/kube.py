@@ -499,7 +499,10 @@ class Cluster:
         instance = self.emu.pod_logs.instances(namespace, pod, container)[-1]
         assert not instance.terminated
         data, instance.pending = instance.pending + data, b""
-        lines = data.splitlines(keepends=True)
+        lines = [line + b"\n" for line in data.split(b"\n")]  # \n ends a line for the runtime; \r does not
+        lines[-1] = lines[-1][:-1]
+        if not lines[-1]:
+            lines.pop()
         base = round(at * 1e6) * 1000  # microseconds given, nanoseconds stamped (as the kubelet does)
         written = []
         for i, line in enumerate(lines):
