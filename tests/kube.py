@@ -565,6 +565,18 @@ class Cluster:
             "restartCount": len(runs) - 1, "state": {"running": {"startedAt": _k8s_now()}}})
         self.emu.pod_logs.changed()
 
+    async def finish_container(self, pod: str, container: str = "trainer", namespace: str = NAMESPACE, *,
+                               exit_code: int = 0) -> None:
+        """The container's process exits for good (restartPolicy Never/OnFailure met): state.terminated with its
+        exit code, and the pod's phase Succeeded (0) or Failed."""
+        await self.crash_container(pod, container, namespace, backoff=False)
+        await self._container_status(pod, container, namespace, {"state": {"terminated": {
+            "exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error"}}})
+        rsp = await self.emu.patch(f"/api/v1/namespaces/{namespace}/pods/{pod}",
+                                   json={"status": {"phase": "Succeeded" if exit_code == 0 else "Failed"}},
+                                   headers={"Content-Type": "application/merge-patch+json"})
+        assert rsp.status == 200, await rsp.text()
+
     def rotate_log(self, pod: str, container: str = "trainer", namespace: str = NAMESPACE) -> None:
         """The kubelet's container log manager rotates the log (pkg/kubelet/logs/container_log_manager.go: the file
         grew past containerLogMaxSize; it is renamed and the runtime reopens a new one). `kubectl logs` and the
