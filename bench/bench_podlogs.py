@@ -1,6 +1,6 @@
 """Pod-log reading for many pods: log reads and bytes per poll, the reading of today's main against the new one.
 
-Run: python bench/bench_podlogs.py [--pods 1000 --rounds 6 --finished 0.1 --interval 10]
+Run: python bench/bench_podlogs.py [--pods 1000 --rounds 6 --finished 0.1 --interval 10] [--utc-offset -05:00]
 
 One in-process emulated API server (tests/kube.py: KMock + the kubelet-like pods/log) serves `--pods` training
 pods, each printing Megatron iteration lines, one per second of (simulated) time, with a shared-timestamp burst
@@ -12,7 +12,8 @@ reader (loaded from git), "new" is the current LogsSource (podlogs.py). Both use
 Per poll it counts the pods/log requests and log bytes the emulator served to that reader and the poll's wall
 time; it prints medians, the reads per minute at `--interval` seconds between polls, and the load average. Before
 printing it checks that each reader delivered every point of every pod exactly once (the oracle is the text
-written). Figures are printed, never asserted.
+written); with `--utc-offset` (every node in that zone) main's reader is known to fail that check, which is then
+printed instead. Figures are printed, never asserted.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ async def main(args: argparse.Namespace) -> None:
     async with Cluster() as cluster:
         pods = [f"gpt-{i:04d}" for i in range(args.pods)]
         for pod in pods:
-            await cluster.add_pod(pod, {"job": "gpt"})
+            await cluster.add_pod(pod, {"job": "gpt"}, utc_offset=args.utc_offset)
         kube = KubeClient(kopf.ConnectionInfo(server=cluster.url), read_timeout=300)
         readers = [Reader("main", old_logs_source(), kube), Reader("new", LogsSource, kube)]
         finished = set(pods[: int(len(pods) * args.finished)])
@@ -126,12 +127,17 @@ async def main(args: argparse.Namespace) -> None:
         want = sum((2 if pod in finished else args.rounds) * per_round for pod in pods) * 4
         for r in readers:
             dup = sum(1 for n in r.points.values() if n > 1)
+            verdict = f"{r.name}: {len(r.points)} distinct points of {want}, {dup} delivered more than once"
             if len(r.points) != want or dup:
-                extra = sorted(k for k in r.points if k[2] > (20 if k[0] in finished else 10**9))
-                raise AssertionError(f"{r.name}: {len(r.points)} points of {want}, {dup} twice; {extra[:5]}")
+                if r.name == "new" or args.utc_offset == "Z":
+                    raise AssertionError(verdict)
+                print("WRONG DATA " + verdict)
+            else:
+                print("checked " + verdict)
         await kube.aclose()
 
-    print(f"\n{args.pods} pods, {args.finished:.0%} finished after round 2, a poll every {args.interval:g}s; "
+    print(f"\n{args.pods} pods on {args.utc_offset} nodes, {args.finished:.0%} finished after round 2, a poll every "
+          f"{args.interval:g}s; "
           f"medians over rounds 3..{args.rounds - 1} (steady state), load average {os.getloadavg()}")
     print(f"{'reader':8s} {'reads/poll':>10s} {'reads/min':>10s} {'MB/poll':>9s} {'bytes/pod/poll':>15s} "
           f"{'poll s':>7s}")
@@ -149,4 +155,5 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--finished", type=float, default=0.1)
     parser.add_argument("--interval", type=float, default=10.0, help="seconds of log per round = poll interval")
+    parser.add_argument("--utc-offset", default="Z", help="the nodes' zone, e.g. +08:00 or -05:00")
     asyncio.run(main(parser.parse_args()))

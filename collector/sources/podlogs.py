@@ -136,7 +136,7 @@ class Position:
             sp = line.find(" ")
             ns = stamp_ns(line[:sp]) if sp > 0 else None
             if ns is None:
-                if self.first:  # the rest of a line begun before sinceTime: taken with its first record
+                if self.first and self.second:  # the rest of a line begun before sinceTime: taken before
                     self.first = False
                     continue
                 if not self.stamped:
