@@ -71,8 +71,11 @@ class StaticCredentials:
 class LoadedCredentials:
     """Credentials kept current by kubernetes_asyncio: in-cluster or from a kubeconfig file."""
 
-    def __init__(self, *, in_cluster: bool, config_file: str | None = None, context: str | None = None):
+    def __init__(self, *, in_cluster: bool, config_file: str | None = None, context: str | None = None,
+                 service_account: dict[str, Any] | None = None):
         self.in_cluster, self.config_file, self.context = in_cluster, config_file, context
+        # in-cluster loader overrides (token_filename, cert_filename, environ): where a pod's mount would be
+        self.service_account = service_account or {}
         self._cfg = Configuration()
         self._loader: Any = None
         self._lock = asyncio.Lock()
@@ -82,7 +85,8 @@ class LoadedCredentials:
     async def load(self) -> LoadedCredentials:
         cfg = Configuration()
         if self.in_cluster:
-            load_incluster_config(client_configuration=cfg)  # refresh hook: the token file re-read every minute
+            # refresh hook: the token file re-read every minute
+            load_incluster_config(client_configuration=cfg, **self.service_account)
         else:
             # persist_config=False: a refreshed credential is never written back into the user's kubeconfig
             self._loader = await load_kube_config(config_file=self.config_file, context=self.context,

@@ -13,7 +13,7 @@ import pytest
 
 from trainscope.collector.sources.base import SourceError
 from trainscope.operator.kube import KubeClient, KubeError, label_selector, secret_resolver, selector_matches
-from trainscope.operator.kubeauth import load_credentials
+from trainscope.operator.kubeauth import LoadedCredentials, load_credentials
 
 from kube import Cluster
 
@@ -185,6 +185,22 @@ async def test_kubeconfig_client_certificates_and_ca_are_used(tmp_path, monkeypa
     assert isinstance(ctx, ssl.SSLContext) and ctx.verify_mode == ssl.CERT_REQUIRED
     assert [c["subject"] for c in ctx.get_ca_certs()] == [((("commonName", "trainscope"),),)]
     assert await creds.headers() == {}
+
+
+async def test_in_cluster_token_and_ca_come_from_the_service_account_mount(tmp_path, self_signed):
+    """The in-cluster loader: server from KUBERNETES_SERVICE_HOST/PORT, the CA and the token from the mount; the
+    token file is read again on reload (what a 401 triggers)."""
+    (tmp_path / "token").write_text("sa-1")
+    (tmp_path / "ca.crt").write_bytes(self_signed[0])
+    creds = await LoadedCredentials(in_cluster=True, service_account={
+        "token_filename": str(tmp_path / "token"), "cert_filename": str(tmp_path / "ca.crt"),
+        "environ": {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}}).load()
+    assert creds.endpoint.server == "https://10.96.0.1:443" and creds.endpoint.proxy is None
+    assert isinstance(creds.endpoint.verify, ssl.SSLContext) and creds.endpoint.verify.get_ca_certs()
+    assert await creds.headers() == {"Authorization": "Bearer sa-1"}
+    (tmp_path / "token").write_text("sa-2")
+    await creds.reload()
+    assert await creds.headers() == {"Authorization": "Bearer sa-2"}
 
 
 async def post_secret(cluster: Cluster) -> None:
