@@ -1,7 +1,8 @@
 """Credentials for the operator's Kubernetes client, loaded and reloaded by kubernetes_asyncio's config loaders.
 
 kubernetes_asyncio reads what real clusters hand out: the in-cluster service account (its token file re-read every
-minute, as client-go does, because the kubelet rewrites a bound token before it expires), and kubeconfig files with
+minute, as client-go does, and at once when the file changes, because the kubelet rewrites a bound token before it
+expires), and kubeconfig files with
 `exec` plugins (EKS, GKE, AKS; re-run when their credential expires), client certificates (files or inline data),
 `tokenFile`, the cluster CA and `proxy-url`. kopf logs in through the same library (its piggybacking login), so the
 operator and its pod-log/Secret reads authenticate alike. On a 401 the client calls `reload()`: the loader runs again
@@ -92,11 +93,17 @@ class LoadedCredentials:
             self._loader = await load_kube_config(config_file=self.config_file, context=self.context,
                                                   client_configuration=cfg, persist_config=False)
         self._cfg = cfg
+        self._token_stamp = _mtime(self._token_file())
         self.endpoint = Endpoint(cfg.host.rstrip("/"), _loaded_tls(cfg), proxy=cfg.proxy or None,
                                  tls_server_name=getattr(cfg, "tls_server_name", None))
         return self
 
+    def _token_file(self) -> str | None:
+        return self.service_account.get("token_filename", SERVICE_TOKEN_FILENAME) if self.in_cluster else None
+
     async def headers(self) -> dict[str, str]:
+        if self.in_cluster and _mtime(self._token_file()) != self._token_stamp:
+            await self.reload()  # the kubelet rewrote the projected token: use the new one at once
         cfg = self._cfg
         if self._loader is not None and hasattr(self._loader, "exec_plugin_expiry"):
             # the exec plugin's credential carried an expirationTimestamp: the loader re-runs the plugin once it
@@ -113,7 +120,7 @@ class LoadedCredentials:
         return {}
 
     async def reload(self) -> None:
-        """After a 401: load everything again (token file, exec plugin, certificates)."""
+        """After a 401 (or a rewritten token file): load everything again (token file, exec plugin, certificates)."""
         async with self._lock:
             await self.load()
             self.reloads += 1
@@ -129,6 +136,14 @@ async def load_credentials(config_file: str | None = None, context: str | None =
         return await LoadedCredentials(in_cluster=False, config_file=config_file, context=context).load()
     except (ConfigException, OSError) as exc:
         raise RuntimeError(f"no Kubernetes credentials: not in a cluster and no usable kubeconfig ({exc})") from exc
+
+
+def _mtime(path: str | None) -> int | None:
+    """The file's modification time (ns), following the projected volume's symlinks; None if absent."""
+    try:
+        return os.stat(path).st_mtime_ns if path else None
+    except OSError:
+        return None
 
 
 def _in_cluster() -> bool:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import ssl
 import subprocess
 import sys
+import time
 
 import kopf
 import pytest
@@ -198,9 +200,12 @@ async def test_in_cluster_token_and_ca_come_from_the_service_account_mount(tmp_p
     assert creds.endpoint.server == "https://10.96.0.1:443" and creds.endpoint.proxy is None
     assert isinstance(creds.endpoint.verify, ssl.SSLContext) and creds.endpoint.verify.get_ca_certs()
     assert await creds.headers() == {"Authorization": "Bearer sa-1"}
-    (tmp_path / "token").write_text("sa-2")
-    await creds.reload()
+    (tmp_path / "token").write_text("sa-2")  # the kubelet rewrites the file: read at the next request
+    os.utime(tmp_path / "token", ns=(time.time_ns(), time.time_ns() + 10**9))
     assert await creds.headers() == {"Authorization": "Bearer sa-2"}
+    (tmp_path / "token").write_text("sa-3")  # a 401 reloads it whatever the file's time says
+    await creds.reload()
+    assert await creds.headers() == {"Authorization": "Bearer sa-3"} and creds.reloads == 2
 
 
 async def post_secret(cluster: Cluster) -> None:
