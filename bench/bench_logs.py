@@ -15,7 +15,7 @@ print) and times, in this one process, on the same file:
   in batches of at most --batch points, as polls take them (default: SourceContext.max_batch_points); each
   batch's points are dropped before the next, as the store does after writing them. No thread, no asyncio.
 - pods: the same lines as the Kubernetes API serves them (`timestamps=true`: each line after its kubelet
-  timestamp), through the pod reader's position (_Position.take: per-line time, skip, second bookkeeping) and
+  timestamp), through the pod reader's position (podlogs.Position.take: per-line time, skip, second bookkeeping) and
   the parser; points dropped after each 1 MiB chunk.
 - naive: the same reading, then every format's regexes tried on every line (search, then findall of the pairs
   on a match), as a straightforward implementation would.
@@ -48,7 +48,8 @@ from pathlib import Path
 from trainscope.collector.points import Point
 from trainscope.collector.sources.base import SourceContext
 from trainscope.collector.sources.logparsers import LineSplitter, LogParser, decode_lines
-from trainscope.collector.sources.logs import LogsSource, _Feed, _Position
+from trainscope.collector.sources.logs import LogsSource
+from trainscope.collector.sources.podlogs import Feed, Position
 from trainscope.gc_tuning import tune_for_ingest
 
 CHUNK = 1 << 20
@@ -124,7 +125,7 @@ def ours(path: Path) -> tuple[int, int]:
     with path.open("rb") as f:
         while True:  # one poll per batch, its points dropped once counted (written to the store, in real life)
             out: list[Point] = []
-            feed = _Feed(parser, "run", out, BATCH)
+            feed = Feed(parser, "run", out, BATCH)
             offset, _ = LogsSource._read_file(f, offset, 0.0, feed)
             points += len(out)
             if not feed.full:
@@ -135,7 +136,7 @@ def ours(path: Path) -> tuple[int, int]:
 def pods(path: Path) -> tuple[int, int]:
     """`path` holds kubelet-timestamped lines (see `stamped`)."""
     parser = LogParser("auto")
-    pos = _Position(0, 0)
+    pos = Position({})
     points = lines = 0
     with path.open("rb") as f:
         splitter = LineSplitter()
@@ -143,7 +144,7 @@ def pods(path: Path) -> tuple[int, int]:
             for blob, _ in splitter.feed(chunk):
                 out: list[Point] = []
                 text = decode_lines(blob)
-                assert pos.take(text, _Feed(parser, "pod-0", out, 10**9))
+                assert pos.take(text, Feed(parser, "pod-0", out, 10**9))
                 points += len(out)
                 lines += len(text)
     return lines, points

@@ -317,6 +317,9 @@ def status_schema() -> dict[str, Any]:
                     "step": {"type": "integer", "description": "Step of that value."},
                 },
             },
+            "lossText": {"type": "string", "maxLength": 32,
+                         "description": "primaryMetric.value as kubectl shows it (6 significant digits; NaN, +Inf, "
+                                        "-Inf)."},
             "latest": {
                 "type": "object",
                 "maxProperties": MAX_LATEST_METRICS,
@@ -381,8 +384,10 @@ def printer_columns() -> list[dict[str, Any]]:
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
         {"name": "Step", "type": "integer", "jsonPath": ".status.step"},
         {"name": "Progress", "type": "number", "jsonPath": ".status.progress", "description": "Percent done."},
-        {"name": "Loss", "type": "number", "jsonPath": ".status.primaryMetric.value",
-         "description": "Newest value of the primary metric."},
+        # a string column: the API server's table printer drops a string ("NaN") from a number column, and a NaN
+        # loss is exactly what must show; the number itself stays in .status.primaryMetric.value
+        {"name": "Loss", "type": "string", "jsonPath": ".status.lossText",
+         "description": "Newest value of the primary metric (NaN, +Inf, -Inf shown as such)."},
         {"name": "ETA", "type": "string", "jsonPath": ".status.eta"},
         {"name": "Metric", "type": "string", "jsonPath": ".status.primaryMetric.name", "priority": 1},
         {"name": "Steps/s", "type": "number", "jsonPath": ".status.throughput", "priority": 1},

@@ -15,7 +15,7 @@ import kopf
 
 from trainscope.collector.scrub import scrub
 from trainscope.operator.gauges import MetricsEndpoint
-from trainscope.operator.kube import login
+from trainscope.operator.kubeauth import load_credentials
 from trainscope.operator.runtime import Runtime, RuntimeConfig
 from trainscope.operator.status import health_transitions, status_patch
 
@@ -35,9 +35,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.posting.loggers = False
     settings.posting.level = logging.INFO
     config: RuntimeConfig = memo.config
-    if config.kube_connection is None:  # the same credentials kopf found, for Secrets and pod logs
+    if config.kube_connection is None:  # in-cluster or kubeconfig, as kopf's own login finds them
         try:
-            config.kube_connection = login(settings)
+            config.kube_connection = await load_credentials()
         except Exception as exc:  # the operator still serves sources that need no cluster access
             log.warning("no Kubernetes client for Secrets and pod logs: %s", exc)
     runtime = memo.runtime = Runtime(config)

@@ -1,7 +1,7 @@
 """The operator's own small Kubernetes client: Secrets (get only), pods and pod logs, over httpx.
 
 kopf talks to the API for Workloads; this client serves the sources (through `PodLogReader` and the secret
-resolver) with the same credentials, taken from kopf's public login helpers.
+resolver), with credentials that kubernetes_asyncio loads and reloads (kubeauth.py), as kopf's own login does.
 """
 
 from __future__ import annotations
@@ -9,8 +9,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import ssl
-import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ import httpx
 import kopf
 
 from trainscope.collector.sources.base import ContainerState, PodRef, SecretResolver, SourceError
+from trainscope.operator.kubeauth import Credentials, StaticCredentials
 
 
 class KubeError(Exception):
@@ -27,16 +26,6 @@ class KubeError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
-
-
-def login(settings: kopf.OperatorSettings | None = None) -> kopf.ConnectionInfo:
-    """In-cluster service account first, then the kubeconfig, as kopf itself does (kopf 1.45's helpers require
-    the operator's settings as a keyword)."""
-    settings = settings or kopf.OperatorSettings()
-    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
-    if info is None:
-        raise RuntimeError("no Kubernetes credentials: not in a cluster and no kubeconfig found")
-    return info
 
 
 def label_selector(selector: dict[str, Any]) -> str:
@@ -68,53 +57,54 @@ def selector_matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
     return True
 
 
-def _tls(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
-    if info.insecure:
-        return False
-    ctx = ssl.create_default_context(cafile=os.fspath(info.ca_path) if info.ca_path else None,
-                                     cadata=_text(info.ca_data) if info.ca_data else None)
-    cert, key = _file(info.certificate_path, info.certificate_data), _file(info.private_key_path, info.private_key_data)
-    if cert:
-        ctx.load_cert_chain(cert, key)
-    return ctx
-
-
-def _text(data: str | bytes) -> str:
-    raw = data.encode() if isinstance(data, str) else data
-    try:  # kubeconfig *-data fields are base64; kopf passes them through as given
-        return base64.b64decode(raw, validate=True).decode()
-    except ValueError:
-        return raw.decode()
-
-
-def _file(path: Any, data: str | bytes | None) -> str | None:
-    if path:
-        return os.fspath(path)
-    if not data:
-        return None
-    with tempfile.NamedTemporaryFile("w", suffix=".pem", delete=False) as f:
-        f.write(_text(data))
-    return f.name
-
-
 class KubeClient:
-    """Get Secrets, list pods and stream pod logs; implements collector's PodLogReader."""
+    """Get Secrets, list pods and stream pod logs; implements collector's PodLogReader.
 
-    def __init__(self, info: kopf.ConnectionInfo, *, timeout: float = 30.0, read_timeout: float = 60.0):
-        headers = {"Accept": "application/json"}
-        if info.token:
-            headers["Authorization"] = f"Bearer {info.token}"
-        auth = (info.username, info.password) if info.username and info.password else None
-        self._http = httpx.AsyncClient(base_url=info.server.rstrip("/"), headers=headers, auth=auth,
-                                       verify=_tls(info), timeout=httpx.Timeout(timeout, read=read_timeout))
+    Credentials come from `kubeauth` (kubernetes_asyncio's loaders) or a fixed kopf.ConnectionInfo. A 401 makes the
+    credentials reload (a rotated token file, an expired exec-plugin token) and the request is sent once more, so a
+    rotation never fails a poll.
+    """
+
+    def __init__(self, credentials: Credentials | kopf.ConnectionInfo, *, timeout: float = 30.0,
+                 read_timeout: float = 60.0):
+        self.creds: Credentials = (StaticCredentials(credentials) if isinstance(credentials, kopf.ConnectionInfo)
+                                   else credentials)
         # read_timeout bounds the silence between two chunks: logs are read with follow=false, so the API server
         # sends what it has without pausing; a longer silence is a hung connection, ended before the poll deadline
+        self._timeout = httpx.Timeout(timeout, read=read_timeout)
+        self._http = self._client()
+        self.requests = 0  # requests sent (a retried one counts twice)
+        self.log_bytes = 0  # bytes of pod logs received
+
+    def _client(self) -> httpx.AsyncClient:
+        ep = self.creds.endpoint
+        # trust_env=False: HTTPS_PROXY/NO_PROXY are not followed for the API server, only a configured proxy-url
+        return httpx.AsyncClient(base_url=ep.server, headers={"Accept": "application/json"}, verify=ep.verify,
+                                 proxy=ep.proxy, trust_env=False, timeout=self._timeout)
 
     async def aclose(self) -> None:
         await self._http.aclose()
 
+    async def _send(self, path: str, params: dict[str, str] | None, *, stream: bool = False) -> httpx.Response:
+        """GET `path`; on 401 the credentials are reloaded and the request is sent once more."""
+        for attempt in (0, 1):
+            endpoint = self.creds.endpoint
+            ext = {"sni_hostname": endpoint.tls_server_name} if endpoint.tls_server_name else None
+            request = self._http.build_request("GET", path, params=params, headers=await self.creds.headers(),
+                                               extensions=ext)
+            self.requests += 1
+            response = await self._http.send(request, stream=stream)
+            if response.status_code != 401 or attempt:
+                return response
+            await response.aclose()
+            await self.creds.reload()
+            if self.creds.endpoint != endpoint:  # new certificates or server: a new connection pool
+                old, self._http = self._http, self._client()
+                await old.aclose()
+        raise AssertionError("unreachable")
+
     async def _get_json(self, path: str, params: dict[str, str] | None = None) -> dict[str, Any]:
-        response = await self._http.get(path, params=params)
+        response = await self._send(path, params)
         if response.status_code >= 400:
             raise KubeError(response.status_code, f"GET {path}: HTTP {response.status_code}")
         return response.json()
@@ -145,7 +135,7 @@ class KubeClient:
 
     async def stream_log(self, namespace: str, pod: str, container: str | None, *, since_time: str | None = None,
                          follow: bool = True, previous: bool = False) -> AsyncIterator[bytes]:
-        """The container's log with kubelet timestamps; `previous`: the instance before a restart."""
+        """The container's log with kubelet timestamps; `previous`: the instance before the latest one."""
         params = {"timestamps": "true", "follow": "true" if follow else "false"}
         if container:
             params["container"] = container
@@ -153,14 +143,17 @@ class KubeClient:
             params["sinceTime"] = since_time
         if previous:
             params["previous"] = "true"
-        async with self._http.stream("GET", f"/api/v1/namespaces/{namespace}/pods/{pod}/log",
-                                     params=params) as response:
+        response = await self._send(f"/api/v1/namespaces/{namespace}/pods/{pod}/log", params, stream=True)
+        try:
             if response.status_code >= 400:
                 body = (await response.aread())[:300].decode("utf-8", "replace")
                 raise KubeError(response.status_code, f"log of {namespace}/{pod}: HTTP {response.status_code}: "
                                 f"{_status_message(body)}")
             async for chunk in response.aiter_raw():
+                self.log_bytes += len(chunk)
                 yield chunk
+        finally:
+            await response.aclose()
 
 
 def _status_message(body: str) -> str:

@@ -43,7 +43,7 @@ class RuntimeConfig:
     store_probe: float = 5.0  # seconds between checks that the database still answers (StoreReady, store_up)
     store_connect_timeout: float = 10.0  # a connection attempt; a hung server fails it instead of hanging
     store_command_timeout: float = 60.0  # one statement
-    kube_connection: Any = None  # kopf.ConnectionInfo for Secrets and pod logs; None: no cluster access
+    kube_connection: Any = None  # kubeauth.Credentials or a kopf.ConnectionInfo for Secrets and pod logs; None: none
     secrets_dir: Path | None = None  # local mode: Secrets as files <dir>/<name>/<key>
 
 

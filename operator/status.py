@@ -42,6 +42,15 @@ def metric_value(value: float) -> float | str:
     return float(f"{value:.6g}")
 
 
+def metric_text(value: float) -> str:
+    """A value for the Loss column: 6 significant digits, and NaN/+Inf/-Inf as the words a user must see."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return f"{value:.6g}"
+
+
 def coarse_seconds(seconds: float | None) -> int | None:
     """Two significant figures, so a growing lag does not rewrite the status every few seconds."""
     if seconds is None or not math.isfinite(seconds):
@@ -183,6 +192,7 @@ def build_status(snap: Snapshot | None, *, now: float, generation: int | None = 
         status["primaryMetric"] = {"name": snap.primary_metric}
         if primary is not None:
             status["primaryMetric"].update(value=metric_value(primary.value), step=primary.step)
+            status["lossText"] = metric_text(primary.value)
     status["latest"] = _latest(snap, exported or [])
     status["lastPointTime"] = iso(snap.last_point_ts)
     status["sources"] = [source_status(h, now) for h in snap.sources]

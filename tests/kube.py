@@ -31,7 +31,7 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -69,7 +69,10 @@ _CURRENT: dict[str, str] = {}
 
 @kopf.on.login(id="kmock-login")
 def _login(**_: Any) -> kopf.ConnectionInfo:
-    return kopf.ConnectionInfo(server=_CURRENT["url"], insecure=True, default_namespace=NAMESPACE)
+    """kopf's credentials; with a token file set (`Cluster.require_token`), its current content, read again each
+    time kopf logs in anew after a 401, as kopf's piggybacking login re-reads a service account's token."""
+    token = Path(_CURRENT["token_file"]).read_text().strip() if "token_file" in _CURRENT else None
+    return kopf.ConnectionInfo(server=_CURRENT["url"], insecure=True, default_namespace=NAMESPACE, token=token)
 
 
 @kopf.on.startup(id="e2e-tuning")
@@ -140,9 +143,28 @@ class Emulator(kmock.KubernetesEmulator):
             return [self.objects[key]] if key in self.objects else []
         return super()._KubernetesEmulator__get_objs(request, strict)  # type: ignore[misc]
 
+    # Bearer tokens the API server accepts now (None: no authentication). Like a bound service-account token
+    # (https://kubernetes.io/docs/reference/access-authn-authz/service-accounts-admin/#bound-service-account-token-volume),
+    # a token that is no longer accepted gets 401 Unauthorized with a Status body, and clients must read the
+    # rotated token file again (client-go's cached file token source re-reads it; see kubeauth.py).
+    tokens: set[str] | None = None
+    unauthorized = 0  # requests answered 401
+    ADMIN = "test-admin"  # the test's own helpers (Cluster.create, add_pod...) always get in with this one
+
+    def _authorized(self, request: kmock.Request) -> bool:
+        if self.tokens is None:
+            return True
+        header = request.headers.get("Authorization") or request.headers.get("authorization") or ""
+        return header.startswith("Bearer ") and header[7:].strip() in (*self.tokens, self.ADMIN)
+
     async def _handle(self, request: kmock.Request) -> Any:
         token = _DISPATCHING.set(request)
         try:
+            if not self._authorized(request):
+                self.unauthorized += 1
+                return aiohttp.web.json_response(
+                    {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                     "message": "Unauthorized", "reason": "Unauthorized", "code": 401}, status=401)
             return await self._serve(request)
         finally:
             _DISPATCHING.reset(token)
@@ -216,11 +238,15 @@ def _k8s_now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def rfc3339nano(ns: int) -> str:
-    """Go's time.RFC3339Nano, as the kubelet stamps log lines: UTC, fraction with trailing zeros trimmed."""
+def rfc3339nano(ns: int, offset_minutes: int = 0) -> str:
+    """A kubelet log timestamp: Go's RFC3339NanoFixed ("2006-01-02T15:04:05.000000000Z07:00", nine fraction digits
+    kept) in the zone the runtime wrote it in, which is the node's local time (containerd stamps CRI records with
+    time.Now() of the node; kubelet's logs.go parses them and formats them back with their offset)."""
     sec, frac = divmod(ns, 10**9)
-    head = datetime.datetime.fromtimestamp(sec, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{head}.{frac:09d}".rstrip("0").rstrip(".") + "Z"
+    zone = datetime.timezone(datetime.timedelta(minutes=offset_minutes))
+    head = datetime.datetime.fromtimestamp(sec, zone).strftime("%Y-%m-%dT%H:%M:%S")
+    sign, minutes = ("+" if offset_minutes >= 0 else "-"), abs(offset_minutes)
+    return f"{head}.{frac:09d}" + ("Z" if offset_minutes == 0 else f"{sign}{minutes // 60:02d}:{minutes % 60:02d}")
 
 
 def since_ns(params: Mapping[str, str]) -> int:
@@ -231,24 +257,33 @@ def since_ns(params: Mapping[str, str]) -> int:
     return int(when.timestamp()) * 10**9
 
 
-def render_log(entries: Iterable[LogEntry], since: int, stamps: bool, new_line: bool = True) -> tuple[bytes, bool]:
-    """The log text of `entries` written at or after `since`, each line after its kubelet timestamp when `stamps`;
-    and whether the text ends at a line start (for rendering what is written next)."""
+def render_log(entries: Iterable[LogEntry], since: int, stamps: bool, new_line: bool = True,
+               offset_minutes: int = 0) -> tuple[bytes, bool]:
+    """The log text of `entries` written at or after `since`, as kubelet's ReadLogs renders CRI records
+    (pkg/kubelet/kuberuntime/logs/logs.go): a record before `since` is skipped; a record gets the timestamp prefix
+    only when the record before it, written or skipped, ended a line, so the partial (P) records of one long line
+    carry one timestamp, and an answer may start with the rest of a line whose first record was before `since`.
+    Returns the text and whether it ends at a line start (for rendering what is written next)."""
     out = bytearray()
     for entry in entries:
-        keep = entry.ns >= since
-        if keep:
+        if entry.ns >= since:
             if stamps and new_line:
-                out += rfc3339nano(entry.ns).encode() + b" "
+                out += rfc3339nano(entry.ns, offset_minutes).encode() + b" "
             out += entry.data
-        new_line = entry.data.endswith(b"\n") or not keep
+        new_line = entry.data.endswith(b"\n")
     return bytes(out), new_line
+
+
+# containerd's CRI logger reads a container's output through a buffer of this size and writes a line longer than
+# that as partial (P) records of this size, each stamped when written (internal/cri/io/logger.go, the
+# max_container_log_line_size setting, 16 KiB by default); a line without its newline yet stays in the buffer.
+CRI_MAX_LINE = 16 * 1024
 
 
 @dataclass
 class LogEntry:
-    """One entry of a container's log: the kubelet's timestamp (ns) and the bytes written. An entry without a
-    trailing newline is a partial line: the next entry continues it without a timestamp of its own."""
+    """One CRI record of a container's log: the runtime's timestamp (ns) and the bytes written. A record without a
+    trailing newline is partial (tag P): the next record continues its line."""
 
     ns: int
     data: bytes
@@ -256,28 +291,35 @@ class LogEntry:
 
 @dataclass
 class Instance:
-    """One run of a container: its log, and whether it has terminated."""
+    """One run of a container: its log (the current file), what rotation moved away, and whether it has ended."""
 
     entries: list[LogEntry]
     terminated: bool = False
+    pending: bytes = b""  # printed without a newline yet: in the runtime's buffer, not in the log
+    rotated: list[LogEntry] = field(default_factory=list)  # in rotated files the API never serves
 
 
 class PodLogs:
     """Container logs served at /api/v1/namespaces/{ns}/pods/{name}/log as the API server and kubelet do.
 
-    Honoured: `container` (required when the pod has several), `timestamps`, `sinceTime` (truncated to whole
-    seconds, as it is on its way to the kubelet), `follow` (the stream ends when the instance terminates or the
-    pod is deleted), `previous` (the instance before the last restart). Errors are the API's: 404 for a missing
-    pod, 400 for a container that is not running yet or has no previous instance. Responses are written in
-    `chunk`-byte pieces with `delay` seconds between them, so clients see lines split anywhere.
+    Honoured: `container` (required when the pod has several), `timestamps` (in the node's zone: `offsets`),
+    `sinceTime` (truncated to whole seconds, as metav1.Time is on its way to the kubelet), `follow` (the stream ends
+    when the instance terminates or the pod is deleted), `previous` (the instance before the latest one; while a
+    container waits in CrashLoopBackOff the latest one is the dead instance, served as the current log, as
+    kubelet's GetContainerLogs resolves the most recent container). Partial CRI records and rotation: see
+    `render_log`, `Cluster.write_log` and `Cluster.rotate_log`. Errors are the API's: 404 for a missing pod, 400 for
+    a container that is not running yet or has no previous instance. Responses are written in `chunk`-byte pieces
+    with `delay` seconds between them, so clients see lines split anywhere.
     """
 
     def __init__(self, emu: Emulator):
         self.emu = emu
         self.logs: dict[tuple[str, str, str], list[Instance]] = {}
+        self.offsets: dict[tuple[str, str], int] = {}  # (namespace, pod) -> its node's UTC offset in minutes
         self.chunk = 4096
         self.delay = 0.0
         self.served = 0  # log requests answered
+        self.bytes_served = 0  # log bytes written
         self._changed = asyncio.Event()
 
     def changed(self) -> None:
@@ -328,10 +370,12 @@ class PodLogs:
         await response.prepare(raw)
         sent = 0
         new_line = True
+        offset = self.offsets.get((namespace, name), 0)
         try:
             while True:
-                out, new_line = render_log(instance.entries[sent:], since, stamps, new_line)
+                out, new_line = render_log(instance.entries[sent:], since, stamps, new_line, offset)
                 sent = len(instance.entries)
+                self.bytes_served += len(out)
                 for i in range(0, len(out), self.chunk):
                     await response.write(bytes(out[i:i + self.chunk]))
                     if self.delay:
@@ -368,6 +412,7 @@ class Cluster:
 
     async def __aexit__(self, *exc: object) -> None:
         _CURRENT.pop("url", None)
+        _CURRENT.pop("token_file", None)
         await self._server.__aexit__(*exc)
         await self.emu.__aexit__(*exc)
 
@@ -405,12 +450,33 @@ class Cluster:
         rsp = await self.emu.delete(self.path(name, namespace))
         assert rsp.status == 200, await rsp.text()
 
+    # ---- authentication
+
+    def require_token(self, token_file: Path, token: str) -> None:
+        """From now on the API server accepts only `token` (written to `token_file`, which kopf's test login and
+        a kubeconfig's tokenFile read); see Emulator.tokens."""
+        token_file.write_text(token + "\n")
+        _CURRENT["token_file"] = str(token_file)
+        for client in self.emu.clients:
+            client.headers["Authorization"] = f"Bearer {Emulator.ADMIN}"
+        self.emu.tokens = {token}
+
+    def rotate_token(self, token_file: Path, token: str) -> None:
+        """The kubelet writes a new token into the projected file and the old one stops being accepted at once
+        (the harshest case: a real bound token stays valid until its expiry)."""
+        token_file.write_text(token + "\n")
+        self.emu.tokens = {token}
+
     # ---- pods and their logs
 
     async def add_pod(self, name: str, labels: dict[str, str] | None = None, containers: Iterable[str] = ("trainer",),
-                      namespace: str = NAMESPACE, phase: str = "Running") -> dict[str, Any]:
-        """A pod whose containers are running (phase Running) or not started yet (Pending)."""
+                      namespace: str = NAMESPACE, phase: str = "Running", utc_offset: str = "Z") -> dict[str, Any]:
+        """A pod whose containers are running (phase Running) or not started yet (Pending), on a node whose local
+        time is `utc_offset` ("Z", "+08:00", "-05:00"): its log lines are stamped in that zone."""
         names = list(containers)
+        if utc_offset != "Z":
+            sign = -1 if utc_offset[0] == "-" else 1
+            self.emu.pod_logs.offsets[(namespace, name)] = sign * (int(utc_offset[1:3]) * 60 + int(utc_offset[4:6]))
         body = {"apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": name, "namespace": namespace, "labels": labels or {}},
                 "spec": {"containers": [{"name": c} for c in names]},
@@ -425,36 +491,114 @@ class Cluster:
     def write_log(self, pod: str, text: str | bytes, *, at: float, spacing: float = 0.001,
                   container: str = "trainer", namespace: str = NAMESPACE) -> list[tuple[float, bytes]]:
         """The container prints `text`: each line is stamped `at` + i * spacing seconds (spacing 0: all share
-        one timestamp). A last line without a newline stays partial until more is written. Returns the
-        (timestamp, line) of each line written, for the test's oracle."""
+        one timestamp), as containerd's CRI logger writes it: a line longer than CRI_MAX_LINE becomes partial (P)
+        records of that size, 1 µs apart; an unfinished last line waits in the runtime's buffer (not in the log)
+        until its newline comes, it fills the buffer (then a P record), or the container ends. Returns the
+        (timestamp, line) of each line completed, for the test's oracle: a line's time is its first record's."""
         data = text.encode() if isinstance(text, str) else text
         instance = self.emu.pod_logs.instances(namespace, pod, container)[-1]
         assert not instance.terminated
-        lines = data.splitlines(keepends=True)
+        data, instance.pending = instance.pending + data, b""
+        lines = [line + b"\n" for line in data.split(b"\n")]  # \n ends a line for the runtime; \r does not
+        lines[-1] = lines[-1][:-1]
+        if not lines[-1]:
+            lines.pop()
         base = round(at * 1e6) * 1000  # microseconds given, nanoseconds stamped (as the kubelet does)
         written = []
         for i, line in enumerate(lines):
             ns = base + round(i * spacing * 1e6) * 1000
-            instance.entries.append(LogEntry(ns, line))
-            written.append((ns / 1e9, line))
+            if not line.endswith(b"\n"):  # unfinished: full buffers go out as P records, the rest waits
+                while len(line) >= CRI_MAX_LINE:
+                    self._record(instance, ns, line[:CRI_MAX_LINE])
+                    line, ns = line[CRI_MAX_LINE:], ns + 1000
+                instance.pending = line
+                break
+            first = self._record(instance, ns, line)
+            written.append((first / 1e9, line))
         self.emu.pod_logs.changed()
         return written
 
+    @staticmethod
+    def _record(instance: Instance, ns: int, line: bytes) -> int:
+        """Append a line (or the start of one) as CRI records; the time of the line's first record, which is the
+        time the kubelet shows for the whole line (a line continued from earlier P records keeps theirs)."""
+        first = ns
+        if instance.entries and not instance.entries[-1].data.endswith(b"\n"):
+            i = len(instance.entries) - 1
+            while i > 0 and not instance.entries[i - 1].data.endswith(b"\n"):
+                i -= 1
+            first = instance.entries[i].ns
+        for j in range(0, len(line), CRI_MAX_LINE):
+            instance.entries.append(LogEntry(ns + j // CRI_MAX_LINE * 1000, line[j:j + CRI_MAX_LINE]))
+        return first
+
     async def restart_container(self, pod: str, container: str = "trainer", namespace: str = NAMESPACE) -> None:
         """The container exits and the kubelet starts it again: a new, empty log; restartCount + 1."""
+        await self.crash_container(pod, container, namespace, backoff=False)
+        await self.start_container(pod, container, namespace)
+
+    async def crash_container(self, pod: str, container: str = "trainer", namespace: str = NAMESPACE, *,
+                              exit_code: int = 1, at: float | None = None, backoff: bool = True) -> None:
+        """The container's process exits: what it had in the runtime's buffer is written as a last record, and
+        with `backoff` the kubelet waits before starting it again (state.waiting CrashLoopBackOff, lastState
+        terminated, restartCount unchanged: it counts the instances started after the first, per the
+        ContainerStatus API reference). Its log stays the current log until the next instance starts."""
         runs = self.emu.pod_logs.instances(namespace, pod, container)
-        runs[-1].terminated = True
+        instance = runs[-1]
+        if instance.pending:  # containerd writes a line cut off by the exit as it is, ended (logger.go at EOF)
+            ns = round((at if at is not None else time.time()) * 1e6) * 1000
+            self._record(instance, ns, instance.pending + b"\n")
+            instance.pending = b""
+        instance.terminated = True
+        if backoff:
+            await self._container_status(pod, container, namespace, {
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off restarting failed container"}},
+                "lastState": {"terminated": {"exitCode": exit_code, "reason": "Error"}}})
+        self.emu.pod_logs.changed()
+
+    async def start_container(self, pod: str, container: str = "trainer", namespace: str = NAMESPACE) -> None:
+        """The kubelet starts the container (again): a new, empty log; restartCount + 1 after the first."""
+        runs = self.emu.pod_logs.instances(namespace, pod, container)
+        assert not runs or runs[-1].terminated, "the container is still running"
         runs.append(Instance([]))
+        await self._container_status(pod, container, namespace, {
+            "restartCount": len(runs) - 1, "state": {"running": {"startedAt": _k8s_now()}}})
+        self.emu.pod_logs.changed()
+
+    async def finish_container(self, pod: str, container: str = "trainer", namespace: str = NAMESPACE, *,
+                               exit_code: int = 0) -> None:
+        """The container's process exits for good (restartPolicy Never/OnFailure met): state.terminated with its
+        exit code, and the pod's phase Succeeded (0) or Failed."""
+        await self.crash_container(pod, container, namespace, backoff=False)
+        await self._container_status(pod, container, namespace, {"state": {"terminated": {
+            "exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error"}}})
+        rsp = await self.emu.patch(f"/api/v1/namespaces/{namespace}/pods/{pod}",
+                                   json={"status": {"phase": "Succeeded" if exit_code == 0 else "Failed"}},
+                                   headers={"Content-Type": "application/merge-patch+json"})
+        assert rsp.status == 200, await rsp.text()
+
+    def rotate_log(self, pod: str, container: str = "trainer", namespace: str = NAMESPACE) -> None:
+        """The kubelet's container log manager rotates the log (pkg/kubelet/logs/container_log_manager.go: the file
+        grew past containerLogMaxSize; it is renamed and the runtime reopens a new one). `kubectl logs` and the
+        API read only the current file, so everything written so far is no longer served."""
+        instance = self.emu.pod_logs.instances(namespace, pod, container)[-1]
+        instance.rotated += instance.entries
+        instance.entries = []
+        self.emu.pod_logs.changed()
+
+    async def _container_status(self, pod: str, container: str, namespace: str, fields: dict[str, Any]) -> None:
         obj = await self._pod_object(pod, namespace)
         statuses = obj["status"]["containerStatuses"]
         for st in statuses:
             if st["name"] == container:
-                st["restartCount"] = len(runs) - 1
+                for key in ("state", "lastState"):
+                    if key in fields:
+                        st.pop(key, None)
+                st.update(fields)
         rsp = await self.emu.patch(f"/api/v1/namespaces/{namespace}/pods/{pod}",
                                    json={"status": {"containerStatuses": statuses}},
                                    headers={"Content-Type": "application/merge-patch+json"})
         assert rsp.status == 200, await rsp.text()
-        self.emu.pod_logs.changed()
 
     async def delete_pod(self, pod: str, namespace: str = NAMESPACE) -> None:
         rsp = await self.emu.delete(f"/api/v1/namespaces/{namespace}/pods/{pod}")

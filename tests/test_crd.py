@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -338,6 +339,38 @@ def test_printer_columns_point_at_schema_fields():
             assert node.get("type") in ("number", "integer") or node.get("x-kubernetes-preserve-unknown-fields")
         elif col["type"] == "string":
             assert node.get("type") == "string", col
+
+
+def table_row(crd: dict, obj: dict) -> dict[str, str]:
+    """The cells `kubectl get` shows for `obj`, as the API server's table convertor fills them
+    (apiextensions-apiserver pkg/registry/customresource/tableconvertor/tableconvertor.go): the jsonPath's value,
+    and <none> when it is missing or not of the column's type (a string in a number column is dropped)."""
+    row = {}
+    for col in crd["spec"]["versions"][0]["additionalPrinterColumns"]:
+        value: Any = obj
+        for part in col["jsonPath"].strip(".").split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        ok = {"integer": lambda v: isinstance(v, int), "number": lambda v: isinstance(v, int | float),
+              "string": lambda v: isinstance(v, str), "date": lambda v: isinstance(v, str)}[col["type"]]
+        row[col["name"]] = "<none>" if value is None or isinstance(value, bool) or not ok(value) else str(value)
+    return row
+
+
+def test_a_nan_loss_shows_in_kubectl_get():
+    """The Loss column reads the string status.lossText: a NaN or infinite loss shows as such, never <none>."""
+    from trainscope.operator.status import metric_text, metric_value
+
+    crd = build_crd()
+    for value, shown in ((math.nan, "NaN"), (math.inf, "+Inf"), (-math.inf, "-Inf"), (1.23456789, "1.23457")):
+        obj = {"metadata": {"creationTimestamp": "2025-01-02T03:04:05Z"},
+               "status": {"phase": "Degraded", "step": 10,
+                          "primaryMetric": {"name": "loss", "value": metric_value(value), "step": 10},
+                          "lossText": metric_text(value)}}
+        assert table_row(crd, obj)["Loss"] == shown
+        # the number column it replaces would have dropped the string
+        number_column = {**crd, "spec": {**crd["spec"], "versions": [{"additionalPrinterColumns": [
+            {"name": "Loss", "type": "number", "jsonPath": ".status.primaryMetric.value"}]}]}}
+        assert table_row(number_column, obj)["Loss"] == ("<none>" if not math.isfinite(value) else "1.23457")
 
 
 def test_status_schema_accepts_what_the_operator_writes():

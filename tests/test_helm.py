@@ -517,7 +517,7 @@ def _call_of(method: str, path: str) -> Call:
 
 
 _HTTP_METHODS = {"get": "GET", "post": "POST", "put": "PUT", "patch": "PATCH", "delete": "DELETE"}
-_HTTP_NOT_REQUESTS = {"aclose", "close"}
+_HTTP_NOT_REQUESTS = {"aclose", "close", "send"}  # `send` sends what `build_request` made (mapped there)
 
 
 def _http_call(node: ast.Call) -> tuple[str, ast.expr] | None:
@@ -527,7 +527,7 @@ def _http_call(node: ast.Call) -> tuple[str, ast.expr] | None:
         return None
     if fn.attr in _HTTP_NOT_REQUESTS:
         return None
-    if fn.attr == "stream" and isinstance(node.args[0], ast.Constant):
+    if fn.attr in ("stream", "build_request") and isinstance(node.args[0], ast.Constant):
         return node.args[0].value.upper(), node.args[1]
     if fn.attr in _HTTP_METHODS:
         return _HTTP_METHODS[fn.attr], node.args[0]
@@ -540,14 +540,19 @@ def kube_py_calls() -> set[Call]:
     tree = ast.parse(KUBE_PY.read_text())
     helpers: dict[str, str] = {}  # helper method name -> HTTP method
     generic: set[int] = set()  # the helpers' own requests (path = their parameter): their callers are mapped
-    for fn in ast.walk(tree):
-        if isinstance(fn, ast.AsyncFunctionDef | ast.FunctionDef):
-            params = {a.arg for a in fn.args.args}
-            for node in ast.walk(fn):
-                call = isinstance(node, ast.Call) and _http_call(node)
-                if call and isinstance(call[1], ast.Name) and call[1].id in params:
-                    helpers[fn.name] = call[0]
-                    generic.add(id(node))
+    for _ in range(5):  # helpers of helpers (e.g. _get_json(path) -> _send(path) -> build_request(path))
+        for fn in ast.walk(tree):
+            if isinstance(fn, ast.AsyncFunctionDef | ast.FunctionDef):
+                params = {a.arg for a in fn.args.args}
+                for node in ast.walk(fn):
+                    if not isinstance(node, ast.Call):
+                        continue
+                    call = _http_call(node)
+                    if call is None and isinstance(node.func, ast.Attribute) and node.func.attr in helpers:
+                        call = helpers[node.func.attr], node.args[0]
+                    if call and isinstance(call[1], ast.Name) and call[1].id in params:
+                        helpers[fn.name] = call[0]
+                        generic.add(id(node))
     calls: set[Call] = set()
     for node in ast.walk(tree):
         if not isinstance(node, ast.Call):

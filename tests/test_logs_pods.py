@@ -205,13 +205,13 @@ async def test_follow_stream_of_the_emulator_ends_with_the_container(cluster: Cl
             cluster.write_log("gpt-0", "c\n", at=T0 + 1.5)
         if got.count(b"\n") == 3:
             await cluster.restart_container("gpt-0")
-    assert got.decode().splitlines() == ["2024-05-01T12:00:00.25Z a", "2024-05-01T12:00:00.251Z b",
-                                         "2024-05-01T12:00:01.75Z c"]
+    assert got.decode().splitlines() == ["2024-05-01T12:00:00.250000000Z a", "2024-05-01T12:00:00.251000000Z b",
+                                         "2024-05-01T12:00:01.750000000Z c"]
     since = b""
     async for chunk in kube.stream_log("default", "gpt-0", None, follow=False, since_time="2024-05-01T12:00:01.9Z",
                                        previous=True):
         since += chunk
-    assert since.decode().splitlines() == ["2024-05-01T12:00:01.75Z c"]  # sinceTime is whole seconds
+    assert since.decode().splitlines() == ["2024-05-01T12:00:01.750000000Z c"]  # sinceTime is whole seconds
 
 
 # ---- a Collector restarted mid-stream, the real store ---------------------------------------------------------------

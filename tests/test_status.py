@@ -82,6 +82,7 @@ def test_status_carries_step_progress_eta_and_primary_metric():
     assert status["step"] == 500 and status["totalSteps"] == 1000 and status["progress"] == 50.0
     assert status["eta"] == "4m10s" and status["etaSeconds"] == 250
     assert status["primaryMetric"] == {"name": "loss", "value": 1.25, "step": 500}
+    assert status["lossText"] == "1.25"
     assert status["observedGeneration"] == 3
     assert status["sources"][0] == {"name": "tb", "kind": "tensorboard", "state": "Healthy", "points": 10,
                                     "lastSuccessTime": "2023-11-14T22:13:19Z", "lagSeconds": 5}
@@ -93,7 +94,7 @@ def test_status_carries_step_progress_eta_and_primary_metric():
 def test_non_finite_values_are_spelled_out_because_json_has_no_nan():
     latest = {"loss": Latest(math.nan, 7, NOW, "tb", "."), "x": Latest(-math.inf, 7, NOW, "tb", ".")}
     status = build_status(snap(latest=latest), now=NOW)
-    assert status["primaryMetric"]["value"] == "NaN"
+    assert status["primaryMetric"]["value"] == "NaN" and status["lossText"] == "NaN"
     assert status["latest"] == {"loss": "NaN", "x": "-Infinity"}
     assert metric_value(math.inf) == "Infinity" and metric_value(0.123456789) == 0.123457
 

@@ -2,18 +2,16 @@
 through the Kubernetes API (`pods`) or from log files (`path`). Parsing lives in `logparsers.py`.
 
 Pod mode reads each pod's log with `follow=false` from the stream's cursor on every poll, so nothing is held open
-between polls and an operator restart resumes exactly: the cursor keeps, per pod and container, the second of the
-last line taken and how many lines of that second were taken (the API's `sinceTime` is second-granular), the
+between polls and an operator restart resumes exactly: the cursor keeps, per pod and container, where the stream is
+in the container instance's log (podlogs.py: how the kubelet serves it and how each of its quirks is met), the
 container restart count already read, and the parser's running state.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime
 import glob
 import os
-from itertools import islice
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,8 +27,8 @@ from trainscope.collector.sources.logparsers import (
     decode_lines,
 )
 from trainscope.collector.sources.userregex import check_log_regexes
+from trainscope.collector.sources.podlogs import Feed, dead, read_instance, reason_of
 
-_POW10 = [10**i for i in range(10)]
 CHUNK_BYTES = 1 << 20  # log files are read in pieces of this size
 # Labels that carry a pod's rank/index, tried in order when `ranks` is set without `rankLabel`.
 RANK_LABELS = (
@@ -70,18 +68,6 @@ def _strings(description: str, max_items: int) -> dict[str, Any]:
             "items": {"type": "string", "minLength": 1, "maxLength": 1024}}
 
 
-def _rfc3339(second: int) -> str:
-    return datetime.datetime.fromtimestamp(second, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _second(prefix: str) -> int | None:
-    """'2024-05-01T12:00:00' (UTC) -> epoch seconds."""
-    try:
-        return int(datetime.datetime.fromisoformat(prefix).replace(tzinfo=datetime.UTC).timestamp())
-    except ValueError:
-        return None
-
-
 def _line_end(blob: bytes, i: int) -> int:
     """The offset just after line `i` (0-based; -1: the start) of a blob of whole lines."""
     pos = 0
@@ -90,83 +76,12 @@ def _line_end(blob: bytes, i: int) -> int:
     return pos
 
 
-def _reason(exc: BaseException) -> str:
-    status = getattr(exc, "status", None)
-    if isinstance(status, int):
-        return "Forbidden" if status in (401, 403) else "KubeError"
-    return "Unreachable"
-
-
-class _Feed:
-    """Feeds one read (a response or a file region) to a stream's parser, bounded by the batch limit."""
-
-    __slots__ = ("full", "limit", "out", "parser", "run")
-
-    def __init__(self, parser: LogParser, run: str, out: list[RawPoint], limit: int):
-        self.parser, self.run, self.out, self.limit = parser, run, out, limit
-        self.full = False
-
-    def lines(self, lines: list[str], ts: float | list[float]) -> int:
-        """Parse lines in order (one time for all, or one per line) until the batch is full; how many were taken.
-        A line whose points do not fit in a batch that already has some is not taken (see LogParser.feed_lines)."""
-        taken, full = self.parser.feed_lines(lines, ts, self.run, self.out, self.limit)
-        self.full = self.full or full
-        return taken
-
-
-class _NotALog(ValueError):
-    """A line of a pods/log answer without the kubelet's timestamp (asked for with timestamps=true): what came back
-    is something else, e.g. a proxy's HTML error page with status 200. Counting such lines as lines of the cursor's
-    second would make the next poll skip as many real lines."""
-
-
-class _Position:
-    """Where a pod-log stream is: `seen` lines taken of those the API returns for sinceTime=`second`.
-
-    The API returns every line whose kubelet timestamp is at or after sinceTime, truncated to the second, so
-    skipping `seen` lines of that answer resumes exactly, even when lines share a timestamp.
-    """
-
-    __slots__ = ("last_prefix", "last_sec", "second", "seen", "skip")
-
-    def __init__(self, second: int, seen: int):
-        self.second, self.seen, self.skip = second, seen, seen
-        self.last_prefix: str | None = None  # the last timestamp prefix checked (None: none yet)
-        self.last_sec = second
-
-    def take(self, lines: list[str], feed: _Feed) -> bool:
-        """Feed the lines after the position; False when the batch is full (the position is after the last
-        line taken)."""
-        skip, last_prefix, last_sec = self.skip, self.last_prefix, self.last_sec
-        texts: list[str] = []
-        stamps: list[float] = []
-        secs: list[int] = []
-        for line in lines:
-            sp = line.find(" ")
-            stamp = line[:sp] if sp > 0 else line
-            prefix = stamp[:19]
-            if prefix != last_prefix:
-                sec = _second(prefix)
-                if sec is None:  # every line the API sends starts with one: this answer is not the pod's log
-                    raise _NotALog(line[:80])
-                last_prefix, last_sec = prefix, sec
-            if skip:
-                skip -= 1
-                continue
-            frac = stamp[20:-1] if len(stamp) > 21 and stamp[19] == "." else ""
-            stamps.append(last_sec + int(frac) / _POW10[len(frac)] if frac.isdigit() and len(frac) < 10
-                          else float(last_sec))
-            texts.append(line[sp + 1:] if sp > 0 else "")
-            secs.append(last_sec)
-        taken = feed.lines(texts, stamps) if texts else 0
-        second, seen = self.second, self.seen
-        for sec in islice(secs, taken):
-            if sec > second:
-                second, seen = sec, 1
-            elif sec == second:
-                seen += 1
-        self.second, self.seen, self.skip, self.last_prefix, self.last_sec = second, seen, skip, last_prefix, last_sec
-        return not feed.full
+def _new_instance(st: dict[str, Any]) -> None:
+    """The position moves to another container instance: its log starts at sinceTime = the cursor's second (it
+    began after the lines taken), and nothing of it was taken yet."""
+    st["k"] = 0
+    st.pop("t", None)
+    st.pop("h", None)
 
 
 class LogsSource:
@@ -304,7 +219,7 @@ class LogsSource:
         try:
             found = await reader.list_pods(self.ctx.namespace, selector)
         except Exception as e:
-            raise SourceError(f"cannot list pods in {self.ctx.namespace}: {e}", reason=_reason(e)) from e
+            raise SourceError(f"cannot list pods in {self.ctx.namespace}: {e}", reason=reason_of(e)) from e
         pods = sorted((p for p in found if self._wanted(p)), key=lambda p: p.name)
         old = cursor.get("streams", {}) if isinstance(cursor, dict) else {}
         streams: dict[str, Any] = {}
@@ -316,6 +231,8 @@ class LogsSource:
         cut = 0
         full = False
         want = (self.pods or {}).get("container")
+        skipped: dict[str, int] = {}
+        reads = 0
         for pod in pods:
             container = want or next(iter(pod.containers), None)
             if container is None or container not in pod.containers:
@@ -327,71 +244,47 @@ class LogsSource:
             st = old.get(key)
             if not isinstance(st, dict) or st.get("uid") != pod.uid:  # new pod (or one recreated under its name)
                 st = {"uid": pod.uid, "r": max(0, restarts - 1), "s": 0, "k": 0, "p": {}}
-            if full or (pod.phase == "Pending" and restarts == 0):
-                streams[key] = st
+            final = dead(pod, container)
+            if full or (pod.phase == "Pending" and restarts == 0) or (final and st.get("e") == restarts):
+                streams[key] = st  # not started, or its last instance is over and was read to its end
                 continue
             st = dict(st)
+            st.pop("e", None)
             parser = parsers[key] = self._parser(key, st.get("p"))
-            feed = _Feed(parser, pod.name, points, limit)
+            feed = Feed(parser, pod.name, points, limit)
             if restarts > st["r"]:
                 if restarts > st["r"] + 1:
-                    notes.append(f"{key}: {restarts - st['r'] - 1} container restart(s) between polls: "
-                                 "the logs of those instances are gone")
-                # the instance before the current one, to its end
-                done, c = await self._read(reader, pod.name, container, st, feed, notes, previous=True)
+                    lost = restarts - st["r"] - 1
+                    notes.append(f"{key}: {lost} container restart(s) between polls: the logs of those instances "
+                                 "are gone")
+                    skipped["lost_instances"] = skipped.get("lost_instances", 0) + lost
+                    _new_instance(st)  # the previous instance is not the one the position was in
+                # the instance before the latest one, to its end
+                reads += 1
+                done, c = await read_instance(reader, self.ctx.namespace, pod.name, container, st, feed, notes,
+                                              skipped, previous=True, final=True)
                 cut += c
-                if done:  # the new instance's lines of that second are not among those taken
-                    st["r"], st["k"] = restarts, 0
+                if done:  # the latest instance is read from its own start
+                    st["r"] = restarts
+                    _new_instance(st)
                 else:
                     full = True
             if not full:
-                _, c = await self._read(reader, pod.name, container, st, feed, notes, previous=False)
+                reads += 1
+                done, c = await read_instance(reader, self.ctx.namespace, pod.name, container, st, feed, notes,
+                                              skipped, previous=False, final=final)
                 cut += c
                 full = feed.full
+                if done and final:
+                    st["e"] = restarts
             st["p"] = parser.state()
             streams[key] = st
             if parser.parsed:
                 runs[pod.name] = {"pod": pod.name, "container": container, "format": parser.detected or self.fmt}
-        return self._batch(points, streams, parsers, full, cut, notes, runs, pods=len(pods))
-
-    async def _read(self, reader: Any, pod: str, container: str, st: dict[str, Any], feed: _Feed,
-                    notes: list[str], *, previous: bool) -> tuple[bool, int]:
-        """Read one container instance's log after the stream's position; (read to its end, lines cut)."""
-        pos = _Position(st["s"], st["k"])
-        stream = reader.stream_log(self.ctx.namespace, pod, container,
-                                   since_time=_rfc3339(pos.second) if pos.second else None, follow=False,
-                                   previous=previous)
-        splitter = LineSplitter()
-        try:
-            async for chunk in stream:
-                for blob, _ in splitter.feed(chunk):
-                    if not pos.take(decode_lines(blob), feed):
-                        return self._moved(st, pos, False, splitter)
-            if previous:  # a terminated instance: its unfinished last line is final
-                for blob, _ in splitter.flush():
-                    if not pos.take(decode_lines(blob), feed):
-                        return self._moved(st, pos, False, splitter)
-        except SourceError:
-            raise
-        except _NotALog as e:
-            raise SourceError(f"the answer for the log of {pod}/{container} is not a pod log (a line without a "
-                              f"kubelet timestamp: {e.args[0]!r})", reason="BadResponse") from None
-        except Exception as e:
-            status = getattr(e, "status", None)
-            if status not in (400, 404):
-                raise SourceError(f"cannot read the log of {pod}/{container}: {e}", reason=_reason(e)) from e
-            # not started yet, no previous instance, or the pod went away: nothing more to read there now
-            what = "the previous instance of " if previous else ""
-            notes.append(f"{pod}/{container}: no log for {what}the container (HTTP {status})")
-            return self._moved(st, pos, status == 404 or previous, splitter)
-        finally:
-            await stream.aclose()
-        return self._moved(st, pos, True, splitter)
-
-    @staticmethod
-    def _moved(st: dict[str, Any], pos: _Position, ended: bool, splitter: LineSplitter) -> tuple[bool, int]:
-        st["s"], st["k"] = pos.second, pos.seen
-        return ended, splitter.cut
+        batch = self._batch(points, streams, parsers, full, cut, notes, runs, pods=len(pods), logReads=reads)
+        for reason, n in skipped.items():
+            batch.skipped[reason] = batch.skipped.get(reason, 0) + n
+        return batch
 
     # ---- files ---------------------------------------------------------------------------------------------
 
@@ -437,7 +330,7 @@ class LogsSource:
                         streams[run] = st
                         continue
                     parser = parsers[run] = self._parser(run, st.get("p"))
-                    feed = _Feed(parser, run, points, limit)
+                    feed = Feed(parser, run, points, limit)
                     st["o"], c = self._read_file(f, st["o"], info.st_mtime, feed)
                     cut += c
             except FileNotFoundError:
@@ -452,7 +345,7 @@ class LogsSource:
         return self._batch(points, streams, parsers, full, cut, notes, runs, files=len(files))
 
     @staticmethod
-    def _read_file(f: Any, offset: int, ts: float, feed: _Feed) -> tuple[int, int]:
+    def _read_file(f: Any, offset: int, ts: float, feed: Feed) -> tuple[int, int]:
         """Lines from `offset` to the last complete one (or until the batch is full); (new offset, lines cut)."""
         f.seek(offset)
         splitter = LineSplitter()
