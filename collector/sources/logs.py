@@ -26,8 +26,8 @@ from trainscope.collector.sources.logparsers import (
     compile_patterns,
     decode_lines,
 )
-from trainscope.collector.sources.userregex import check_log_regexes
 from trainscope.collector.sources.podlogs import Feed, dead, read_instance, reason_of
+from trainscope.collector.sources.userregex import check_log_regexes
 
 CHUNK_BYTES = 1 << 20  # log files are read in pieces of this size
 # Labels that carry a pod's rank/index, tried in order when `ranks` is set without `rankLabel`.
