@@ -78,14 +78,14 @@ class LogParser(HFFormat, MegatronFormat, DeepSpeedFormat, LightningFormat, Gene
         self._clear = False
         self._layouts: dict[str, Layout] = {}  # format -> the layout its last line had
         self._known: dict[tuple[str, tuple[str, ...], bool], Layout] = {}
-        self.restore(state)
         self._order = PARSERS[fmt]
         self._hf_on = "hf" in self._order
+        self.restore(state)
 
     def restore(self, state: dict[str, Any] | None) -> None:
         """Take up a stream where `state()` left it (None: the stream's start)."""
         s = state or {}
-        self.detected: str | None = s.get("f")
+        self.detected: str | None = s.get("f") if s.get("f") in self._order else None
         self.total_steps: int | None = s.get("t")
         self._hf_n: int = s.get("hn", 0)  # training dicts seen
         self._hf_step: int = s.get("hs", 0)  # step of the last training dict
@@ -322,42 +322,23 @@ class LogParser(HFFormat, MegatronFormat, DeepSpeedFormat, LightningFormat, Gene
         return n
 
     def _segment(self, s: str, ts: float, run: str, out: list[RawPoint]) -> int:
-        """Points of one segment; -1 when it looked like a metrics line but nothing could be read."""
-        if self._tb is not None or _TRACEBACK in s:
-            i = s.find(_TRACEBACK) if self._tb is None else -1
-            if i > 0:  # printed right after a bar frame: the frame still counts
-                n = self._segment(s[:i], ts, run, out)
-                self._traceback(s[i:], run)
-                return n
-            if self._traceback(s, run):
-                return 0
+        """Points of one segment; -1 when it looked like a metrics line but nothing could be read.
+
+        The stream's own format is tried first; only a segment it does not take pays for the other checks
+        (a traceback, HF's training bar, the other formats, a run's length or end)."""
+        if self._tb is not None and self._traceback(s, run):
+            return 0
         if self._rich is not None:
             k = self._rich_more(s, ts, run, out)
             if k:
                 return k
-        if self._hf_on and ("it/s" in s or "s/it" in s):
-            if self._hf_bar(s, out):  # HF's training bar: it places a pending dict (counted on the dict's line)
-                return 0
-        n = 0
-        order = self._order
-        if self.detected is not None and len(order) > 1:  # the stream's own format first
-            n = self._one(self.detected, s, ts, run, out)
-        if n == 0:
-            for fmt in order:
-                if fmt != self.detected or len(order) == 1:
-                    n = self._one(fmt, s, ts, run, out)
-                    if n != 0:
-                        if n > 0:
-                            self.detected = fmt
-                        break
-        if n == 0 and ("optimization steps" in s or "max_steps" in s):
-            m = HF_TOTAL.search(s)
-            if m is not None:
-                self.total_steps = int(m.group(1).replace(",", "")) or self.total_steps
-        if "` stopped:" in s:  # may follow a bar frame on the same segment
-            for text, why in FINISH_LINES:
-                if text in s:
-                    self._ended("finished", why)
+        det = self.detected
+        n = self._one(det, s, ts, run, out) if det is not None else 0
+        if n > 0:
+            if "`" in s:
+                self._finish_line(s)
+        elif n == 0:
+            n = self._others(s, ts, run, out, det)
         if self.patterns or self.katib:
             bad = n < 0
             n = max(n, 0)
@@ -367,6 +348,36 @@ class LogParser(HFFormat, MegatronFormat, DeepSpeedFormat, LightningFormat, Gene
                     n, bad = (n + k, bad) if k >= 0 else (n, True)
             return -1 if bad and not n else n
         return n
+
+    def _others(self, s: str, ts: float, run: str, out: list[RawPoint], det: str | None) -> int:
+        """A segment the stream's own format did not take."""
+        if _TRACEBACK in s:
+            i = s.find(_TRACEBACK)
+            n = self._others(s[:i], ts, run, out, det) if i > 0 else 0  # a bar frame before it still counts
+            self._traceback(s[i:], run)
+            return n
+        if self._hf_on and "<" in s and self._hf_bar(s, out):  # tqdm frames: "[00:03<00:10, 13.75it/s]"
+            return 0  # HF's training bar: it places a pending dict (counted on the dict's line)
+        n = 0
+        for fmt in self._order:
+            if fmt != det:
+                n = self._one(fmt, s, ts, run, out)
+                if n != 0:
+                    if n > 0:
+                        self.detected = fmt
+                    break
+        if n == 0 and ("optimization steps" in s or "max_steps" in s):
+            m = HF_TOTAL.search(s)
+            if m is not None:
+                self.total_steps = int(m.group(1).replace(",", "")) or self.total_steps
+        if "`" in s:  # may follow a bar frame on the same segment
+            self._finish_line(s)
+        return n
+
+    def _finish_line(self, s: str) -> None:
+        for text, why in FINISH_LINES:
+            if text in s:
+                self._ended("finished", why)
 
     def _traceback(self, s: str, run: str) -> bool:
         """Python's traceback: indented frames, then the exception's line, which is the run's failure message
@@ -401,8 +412,8 @@ class LogParser(HFFormat, MegatronFormat, DeepSpeedFormat, LightningFormat, Gene
             if auto and "step" not in s and "iter" not in s:
                 return 0
             return self._keyvalue(s, ts, run, out, auto)
-        if fmt == "loop":
-            if "tep" not in s and "ter" not in s and "TEP" not in s and "TER" not in s:
+        if fmt == "loop":  # in auto only lines with a loss: one cheap test first
+            if ("oss" not in s) if auto else ("tep" not in s and "ter" not in s and "TEP" not in s and "TER" not in s):
                 return 0
             return self._loop(s, ts, run, out, auto)
         return 0
