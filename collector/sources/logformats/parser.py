@@ -49,6 +49,7 @@ class LogParser(HFFormat, MegatronFormat, DeepSpeedFormat, LightningFormat, Gene
         "_pl",
         "_plv",
         "_rich",
+        "_seen",
         "_tb",
         "detected",
         "end",
@@ -102,6 +103,7 @@ class LogParser(HFFormat, MegatronFormat, DeepSpeedFormat, LightningFormat, Gene
         self.end: str | None = s.get("e")
         self.end_message: str | None = s.get("em")
         self.meta: dict[str, Any] = dict(s.get("m", {}))
+        self._seen = (s.get("L", 0), s.get("P", 0))  # lines and lines with points before this object's counts
 
     def state(self) -> dict[str, Any]:
         """The stream's running state, JSON-serialisable, for a cursor."""
@@ -117,7 +119,12 @@ class LogParser(HFFormat, MegatronFormat, DeepSpeedFormat, LightningFormat, Gene
             s["pl"] = list(self._pl)
         if self._bar >= 0:
             s["b"] = self._bar
+        s["L"], s["P"] = self._seen[0] + self.lines, self._seen[1] + self.parsed
         return s
+
+    def read_so_far(self) -> tuple[int, int]:
+        """(lines, lines that gave points) of the stream since its start, across restarts."""
+        return self._seen[0] + self.lines, self._seen[1] + self.parsed
 
     def checkpoint(self) -> tuple[Any, ...]:
         """A snapshot to `rollback` to (a line whose points do not fit in a batch is read again later)."""
@@ -126,6 +133,7 @@ class LogParser(HFFormat, MegatronFormat, DeepSpeedFormat, LightningFormat, Gene
     def rollback(self, cp: tuple[Any, ...]) -> None:
         state, self.lines, self.parsed, self.failed, self.nostep = cp
         self.restore(state)
+        self._seen = (state["L"] - self.lines, state["P"] - self.parsed)
 
     def _ended(self, state: str, why: str) -> None:
         self.end, self.end_message = state, why[:MAX_MESSAGE]
