@@ -191,6 +191,14 @@ def _explain(err: jsonschema.ValidationError, kinds: set[str]) -> SpecError:
     return SpecError(_field_path(path), err.message)
 
 
+def _check_config(kind: str, config: dict[str, Any]) -> tuple[str, str] | None:
+    """A kind's own check of its config block, when it has one (`check_config`): (field, message) or None."""
+    from trainscope.collector.sources import REGISTRY
+
+    check = getattr(REGISTRY.get(kind), "check_config", None)
+    return check(config) if check is not None else None
+
+
 def parse_spec(spec: Any, source_schemas: dict[str, dict[str, Any]] | None = None) -> WorkloadSpec:
     """Validate a Workload `spec` dict and parse it; raises SpecError naming the first bad field."""
     if source_schemas is None:
@@ -219,6 +227,9 @@ def parse_spec(spec: Any, source_schemas: dict[str, dict[str, Any]] | None = Non
         own = parse_duration(item["pollInterval"]) if "pollInterval" in item else None
         if own is not None and own < MIN_POLL_INTERVAL:
             raise SpecError(f"spec.sources[{i}].pollInterval", f"must be at least {MIN_POLL_INTERVAL:g}s")
+        problem = _check_config(kind, item[kind])
+        if problem is not None:  # what a schema cannot say (a regex that does not compile)
+            raise SpecError(f"spec.sources[{i}].{kind}.{problem[0]}", problem[1])
         sources.append(SourceSpec(name=name, kind=kind, config=dict(item[kind]), poll_interval=own))
     poll_interval = parse_duration(spec.get("pollInterval", "30s"))
     if poll_interval < MIN_POLL_INTERVAL:

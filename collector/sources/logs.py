@@ -223,6 +223,22 @@ class LogsSource:
             "message": "format none needs patterns or filter"}),
     }
 
+    @staticmethod
+    def check_config(config: dict[str, Any]) -> tuple[str, str] | None:
+        """The regexes of `patterns` and `filter.metricsFormat`, each compiled: (field, message) for the first
+        that is not a valid regex or lacks the groups it needs; None when all are usable."""
+        for i, p in enumerate(config.get("patterns") or ()):
+            try:
+                compile_patterns([p])
+            except ValueError as e:
+                return f"patterns[{i}]", str(e)
+        for i, p in enumerate((config.get("filter") or {}).get("metricsFormat") or ()):
+            try:
+                compile_katib([p])
+            except ValueError as e:
+                return f"filter.metricsFormat[{i}]", str(e)
+        return None
+
     def __init__(self, config: dict[str, Any], ctx: SourceContext):
         if ("pods" in config) == ("path" in config):
             raise SourceError("logs: set exactly one of pods or path", reason="BadConfig")
