@@ -20,7 +20,7 @@ from trainscope.collector.sources.logs import NO_METRIC_LINES, LogsSource, conta
 from kube import Cluster, Operator, condition, eventually, show, source_status
 
 sys.path.insert(0, str(Path(__file__).parent / "data" / "logruns"))
-import truth  # noqa: E402
+import truth
 
 T0 = 1_714_564_800.0
 
@@ -71,7 +71,8 @@ def parser_on(text: str | bytes, **kw: Any) -> tuple[LogParser, list]:
 def test_a_traceback_fails_the_stream_and_later_points_clear_it():
     tb = ("step 1: loss 2.5\nTraceback (most recent call last):\n  File \"train.py\", line 3, in <module>\n"
           "    main()\nDuring handling of the above exception, another exception occurred:\n\n"
-          "Traceback (most recent call last):\n  File \"train.py\", line 9\ntorch.OutOfMemoryError: CUDA out of memory.\n")
+          "Traceback (most recent call last):\n  File \"train.py\", line 9\n"
+          "torch.OutOfMemoryError: CUDA out of memory.\n")
     parser, out = parser_on(tb)
     assert (parser.end, parser.end_message) == ("failed", "torch.OutOfMemoryError: CUDA out of memory.")
     assert [(p[0], p[1]) for p in out] == [("loss", 1)]
@@ -115,6 +116,7 @@ async def test_a_log_without_metric_lines_says_so(tmp_path: Path):
 def test_binary_garbage_gives_nothing_and_no_step():
     rnd = random.Random(21).randbytes(1 << 20)
     parser, out = parser_on(rnd + b"\n{'loss': '1.5', 'epoch': '0.1'}\n")
+    assert parser.parsed == 1
     # the dict after the garbage: a log without a bar, so the running count (step 1), nothing from the garbage
     assert [(p[0], p[1]) for p in out] == [("loss", 1), ("epoch", 1)]
 
