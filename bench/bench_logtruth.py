@@ -23,7 +23,7 @@ from pathlib import Path
 from trainscope.collector.sources.logformats import LineSplitter, LogParser, decode_lines
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "data" / "logruns"))
-import truth  # noqa: E402
+import truth
 
 NAMED = {"hf": "hf", "lightning": "lightning", "deepspeed": "deepspeed", "loop": "deepspeed"}
 
