@@ -38,6 +38,10 @@ def parse(parser_class: type, name: str, fmt: str) -> tuple[dict[tuple[str, int]
     return {(p[0], p[1]): p[3] for p in out}, parser
 
 
+def load() -> str:
+    return f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}"
+
+
 def row(label: str, fmt: str, s: truth.Score, nostep: int) -> str:
     return (f"{label:<24}{fmt:<10}{s.entries:>6}{s.exact:>7}{s.wrong_step:>7}{s.wrong_value:>7}"
             f"{s.missing_never_printed:>9}{s.missing_printed:>9}{s.spurious:>7}{nostep:>8}   "
@@ -54,7 +58,7 @@ def main() -> None:
         assert spec is not None and spec.loader is not None
         old = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(old)
-    print(f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(load())
     print(f"{'run':<24}{'format':<10}{'truth':>6}{'exact':>7}{'wstep':>7}{'wvalue':>7}{'miss:np':>9}{'miss:pr':>9}"
           f"{'spur':>7}{'nostep':>8}   {'exact%':>6}")
     totals = [0, 0, 0]
@@ -73,7 +77,7 @@ def main() -> None:
             print(row(name, "before", truth.score(name, got), 0))
     printed = totals[0] - totals[2]
     print(f"\nformat auto: {totals[1]} of {totals[0]} truth entries exact ({totals[1] / totals[0]:.1%}); of the "
-          f"{printed} printed, {totals[1] / printed:.1%}; load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+          f"{printed} printed, {totals[1] / printed:.1%}; {load()}")
 
 
 if __name__ == "__main__":
