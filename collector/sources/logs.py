@@ -386,7 +386,8 @@ class LogsSource:
             streams[key] = st
             if parser.parsed:
                 runs[pod.name] = {"pod": pod.name, "container": container, "format": parser.detected or self.fmt}
-        return self._batch(points, streams, parsers, full, cut, notes, runs, ends, pods=len(pods))
+        # a container's exit counts once its log is read to the end (not while a backlog is caught up)
+        return self._batch(points, streams, parsers, full, cut, notes, runs, None if full else ends, pods=len(pods))
 
     async def _read(self, reader: Any, pod: str, container: str, st: dict[str, Any], feed: _Feed,
                     notes: list[str], *, previous: bool) -> tuple[bool, int]:
