@@ -221,3 +221,29 @@ async def test_pods_finished_and_crashed_runs_end_as_succeeded_and_failed(
     obj = await eventually(exit_reported, within=30, what="the container's exit in the message")
     assert source_status(obj, "log")["state"] == "Healthy" and obj["status"]["phase"] == "Failed"
     obj = await eventually(lambda: phase_is("hf-ok", "Succeeded", 60), within=30, what="hf-ok still Succeeded")
+
+
+async def test_no_metric_lines_shows_in_status(store, tmp_path: Path):
+    from trainscope.collector.collector import Collector
+    from trainscope.collector.sources import REGISTRY
+    from trainscope.collector.spec import parse_spec
+    from trainscope.operator.status import build_status
+
+    log = tmp_path / "train.log"
+    log.write_text("".join(f"[rank0] epoch {i} done, checkpoint saved to /ckpt/{i}\n" for i in range(600)))
+    spec = parse_spec({"sources": [{"name": "log", "logs": {"path": str(log)}}], "pollInterval": "50ms"})
+    c = Collector("no-metrics", spec, store, name="wl", registry=REGISTRY, backoff_base=0.02, backoff_cap=0.1)
+    await c.start()
+    try:
+        async def flagged() -> None:
+            assert c.snapshot().sources[0].state == "NoMetricLines"
+
+        await eventually(flagged, within=30, what="NoMetricLines")
+        snap = c.snapshot()
+    finally:
+        await c.stop()
+    status = build_status(snap, now=snap.taken_at)
+    src = source_status({"status": status}, "log")
+    assert (src["state"], src["reason"]) == ("NoMetricLines", "NoMetricLines") and status["phase"] == "Degraded"
+    assert src["lastError"] == "read 600 lines, none matched a known format; set format or patterns"
+    assert condition({"status": status}, "SourcesHealthy")["reason"] == "NoMetricLines"
