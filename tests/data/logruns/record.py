@@ -142,7 +142,14 @@ def main() -> None:
             print(f"{name}: skipped, no transformers 4.x at {HF4}")
             continue
         record(name)
-    freeze = subprocess.run([sys.executable, "-m", "pip", "freeze"], capture_output=True, text=True).stdout
+    # from a neutral folder: the repository's own `operator` package would shadow the standard library's
+    freeze = subprocess.run([sys.executable, "-m", "pip", "freeze"], capture_output=True, text=True,
+                            cwd=tempfile.gettempdir(), check=True).stdout
+    assert freeze.strip(), "pip freeze printed nothing"
+    if Path(HF4).is_dir():
+        freeze += "# transformers 4.x for the hf4_* runs (a --target install in front of PYTHONPATH):\n"
+        freeze += "".join(f"# {d.name.removesuffix('.dist-info').replace('-', '==', 1)}\n"
+                          for d in sorted(Path(HF4).glob("*.dist-info")))
     (HERE / "versions.txt").write_text(freeze)
 
 
