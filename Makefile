@@ -16,7 +16,7 @@ WEB_STAMP := $(WEB)/node_modules/.installed-web
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint bench crd web
+.PHONY: demo test lint bench crd web record-logs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,3 +58,15 @@ bench: $(STAMP)
 
 crd: $(STAMP)  ## regenerate crds/ and the chart's copy from the code's schema
 	$(VENV)/bin/python -m trainscope.operator.crd --write
+
+# The logs source's test data: tiny real CPU training runs (HF Trainer 5.x and 4.x, Lightning with its Rich and
+# TQDM bars, DeepSpeed, a plain loop; pipe and pty captures; a crash; a kill and resume) recorded with their own
+# truth. Needs a separate environment with the frameworks, never the project's .venv (CI does not install them):
+#   python3 -m venv $(REC_VENV) && $(REC_VENV)/bin/pip install torch==2.13.0 && DS_BUILD_OPS=0 $(REC_VENV)/bin/pip \
+#     install transformers accelerate lightning deepspeed tqdm 'rich<14'
+# transformers 4.x for the hf4_* runs: pip install --no-deps --target $(HF4_PATH) 'transformers<5' \
+#   'huggingface-hub<1' 'tokenizers<0.23' requests urllib3 charset-normalizer certifi
+REC_VENV ?= /work/rec-venv
+HF4_PATH ?= /work/rec-hf4
+record-logs:
+	HF4_PATH=$(HF4_PATH) $(REC_VENV)/bin/python tests/data/logruns/record.py

@@ -20,6 +20,9 @@ print) and times, in this one process, on the same file:
 - naive: the same reading, then every format's regexes tried on every line (search, then findall of the pairs
   on a match), as a straightforward implementation would.
 - poll(): LogsSource.poll end to end (asyncio.to_thread), polled until `more` is false, default batch size.
+- --before FILE: a copy of an earlier logparsers.py (e.g. `git show main:collector/sources/logparsers.py`),
+  loaded under another name, read the same way as "ours", in turns with it (ABAB..., medians): what a change to
+  the parsers costs on HF and Megatron lines, the same run, the same load.
 - --anatomy: for an HF and a Megatron line, each step of the bulk path timed alone (GC off) against the 40%
   budget (2.5x ceiling (b)): what one line's regex, floats and points cost at the least.
 
@@ -131,6 +134,58 @@ def ours(path: Path) -> tuple[int, int]:
             if not feed.full:
                 break
     return parser.lines, points
+
+
+def reader(parser_class: type) -> Callable[[Path], tuple[int, int]]:
+    """`ours` with another parser class (an earlier version of LogParser)."""
+
+    def read(path: Path) -> tuple[int, int]:
+        parser = parser_class("auto")
+        points = offset = 0
+        with path.open("rb") as f:
+            while True:
+                out: list[Point] = []
+                feed = Feed(parser, "run", out, BATCH)
+                offset, _ = LogsSource._read_file(f, offset, 0.0, feed)
+                points += len(out)
+                if not feed.full:
+                    break
+        return parser.lines, points
+
+    return read
+
+
+def before_after(before: str, lines: int, repeat: int) -> None:
+    """The earlier parser and ours on the same HF and Megatron logs, in turns; medians and bests."""
+    import importlib.util
+    import statistics
+
+    spec = importlib.util.spec_from_file_location("logparsers_before", before)
+    assert spec is not None and spec.loader is not None
+    old = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(old)
+    print(f"\nbefore ({before}) / after, in turns (ABAB..., {repeat} each), lines/s, {load()}")
+    print(f"{'log':<16}{'before med':>12}{'after med':>12}{'after/before':>14}{'before best':>13}{'after best':>12}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for fmt, noise in (("hf", False), ("megatron", False), ("hf", True), ("megatron", True)):
+            path = Path(tmp) / f"{fmt}.log"
+            n = write(path, fmt, lines, noise)
+            ways = {"before": reader(old.LogParser), "after": ours}
+            times: dict[str, list[float]] = {"before": [], "after": []}
+            got = {}
+            for _ in range(repeat):
+                for way, fn in ways.items():
+                    gc.collect()
+                    t0 = CLOCK()
+                    got[way] = fn(path)
+                    times[way].append(CLOCK() - t0)
+            assert got["before"] == got["after"], got  # the same lines and points either way
+            med = {w: n / statistics.median(t) for w, t in times.items()}
+            top = {w: n / min(t) for w, t in times.items()}
+            name = fmt + (" +noise" if noise else "")
+            print(f"{name:<16}{med['before']:>12,.0f}{med['after']:>12,.0f}{med['after'] / med['before']:>14.1%}"
+                  f"{top['before']:>13,.0f}{top['after']:>12,.0f}")
+    print(load())
 
 
 def pods(path: Path) -> tuple[int, int]:
@@ -302,6 +357,7 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated cases, e.g. hf,megatron")
     parser.add_argument("--cpu", action="store_true", help="time with process CPU time, not the wall clock")
     parser.add_argument("--anatomy", action="store_true", help="also time each step of an HF and a Megatron line")
+    parser.add_argument("--before", default="", help="an earlier logparsers.py to compare with, in turns")
     args = parser.parse_args()
     BATCH = args.batch
     CLOCK = time.process_time if args.cpu else time.perf_counter
@@ -311,6 +367,10 @@ def main() -> None:
         cases = [c for c in cases if (c[0] + ("+noise" if c[1] else "")) in args.only.split(",")]
     default_gc = gc.get_threshold()
     daemon_gc = tune_for_ingest()
+    if args.before:
+        before_after(args.before, args.lines, args.repeat)
+        if not args.only:
+            return
     print(f"{args.lines:,} lines per log, best of {args.repeat}, batches of {BATCH:,} points; lines/s; Python "
           f"{platform.python_version()}, {os.cpu_count()} CPUs, {'CPU' if args.cpu else 'wall'} time, gc "
           f"thresholds {daemon_gc} (the daemon's; @gc700: {default_gc}), {load()}\n")

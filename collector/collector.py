@@ -403,12 +403,16 @@ class Collector:
             cur = latest.get(key)
             if cur is None:
                 new_names = True
-            if cur is None or step > cur[1] or (step == cur[1] and ts >= cur[2]):
-                latest[key] = p
-            if steps and (max_step is None or step > max_step):
-                max_step = step
-                self._max_step_ts = ts
-                self._rate.observe(ts, step)
+            latest[key] = p  # the later observation in the source's own order is the newest (docs/store.md)
+            if steps:
+                if max_step is None or step > max_step:
+                    max_step = step
+                    self._max_step_ts = ts
+                    self._rate.observe(ts, step)
+                elif step < max_step and self._resumed(key, cur, step, ts):
+                    max_step = step  # the run went back to a checkpoint: follow the resumed branch
+                    self._max_step_ts = ts
+                    self._rate.rewind(ts, step)
             if newest_ts is None or ts > newest_ts:
                 newest_ts = ts
         self._max_step = max_step
@@ -420,6 +424,8 @@ class Collector:
         health.state = SourceState.HEALTHY
         health.consecutive_failures = 0
         health.last_success = self._clock()
+        if batch.problem is not None:  # polled fine, but its input gives no data: its own state and reason
+            health.state, health.last_error_reason, health.last_error = batch.problem[0], *batch.problem
         if batch.state is not None:
             health.run_state = batch.state
         if batch.progress is not None:
@@ -431,6 +437,17 @@ class Collector:
         for reason, n in batch.skipped.items():
             health.skipped[reason] = health.skipped.get(reason, 0) + n
         health.info.update(batch.info)
+
+    def _resumed(self, key: tuple[str, str, str], cur: RawPoint | None, step: int, ts: float) -> bool:
+        """Whether a point below the Workload's step starts a resumed branch: its series logged a higher step
+        before (re-logged after a restart from a checkpoint), or it is the first point of a run whose metric
+        another run of the same source logged, newer than the step it is below (the job's pod was replaced)."""
+        if cur is not None:
+            return step < cur[1]
+        if self._max_step_ts is None or ts <= self._max_step_ts:
+            return False
+        source, run, metric = key
+        return any(k[0] == source and k[2] == metric and k[1] != run for k in self._latest)
 
     async def _seed_from_store(self) -> None:
         """Latest values and counts from the store, so a restarted operator reports the run as it was."""
@@ -478,9 +495,9 @@ class Collector:
             reported = [h.progress for h in healths if h.progress is not None]
             progress = max(reported) if reported else None
         run_state = combine_run_states(h.run_state for h in healths)
-        if run_state == RunState.FINISHED and progress is not None:
-            progress = 1.0 if not total else progress
-        rate = self._rate.rate()
+        if run_state == RunState.FINISHED:
+            progress = 1.0  # the run ended normally: all of it is done, whatever its last step's convention
+        rate = None if run_state in (RunState.FINISHED, RunState.FAILED) else self._rate.rate()  # stopped
         primary = self._primary or detect_primary_metric(latest)
         last_ts = max((h.newest_ts for h in healths if h.newest_ts is not None), default=None)
         eta = 0.0 if run_state == RunState.FINISHED else eta_seconds(step, total, rate, self._rate.pause_overhead())

@@ -62,3 +62,6 @@ class Batch:
     # run label -> what the source knows of that run (display name, state, config...); stored with the points
     # in the `runs` table, merged key by key, for the API. JSON-serialisable values only.
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # (reason, message) when the source read its input without error but cannot make data of it, e.g. a log
+    # whose lines match no format ("NoMetricLines"): the source's health says so instead of Healthy.
+    problem: tuple[str, str] | None = None

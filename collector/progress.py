@@ -78,6 +78,15 @@ class StepRate:
         while len(self.samples) > 2 and self.samples[-1][0] - self.samples[0][0] > self.window:
             self.samples.popleft()
 
+    def rewind(self, ts: float, step: int) -> None:
+        """The run went back to `step` (resumed from a checkpoint): forget the samples at or above it, then
+        measure on from there."""
+        while self.samples and self.samples[-1][1] >= step:
+            self.samples.pop()
+        if self.samples and ts < self.samples[-1][0]:
+            self.samples.clear()  # the resumed node's clock is behind: start the window afresh
+        self.observe(ts, step)
+
     def _intervals(self) -> list[tuple[float, int]]:
         return [(t1 - t0, s1 - s0) for (t0, s0), (t1, s1) in itertools.pairwise(self.samples)]
 

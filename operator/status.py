@@ -141,7 +141,20 @@ def conditions(snap: Snapshot | None, previous: list[dict[str, Any]] | None, now
     ready = _condition("Ready", bool(working), "Collecting" if working else "NoHealthySource",
                        f"{len(working)}/{len(snap.sources)} source(s) collecting", prev, stamp)
     health = [_condition(c.type, c.status, c.reason, c.message[:MAX_ERROR_CHARS], prev, stamp) for c in snap.health]
-    return [ready, healthy, *extra, *health]
+    return [ready, healthy, *extra, *_run_ended(snap, prev, stamp), *health]
+
+
+def _run_ended(snap: Snapshot, prev: dict[str, dict[str, Any]], stamp: str) -> list[dict[str, Any]]:
+    """RunEnded, once the run has finished or failed: how the sources saw it end (a failed run's last error
+    line, a container's exit code, the framework's normal end)."""
+    if snap.run_state not in (RunState.FINISHED, RunState.FAILED):
+        return []
+    failed = snap.run_state == RunState.FAILED
+    said = [f"{h.name}: {h.info['runEnd']}" for h in snap.sources if h.info.get("runEnd")
+            and h.run_state == snap.run_state]
+    message = "; ".join(said) or f"the run is {snap.run_state}"
+    return [_condition("RunEnded", True, "Failed" if failed else "Succeeded", message[:MAX_ERROR_CHARS], prev,
+                       stamp)]
 
 
 def health_transitions(previous: list[dict[str, Any]] | None, current: list[dict[str, Any]]) -> list[dict[str, Any]]:

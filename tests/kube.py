@@ -890,7 +890,8 @@ def read_scalars(logdir: Path) -> dict[tuple[str, str, int], Scalar]:
     """(run, tag, step) -> (wall_time, value) of every scalar in the event files under `logdir`.
 
     run is the event file's folder relative to logdir ("." for logdir itself); if a step is written twice, the
-    later wall_time wins (the store's rule). Values are float32 simple_value as written, NaN included.
+    later record in write order wins (the store's rule: the source's own order, not wall time). Values are float32
+    simple_value as written, NaN included.
     """
     out: dict[tuple[str, str, int], Scalar] = {}
     for path in sorted(logdir.rglob("*tfevents*")):
@@ -902,10 +903,7 @@ def read_scalars(logdir: Path) -> dict[tuple[str, str, int], Scalar]:
             for v in event.summary.value:
                 if v.WhichOneof("value") != "simple_value":
                     continue
-                key = (run, v.tag, int(event.step))
-                old = out.get(key)
-                if old is None or event.wall_time >= old.ts:
-                    out[key] = Scalar(event.wall_time, v.simple_value)
+                out[(run, v.tag, int(event.step))] = Scalar(event.wall_time, v.simple_value)
     return out
 
 

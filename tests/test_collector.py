@@ -263,3 +263,22 @@ async def test_a_source_whose_steps_are_not_training_steps_never_moves_the_step(
         assert again.snapshot().step == 30  # ...but never the Workload's step, even when seeded after a restart
     finally:
         await c.stop()
+
+
+async def test_a_resumed_run_moves_step_and_loss_back_to_its_newest_step(store, database_url):
+    """A run restarted from a checkpoint re-logs steps below its highest: step, Loss and rate follow the resumed
+    branch (the later observation in the source's order), and the store keeps the re-logged values."""
+    run = make_run(100)
+    c = collector(store, "wl-resume", {"tb": run})
+    await c.start()
+    try:
+        await eventually(lambda: c.snapshot().step == 100)
+        for s in range(50, 61):  # resumed from step 49's checkpoint, on a node whose clock is an hour behind
+            run.log(s, T0 + s - 3600, loss=10.0 + s, lr=1e-3)
+        await eventually(lambda: c.snapshot().step == 60)
+        snap = c.snapshot()
+    finally:
+        await c.stop()
+    assert snap.latest["loss"].step == 60 and snap.latest["loss"].value == 70.0 and snap.step_ts == T0 + 60 - 3600
+    got = await stored(database_url, "wl-resume")
+    assert got["tb", "loss", 55] == (T0 + 55 - 3600, 65.0) and got["tb", "loss", 61] == (T0 + 61, 1.0 / 61)

@@ -42,19 +42,12 @@ async def stored_cursor(url: str, uid: str, source: str) -> Any:
 def expected(*batches: list[Point], source: str = "tb") -> Stored:
     """What the store must hold after writing `batches` in order into an empty workload.
 
-    Newest ts per step wins; on equal ts the later point of the same batch wins, but a later batch does not
-    (the same observation again).
+    The later observation in the order written wins, within a batch and across batches, whatever its ts.
     """
     out: Stored = {}
     for points in batches:
-        mine: Stored = {}
         for p in points:
-            key = (source, p.run, p.metric, p.step)
-            if key not in mine or p.ts >= mine[key][0]:
-                mine[key] = (p.ts, p.value)
-        for key, (ts, value) in mine.items():
-            if key not in out or ts > out[key][0]:
-                out[key] = (ts, value)
+            out[source, p.run, p.metric, p.step] = (p.ts, p.value)
     return out
 
 
@@ -105,45 +98,52 @@ async def test_retry_from_a_fresh_process_changes_nothing(store: Store, database
     assert await stored_points(database_url, "w1") == expected(pts, grid(5, range(20, 25)))
 
 
-async def test_overlap_newer_ts_replaces_equal_or_older_is_ignored(store: Store, database_url: str) -> None:
+async def test_overlap_later_observation_replaces_the_same_one_is_ignored(store: Store, database_url: str) -> None:
+    """The later observation in the source's order wins, whatever its ts (a run resumed from a checkpoint on a node
+    whose clock is behind re-logs steps); the same observation again changes nothing."""
     old = [Point("loss", s, T0 + s, float(s)) for s in range(10)]
     await store.write("w1", "tb", "tensorboard", old, "a")
     again = [
-        Point("loss", 5, T0 + 100, -5.0),  # newer: replaces
+        Point("loss", 5, T0 + 100, -5.0),  # newer ts: replaces
         Point("loss", 6, T0 + 6.000001, -6.0),  # newer by a microsecond: replaces
-        Point("loss", 7, T0 + 6, -7.0),  # older: ignored
-        Point("loss", 8, T0 - 1e6, -8.0),  # much older: ignored
-        Point("loss", 9, T0 + 9, -9.0),  # same ts (same observation): ignored
+        Point("loss", 7, T0 + 6, -7.0),  # older ts (the resumed node's clock is behind): replaces all the same
+        Point("loss", 8, T0 - 1e6, -8.0),  # much older: replaces
+        Point("loss", 9, T0 + 9, 9.0),  # the same observation (ts and value): changes nothing
         *[Point("loss", s, T0 + s, float(s)) for s in range(10, 15)],  # new steps
     ]
-    assert await store.write("w1", "tb", "tensorboard", again, "b") == WriteResult(inserted=5, updated=2)
+    assert await store.write("w1", "tb", "tensorboard", again, "b") == WriteResult(inserted=5, updated=4)
     got = await stored_points(database_url, "w1")
     want = {("tb", "", "loss", s): (T0 + s, float(s)) for s in range(15)}
     want["tb", "", "loss", 5] = (T0 + 100, -5.0)
     want["tb", "", "loss", 6] = (T0 + 6.000001, -6.0)
+    want["tb", "", "loss", 7] = (T0 + 6, -7.0)
+    want["tb", "", "loss", 8] = (T0 - 1e6, -8.0)
     assert got == want
     assert await store.load_cursor("w1", "tb") == "b"
+    # the whole batch again (a retry after a lost acknowledgement): nothing changes
+    assert await store.write("w1", "tb", "tensorboard", again, "b") == WriteResult(inserted=0, updated=0)
+    assert await stored_points(database_url, "w1") == want
 
 
-async def test_duplicates_within_a_batch_keep_the_newest_ts(store: Store, database_url: str) -> None:
+async def test_duplicates_within_a_batch_keep_the_later_one(store: Store, database_url: str) -> None:
     pts = [
         Point("loss", 1, T0 + 10, 1.0),
-        Point("loss", 1, T0 + 30, 3.0),  # newest: kept
-        Point("loss", 1, T0 + 20, 2.0),
+        Point("loss", 1, T0 + 30, 3.0),
+        Point("loss", 1, T0 + 20, 2.0),  # the later in the batch: kept, though its ts is older
         Point("loss", 2, T0 + 5, 5.0),
         Point("loss", 2, T0 + 5, 6.0),  # equal ts: the later one in the batch
         Point("acc", 1, T0, 0.5),
     ]
     assert await store.write("w1", "tb", "tensorboard", pts, None) == WriteResult(inserted=3, updated=0)
     assert await stored_points(database_url, "w1") == {
-        ("tb", "", "loss", 1): (T0 + 30, 3.0),
+        ("tb", "", "loss", 1): (T0 + 20, 2.0),
         ("tb", "", "loss", 2): (T0 + 5, 6.0),
         ("tb", "", "acc", 1): (T0, 0.5),
     }
-    # Duplicates that also overlap stored rows: only the newest beats the stored one.
+    # Duplicates that also overlap stored rows: the batch's last one replaces the stored one.
     pts = [Point("loss", 1, T0 + 40, 4.0), Point("loss", 1, T0 + 50, 7.0), Point("loss", 1, T0 + 1, 0.0)]
     assert await store.write("w1", "tb", "tensorboard", pts, None) == WriteResult(inserted=0, updated=1)
-    assert (await stored_points(database_url, "w1"))["tb", "", "loss", 1] == (T0 + 50, 7.0)
+    assert (await stored_points(database_url, "w1"))["tb", "", "loss", 1] == (T0 + 1, 0.0)
 
 
 async def test_non_finite_values_round_trip(store: Store, database_url: str) -> None:
@@ -274,7 +274,7 @@ async def test_batch_of_200k_points(store: Store, database_url: str) -> None:
     assert await store.write("w1", "tb", "tensorboard", pts, {"step": 9999}) == WriteResult(200_000, 0)
     assert await stored_points(database_url, "w1") == expected(pts)
     # The same 200k again, half of them with a newer observation.
-    again = [Point(p.metric, p.step, p.ts + (1 if p.step % 2 else 0), -p.value) for p in pts]
+    again = [Point(p.metric, p.step, p.ts + 1, -p.value) if p.step % 2 else p for p in pts]
     assert await store.write("w1", "tb", "tensorboard", again, {"step": 9999}) == WriteResult(0, 100_000)
     got = await stored_points(database_url, "w1")
     assert got == expected(pts, again)

@@ -1,5 +1,5 @@
 """Training-log source: metrics parsed from what the training processes print, read from the job's pod logs
-through the Kubernetes API (`pods`) or from log files (`path`). Parsing lives in `logparsers.py`.
+through the Kubernetes API (`pods`) or from log files (`path`). Parsing lives in `logformats/`.
 
 Pod mode reads each pod's log with `follow=false` from the stream's cursor on every poll, so nothing is held open
 between polls and an operator restart resumes exactly: the cursor keeps, per pod and container, where the stream is
@@ -15,10 +15,10 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar
 
-from trainscope.collector.points import Batch, Cursor, RawPoint
+from trainscope.collector.points import Batch, Cursor, RawPoint, RunState
 from trainscope.collector.schema import exactly_one_of
-from trainscope.collector.sources.base import PodRef, SourceContext, SourceError
-from trainscope.collector.sources.logparsers import (
+from trainscope.collector.sources.base import ContainerState, PodRef, SourceContext, SourceError
+from trainscope.collector.sources.logformats import (
     FORMATS,
     LineSplitter,
     LogParser,
@@ -29,6 +29,9 @@ from trainscope.collector.sources.logparsers import (
 from trainscope.collector.sources.podlogs import Feed, dead, read_instance, reason_of
 from trainscope.collector.sources.userregex import check_log_regexes
 
+# A source that read this many lines without one data point says so in its health (NoMetricLines); fewer lines
+# may still be a job's start-up (DeepSpeed's config dump, Megatron's arguments are a few hundred lines).
+NO_METRIC_LINES = 500
 CHUNK_BYTES = 1 << 20  # log files are read in pieces of this size
 # Labels that carry a pod's rank/index, tried in order when `ranks` is set without `rankLabel`.
 RANK_LABELS = (
@@ -125,9 +128,11 @@ class LogsSource:
                     "Regexes whose group 1 is the metric name and group 2 its value, e.g. "
                     r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)", 16)},
             },
-            "loggingSteps": {"type": "integer", "minimum": 1, "default": 1,
-                             "description": "HF Trainer's logging_steps: the step of the n-th training log dict "
-                                            "without a step field is n * loggingSteps."},
+            "loggingSteps": {"type": "integer", "minimum": 1,
+                             "description": "HF Trainer's logging_steps, for logs without a progress bar (or whose "
+                                            "dicts are printed apart from it): the step of the n-th training log "
+                                            "dict is n * loggingSteps. Unset: 1 without a bar; dicts whose bar "
+                                            "frame is unknown are skipped."},
         },
         **exactly_one_of("pods", "path", {
             "rule": "!has(self.format) || self.format != 'none' || has(self.patterns) || has(self.filter)",
@@ -151,7 +156,8 @@ class LogsSource:
             raise SourceError(f"logs: unknown format {self.fmt!r}", reason="BadConfig")
         if self.fmt == "none" and not self.patterns and not self.katib:
             raise SourceError("logs: format none needs patterns or filter", reason="BadConfig")
-        self.logging_steps = int(config.get("loggingSteps", 1))
+        steps = config.get("loggingSteps")
+        self.logging_steps = int(steps) if steps is not None else None
         pods = config.get("pods")
         self.pods: dict[str, Any] | None = dict(pods) if pods is not None else None
         self.path: str | None = None
@@ -167,7 +173,7 @@ class LogsSource:
             parser = self._parsers[key] = LogParser(self.fmt, patterns=self.patterns, katib=self.katib,
                                                     logging_steps=self.logging_steps)
         parser.restore(state)
-        parser.lines = parser.parsed = parser.failed = 0
+        parser.lines = parser.parsed = parser.failed = parser.nostep = 0
         return parser
 
     async def poll(self, cursor: Cursor | None) -> Batch:
@@ -180,17 +186,29 @@ class LogsSource:
         self._parsers.clear()
 
     def _batch(self, points: list[RawPoint], streams: dict[str, Any], parsers: dict[str, LogParser], more: bool,
-               cut: int, notes: list[str], runs: dict[str, dict[str, Any]], **info: Any) -> Batch:
+               cut: int, notes: list[str], runs: dict[str, dict[str, Any]],
+               ends: dict[str, tuple[str, str]] | None = None, **info: Any) -> Batch:
         failed = sum(p.failed for p in parsers.values())
+        nostep = sum(p.nostep for p in parsers.values())
         lines = sum(p.lines for p in parsers.values())
         self._lines += lines
         self._parsed += sum(p.parsed for p in parsers.values())
-        skipped = {k: v for k, v in (("unparsed", failed), ("line_too_long", cut)) if v}
+        skipped = {k: v for k, v in (("unparsed", failed), ("line_too_long", cut), ("no_step", nostep)) if v}
+        if nostep:
+            notes.append(f"{nostep} HF log dict(s) printed apart from the progress bar, so without a step (stdout "
+                         "buffered? set PYTHONUNBUFFERED=1, or loggingSteps): skipped")
         totals = [p.total_steps for p in parsers.values() if p.total_steps]
         totals += [s["p"]["t"] for s in streams.values() if s.get("p", {}).get("t")]
+        for key, parser in parsers.items():
+            if parser.meta and parser.parsed:
+                runs.setdefault(_run_of(key, streams), {}).update(parser.meta)
+        state, message = run_state(streams, ends or {})
+        if state == RunState.FAILED and message:
+            notes.append(message)
         return Batch(points=points, cursor={"streams": streams}, more=more, skipped=skipped, notes=notes,
-                     total_steps=max(totals) if totals else None, runs=runs,
-                     info={"lines": self._lines, "parsedLines": self._parsed, **info})
+                     total_steps=max(totals) if totals else None, runs=runs, state=state,
+                     problem=no_metric_lines(streams, state),
+                     info={"lines": self._lines, "parsedLines": self._parsed, "runEnd": message, **info})
 
     # ---- pods ----------------------------------------------------------------------------------------------
 
@@ -233,6 +251,7 @@ class LogsSource:
         want = (self.pods or {}).get("container")
         skipped: dict[str, int] = {}
         reads = 0
+        ends: dict[str, tuple[str, str]] = {}
         for pod in pods:
             container = want or next(iter(pod.containers), None)
             if container is None or container not in pod.containers:
@@ -240,6 +259,9 @@ class LogsSource:
                              "containers")
                 continue
             key = f"{pod.name}/{container}"
+            end = container_end(pod.states.get(container), key)
+            if end is not None:
+                ends[key] = end
             restarts = pod.containers[container]
             st = old.get(key)
             if not isinstance(st, dict) or st.get("uid") != pod.uid:  # new pod (or one recreated under its name)
@@ -281,7 +303,9 @@ class LogsSource:
             streams[key] = st
             if parser.parsed:
                 runs[pod.name] = {"pod": pod.name, "container": container, "format": parser.detected or self.fmt}
-        batch = self._batch(points, streams, parsers, full, cut, notes, runs, pods=len(pods), logReads=reads)
+        # a container's exit counts once its log is read to the end (not while a backlog is caught up)
+        batch = self._batch(points, streams, parsers, full, cut, notes, runs, None if full else ends,
+                            pods=len(pods), logReads=reads)
         for reason, n in skipped.items():
             batch.skipped[reason] = batch.skipped.get(reason, 0) + n
         return batch
@@ -361,3 +385,69 @@ class LogsSource:
                 if feed.full:
                     return offset + nbytes, splitter.cut
                 offset += nbytes
+
+
+# ---- the run's end ------------------------------------------------------------------------------------------------
+
+
+def _run_of(key: str, streams: dict[str, Any]) -> str:
+    """The run label of a stream key (pod mode: `<pod>/<container>` -> the pod; path mode: the key itself)."""
+    st = streams.get(key) or {}
+    return key.rsplit("/", 1)[0] if "uid" in st else key
+
+
+def container_end(state: ContainerState | None, key: str) -> tuple[str, str] | None:
+    """What a container's status says of the run: ("finished", why) when it terminated with 0, ("failed", why)
+    when it terminated otherwise or keeps crashing (CrashLoopBackOff after a non-zero exit); None while it runs."""
+    if state is None:
+        return None
+    if state.exit_code is not None:
+        if state.exit_code == 0:
+            return "finished", f"{key}: container terminated with exit code 0 ({state.reason or 'Completed'})"
+        detail = f": {state.message.strip()}" if state.message and state.message.strip() else ""
+        return "failed", f"{key}: container terminated with exit code {state.exit_code} ({state.reason or 'Error'})" \
+                         f"{detail}"
+    if state.waiting == "CrashLoopBackOff" and state.last_exit_code not in (None, 0):
+        return "failed", f"{key}: container is in CrashLoopBackOff (last exit code {state.last_exit_code})"
+    return None
+
+
+def run_state(streams: dict[str, Any], ends: dict[str, tuple[str, str]]) -> tuple[RunState | None, str | None]:
+    """The run's state from its streams: the log's own end (a traceback, a framework's normal end) per stream,
+    overridden by the container's exit in pod mode. A failed stream makes the run failed (its last error line is
+    the message); it is finished when every stream that printed data (or whose container ended) has finished;
+    running once any stream printed data; None (unknown) before."""
+    failed: str | None = None
+    finished: list[str] = []
+    active = 0
+    for key, st in streams.items():
+        p = st.get("p") or {}
+        end = ends.get(key)
+        state, why = end if end is not None else (p.get("e"), p.get("em"))
+        if end is not None and end[0] == "failed" and p.get("e") == "failed" and p.get("em"):
+            why = f"{end[1]}; last error line: {p['em']}"
+        if not p.get("P") and state is None:
+            continue  # a stream without data and without an end (a rank that prints nothing) says nothing
+        active += 1
+        if state == "failed":
+            failed = failed or (f"{key}: {why}" if end is None else why)
+        elif state == "finished":
+            finished.append(why or key)
+    if failed:
+        return RunState.FAILED, failed
+    if active and len(finished) == active:
+        return RunState.FINISHED, "; ".join(dict.fromkeys(finished))
+    return (RunState.RUNNING, None) if active else (None, None)
+
+
+def no_metric_lines(streams: dict[str, Any], state: RunState | None) -> tuple[str, str] | None:
+    """("NoMetricLines", message) when the source read lines but none gave a data point: after NO_METRIC_LINES
+    lines, or as soon as the run has ended."""
+    lines = parsed = 0
+    for st in streams.values():
+        p = st.get("p") or {}
+        lines += p.get("L", 0)
+        parsed += p.get("P", 0)
+    if parsed or not lines or (lines < NO_METRIC_LINES and state not in (RunState.FINISHED, RunState.FAILED)):
+        return None
+    return "NoMetricLines", f"read {lines} lines, none matched a known format; set format or patterns"

@@ -170,8 +170,9 @@ class Store:
                     runs: Mapping[str, Mapping[str, Any]] | None = None) -> WriteResult:
         """Store a batch, its cursor and its runs' metadata in one transaction: all of it or nothing.
 
-        Idempotent per (series, step): a newer source ts replaces the stored value, an equal or older one is
-        ignored, so a batch retried after a lost commit acknowledgement changes nothing.
+        Idempotent per (series, step): a later observation (in the order the source gives them) replaces the
+        stored value whatever its ts; the same observation again (equal ts and value) is ignored, so a batch
+        retried after a lost commit acknowledgement changes nothing.
         """
         async with self._connection() as conn, conn.transaction():
             if runs:

@@ -32,23 +32,26 @@ FROM series s JOIN wanted w ON s.run = w.run AND s.metric = w.metric
 WHERE s.workload_uid = $1 AND s.source = $2
 """
 
-# Newest source ts wins; the same observation again changes nothing; xmax = 0 marks a freshly inserted row.
+# The later observation in the source's own order wins (batches arrive in that order: file offset, log line
+# order, W&B/TensorBoard write order), not the newer wall-clock ts: a run resumed from a checkpoint re-logs steps,
+# possibly from a node whose clock is behind, and its values replace the abandoned branch's. The same observation
+# again (a retried batch, an overlapping re-read) changes nothing; xmax = 0 marks a freshly inserted row.
 # A replaced point takes this transaction's id again (ingest_xid's default), so the API's stream sees the change.
 # ON CONFLICT may touch a row only once per statement, so a batch holding a step twice is first reduced to one
-# row per key (newest ts, then latest in the batch); a batch without such duplicates skips that sort.
+# row per key (the latest in the batch); a batch without such duplicates skips that sort.
 _MERGE = """
 WITH merged AS (
     INSERT INTO points AS p (series_id, step, ts, value)
     {rows}
     ON CONFLICT (series_id, step) DO UPDATE SET ts = EXCLUDED.ts, value = EXCLUDED.value, ingest_xid = DEFAULT
-    WHERE EXCLUDED.ts > p.ts
+    WHERE (p.ts, p.value) IS DISTINCT FROM (EXCLUDED.ts, EXCLUDED.value)
     RETURNING (p.xmax = 0) AS fresh
 )
 SELECT count(*) FILTER (WHERE fresh) AS inserted, count(*) FILTER (WHERE NOT fresh) AS updated FROM merged
 """
 _MERGE_UNIQUE = _MERGE.format(rows="SELECT series_id, step, ts, value FROM points_stage")
 _MERGE_DEDUP = _MERGE.format(rows="""SELECT DISTINCT ON (series_id, step) series_id, step, ts, value FROM points_stage
-    ORDER BY series_id, step, ts DESC, ord DESC""")
+    ORDER BY series_id, step, ord DESC""")
 
 _SAVE_CURSOR = """
 INSERT INTO cursors (workload_uid, source, cursor, updated_at) VALUES ($1, $2, $3, now())
