@@ -124,11 +124,12 @@ async def test_long_lines_and_a_tqdm_bar_in_partial_records_with_poll_boundaries
             at += 0.45
         dict_text = text[text.index("{'loss'"):]
         # as in the real log: the bar is cleared (spaces between two \r) and the Trainer's dict printed over it
+        # and, as tqdm.write does, the bar redrawn right after the dict: the frame that carries the dict's step
         truth.add("gpt-0", cluster.write_log("gpt-0", tqdm_bar(lo + 600, lo + 609) + "\r" + " " * 60 + "\r"
-                                             + dict_text + "\n", at=at))
+                                             + dict_text + "\n" + tqdm_bar(lo + 609, lo + 609), at=at))
         at += 0.3
         # a short line in the second where the long one ended: the next answer starts with that line's tail
-        saved = cluster.write_log("gpt-0", f"[INFO|trainer.py:2400] step {lo} saved\n", at=at)
+        saved = cluster.write_log("gpt-0", f"\n[INFO|trainer.py:2400] step {lo} saved\n", at=at)
         truth.add("gpt-0", saved)
         seconds.append(int(saved[0][0]))
         cursor, _ = await drain(lambda: source(kube, 5, loggingSteps=10), cursor, points, every=2)
