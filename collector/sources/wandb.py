@@ -218,7 +218,7 @@ class WandbSource:
                               reason="Unauthorized", retry_after=UNAUTHORIZED_RETRY_AFTER)
         if status == 429 or status >= 500:
             reason = "RateLimited" if status == 429 else "ServerError"
-            retry_after = _retry_after(resp.headers.get("Retry-After"), self.clock())
+            retry_after = retry_after_seconds(resp.headers.get("Retry-After"), self.clock())
             hint = f", retry after {retry_after:.0f}s" if retry_after is not None else ""
             if retry_after is not None:
                 retry_after *= random.uniform(1.0, 1.2)  # spread the workloads that were told the same time
@@ -509,7 +509,7 @@ def _combined_state(nodes: list[dict[str, Any]]) -> RunState | None:
     return STATE_MAP.get(newest.get("state") or "", RunState.UNKNOWN)
 
 
-def _retry_after(value: str | None, now: float) -> float | None:
+def retry_after_seconds(value: str | None, now: float) -> float | None:
     """Retry-After in seconds (delta-seconds or an HTTP date), None when absent or unreadable."""
     if not value:
         return None
