@@ -242,3 +242,53 @@ async def test_basic_auth_from_a_secret_and_timeouts(scripted: tuple[str, type[_
         await source({"trackingUri": "http://127.0.0.1:9", "runId": "x", "timeout": "1s"}).poll(None)
     assert e.value.reason == "Unreachable"
 
+
+
+class _NoBulkProxy(BaseHTTPRequestHandler):
+    """A front for the real server that has no /ajax-api/ route (MLflow before 2.9, or a host serving only
+    /api/2.0): a plain 404 there, everything else forwarded."""
+
+    upstream = ""
+
+    def _forward(self) -> None:
+        import httpx
+
+        if self.path.startswith("/ajax-api/"):
+            body = b"<html>404 Not Found</html>"
+            self.send_response(404)
+            self.send_header("Content-Type", "text/html")
+        else:
+            length = int(self.headers.get("Content-Length") or 0)
+            resp = httpx.request(self.command, self.upstream + self.path, content=self.rfile.read(length),
+                                 headers={"Content-Type": self.headers.get("Content-Type", "application/json")})
+            body = resp.content
+            self.send_response(resp.status_code)
+            self.send_header("Content-Type", resp.headers.get("content-type", "application/json"))
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _forward
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+async def test_a_server_without_the_bulk_endpoint_is_read_through_get_history(server: MlflowServer) -> None:
+    c = server.client()
+    rid = c.create_run(c.create_experiment("old-server")).info.run_id
+    log_points(c, rid, "loss", ((s, T0 + s, float(s)) for s in range(3000)))
+    log_points(c, rid, "odd", [(0, T0, math.nan), (1, T0 + 1, math.inf)])
+    handler = type("P", (_NoBulkProxy,), {"upstream": server.url})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        config = {"trackingUri": f"http://127.0.0.1:{httpd.server_address[1]}", "runId": rid}
+        got, cursor, _ = await drain(config, None, max_points=1000)
+        compare(got, truth(c, [rid]))
+        log_points(c, rid, "loss", [(3000, T0 + 3000, 3000.0)])
+        got, _, _ = await drain(config, cursor)
+        assert list(got) == [(rid, "loss", 3000)]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -130,6 +130,7 @@ class MlflowSource:
         self.basic_ref: dict[str, str] | None = config.get("basicAuthSecretRef")
         self._client: httpx.AsyncClient | None = None
         self._secrets: list[str] = []
+        self._no_bulk = False  # the server has no get-history-bulk-interval: read metrics/get-history instead
         self.clock = time.time
 
     # ---- HTTP -----------------------------------------------------------------------------------------------
@@ -190,8 +191,10 @@ class MlflowSource:
         return self._client
 
     async def _call(self, method: str, path: str, *, params: Any = None, body: Any = None,
-                    missing_ok: bool = False) -> dict[str, Any] | None:
-        """One REST call; the JSON object answered, None for a 404 when `missing_ok`, else a SourceError."""
+                    missing_ok: bool = False, no_route_ok: bool = False) -> dict[str, Any] | None:
+        """One REST call; the JSON object answered, else a SourceError. None for a 404 of MLflow's own
+        (RESOURCE_DOES_NOT_EXIST) when `missing_ok`, and for a 404 from a server without the route when
+        `no_route_ok`."""
         client = await self._http()
         name = path.rsplit("/", 2)[-2] + "/" + path.rsplit("/", 1)[-1]
         try:
@@ -219,6 +222,8 @@ class MlflowSource:
         except ValueError:
             data = None
         if status == 404 and missing_ok and isinstance(data, dict) and data.get("error_code"):
+            return None
+        if status == 404 and no_route_ok and not (isinstance(data, dict) and data.get("error_code")):
             return None
         if status >= 400:
             what = data.get("message") if isinstance(data, dict) else resp.text[:200]
@@ -284,14 +289,25 @@ class MlflowSource:
     async def _window(self, run: str, key: str, lo: int, hi: int) -> tuple[list[dict[str, Any]], bool]:
         """Points of `key` with lo <= step <= hi, ordered by step then timestamp, and whether the answer was full
         (then it may be a sample, which still holds the range's first point: the caller narrows the window)."""
-        data = await self._call("GET", f"{AJAX}/metrics/get-history-bulk-interval",
-                                params={"run_ids": run, "metric_key": key, "start_step": lo, "end_step": hi,
-                                        "max_results": BULK_MAX})
-        rows = _metric_list(data, run, key)
-        return rows, len(rows) >= BULK_MAX
+        if not self._no_bulk:
+            data = await self._call("GET", f"{AJAX}/metrics/get-history-bulk-interval",
+                                    params={"run_ids": run, "metric_key": key, "start_step": lo, "end_step": hi,
+                                            "max_results": BULK_MAX}, no_route_ok=True)
+            if data is not None:
+                rows = _metric_list(data, run, key)
+                return rows, len(rows) >= BULK_MAX
+            self._no_bulk = True  # MLflow before 2.9, or a host that serves only /api/2.0
+        return await self._history(run, key, lambda step: lo <= step <= hi), False
+
+
 
     async def _step_history(self, run: str, key: str, step: int) -> list[dict[str, Any]]:
-        """All points of `key` at one step holding more than BULK_MAX of them: the full history, paged."""
+        """All points of `key` at one step holding more than BULK_MAX of them."""
+        return await self._history(run, key, lambda s: s == step)
+
+    async def _history(self, run: str, key: str, wanted: Any) -> list[dict[str, Any]]:
+        """The points of `key` whose step is `wanted`, from the whole history (metrics/get-history, paged), in
+        step then timestamp order."""
         out: list[dict[str, Any]] = []
         token = None
         while True:
@@ -299,10 +315,11 @@ class MlflowSource:
             if token:
                 params["page_token"] = token
             data = await self._call("GET", f"{API}/metrics/get-history", params=params)
-            out.extend(m for m in _metric_list(data, run, key) if m["step"] == step)
+            out.extend(m for m in _metric_list(data, run, key) if isinstance(m.get("step", 0), int)
+                       and wanted(m.get("step", 0)))
             token = (data or {}).get("next_page_token")
             if not token:
-                return out
+                return sorted(out, key=lambda m: (m.get("step", 0), m.get("timestamp") or 0))
 
     async def _read(self, run: str, key: str, lo: int, hi: int, room: int,
                     skipped: dict[str, int]) -> tuple[list[Point], int]:
