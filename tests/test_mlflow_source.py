@@ -284,8 +284,9 @@ async def test_a_server_without_the_bulk_endpoint_is_read_through_get_history(se
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
         config = {"trackingUri": f"http://127.0.0.1:{httpd.server_address[1]}", "runId": rid}
-        got, cursor, _ = await drain(config, None, max_points=1000)
+        got, cursor, batches = await drain(config, None, max_points=1000)
         compare(got, truth(c, [rid]))
+        assert len(batches) >= 3 and all(len(b.points) <= 1000 + 2 for b in batches)  # still bounded batches
         log_points(c, rid, "loss", [(3000, T0 + 3000, 3000.0)])
         got, _, _ = await drain(config, cursor)
         assert list(got) == [(rid, "loss", 3000)]

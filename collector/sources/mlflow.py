@@ -340,6 +340,11 @@ class MlflowSource:
                     width = self.window if width is None else max(1, min(width, end - nxt + 1) // 2)
                     continue
                 rows = await self._step_history(run, key, nxt)  # one step holding more than BULK_MAX points
+            left = room - len(points)
+            if len(rows) > left:  # stop at a step boundary near `room` (the whole-history fallback answers it all)
+                cut = rows[max(left, 1)]["step"]
+                if cut > rows[0]["step"]:
+                    rows, end = [r for r in rows if r["step"] < cut], cut - 1
             points.extend(_points(rows, run, key, skipped))
             span = end - nxt + 1
             nxt = end + 1
