@@ -46,9 +46,9 @@ def record(version: str) -> None:
                        check=True)
     code = f"import sys; sys.path.insert(0, {str(HERE)!r}); import record; record.log({str(out)!r})"
     subprocess.run([str(venv / "bin" / "python"), "-c", code], check=True, cwd=out)
-    for junk in out.rglob("*"):  # keep the data small and committable: console logs, pip lists and the
-        # .gitignore swanlab writes ("*") are not read by the source
-        if junk.is_file() and (junk.suffix == ".txt" or junk.name in (".gitignore", "backup.swanlab") or junk.parent.name == "console"):
+    unread = (".gitignore", "backup.swanlab")  # nor console logs and pip lists: the source reads none of them
+    for junk in out.rglob("*"):  # keep the data small and committable (swanlab's own .gitignore says "*")
+        if junk.is_file() and (junk.suffix == ".txt" or junk.name in unread or junk.parent.name == "console"):
             junk.unlink()
 
 
