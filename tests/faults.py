@@ -646,6 +646,73 @@ class QianfanServer:
         self._serving.__exit__(None, None, None)
 
 
+class MlflowRun(_Exact):
+    """mlflow against a real `mlflow server` (tests/mlflowfixtures.py, SQLite backend) started for this adapter; the
+    run is logged with the real MLflow client (log_batch), and the truth is MlflowClient.get_metric_history.
+
+    The server starts in a thread (it takes seconds, and the fault tests build adapters inside a running event loop
+    that also runs the operator); the spec names the experiment, so it is known before the run exists."""
+
+    kind: ClassVar[str] = "mlflow"
+
+    def __init__(self, root: Path, name: str = "mlflow", tags: Iterable[str] = ("train/loss", "train/lr")):
+        from mlflowfixtures import MlflowServer
+
+        self.name = name
+        self.tags = tuple(tags)
+        self.server = MlflowServer(root / name)
+        self.run_id = ""
+        self._last = 0
+        self._lock = threading.Lock()
+        self._error: BaseException | None = None
+        self._starting = threading.Thread(target=self._start, daemon=True)
+        self._starting.start()
+
+    def _start(self) -> None:
+        try:
+            self.server.start()
+            self.client = self.server.client()
+            self.run_id = self.client.create_run(self.client.create_experiment(self.name)).info.run_id
+        except BaseException as e:  # handed to the first caller that needs the server
+            self._error = e
+
+    def _ready(self) -> None:
+        self._starting.join()
+        if self._error is not None:
+            raise RuntimeError(f"mlflow adapter {self.name}: the server did not start") from self._error
+
+    def grow_to(self, step: int, wall: Callable[[int], float] | None = None) -> None:
+        from mlflowfixtures import log_points
+
+        self._ready()
+        with self._lock:  # the LiveWriter's thread and the test both grow the run
+            steps = range(self._last + 1, step + 1)
+            for tag in self.tags:
+                log_points(self.client, self.run_id, tag,
+                           ((s, round((wall(s) if wall else time.time()) * 1000), tb_value(tag, s)) for s in steps))
+            self._last = max(self._last, step)
+
+    @property
+    def last_step(self) -> int:
+        return self._last
+
+    def truth(self) -> Truth:
+        from mlflowfixtures import truth
+
+        self._ready()
+        return {k: Scalar(ts, value) for k, (ts, value) in truth(self.client, [self.run_id]).items()}
+
+    def spec_item(self) -> dict[str, Any]:
+        return {"name": self.name, "mlflow": {"trackingUri": self.server.url, "experimentName": self.name}}
+
+    def http_item(self, name: str, url: str, timeout: str) -> dict[str, Any] | None:
+        return {"name": name, "mlflow": {"trackingUri": url, "experimentName": self.name, "timeout": timeout}}
+
+    def close(self) -> None:
+        self._starting.join()
+        self.server.stop()
+
+
 class PodLogsRun(_Exact):
     """logs in pod mode: training pods in the active CountingCluster's emulator, printing Megatron-LM lines that the
     operator reads through the API (pods list, then pods/{name}/log with timestamps and sinceTime).
@@ -816,6 +883,7 @@ ADAPTERS: dict[str, Callable[[Path, str], SourceAdapter]] = {
     "swanlab": lambda root, name: SwanLabFiles(root, name),
     "wandb": lambda root, name: WandbServer(root, name),
     "qianfan": lambda root, name: QianfanServer(root, name),
+    "mlflow": lambda root, name: MlflowRun(root, name),
     "logs": lambda root, name: PodLogsRun(root, name),
 }
 

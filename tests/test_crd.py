@@ -573,7 +573,7 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
     ("two-kinds", {"sources": [{"tensorboard": TB, "other": {}}]}, "spec.sources[0]", "spec.sources[0]"),
     ("no-kind", {"sources": [{"name": "train"}]}, "spec.sources[0]", "spec.sources[0]"),
     ("empty-source", {"sources": [{}]}, "spec.sources[0]", "spec.sources[0]"),
-    ("unknown-kind", {"sources": [{"mlflow": {"run": "x"}}]}, "spec.sources[0]", "spec.sources[0].mlflow"),
+    ("unknown-kind", {"sources": [{"nosuchkind": {"run": "x"}}]}, "spec.sources[0]", "spec.sources[0].nosuchkind"),
     ("duplicate-default-names", {"sources": [{"tensorboard": TB}, {"tensorboard": TB2}]},
      "spec.sources", "spec.sources[1].name"),
     ("duplicate-explicit-names", {"sources": [{"name": "a", "tensorboard": TB}, {"name": "a", "other": {}}]},

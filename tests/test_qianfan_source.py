@@ -425,9 +425,9 @@ def test_valid_configs(block: dict[str, Any]):
 
 
 @pytest.mark.parametrize(("block", "field", "words"), [
-    ({"taskId": 1}, "spec.sources[0].qianfan.jobId", "required"),
-    ({"taskId": "7263", "jobId": 1}, "spec.sources[0].qianfan.taskId", "is not of type 'integer'"),
-    ({"taskId": 1.5, "jobId": 1}, "spec.sources[0].qianfan.taskId", "is not of type 'integer'"),
+    ({"taskId": 1, "apiVersion": "v3"}, "spec.sources[0].qianfan.apiVersion", "is not one of"),
+    ({"taskId": "7263", "jobId": 1}, "spec.sources[0].qianfan.taskId", "is not valid under any of the given"),
+    ({"taskId": 1.5, "jobId": 1}, "spec.sources[0].qianfan.taskId", "is not valid under any of the given"),
     ({"taskId": 1, "jobId": 1, "accessKey": "x"}, "spec.sources[0].qianfan.accessKey", "unknown field"),
     ({"taskId": 1, "jobId": 1, "endpoint": "qianfan.baidubce.com"}, "spec.sources[0].qianfan.endpoint",
      "does not match"),

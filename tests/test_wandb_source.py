@@ -19,7 +19,7 @@ from trainscope.collector.sources.wandb import WandbSource
 from trainscope.collector.spec import SpecError, parse_spec
 from trainscope.operator.crd import build_crd, registry_schemas, to_structural
 
-from fakes.wandb_server import FakeRun, FakeWandb, grow, row_points, run_points, serve, training_run
+from fakes.wandb_server import FakeRun, FakeWandb, grow, rate_limited, row_points, run_points, serve, training_run
 
 KEY = "k" * 40
 
@@ -308,6 +308,8 @@ async def test_the_environment_key_is_used_without_a_resolver_and_a_missing_key_
 
 @pytest.mark.parametrize(("fault", "reason", "words", "retry"), [
     ({"status": 429, "headers": {"Retry-After": "7"}}, "RateLimited", "HTTP 429 to Run, retry after 7s", (7, 8.4)),
+    ({k: v for k, v in rate_limited(12).items() if k != "op"}, "RateLimited", "HTTP 429 to Run, retry after 12s",
+     (12, 14.4)),
     ({"status": 503}, "ServerError", "HTTP 503 to Run", None),
     ({"status": 500, "headers": {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}}, "ServerError", "HTTP 500",
      (0, 0)),
@@ -450,3 +452,22 @@ def test_schema_is_structural_in_the_crd_and_the_example_is_valid_in_a_cluster()
     both = {**doc, "spec": {"sources": [{"wandb": {"entity": "e", "project": "p", "runId": "r", "filters": {}}}]}}
     errors, _, _ = cluster_check(both, crd)  # the CEL rule, evaluated as the API server would
     assert ("spec.sources[0].wandb", "set exactly one of runId or filters") in errors, errors
+
+
+async def test_a_float_step_is_read_as_its_integer(fake: FakeWandb):
+    """A history row whose `_step` arrives as 5.0 (a client that logged a float step; JSON has one number type)
+    is the row of step 5, not a row without a step; a fractional step is still counted as having none."""
+    run = fake.add_run("ent", "proj", training_run("r1", 30))
+    want = norm(run_points(run))
+    with fake.lock:
+        for row in run.rows:
+            if 10 <= row["_step"] < 20:
+                row["_step"] = float(row["_step"])
+            elif row["_step"] == 25:
+                row["_step"] = 25.5
+    src = source(fake, runId="r1")
+    points, _, batches = await drain(src)
+    await src.aclose()
+    assert all(type(p.step) is int for p in points)
+    assert norm(points) == [p for p in want if p[2] != 25]
+    assert sum(b.skipped.get("no_step", 0) for b in batches) == 1

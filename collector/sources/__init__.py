@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from trainscope.collector.sources.base import Source, SourceContext, SourceError, SourceFactory
 from trainscope.collector.sources.logs import LogsSource
+from trainscope.collector.sources.mlflow import MlflowSource
 from trainscope.collector.sources.qianfan import QianfanSource
 from trainscope.collector.sources.swanlab import SwanLabSource
 from trainscope.collector.sources.tensorboard import TensorBoardSource
@@ -15,6 +16,7 @@ REGISTRY: dict[str, SourceFactory] = {
     QianfanSource.kind: QianfanSource,
     WandbSource.kind: WandbSource,
     LogsSource.kind: LogsSource,
+    MlflowSource.kind: MlflowSource,
 }
 
 __all__ = ["REGISTRY", "Source", "SourceContext", "SourceError", "SourceFactory"]

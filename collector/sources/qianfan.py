@@ -1,9 +1,10 @@
-"""Baidu Qianfan source: a fine-tuning job's state and progress from the V1 `jobDetail` API, signed with BCE auth v1.
+"""Baidu Qianfan source: a fine-tuning job's state and progress, signed with BCE auth v1.
 
-A status source: one request per poll (`POST /wenxinworkshop/finetune/jobDetail` with `{"taskId", "jobId"}`)
-gives the job's trainStatus, progress (0-100), runTime and trainTime. The step of every point is the job's
-runTime in seconds, so an unchanged answer lands on the same (series, step) keys and changes nothing.
-See docs/sources/qianfan.md.
+A status source: one request per poll. V2 (the current API): `POST /v2/finetuning?Action=DescribeFineTuningTask`
+with `{"taskId": "task-…"}` gives runStatus and runProgress ("NN%"). V1 (frozen by Baidu in 2024):
+`POST /wenxinworkshop/finetune/jobDetail` with `{"taskId", "jobId"}` gives trainStatus, progress (0-100), runTime
+and trainTime. The step of every point is the job's run time in seconds (V2 answers carry none: the seconds since
+the source first saw the task), so an unchanged answer writes nothing. See docs/sources/qianfan.md.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import time
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, ClassVar
@@ -23,10 +25,19 @@ from trainscope.collector.points import Batch, Cursor, Point, RunState
 from trainscope.collector.schema import DURATION_PATTERN, parse_duration
 from trainscope.collector.scrub import remember_secret, scrub
 from trainscope.collector.sources.base import SourceContext, SourceError
-from trainscope.collector.sources.bce_auth import Credentials, authorization, canonical_time, uri_encode
+from trainscope.collector.sources.bce_auth import (
+    Credentials,
+    authorization,
+    canonical_query,
+    canonical_time,
+    uri_encode,
+)
 
 DEFAULT_ENDPOINT = "https://qianfan.baidubce.com"
 JOB_DETAIL_PATH = "/wenxinworkshop/finetune/jobDetail"
+# V2: the route and Action the qianfan SDK sends (qianfan/consts.py FineTuneV2BaseRouteAPI, FineTuneTaskDetailAction;
+# qianfan/resources/console/finetune.py FineTune.V2.task_detail) and Baidu's doc of DescribeFineTuningTask.
+V2_ROUTE, V2_DETAIL_ACTION = "/v2/finetuning", "DescribeFineTuningTask"
 ENV_ACCESS_KEY, ENV_SECRET_KEY = "QIANFAN_ACCESS_KEY", "QIANFAN_SECRET_KEY"  # the Qianfan SDK's names
 SIGN_EXPIRATION = 300  # seconds a signature stays valid (the Qianfan SDK's default)
 SIGNED_HEADERS = ("content-type", "host", "x-bce-date")  # what the Qianfan SDK signs
@@ -45,6 +56,16 @@ _STATES: dict[str, tuple[RunState, str]] = {
     "FAIL": (RunState.FAILED, "failed"),
     "STOP": (RunState.FAILED, "stopped"),
 }
+# V2 runStatus (Baidu's DescribeFineTuningTask doc; qianfan/resources/console/consts.py TrainStatus). Waiting is
+# queued: alive, so running, with the label saying so.
+_V2_STATES: dict[str, tuple[RunState, str]] = {
+    "Running": (RunState.RUNNING, "running"),
+    "Waiting": (RunState.RUNNING, "waiting"),
+    "Done": (RunState.FINISHED, "finished"),
+    "Failed": (RunState.FAILED, "failed"),
+    "Stopped": (RunState.FAILED, "stopped"),
+}
+_V2_TASK = r"^task-[A-Za-z0-9]+$"
 # Qianfan error codes (the `error_code` of an answer) by what they mean for polling.
 _AUTH_CODES = {13, 14, 110, 111}  # service token / IAM certification failed, access token invalid / expired
 _PERMISSION_CODES = {6, 336004}
@@ -66,13 +87,20 @@ class QianfanSource:
     training_steps: ClassVar[bool] = False  # steps are run-time seconds, not training steps
     schema: ClassVar[dict[str, Any]] = {
         "type": "object",
-        "description": "A Baidu Qianfan fine-tuning job (V1 jobDetail API): its state, progress (0-100), runTime "
-                       "and trainTime. Requests are signed (BCE auth v1) with an IAM access key / secret key.",
+        "description": "A Baidu Qianfan fine-tuning task: its state and progress (V2 DescribeFineTuningTask), or "
+                       "with apiVersion v1 a V1 job's state, progress, runTime and trainTime (jobDetail). Requests "
+                       "are signed (BCE auth v1) with an IAM access key / secret key.",
         "additionalProperties": False,
-        "required": ["taskId", "jobId"],
+        "required": ["taskId"],
         "properties": {
-            "taskId": {"type": "integer", "minimum": 0, "description": "The fine-tuning task's id (taskId)."},
-            "jobId": {"type": "integer", "minimum": 0, "description": "The task's run id (jobId)."},
+            "apiVersion": {"type": "string", "enum": ["v1", "v2"],
+                           "description": "Qianfan fine-tuning API: v2 (DescribeFineTuningTask, string task ids "
+                                          "task-…) or v1 (the frozen jobDetail API, integer taskId + jobId). Unset: "
+                                          "v2, or v1 when taskId is an integer and jobId is set."},
+            "taskId": {"x-kubernetes-int-or-string": True,
+                       "anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": _V2_TASK}],
+                       "description": "The fine-tuning task's id: task-… (V2), or an integer (V1)."},
+            "jobId": {"type": "integer", "minimum": 0, "description": "V1 only: the task's run id (jobId)."},
             "endpoint": {"type": "string", "pattern": r"^https?://[^\s/]+(/\S*)?$", "maxLength": 2048,
                          "default": DEFAULT_ENDPOINT,
                          "description": "Base URL of the Qianfan console API (a path prefix is allowed)."},
@@ -98,20 +126,42 @@ class QianfanSource:
             "timeout": {"type": "string", "pattern": DURATION_PATTERN, "default": "10s",
                         "description": "Per-request timeout, e.g. 10s."},
         },
+        "x-kubernetes-validations": [
+            {"rule": "!has(self.apiVersion) || self.apiVersion != 'v1' || has(self.jobId)",
+             "message": "apiVersion v1 needs a jobId"},
+            {"rule": "!has(self.jobId) || !has(self.apiVersion) || self.apiVersion == 'v1'",
+             "message": "jobId is a V1 field: the V2 API takes only a taskId (task-…)"},
+        ],
     }
 
     def __init__(self, config: dict[str, Any], ctx: SourceContext):
-        try:
-            self.task_id, self.job_id = int(config["taskId"]), int(config["jobId"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise SourceError("qianfan: taskId and jobId must be integers", reason="BadConfig") from e
+        task = config.get("taskId")
+        v1_ids = isinstance(task, int) and not isinstance(task, bool) and "jobId" in config
+        self.version = config.get("apiVersion") or ("v1" if v1_ids else "v2")
+        self.task_id: int | str
+        self.job_id: int | None
+        if self.version == "v1":
+            try:
+                self.task_id, self.job_id = int(config["taskId"]), int(config["jobId"])
+            except (KeyError, TypeError, ValueError) as e:
+                raise SourceError("qianfan: with apiVersion v1, taskId and jobId must be integers",
+                                  reason="BadConfig") from e
+            self.label = f"{self.task_id}/{self.job_id}"
+        else:
+            if not isinstance(task, str) or not re.fullmatch(_V2_TASK, task) or "jobId" in config:
+                raise SourceError(f"qianfan: the V2 API takes a task id like task-0tgmn4a7h4i6 and no jobId (got "
+                                  f"taskId {task!r}); for a V1 job set apiVersion: v1", reason="BadConfig")
+            self.task_id, self.job_id = task, None
+            self.label = task
         self.ctx = ctx
-        self.label = f"{self.task_id}/{self.job_id}"
         url = httpx.URL(str(config.get("endpoint", DEFAULT_ENDPOINT)).rstrip("/"))
         self.endpoint = f"{url.scheme}://{url.netloc.decode('ascii')}{url.path.rstrip('/')}"
         self._host = url.netloc.decode("ascii")
-        self._path = url.path.rstrip("/") + JOB_DETAIL_PATH
+        self._path = url.path.rstrip("/") + (JOB_DETAIL_PATH if self.version == "v1" else V2_ROUTE)
+        self._params = {} if self.version == "v1" else {"Action": V2_DETAIL_ACTION}
         self._url = f"{url.scheme}://{self._host}{uri_encode(self._path, keep_slash=True)}"
+        if self._params:
+            self._url += "?" + canonical_query(self._params)
         self.timeout = parse_duration(config.get("timeout", "10s"))
         self.tz = _utc_offset(config.get("timeZone", "+08:00"))
         ref = config.get("credentialsSecretRef") or {}
@@ -123,7 +173,8 @@ class QianfanSource:
         self._client: httpx.AsyncClient | None = None
 
     def __repr__(self) -> str:
-        return f"QianfanSource(taskId={self.task_id}, jobId={self.job_id}, endpoint={self.endpoint!r})"
+        return (f"QianfanSource(apiVersion={self.version}, taskId={self.task_id}, jobId={self.job_id}, "
+                f"endpoint={self.endpoint!r})")
 
     async def poll(self, cursor: Cursor | None) -> Batch:
         """Ask for the job's detail once; points only when the answer changed since `cursor`."""
@@ -178,11 +229,12 @@ class QianfanSource:
     async def _request(self, creds: Credentials) -> tuple[httpx.Response, float]:
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=self.timeout, follow_redirects=False)
-        body = json.dumps({"taskId": self.task_id, "jobId": self.job_id}, separators=(",", ":")).encode()
+        body = json.dumps(self.request_body(), separators=(",", ":")).encode()
         now = time.time()
         headers = {"Host": self._host, "Content-Type": "application/json", "x-bce-date": canonical_time(now)}
-        headers["Authorization"] = authorization(creds, "POST", self._path, headers=headers, timestamp=now,
-                                                 expiration=SIGN_EXPIRATION, signed_headers=SIGNED_HEADERS)
+        headers["Authorization"] = authorization(creds, "POST", self._path, headers=headers, params=self._params,
+                                                 timestamp=now, expiration=SIGN_EXPIRATION,
+                                                 signed_headers=SIGNED_HEADERS)
         what = f"Qianfan at {self.endpoint}"
         try:
             resp = await self._client.post(self._url, content=body, headers=headers)
@@ -194,6 +246,12 @@ class QianfanSource:
             raise SourceError(f"request to {what} failed: {type(e).__name__}: {e}", reason="Unreachable") from None
         return resp, now
 
+    def request_body(self) -> dict[str, Any]:
+        """The JSON body of the detail request (what the qianfan SDK's task_detail / get_job send)."""
+        if self.version == "v1":
+            return {"taskId": self.task_id, "jobId": self.job_id}
+        return {"taskId": self.task_id}
+
     async def _poll(self, cursor: Cursor | None) -> Batch:
         creds = await self._credentials()
         resp, sent_at = await self._request(creds)
@@ -203,19 +261,25 @@ class QianfanSource:
             answer = None
         if not isinstance(answer, dict):
             reason = "HttpError" if resp.status_code >= 400 else "BadResponse"
-            raise SourceError(f"Qianfan answered HTTP {resp.status_code} to jobDetail with something that is not a "
+            raise SourceError(f"Qianfan answered HTTP {resp.status_code} to {self._op} with something that is not a "
                               f"JSON object: {resp.text[:200]!r}", reason=reason)
         if answer.get("error_code") not in (None, 0) or (resp.status_code >= 400 and "result" not in answer):
             raise self._api_error(answer, resp, sent_at)
         result = answer.get("result")
         if not isinstance(result, dict):
-            raise SourceError(f"Qianfan's jobDetail answer has no result object: {str(answer)[:200]}",
+            raise SourceError(f"Qianfan's {self._op} answer has no result object: {str(answer)[:200]}",
                               reason="BadResponse")
+        if self.version == "v2":
+            return self._batch_v2(result, cursor, answer.get("requestId") or answer.get("log_id"))
         return self._batch(result, cursor, answer.get("log_id"))
+
+    @property
+    def _op(self) -> str:
+        return "jobDetail" if self.version == "v1" else V2_DETAIL_ACTION
 
     def _api_error(self, answer: dict[str, Any], resp: httpx.Response, sent_at: float) -> SourceError:
         """An error answer -> a SourceError saying what to do; wrong keys and clock skew back off slowly."""
-        job = f"taskId={self.task_id} jobId={self.job_id}"
+        job = f"taskId={self.task_id}" + (f" jobId={self.job_id}" if self.job_id is not None else "")
         if answer.get("error_code") not in (None, 0):
             code, msg = answer.get("error_code"), str(answer.get("error_msg", ""))[:200]
             said = f"Qianfan answered error_code {code} ({msg!r}) for {job}"
@@ -246,8 +310,11 @@ class QianfanSource:
         if code in _RATE_CODES or resp.status_code == 429:
             return SourceError(f"{said}: rate limited", reason="RateLimited", retry_after=RATE_RETRY_AFTER)
         if code in _PARAM_CODES:
-            return SourceError(f"{said}: check taskId and jobId (a job of this account, V1 ids)", reason="BadRequest",
-                               retry_after=AUTH_RETRY_AFTER)
+            what = "taskId and jobId (a job of this account, V1 ids)" if self.version == "v1" else \
+                "taskId (a task-… id of this account)"
+            return SourceError(f"{said}: check {what}", reason="BadRequest", retry_after=AUTH_RETRY_AFTER)
+        if self.version == "v2" and resp.status_code == 404:
+            return SourceError(f"{said}: no such task (or this endpoint has no V2 API)", reason="NotFound")
         return SourceError(said, reason="ApiError")
 
     # ---- the answer -> a batch
@@ -311,6 +378,43 @@ class QianfanSource:
                      info={k: v for k, v in info.items() if v is not None},
                      runs={self.label: run} if changed else {})
 
+    def _batch_v2(self, result: dict[str, Any], cursor: Cursor | None, request_id: Any) -> Batch:
+        """A DescribeFineTuningTask result -> state, progress ("NN%", sent while Running) and a progress point.
+
+        V2 answers carry no run time: a point's step is the seconds since the source first saw the task (kept in
+        the cursor), its time the poll's; a new point is written only when the answer changed."""
+        status = str(result.get("runStatus") or "")
+        state, label = _V2_STATES.get(status, (RunState.UNKNOWN, status.lower() or "unknown"))
+        notes: list[str] = []
+        if status == "Stopped":
+            notes.append("the task was stopped (runStatus Stopped): shown as failed")
+        elif status == "Waiting":
+            notes.append("the task is queued (runStatus Waiting)")
+        elif status not in _V2_STATES:
+            notes.append(f"unknown runStatus {result.get('runStatus')!r}: run state left unknown")
+        progress = _percent(result.get("runProgress"))
+        if state == RunState.FINISHED:
+            progress = 100.0
+        now = time.time()
+        last = cursor if isinstance(cursor, dict) else {}
+        first = last.get("first") if isinstance(last.get("first"), int | float) else now
+        step = max(0, int(now - first))
+        seen = hashlib.sha256(json.dumps(result, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        changed = last.get("answer") != seen
+        points = [Point(METRIC_PROGRESS, step, now, progress, self.label)] if changed and progress is not None else []
+        fraction = None if progress is None else min(1.0, max(0.0, progress / 100.0))
+        run = {"displayName": result.get("jobName"), "taskId": result.get("taskId", self.task_id),
+               "jobId": result.get("jobId"), "jobName": result.get("jobName"),
+               "description": result.get("jobDescription"), "model": result.get("model"),
+               "trainMode": result.get("trainMode"), "parameterScale": result.get("parameterScale"),
+               "vdlLink": result.get("vdlLink"), "runStatus": result.get("runStatus"), "state": label}
+        run = {k: v for k, v in run.items() if v is not None}
+        info = {"taskId": self.task_id, "runStatus": result.get("runStatus"), "jobName": result.get("jobName"),
+                "vdlLink": result.get("vdlLink"), "requestId": request_id}
+        return Batch(points=points, cursor={"answer": seen, "step": step, "first": first}, state=state,
+                     progress=fraction, notes=notes, info={k: v for k, v in info.items() if v is not None},
+                     runs={self.label: run} if changed else {})
+
     def _time(self, value: Any) -> float | None:
         """'2023-10-20 18:19:09' in the job's time zone -> epoch seconds; the 0000-00-00 placeholder -> None."""
         if not isinstance(value, str) or not value.strip() or value.strip().startswith(NOT_SET[:10]):
@@ -338,6 +442,14 @@ def _number(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return out if math.isfinite(out) else None
+
+
+def _percent(value: Any) -> float | None:
+    """V2's runProgress "45%" (a bare number too) -> 45.0; None when absent or unreadable."""
+    if isinstance(value, str):
+        value = value.strip().removesuffix("%").strip()
+    out = _number(value)
+    return None if out is None else min(100.0, max(0.0, out))
 
 
 def _iso(ts: float | None) -> str | None:

@@ -110,6 +110,11 @@ def parse_time(text: Any) -> float:
     return dt.timestamp()
 
 
+# swanlab <= 0.7 wrote non-finite values as strings (swanlab/data/modules/line/__init__.py: Line.nan = "NaN",
+# Line.inf = "INF", the same "INF" for -inf, so its sign is lost); its dashboard serves them back the same way.
+OLD_NON_FINITE: dict[str, float] = {"NaN": math.nan, "INF": math.inf, "-INF": -math.inf}
+
+
 def parse_record(obj: Any) -> tuple[int, float, float] | str:
     """(step, ts, value) of one `{"index", "data", "create_time"}` record, or the reason it is skipped."""
     if not isinstance(obj, dict):
@@ -117,6 +122,8 @@ def parse_record(obj: Any) -> tuple[int, float, float] | str:
     step, value, created = obj.get("index"), obj.get("data"), obj.get("create_time")
     if isinstance(step, bool) or not isinstance(step, int):
         return "bad_line"
+    if isinstance(value, str):
+        value = OLD_NON_FINITE.get(value)
     if isinstance(value, bool) or not isinstance(value, int | float):
         return "non_numeric"
     try:

@@ -220,7 +220,10 @@ class WandbSource:
                               reason="Unauthorized", retry_after=UNAUTHORIZED_RETRY_AFTER)
         if status == 429 or status >= 500:
             reason = "RateLimited" if status == 429 else "ServerError"
-            retry_after = _retry_after(resp.headers.get("Retry-After"), self.clock())
+            retry_after = retry_after_seconds(resp.headers.get("Retry-After"), self.clock())
+            if retry_after is None and status == 429:  # W&B's own rate-limit headers (docs.wandb.ai, "Rate limit
+                # exceeded"): RateLimit-Reset is the seconds until the quota resets, RateLimit-Remaining 0..1000
+                retry_after = retry_after_seconds(resp.headers.get("RateLimit-Reset"), self.clock())
             hint = f", retry after {retry_after:.0f}s" if retry_after is not None else ""
             if retry_after is not None:
                 retry_after *= random.uniform(1.0, 1.2)  # spread the workloads that were told the same time
@@ -390,6 +393,8 @@ class WandbSource:
                 rows = []
                 for r in await self._history(rid, nxt, hi):
                     step = r.get("_step")
+                    if isinstance(step, float) and step.is_integer():
+                        step = r["_step"] = int(step)  # a row written as 5.0 (JSON has one number type)
                     if isinstance(step, bool) or not isinstance(step, int):
                         skipped["no_step"] = skipped.get("no_step", 0) + 1
                     elif nxt <= step < hi:  # a server that answers outside the window is not trusted there
@@ -511,7 +516,7 @@ def _combined_state(nodes: list[dict[str, Any]]) -> RunState | None:
     return STATE_MAP.get(newest.get("state") or "", RunState.UNKNOWN)
 
 
-def _retry_after(value: str | None, now: float) -> float | None:
+def retry_after_seconds(value: str | None, now: float) -> float | None:
     """Retry-After in seconds (delta-seconds or an HTTP date), None when absent or unreadable."""
     if not value:
         return None

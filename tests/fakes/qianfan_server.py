@@ -1,4 +1,8 @@
-"""A fake Baidu Qianfan console API (V1 `jobDetail`) on 127.0.0.1 that verifies the BCE signature of every request.
+"""A fake Baidu Qianfan console API on 127.0.0.1 that verifies the BCE signature of every request: V1 `jobDetail`,
+and V2 `POST /v2/finetuning?Action=DescribeFineTuningTask` (route, Action and body as the qianfan SDK's
+FineTune.V2.task_detail builds them, qianfan/resources/console/finetune.py; answer fields from Baidu's
+DescribeFineTuningTask doc: requestId + result{taskId, jobId, jobName, jobDescription, model, trainMode,
+parameterScale, runStatus Running/Done/Stopped/Failed/Waiting, runProgress "NN%" while Running, vdlLink}).
 
 Verification uses Baidu's own signer (`baidubce.auth.bce_v1_signer.sign`), not trainscope's, on what arrived on
 the wire: the raw request path (decoded, then encoded again the BCE way), the query string, and exactly the headers
@@ -26,6 +30,7 @@ from baidubce.auth import bce_v1_signer
 from baidubce.auth.bce_credentials import BceCredentials
 
 JOB_DETAIL = "/wenxinworkshop/finetune/jobDetail"
+V2_ROUTE, V2_DETAIL = "/v2/finetuning", "DescribeFineTuningTask"
 FUTURE_TOLERANCE = 900.0  # a request dated this far ahead of the server's clock is refused too
 
 
@@ -64,6 +69,8 @@ class FakeQianfan:
     auth_errors: str = "bce"  # "bce": 4xx {"code", "message"}; "qianfan": 200 {"error_code": 14, ...}
     jobs: dict[tuple[int, int], list[dict[str, Any] | Error]] = field(default_factory=dict)
     positions: dict[tuple[int, int], int] = field(default_factory=dict)
+    tasks: dict[str, list[dict[str, Any] | Error]] = field(default_factory=dict)  # V2: "task-…" -> answers
+    task_positions: dict[str, int] = field(default_factory=dict)
     seen: list[Seen] = field(default_factory=list)
     url: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -72,6 +79,11 @@ class FakeQianfan:
         with self.lock:
             self.jobs[(task_id, job_id)] = list(answers)
             self.positions[(task_id, job_id)] = 0
+
+    def set_task(self, task_id: str, answers: list[dict[str, Any] | Error]) -> None:
+        with self.lock:
+            self.tasks[task_id] = list(answers)
+            self.task_positions[task_id] = 0
 
     def now(self) -> float:
         return datetime.now(UTC).timestamp() + self.clock_offset
@@ -127,8 +139,11 @@ class FakeQianfan:
             if self.auth_errors == "qianfan":
                 return qianfan_error(14, "IAM Certification failed")
             return refused
-        if method != "POST" or urlsplit(target).path != JOB_DETAIL:
-            return _bce(404, "NoSuchAPI", f"no API at {method} {urlsplit(target).path}")
+        split = urlsplit(target)
+        if method == "POST" and split.path == V2_ROUTE:
+            return self._answer_v2(dict(parse_qsl(split.query)).get("Action"), body)
+        if method != "POST" or split.path != JOB_DETAIL:
+            return _bce(404, "NoSuchAPI", f"no API at {method} {split.path}")
         try:
             req = json.loads(body)
             key = (req["taskId"], req["jobId"])
@@ -148,6 +163,29 @@ class FakeQianfan:
         return Error(200, {"log_id": uuid.uuid4().hex, "result": item})
 
 
+    def _answer_v2(self, action: str | None, body: bytes) -> Error:
+        """V2 DescribeFineTuningTask; errors in BCE's common form {requestId, code, message} (the code names for a
+        missing task or a bad body are this fake's: Baidu's pages do not list them)."""
+        if action != V2_DETAIL:
+            return _bce(400, "InvalidAction", f"unknown Action {action!r}")
+        try:
+            task = json.loads(body)["taskId"]
+            if not isinstance(task, str):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            return _bce(400, "InvalidParameter", "taskId must be a string")
+        with self.lock:
+            script = self.tasks.get(task)
+            if not script:
+                return _bce(404, "ResourceNotFound", f"task {task} not found")
+            pos = self.task_positions[task]
+            self.task_positions[task] = min(pos + 1, len(script) - 1)
+            item = script[pos]
+        if isinstance(item, Error):
+            return item
+        return Error(200, {"requestId": str(uuid.uuid4()), "result": item})
+
+
 # ---- test data: keys, a job, a secret resolver
 
 AK, SK = "AKqianfanTEST0123456789abcdef", "SKqianfanTESTsecret9876543210zyx"
@@ -165,6 +203,19 @@ def job(status: str = "RUNNING", progress: float = 0, run_time: int = 0, train_t
             "trainStatus": status, "progress": progress, "runTime": run_time, "trainTime": train_time,
             "startTime": START, finish_key: finish,
             "vdlLink": "https://console.bce.baidu.com/qianfan/visualdl/index?displayToken=abc", **extra}
+
+
+V2_TASK = "task-0tgmn4a7h4i6"  # the id in Baidu's DescribeFineTuningTask example
+
+
+def task(status: str = "Running", progress: str | None = "0%", **extra: Any) -> dict[str, Any]:
+    """A DescribeFineTuningTask `result`; runProgress is sent only while Running (Baidu's doc)."""
+    out = {"taskId": V2_TASK, "jobId": "job-hy5wdm6b9ewq", "jobName": "sft_llama", "jobDescription": "",
+           "model": "ERNIE-Speed-8K", "trainMode": "SFT", "parameterScale": "LoRA", "runStatus": status,
+           "vdlLink": "https://console.bce.baidu.com/qianfan/visualdl/index?displayToken=v2", **extra}
+    if progress is not None and status == "Running":
+        out["runProgress"] = progress
+    return out
 
 
 class Secrets:

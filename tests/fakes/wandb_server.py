@@ -410,6 +410,15 @@ class Fault:
     times: int = 1
 
 
+def rate_limited(reset: int = 30, *, op: str | None = None, times: int = 1) -> dict[str, Any]:
+    """The fault W&B answers when a project exceeds its quota: HTTP 429 "Rate limit exceeded" with the
+    RateLimit-Remaining (0..1000) and RateLimit-Reset (seconds) headers its docs describe
+    (docs.wandb.ai/support/models/articles/rate-limit-exceeded-on-metric-logging); no Retry-After."""
+    return {"op": op, "status": 429, "times": times, "body": b'{"errors": [{"message": "Rate limit exceeded"}]}',
+            "headers": {"Content-Type": "application/json", "RateLimit-Remaining": "0",
+                        "RateLimit-Reset": str(reset)}}
+
+
 @dataclass
 class Request:
     op: str | None
