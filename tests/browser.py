@@ -127,6 +127,10 @@ class Page:
     def click(self, selector: str) -> None:
         self.b.call("click", page=self.id, selector=selector)
 
+    def download(self, selector: str) -> dict[str, str]:
+        """Click `selector` and return the file it offers: {name, text}."""
+        return self.b.call("download", page=self.id, selector=selector)
+
     def check(self, selector: str) -> None:
         self.b.call("check", page=self.id, selector=selector)
 

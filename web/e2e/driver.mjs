@@ -65,6 +65,12 @@ const commands = {
     }
   },
   async click({ page, selector }) { await get(page).page.click(selector); return true; },
+  // Click something that offers a file; answers the file's suggested name and text.
+  async download({ page, selector }) {
+    const p = get(page).page;
+    const [dl] = await Promise.all([p.waitForEvent('download'), p.click(selector)]);
+    return { name: dl.suggestedFilename(), text: readFileSync(await dl.path(), 'utf8') };
+  },
   async check({ page, selector }) { await get(page).page.check(selector); return true; },
   async fill({ page, selector, value }) { await get(page).page.fill(selector, value); return true; },
   async press({ page, key }) { await get(page).page.keyboard.press(key); return true; },
