@@ -148,8 +148,8 @@ class Page:
     def drag(self, start: tuple[float, float], end: tuple[float, float]) -> None:
         self.b.call("drag", page=self.id, **{"from": list(start), "to": list(end)})
 
-    def screenshot(self, path: Path) -> Path:
-        self.b.call("screenshot", page=self.id, path=str(path))
+    def screenshot(self, path: Path, full_page: bool = True) -> Path:
+        self.b.call("screenshot", page=self.id, path=str(path), fullPage=full_page)
         return path
 
     def requests(self) -> list[dict[str, str]]:

@@ -163,7 +163,7 @@ def test_list_shows_every_workload_with_progress_metric_and_eta(page: Page, serv
     _, name, phase, health, progress, eta, rate, primary, sources, age = by_uid[SEED_UID]["cells"]
     assert name == f"{SEED_NS}/{SEED_NAME}"
     assert phase == "n/a"  # the API knows no phase outside local mode
-    assert progress == f"60.0%{STEPS} / 200" and by_uid[SEED_UID]["progress"] == pytest.approx(0.6)
+    assert progress == f"60.0% {STEPS} / 200" and by_uid[SEED_UID]["progress"] == pytest.approx(0.6)
     assert primary.startswith("train/loss") and primary.endswith(f"@ {STEPS}")
     # one step a minute (the overview's pace), 80 steps to go
     assert rate == "0.0167" and eta == "~1h20m"
