@@ -141,8 +141,8 @@ class OverviewItem(BaseModel):
     data_source: str | None
     source: str | None
     run: str | None
-    points: list[list[float | None]] = Field(description="[iteration, timestamp ms, value or null] of the "
-                                             "sparkline, by iteration; the newest point is the last")
+    points: list[list[float | None]] = Field(description="[iteration, value or null] of the sparkline, by "
+                                             "iteration, values to 6 significant digits; the newest point is last")
     steps_per_second: float | None = Field(description="recent pace: median seconds per step over the primary "
                                            "series' newest 20 points, inverted")
     sources: list[SourceFreshness]

@@ -11,6 +11,7 @@ from itertools import pairwise
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse
 
 from trainscope.api import queries
 from trainscope.api.datasources import data_source_of
@@ -51,9 +52,10 @@ def install(api: APIRouter, db: Database) -> None:
         points: Annotated[int, Query(ge=2, le=200, description="sparkline points per workload")] = 32,
         namespace: Annotated[str | None, Query(max_length=253, description="only this namespace")] = None,
         include_deleted: Annotated[bool, Query(description="also workloads whose object is gone")] = True,
-    ) -> dict:
+    ) -> Any:
         """Per workload: its primary metric's sparkline (the first point at or after each of `points` evenly
-        spaced steps, the newest point included), the recent steps/s and each source's newest point."""
+        spaced steps, the newest point included, values to 6 significant digits), the recent steps/s and each source's
+        newest point."""
         async with db.acquire() as conn:
             rows = await queries.workloads(conn, namespace=namespace or None, include_deleted=include_deleted)
             uids = [r["uid"] for r in rows]
@@ -66,13 +68,17 @@ def install(api: APIRouter, db: Database) -> None:
             spark = await queries.sparklines(conn, [(s["id"], s["first_step"], s["step"]) for s in picked], points)
             tail = await queries.tails(conn, [s["id"] for s in picked], TAIL)
         lines: dict[int, list[list[Any]]] = {}
-        for p in spark:
-            line = lines.setdefault(p["id"], [])
-            if not line or line[-1][0] != p["step"]:
-                line.append([p["step"], p["ts"], p["value"] if math.isfinite(p["value"]) else None])
+        isfinite = math.isfinite
+        for sid, step, v in spark:  # positional: 32,000 rows for 1,000 workloads
+            line = lines.get(sid)
+            if line is None:
+                line = lines[sid] = []
+            if not line or line[-1][0] != step:
+                # 6 significant digits: a sparkline is a few dozen pixels tall, and the answer is 3x smaller
+                line.append([step, float(f"{v:.6g}") if isfinite(v) else None])
         paces: dict[int, list[tuple[int, int]]] = {}
-        for p in tail:
-            paces.setdefault(p["id"], []).append((p["step"], p["ts"]))
+        for sid, step, ts in tail:
+            paces.setdefault(sid, []).append((step, ts))
         items = []
         for r in rows:
             s = chosen[r["uid"]]
@@ -91,4 +97,6 @@ def install(api: APIRouter, db: Database) -> None:
                 "sources": [{"data_source": ds, "source": src, "newest_timestamp": ts}
                             for (ds, src), ts in sorted(newest.items())],
             })
-        return {"points": points, "workloads": items, "total_count": len(items)}
+        # already the documented shape: encoded directly (validating 1,000 sparklines through the model costs more
+        # than the queries)
+        return JSONResponse({"points": points, "workloads": items, "total_count": len(items)})

@@ -284,11 +284,11 @@ WHERE s.workload_uid = ANY($1::text[])
 # Per series, the first point at or after each of n evenly spaced steps between its first and last step (one index
 # probe each, whatever the series' length), and its newest point. numeric: no bigint overflow on huge step ranges.
 _SPARK = """
-SELECT c.id, p.step, p.ts, p.value
+SELECT c.id, p.step, p.value
 FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS c(id, lo, hi)
 CROSS JOIN LATERAL generate_series(0, $4::int - 1) AS g(i)
 CROSS JOIN LATERAL (
-    SELECT step, ts, value FROM points
+    SELECT step, value FROM points
     WHERE series_id = c.id AND step >= c.lo + floor((c.hi - c.lo)::numeric * g.i / greatest($4::int - 1, 1))::bigint
     ORDER BY step LIMIT 1) p
 ORDER BY c.id, p.step
@@ -309,7 +309,7 @@ async def series_ends(conn: asyncpg.Connection, uids: Sequence[str]) -> list[asy
 
 async def sparklines(conn: asyncpg.Connection, ends: Sequence[tuple[int, int, int]],
                      n: int) -> list[asyncpg.Record]:
-    """(id, step, ts, value) at about `n` evenly spaced steps of each (series id, first step, last step)."""
+    """(id, step, value) at about `n` evenly spaced steps of each (series id, first step, last step)."""
     if not ends:
         return []
     ids, los, his = (list(col) for col in zip(*ends, strict=True))

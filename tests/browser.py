@@ -90,8 +90,9 @@ class Browser:
             raise BrowserError(f"{cmd} failed: {msg.get('error')}")
         return msg.get("result")
 
-    def page(self, width: int = 1280, height: int = 900) -> Page:
-        return Page(self, self.call("newPage", viewport={"width": width, "height": height}))
+    def page(self, width: int = 1280, height: int = 900, init_script: str | None = None) -> Page:
+        """A fresh context and page; `init_script` runs in every document before the page's own scripts."""
+        return Page(self, self.call("newPage", viewport={"width": width, "height": height}, initScript=init_script))
 
     def close(self) -> None:
         if self._proc.poll() is None:

@@ -30,7 +30,7 @@ def _expected_line(steps: list[int], values: dict[int, float], ts: dict[int, int
         step = next(s for s in steps if s >= target)
         if not out or out[-1][0] != step:
             v = values[step]
-            out.append([step, ts[step], v if math.isfinite(v) else None])
+            out.append([step, float(f"{v:.6g}") if math.isfinite(v) else None])
     return out
 
 

@@ -25,8 +25,10 @@ function call(expression, arg) {
 }
 let nextPage = 0;
 
-async function newPage({ viewport = { width: 1280, height: 900 } }) {
+async function newPage({ viewport = { width: 1280, height: 900 }, initScript = null }) {
   const context = await browser.newContext({ viewport, acceptDownloads: true });
+  // a script run in every document before the page's own (bench/bench_dashboard.py observes the table with it)
+  if (initScript) await context.addInitScript(initScript);
   const page = await context.newPage();
   const id = `p${++nextPage}`;
   const entry = { page, context, requests: [], console: [], errors: [] };

@@ -46,24 +46,24 @@ export function attentionRank(w) {
   return 3;
 }
 
-/** An inline SVG sparkline of [step, ts, value] points (non-finite values break the line). */
+/** An inline SVG sparkline of [step, value] points (non-finite values break the line). */
 function sparkline(points, label) {
   const W = 96;
   const H = 24;
-  const finite = points.filter((p) => p[2] !== null);
+  const finite = points.filter((p) => p[1] !== null);
   if (finite.length < 2) return h('span', { class: 'muted' }, '');
   const x0 = points[0][0];
   const x1 = points[points.length - 1][0];
   let lo = Infinity;
   let hi = -Infinity;
-  for (const p of finite) { lo = Math.min(lo, p[2]); hi = Math.max(hi, p[2]); }
+  for (const p of finite) { lo = Math.min(lo, p[1]); hi = Math.max(hi, p[1]); }
   const sx = (x) => (x1 > x0 ? ((x - x0) / (x1 - x0)) * (W - 2) + 1 : W / 2);
   const sy = (v) => (hi > lo ? H - 2 - ((v - lo) / (hi - lo)) * (H - 4) : H / 2);
   let d = '';
   let pen = false;
   for (const p of points) {
-    if (p[2] === null) { pen = false; continue; }
-    d += `${pen ? 'L' : 'M'}${sx(p[0]).toFixed(1)} ${sy(p[2]).toFixed(1)}`;
+    if (p[1] === null) { pen = false; continue; }
+    d += `${pen ? 'L' : 'M'}${sx(p[0]).toFixed(1)} ${sy(p[1]).toFixed(1)}`;
     pen = true;
   }
   const svg = document.createElementNS('http://www.w3.org/2000/svg', 'svg');
@@ -294,24 +294,33 @@ export function listView(root, { onAuthNeeded }) {
     }));
   }
 
+  function show(t0) {
+    render();
+    table.dataset.renderMs = String(Math.round(performance.now() - t0));
+  }
+
   async function refresh() {
     try {
-      const [body, ov] = await Promise.all([api.workloads(), api.overview(SPARK_POINTS).catch((err) => {
-        if (err.status === 401) throw err;
-        return null; // an API without /overview: no sparklines or pace
-      })]);
+      // the list first (rows are usable at once), the sparklines and pace when the overview answers
+      // never left rejected while the list is awaited: a 401 is thrown again below, anything else means no
+      // sparklines or pace (an API without /overview)
+      const ovRequest = api.overview(SPARK_POINTS).catch((err) => (err.status === 401 ? err : null));
+      const body = await api.workloads();
       if (stopped) return;
       items = body.workloads;
-      if (ov) over = new Map(ov.workloads.map((o) => [o.uid, o]));
       const known = new Set(items.map((w) => w.uid));
       for (const uid of rowCache.keys()) if (!known.has(uid)) rowCache.delete(uid);
       loadedAt = Date.now();
-      const t0 = performance.now();
-      render();
-      table.dataset.renderMs = String(Math.round(performance.now() - t0));
+      const first = table.dataset.loads === undefined;
+      if (first || !over.size) show(performance.now());
+      const ov = await ovRequest;
+      if (stopped) return;
+      if (ov instanceof Error) throw ov;
+      if (ov) over = new Map(ov.workloads.map((o) => [o.uid, o]));
+      show(performance.now());
       table.dataset.loads = String(Number(table.dataset.loads || 0) + 1);
-      if (table.dataset.loads === '1') {
-        // for bench/bench_dashboard.py: the first list in the DOM, and the frame after it was painted
+      if (first) {
+        // for bench/bench_dashboard.py: the first full list in the DOM, and the frame after it was painted
         performance.mark('trainscope:fleet-rendered');
         requestAnimationFrame(() => setTimeout(() => performance.mark('trainscope:fleet-painted'), 0));
       }
