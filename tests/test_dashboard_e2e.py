@@ -101,6 +101,18 @@ def page(browser: Browser, server: UiServer) -> Iterator[Page]:
         p.close()
 
 
+DOCS_SHOTS = Path(__file__).resolve().parent.parent / "docs" / "images" / "dashboard"
+
+
+def shot(page: Page, artifacts: Path, name: str, full_page: bool = True) -> None:
+    """A screenshot as a test artifact; with TRAINSCOPE_DOCS_SCREENSHOTS=1 (`make screenshots`) also the picture
+    docs/dashboard.md shows."""
+    print(page.screenshot(artifacts / name, full_page=full_page))
+    if os.environ.get("TRAINSCOPE_DOCS_SCREENSHOTS"):
+        DOCS_SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(DOCS_SHOTS / name, full_page=full_page)
+
+
 # ---- helpers --------------------------------------------------------------------------------------------------
 
 CHART_READY = """(a) => {
@@ -336,7 +348,7 @@ def test_health_events_from_the_store_are_marked_on_the_curves(page: Page, serve
     assert page.js(SERIES_COUNTS, "train/accuracy")["markers"] == 2
     assert page.js("() => document.querySelector('#health').dataset.available") == "true"
     assert page.js("() => document.querySelectorAll('#health ol.events li').length") == 3
-    print(page.screenshot(artifacts / "health-markers.png"))
+    shot(page, artifacts, "health-markers.png")
 
 
 def test_csv_download(page: Page, server: UiServer, seeded: tuple[str, Expected]) -> None:
@@ -467,7 +479,8 @@ def tb_ema(values: list[float], weight: float) -> list[float]:
     return out
 
 
-def test_smoothing_draws_tensorboards_debiased_ema(page: Page, server: UiServer, seeded: tuple[str, Expected]) -> None:
+def test_smoothing_draws_tensorboards_debiased_ema(page: Page, server: UiServer, seeded: tuple[str, Expected],
+                                                   artifacts: Path) -> None:
     open_workload(page, server, SEED_UID, charts=1, query="?metrics=train/loss")
     before = page.js(DRAWN, "train/loss")
     assert [c["role"] for c in before["columns"]] == ["line", "line", "line"]  # off by default: the raw lines
@@ -488,6 +501,7 @@ def test_smoothing_draws_tensorboards_debiased_ema(page: Page, server: UiServer,
         expected = tb_ema([p["value"] for p in stored], 0.9)
         assert drawn_smooth == pytest.approx(expected, rel=1e-12), ds
         assert drawn_smooth != pytest.approx([p["value"] for p in stored])  # it did change the path
+    shot(page, artifacts, "workload-smoothed.png", full_page=False)
 
     # the deep link restores the view: smoothing, relative time
     page.check("#x-relative")
@@ -530,7 +544,7 @@ def test_metric_groups_run_table_and_csv_of_the_view(page: Page, server: UiServe
     expected = {(p["data_source"], p["iteration"]): p["value"] for p in seeded[1].items(metrics={"train/loss"})}
     for r in loss:
         assert float(r[7]) == pytest.approx(expected[(r[2], int(r[5]))])
-    print(page.screenshot(artifacts / "workload-groups-runs.png"))
+    shot(page, artifacts, "workload-groups-runs.png")
 
 
 def test_band_when_downsampled(page: Page, server: UiServer) -> None:
@@ -571,6 +585,6 @@ def test_compare_overlays_one_metric_across_workloads(page: Page, server: UiServ
     series = {line.split(",")[1] for line in csv[1:]}
     assert series == set(labels)
     assert all(line.split(",")[8] != "" for line in csv[1:])  # the smoothed column is filled
-    print(page.screenshot(artifacts / "compare.png"))
+    shot(page, artifacts, "compare.png", full_page=False)
     result = page.axe(AXE)
     assert not result["violations"], json.dumps(result["violations"], indent=1)
