@@ -115,6 +115,10 @@ def measure(browser: Browser, url: str, n: int, uids: set[str],
           window.__fleet.painted, Object.fromEntries(performance.getEntriesByType('resource')
             .filter((e) => e.name.includes('/api/v1/')).map((e) => [new URL(e.name).pathname.split('/').pop(),
               Math.round(e.duration)]))]""")
+        api_ms["rows_to_painted"] = round(page.js("() => window.__fleet.painted - window.__fleet.rows"))
+        if ours:
+            t = page.js("() => document.querySelector('#workloads').dataset")
+            api_ms = {**api_ms, "render_list": int(t["firstRenderMs"]), "render_with_sparklines": int(t["renderMs"])}
         return fcp, painted, api_ms
     finally:
         page.close()
