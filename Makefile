@@ -16,7 +16,7 @@ WEB_STAMP := $(WEB)/node_modules/.installed-web
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint bench crd web record-logs
+.PHONY: demo test lint bench crd web record-logs screenshots
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,9 @@ $(CHROMIUM):
 web: $(WEB_STAMP)  ## rebuild the dashboard into api/static/ after changing web/ (commit both)
 	npm run --prefix $(WEB) build
 
+screenshots: $(STAMP) $(WEB_STAMP) $(CHROMIUM)  ## refresh docs/images/dashboard/*.png from the dashboard's browser tests
+	TRAINSCOPE_DOCS_SCREENSHOTS=1 $(VENV)/bin/pytest -q tests/test_dashboard_e2e.py tests/test_dashboard_fleet.py
+
 demo: $(STAMP)  ## the main job: local mode on the embedded PostgreSQL, with a simulated training run
 	$(VENV)/bin/trainscope local -f examples/demo.yaml --demo
 
@@ -55,6 +58,7 @@ test: $(STAMP) $(HELM_STAMP) $(WEB_STAMP) $(CHROMIUM)  ## lint, then the whole s
 bench: $(STAMP)
 	$(VENV)/bin/python bench/bench_ingest.py
 	$(VENV)/bin/python bench/bench_eventfiles.py
+	$(VENV)/bin/python bench/bench_dashboard.py
 
 crd: $(STAMP)  ## regenerate crds/ and the chart's copy from the code's schema
 	$(VENV)/bin/python -m trainscope.operator.crd --write

@@ -185,7 +185,7 @@ async def not_ready(db: Database) -> str | None:
 
 def create_app(settings: ApiSettings) -> FastAPI:
     """The API over the store at `settings.database_url`; it only reads."""
-    from trainscope.api import routes
+    from trainscope.api import overview, routes
 
     db = Database(settings.database_url, settings.pool_size, settings.statement_timeout, settings.acquire_timeout)
     stopping = asyncio.Event()
@@ -300,6 +300,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         return sorted(items, key=lambda i: (not i["deleted"], i["updated_at"]))[-1]
 
     routes.install(api, db, settings, stopping)
+    overview.install(api, db)  # GET /api/v1/overview: the fleet view's sparklines and pace
     app.include_router(api)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     mount_ui(app)  # the dashboard at `/` (api/static, built from web/)

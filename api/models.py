@@ -127,3 +127,28 @@ class HealthEvents(BaseModel):
 
 class Status(BaseModel):
     status: str
+
+
+class SourceFreshness(BaseModel):
+    data_source: str
+    source: str = Field(description="the Workload's source name")
+    newest_timestamp: int = Field(description="the source time of its newest stored point, ms")
+
+
+class OverviewItem(BaseModel):
+    uid: str
+    metric: str | None = Field(description="the primary metric (spec.primaryMetric or the detected loss)")
+    data_source: str | None
+    source: str | None
+    run: str | None
+    points: list[list[float | None]] = Field(description="[iteration, value or null] of the sparkline, by "
+                                             "iteration, values to 6 significant digits; the newest point is last")
+    steps_per_second: float | None = Field(description="recent pace: median seconds per step over the primary "
+                                           "series' newest 20 points, inverted")
+    sources: list[SourceFreshness]
+
+
+class Overview(BaseModel):
+    points: int
+    workloads: list[OverviewItem]
+    total_count: int

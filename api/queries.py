@@ -294,3 +294,54 @@ async def iteration_times(acquire: Acquire, ids: Sequence[int], f: Filters,
         if len(rows) < chunk or rows[-1][0] >= hi:
             return
         args[1] = rows[-1][0] + 1
+
+
+# ---- the fleet overview -----------------------------------------------------------------------------------------
+
+# Every series of the listed workloads with its lowest and newest point (two index probes per series).
+_SERIES_ENDS = """
+SELECT s.workload_uid, s.id, s.source, s.kind, s.run, s.metric, lo.step AS first_step, hi.step, hi.ts
+FROM series s
+CROSS JOIN LATERAL (SELECT step FROM points WHERE series_id = s.id ORDER BY step LIMIT 1) lo
+CROSS JOIN LATERAL (SELECT step, ts FROM points WHERE series_id = s.id ORDER BY step DESC LIMIT 1) hi
+WHERE s.workload_uid = ANY($1::text[])
+"""
+
+# Per series, the first point at or after each of n evenly spaced steps between its first and last step (one index
+# probe each, whatever the series' length), and its newest point. numeric: no bigint overflow on huge step ranges.
+_SPARK = """
+SELECT c.id, p.step, p.value
+FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS c(id, lo, hi)
+CROSS JOIN LATERAL generate_series(0, $4::int - 1) AS g(i)
+CROSS JOIN LATERAL (
+    SELECT step, value FROM points
+    WHERE series_id = c.id AND step >= c.lo + floor((c.hi - c.lo)::numeric * g.i / greatest($4::int - 1, 1))::bigint
+    ORDER BY step LIMIT 1) p
+ORDER BY c.id, p.step
+"""
+
+# Per series, its newest `$2` points' (step, ts): the recent pace.
+_TAIL = """
+SELECT c.id, p.step, p.ts
+FROM unnest($1::bigint[]) AS c(id)
+CROSS JOIN LATERAL (SELECT step, ts FROM points WHERE series_id = c.id ORDER BY step DESC LIMIT $2) p
+"""
+
+
+async def series_ends(conn: asyncpg.Connection, uids: Sequence[str]) -> list[asyncpg.Record]:
+    """(workload_uid, id, source, kind, run, metric, first_step, step, ts) of every series of the workloads."""
+    return await conn.fetch(_SERIES_ENDS, list(uids))
+
+
+async def sparklines(conn: asyncpg.Connection, ends: Sequence[tuple[int, int, int]],
+                     n: int) -> list[asyncpg.Record]:
+    """(id, step, value) at about `n` evenly spaced steps of each (series id, first step, last step)."""
+    if not ends:
+        return []
+    ids, los, his = (list(col) for col in zip(*ends, strict=True))
+    return await conn.fetch(_SPARK, ids, los, his, n)
+
+
+async def tails(conn: asyncpg.Connection, ids: Sequence[int], n: int) -> list[asyncpg.Record]:
+    """(id, step, ts) of the newest `n` points of each series."""
+    return await conn.fetch(_TAIL, list(ids), n) if ids else []

@@ -1,4 +1,4 @@
-"""The web dashboard (issue 11): the bundle built from web/ into api/static/, served at `/` by the API.
+"""The web dashboard: the bundle built from web/ into api/static/, served at `/` by the API.
 
 `mount_ui(app)` adds `GET /` (the page) and `/assets/...` (its script and style, content-hashed names). Nothing
 else: the dashboard routes inside the page (`#/w/<uid>`) and talks to `api/v1/...` with relative URLs, so the

@@ -90,8 +90,9 @@ class Browser:
             raise BrowserError(f"{cmd} failed: {msg.get('error')}")
         return msg.get("result")
 
-    def page(self, width: int = 1280, height: int = 900) -> Page:
-        return Page(self, self.call("newPage", viewport={"width": width, "height": height}))
+    def page(self, width: int = 1280, height: int = 900, init_script: str | None = None) -> Page:
+        """A fresh context and page; `init_script` runs in every document before the page's own scripts."""
+        return Page(self, self.call("newPage", viewport={"width": width, "height": height}, initScript=init_script))
 
     def close(self) -> None:
         if self._proc.poll() is None:
@@ -127,6 +128,10 @@ class Page:
     def click(self, selector: str) -> None:
         self.b.call("click", page=self.id, selector=selector)
 
+    def download(self, selector: str) -> dict[str, str]:
+        """Click `selector` and return the file it offers: {name, text}."""
+        return self.b.call("download", page=self.id, selector=selector)
+
     def check(self, selector: str) -> None:
         self.b.call("check", page=self.id, selector=selector)
 
@@ -144,8 +149,8 @@ class Page:
     def drag(self, start: tuple[float, float], end: tuple[float, float]) -> None:
         self.b.call("drag", page=self.id, **{"from": list(start), "to": list(end)})
 
-    def screenshot(self, path: Path) -> Path:
-        self.b.call("screenshot", page=self.id, path=str(path))
+    def screenshot(self, path: Path, full_page: bool = True) -> Path:
+        self.b.call("screenshot", page=self.id, path=str(path), fullPage=full_page)
         return path
 
     def requests(self) -> list[dict[str, str]]:

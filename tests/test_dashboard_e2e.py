@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -100,6 +101,18 @@ def page(browser: Browser, server: UiServer) -> Iterator[Page]:
         p.close()
 
 
+DOCS_SHOTS = Path(__file__).resolve().parent.parent / "docs" / "images" / "dashboard"
+
+
+def shot(page: Page, artifacts: Path, name: str, full_page: bool = True) -> None:
+    """A screenshot as a test artifact; with TRAINSCOPE_DOCS_SCREENSHOTS=1 (`make screenshots`) also the picture
+    docs/dashboard.md shows."""
+    print(page.screenshot(artifacts / name, full_page=full_page))
+    if os.environ.get("TRAINSCOPE_DOCS_SCREENSHOTS"):
+        DOCS_SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(DOCS_SHOTS / name, full_page=full_page)
+
+
 # ---- helpers --------------------------------------------------------------------------------------------------
 
 CHART_READY = """(a) => {
@@ -152,23 +165,26 @@ def test_list_shows_every_workload_with_progress_metric_and_eta(page: Page, serv
     rows = page.wait("""(uid) => {
       const rows = document.querySelectorAll('#workloads tbody tr[data-uid]');
       const seed = document.querySelector(`tr[data-uid="${uid}"]`);
-      // the ETA is estimated after the first render: wait for it too
-      return rows.length >= 3 && seed && seed.cells[6].textContent.startsWith('~') &&
+      return rows.length >= 3 && seed && seed.querySelector('svg.spark') &&
         [...rows].map((r) => ({uid: r.dataset.uid, cells: [...r.cells].map((c) => c.textContent.trim()),
-                              progress: r.querySelector('progress')?.value ?? null}));
+                              progress: r.querySelector('progress')?.value ?? null,
+                              spark: r.querySelector('svg.spark')?.getAttribute('aria-label') ?? null}));
     }""", SEED_UID)
     by_uid = {r["uid"]: r for r in rows}
     assert set(by_uid) == {SEED_UID, BIG_UID, LIVE_UID}, "the deleted workload is hidden by default"
-    ns, name, phase, step, progress, primary, eta, health = by_uid[SEED_UID]["cells"]
-    assert (ns, name) == (SEED_NS, SEED_NAME)
+    _, name, phase, health, progress, eta, rate, primary, sources, age = by_uid[SEED_UID]["cells"]
+    assert name == f"{SEED_NS}/{SEED_NAME}"
     assert phase == "n/a"  # the API knows no phase outside local mode
-    assert step == f"{STEPS} / 200"
-    assert progress == "60.0%" and by_uid[SEED_UID]["progress"] == pytest.approx(0.6)
+    assert progress == f"60.0% {STEPS} / 200" and by_uid[SEED_UID]["progress"] == pytest.approx(0.6)
     assert primary.startswith("train/loss") and primary.endswith(f"@ {STEPS}")
-    # one step a minute, 80 steps to go
-    assert eta == "~1h20m"
+    # one step a minute (the overview's pace), 80 steps to go
+    assert rate == "0.0167" and eta == "~1h20m"
     assert health == "OK"  # the API reports the conditions; none is True for this workload
-    assert by_uid[BIG_UID]["cells"][3] == f"{BIG_POINTS} / 50000"
+    # each source with the age of its newest point (the seed's points end a few seconds before the test)
+    assert re.fullmatch(r"log \d+stensorflow \d+swandb \d+s", sources), sources
+    assert re.fullmatch(r"\d+s|\d+m", age), age  # registered when the module's fixture ran
+    assert by_uid[SEED_UID]["spark"] == f"train/loss over 32 points from step 1 to {STEPS}"
+    assert by_uid[BIG_UID]["cells"][4].endswith(f"{BIG_POINTS} / 50000")
 
     page.check("#show-deleted")
     page.wait("() => document.querySelector('tr[data-uid=\"deleted-uid\"]') !== null")
@@ -303,10 +319,10 @@ def test_a_new_point_arrives_live(page: Page, server: UiServer, seeded: tuple[st
     # the list refreshes by itself too
     page.click("#back")
     page.wait(f"""() => {{ const r = document.querySelector('tr[data-uid="{LIVE_UID}"]');
-                          return r && r.cells[3].textContent.startsWith('11 /'); }}""")
+                          return r && r.cells[4].textContent.endsWith('11 / 100'); }}""")
     run_sync(_write_live_point(seeded[0], 12, seeded[1].t0 + 120))
     page.wait(f"""() => {{ const r = document.querySelector('tr[data-uid="{LIVE_UID}"]');
-                          return r && r.cells[3].textContent.startsWith('12 /'); }}""", timeout=20)
+                          return r && r.cells[4].textContent.endsWith('12 / 100'); }}""", timeout=20)
 
 
 def test_health_events_from_the_store_are_marked_on_the_curves(page: Page, server: UiServer,
@@ -332,7 +348,7 @@ def test_health_events_from_the_store_are_marked_on_the_curves(page: Page, serve
     assert page.js(SERIES_COUNTS, "train/accuracy")["markers"] == 2
     assert page.js("() => document.querySelector('#health').dataset.available") == "true"
     assert page.js("() => document.querySelectorAll('#health ol.events li').length") == 3
-    print(page.screenshot(artifacts / "health-markers.png"))
+    shot(page, artifacts, "health-markers.png")
 
 
 def test_csv_download(page: Page, server: UiServer, seeded: tuple[str, Expected]) -> None:
@@ -369,7 +385,7 @@ def test_accessibility_axe_and_keyboard(page: Page, server: UiServer) -> None:
     page.press("Enter")  # the skip link moves focus to the content, not the router's hash
     assert page.js(focus)["id"] == "main" and "#main" not in page.url()
     seen = []
-    for _ in range(12):
+    for _ in range(30):
         page.press("Tab")
         seen.append(page.js(focus))
         if seen[-1]["text"] == SEED_NAME:
@@ -402,7 +418,7 @@ def test_accessibility_axe_and_keyboard(page: Page, server: UiServer) -> None:
 
 
 def test_list_shows_conditions_and_eta_when_the_api_reports_them(page: Page, server: UiServer) -> None:
-    """The workload list has no conditions or ETA yet; the dashboard's side of the proposed fields, routed."""
+    """An API that reports a live phase and an ETA of its own (eta_seconds): the list shows them as given."""
     item = {"uid": "u1", "namespace": "ml", "name": "stuck", "deleted": False, "phase": "Collecting", "step": 50,
             "total_steps": 100, "progress": 0.5, "eta_seconds": 3600, "data_sources": ["wandb"],
             "primary_metric": {"name": "loss", "value": None, "iteration": 50, "timestamp": 0, "data_source": "wandb"},
@@ -414,8 +430,8 @@ def test_list_shows_conditions_and_eta_when_the_api_reports_them(page: Page, ser
     page.goto(server.url + "/")
     cells = page.wait("""() => { const r = document.querySelector('tr[data-uid="u1"]');
                         return r && [...r.cells].map((c) => c.textContent.trim()); }""")
-    assert cells[2] == "Collecting" and cells[5] == "loss non-finite @ 50" and cells[6] == "1h"
-    assert cells[7] == "Stalled"  # only True health conditions; Ready is not a health condition
+    assert cells[2] == "Collecting" and cells[7] == "loss non-finite @ 50" and cells[5] == "1h"
+    assert cells[3] == "Stalled"  # only True health conditions; Ready is not a health condition
 
 
 def test_behind_a_bearer_token(browser: Browser, seeded: tuple[str, Expected]) -> None:
@@ -435,3 +451,140 @@ def test_behind_a_bearer_token(browser: Browser, seeded: tuple[str, Expected]) -
             assert not p.logs()["errors"]
         finally:
             p.close()
+
+
+# ---- curves people compare ------------------------------------------------------------------------------------
+
+DRAWN = """(metric) => {
+  const fig = [...document.querySelectorAll('figure.chart')].find((f) => f.dataset.metric === metric);
+  const c = fig && fig._chart;
+  if (!c || !c.data) return null;
+  return {xs: c.data[0], columns: c.layout.map((l, i) => ({label: l.series.label || null, key: l.key,
+          data_source: l.series.data_source, run: l.series.run, role: l.role, ys: c.data[i + 1]}))};
+}"""
+
+
+def tb_ema(values: list[float], weight: float) -> list[float]:
+    """TensorBoard's debiased EMA (tensorboard/webapp/widgets/line_chart_v2/data_transformer.ts), in Python."""
+    if all(v == values[0] for v in values):
+        return list(values)
+    last, n, out = 0.0, 0, []
+    for v in values:
+        if not math.isfinite(v):
+            out.append(v)
+            continue
+        last = last * weight + (1 - weight) * v
+        n += 1
+        out.append(last / (1 - weight**n if weight != 1 else 1))
+    return out
+
+
+def test_smoothing_draws_tensorboards_debiased_ema(page: Page, server: UiServer, seeded: tuple[str, Expected],
+                                                   artifacts: Path) -> None:
+    open_workload(page, server, SEED_UID, charts=1, query="?metrics=train/loss")
+    before = page.js(DRAWN, "train/loss")
+    assert [c["role"] for c in before["columns"]] == ["line", "line", "line"]  # off by default: the raw lines
+    page.fill("#smoothing", "0.9")  # the slider (an <input type=range>)
+    page.wait("() => document.querySelector('figure[data-metric=\"train/loss\"]').dataset.smooth === '0.9'")
+    assert "smooth=0.9" in page.url()
+    got = page.js(DRAWN, "train/loss")
+    roles = [(c["data_source"], c["role"]) for c in got["columns"]]
+    assert roles == [("log", "raw"), ("log", "smooth"), ("tensorflow", "raw"), ("tensorflow", "smooth"),
+                     ("wandb", "raw"), ("wandb", "smooth")]
+    xs = got["xs"]
+    for ds in ("tensorflow", "wandb", "log"):
+        stored = sorted(seeded[1].items(metrics={"train/loss"}, data_source=ds), key=lambda p: p["iteration"])
+        raw_col, smooth_col = (c for c in got["columns"] if c["data_source"] == ds)
+        drawn_raw = {x: y for x, y in zip(xs, raw_col["ys"], strict=True) if y is not None}
+        drawn_smooth = [y for x, y in zip(xs, smooth_col["ys"], strict=True) if x in drawn_raw]
+        assert drawn_raw == {p["iteration"]: pytest.approx(p["value"]) for p in stored}, ds
+        expected = tb_ema([p["value"] for p in stored], 0.9)
+        assert drawn_smooth == pytest.approx(expected, rel=1e-12), ds
+        assert drawn_smooth != pytest.approx([p["value"] for p in stored])  # it did change the path
+    shot(page, artifacts, "workload-smoothed.png", full_page=False)
+
+    # the deep link restores the view: smoothing, relative time
+    page.check("#x-relative")
+    page.wait("() => document.querySelector('figure[data-metric=\"train/loss\"]').dataset.x === 'relative'")
+    url = page.url()
+    assert "x=relative" in url and "smooth=0.9" in url
+    page.goto(server.url + "/#/")
+    page.goto(url)
+    page.wait(CHART_READY, {"loads": 1, "charts": 1})
+    restored = "() => [document.querySelector('#smoothing').value, document.querySelector('#x-relative').checked]"
+    assert page.js(restored) == ["0.9", True]
+    rel = page.js(DRAWN, "train/loss")
+    assert rel["xs"][0] == 0 and rel["xs"][-1] == 60 * (STEPS - 1)  # seconds since each series' first point
+
+
+def test_metric_groups_run_table_and_csv_of_the_view(page: Page, server: UiServer, seeded: tuple[str, Expected],
+                                                     artifacts: Path) -> None:
+    open_workload(page, server, SEED_UID, charts=4)
+    assert page.js("() => [...document.querySelectorAll('#charts h2.group')].map((e) => e.dataset.group)") == ["train"]
+    assert page.js("() => [...document.querySelectorAll('.metric-group')].map((e) => e.dataset.group)") == ["train"]
+    runs = page.wait("() => document.querySelector('#runs-table') && "
+                     "[...document.querySelectorAll('#runs-table tbody tr')]"
+                     ".map((r) => [...r.cells].map((c) => c.textContent))")
+    assert ["wandb", "run-a3b1799d", "Qwen2.5-7B/20250321-1130-16bed2e2", "running"] in [r[:4] for r in runs]
+    # hide the log line of train/loss, zoom to steps 30..60, then take the CSV of what is shown
+    page.click('figure[data-metric="train/loss"] li[data-series="log"] input')
+    page.fill("#range-from", "30")
+    page.fill("#range-to", "60")
+    page.click("#apply-range")
+    page.wait(CHART_READY, {"loads": 2, "charts": 4})
+    got = page.download("#csv-shown")
+    assert got["name"] == f"{SEED_UID}-shown.csv"
+    lines = got["text"].strip().split("\r\n")
+    assert lines[0] == "metric,series,data_source,source,run,step,time,value,smoothed"
+    rows = [line.split(",") for line in lines[1:]]
+    loss = [r for r in rows if r[0] == "train/loss"]
+    assert {r[2] for r in loss} == {"tensorflow", "wandb"}  # the hidden series is not in it
+    assert sorted({int(r[5]) for r in rows}) == list(range(30, 61))
+    assert len(loss) == 2 * 31
+    expected = {(p["data_source"], p["iteration"]): p["value"] for p in seeded[1].items(metrics={"train/loss"})}
+    for r in loss:
+        assert float(r[7]) == pytest.approx(expected[(r[2], int(r[5]))])
+    shot(page, artifacts, "workload-groups-runs.png")
+
+
+def test_band_when_downsampled(page: Page, server: UiServer) -> None:
+    open_workload(page, server, BIG_UID)
+    got = page.js(DRAWN, "train/loss")
+    assert [c["role"] for c in got["columns"]] == ["hi", "lo", "line"]
+    line, lo, hi = got["columns"][2]["ys"], got["columns"][1]["ys"], got["columns"][0]["ys"]
+    assert all(a <= v <= b for a, v, b in zip(lo, line, hi, strict=True) if v is not None)
+    assert any(a < b for a, b in zip(lo, hi, strict=True) if a is not None)
+    page.click("#band")
+    page.wait("() => document.querySelector('figure[data-metric=\"train/loss\"]').dataset.band === 'false'")
+    assert "band=0" in page.url()
+
+
+def test_compare_overlays_one_metric_across_workloads(page: Page, server: UiServer, seeded: tuple[str, Expected],
+                                                      artifacts: Path) -> None:
+    page.goto(server.url + "/")
+    page.wait(f"() => document.querySelector('tr[data-uid=\"{SEED_UID}\"] input.pick')")
+    page.check(f'tr[data-uid="{SEED_UID}"] input.pick')
+    page.check(f'tr[data-uid="{BIG_UID}"] input.pick')
+    assert page.js("() => document.querySelector('#compare').textContent") == "Compare selected (2)"
+    page.click("#compare")
+    page.wait("() => document.querySelector('#charts').dataset.state === 'ready' && "
+              "Number(document.querySelector('#charts').dataset.loads) >= 1")
+    assert "metric=train%2Floss" in page.url() or "metric=train/loss" in page.url()
+    got = page.js(DRAWN, "train/loss")
+    labels = sorted(c["label"] for c in got["columns"] if c["role"] == "line")
+    # only the downsampled workload's line has a min/max band
+    assert [c["label"] for c in got["columns"] if c["role"] == "hi"] == ["ml/big-run"]
+    assert labels == ["ml/big-run", "ml/llama-sft \u00b7 log", "ml/llama-sft \u00b7 tensorflow",
+                      "ml/llama-sft \u00b7 wandb run-a3b1799d"]
+    seed_tf = next(c for c in got["columns"] if c["label"] == "ml/llama-sft \u00b7 tensorflow")
+    assert sum(y is not None for y in seed_tf["ys"]) == STEPS
+    # the same choices as a Workload page, in the URL
+    page.fill("#smoothing", "0.5")
+    page.wait("() => document.querySelector('figure.chart').dataset.smooth === '0.5'")
+    csv = page.download("#csv-shown")["text"].strip().split("\r\n")
+    series = {line.split(",")[1] for line in csv[1:]}
+    assert series == set(labels)
+    assert all(line.split(",")[8] != "" for line in csv[1:])  # the smoothed column is filled
+    shot(page, artifacts, "compare.png", full_page=False)
+    result = page.axe(AXE)
+    assert not result["violations"], json.dumps(result["violations"], indent=1)

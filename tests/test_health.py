@@ -165,3 +165,20 @@ def test_transitions_report_changes_only():
     cleared = judge(m, now=T0 + 800, step=2, step_ts=T0 + 799)
     [event] = transitions(again, cleared, T0 + 800)
     assert (event.condition.type, event.condition.status, event.at) == (STALLED, "False", T0 + 800)
+
+
+def test_a_one_off_gap_does_not_inflate_the_eta_but_recurring_pauses_do():
+    """A run stopped and resumed once (a demo run again 80 s later) keeps an ETA that agrees with its pace."""
+    rate = StepRate()
+    t = T0
+    for s in range(1, 1501):
+        t += 0.05 + (80.0 if s == 700 else 0.0)  # 20 steps/s, one 80-second gap at step 700
+        rate.observe(t, s)
+    assert rate.rate() == pytest.approx(20.0)
+    assert rate.pause_overhead() == 0.0
+    assert eta_seconds(1500, 3000, rate.rate(), rate.pause_overhead()) == pytest.approx(75.0)
+    # the same gap twice more (a checkpoint every 500 steps): now it is the run's rhythm
+    for s in range(1501, 2501):
+        t += 0.05 + (80.0 if s % 500 == 0 else 0.0)
+        rate.observe(t, s)
+    assert rate.pause_overhead() == pytest.approx(3 * 79.95 / (2500 * 0.05), rel=0.01)

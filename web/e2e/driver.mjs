@@ -25,8 +25,10 @@ function call(expression, arg) {
 }
 let nextPage = 0;
 
-async function newPage({ viewport = { width: 1280, height: 900 } }) {
+async function newPage({ viewport = { width: 1280, height: 900 }, initScript = null }) {
   const context = await browser.newContext({ viewport, acceptDownloads: true });
+  // a script run in every document before the page's own (bench/bench_dashboard.py observes the table with it)
+  if (initScript) await context.addInitScript(initScript);
   const page = await context.newPage();
   const id = `p${++nextPage}`;
   const entry = { page, context, requests: [], console: [], errors: [] };
@@ -65,6 +67,12 @@ const commands = {
     }
   },
   async click({ page, selector }) { await get(page).page.click(selector); return true; },
+  // Click something that offers a file; answers the file's suggested name and text.
+  async download({ page, selector }) {
+    const p = get(page).page;
+    const [dl] = await Promise.all([p.waitForEvent('download'), p.click(selector)]);
+    return { name: dl.suggestedFilename(), text: readFileSync(await dl.path(), 'utf8') };
+  },
   async check({ page, selector }) { await get(page).page.check(selector); return true; },
   async fill({ page, selector, value }) { await get(page).page.fill(selector, value); return true; },
   async press({ page, key }) { await get(page).page.keyboard.press(key); return true; },

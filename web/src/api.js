@@ -52,10 +52,13 @@ export const workloads = (opts) => getJson('workloads', { include_deleted: true 
 export const workload = (uid, opts) => getJson(`workloads/${enc(uid)}`, {}, opts);
 export const available = (uid, opts) => getJson(`workloads/${enc(uid)}/metrics/available`, {}, opts);
 export const data = (uid, query, opts) => getJson(`workloads/${enc(uid)}/metrics/data`, query, opts);
+export const runs = (uid, opts) => getJson(`workloads/${enc(uid)}/runs`, {}, opts);
+/** Every workload's primary-metric sparkline, recent steps/s and sources' newest points (GET /overview). */
+export const overview = (points, opts) => getJson('overview', { points, include_deleted: true }, opts);
 
 /**
- * Health events of a workload, if this API serves them (`GET .../health/events`, proposed: items
- * {type, status, reason, message, metric, iteration, value, timestamp}). null when the route does not exist.
+ * Health events of a workload (`GET .../health/events`: items {type, status, reason, message, metric, iteration,
+ * value, timestamp}). null when the route does not exist (an API older than the dashboard).
  */
 export async function healthEvents(uid, opts) {
   try {

@@ -2,7 +2,7 @@
 // drag-to-zoom reported to the page (which asks the API for that range, downsampled), and health markers.
 import uPlot from 'uplot';
 import 'uplot/dist/uPlot.min.css';
-import { align, drawnCounts, formatValue, seriesLabel } from './series.js';
+import { drawnCounts, formatDuration, formatValue, plotData, seriesLabel } from './series.js';
 
 // Each at least 4.5:1 on white; a data source keeps its colour on every chart (tensorflow blue, wandb red, log
 // green...) and dashes tell data sources apart without colour.
@@ -13,6 +13,7 @@ const SOURCE_COLOR = { tensorflow: 0, wandb: 1, log: 2, swanlab: 3, qianfan: 4 }
 function colours(series) {
   const used = new Set();
   return series.map((s) => {
+    if (s.colourIndex != null) return PALETTE[s.colourIndex % PALETTE.length];
     let i = SOURCE_COLOR[s.data_source] ?? 5;
     while (used.has(i % PALETTE.length) && used.size < PALETTE.length) i++;
     used.add(i % PALETTE.length);
@@ -54,6 +55,7 @@ export class MetricChart {
     figure.setAttribute('aria-labelledby', caption.id);
     figure.dataset.metric = opts.metric;
     figure.dataset.points = '0';
+    figure._chart = this; // the tests read what is drawn (this.data) from the element
     this.plotEl = document.createElement('div');
     this.plotEl.className = 'plot';
     this.readout = document.createElement('p');
@@ -81,27 +83,42 @@ export class MetricChart {
     return 240;
   }
 
-  /** Draw `series` (from groupSeries/orderedSeries); `range` is the x range asked for, or null for all. */
-  update(series, { range = null, events = this.events, xMode = this.opts.xMode, log = this.opts.log } = {}) {
-    const rebuild = xMode !== this.opts.xMode || log !== this.opts.log
-      || series.map((s) => s.key).join('|') !== this.signature;
-    this.opts.xMode = xMode;
-    this.opts.log = log;
+  /**
+   * Draw `series` (from groupSeries/orderedSeries); `range` is the x range asked for, or null for all; `smooth` the
+   * EMA weight (0: off; the raw line stays, faint); `band`: shade each series' min..max spread (downsampled data).
+   */
+  update(series, { range = null, events = this.events, xMode = this.opts.xMode, log = this.opts.log,
+    smooth = this.opts.smooth || 0, band = this.opts.band || false } = {}) {
+    const shape = `${xMode}|${log}|${smooth > 0}|${band}|${series.map((s) => s.key).join('|')}`;
+    const rebuild = shape !== this.signature;
+    Object.assign(this.opts, { xMode, log, smooth, band });
     this.series = series;
     this.events = events || [];
     this.range = range;
-    const data = align(series, xMode, log);
-    if (rebuild || !this.plot) this.build(data);
-    else this.plot.setData(data);
+    const { data, layout } = plotData(series, { xMode, log, smooth, band });
+    this.layout = layout;
+    this.data = data; // what is drawn (read by the tests and the CSV of the view)
+    if (rebuild || !this.plot) { this.signature = shape; this.build(data); } else this.plot.setData(data);
     this.describe(data);
   }
 
   build(data) {
     if (this.plot) this.plot.destroy();
-    this.signature = this.series.map((s) => s.key).join('|');
     const { xMode, log, metric } = this.opts;
     const self = this;
     this.colours = colours(this.series);
+    const colourOf = new Map(this.series.map((s, i) => [s.key, this.colours[i]]));
+    const xLabel = { step: 'step', time: 'time', relative: 'relative time' }[xMode] || 'step';
+    const bands = [];
+    const ySeries = this.layout.map((l, i) => {
+      const c = colourOf.get(l.key);
+      const base = { label: `${seriesLabel(l.series)}${l.role === 'line' || l.role === 'smooth' ? '' : ` (${l.role})`}`,
+        spanGaps: false, show: !this.hidden.has(l.key), dash: DASH[l.series.data_source] || [] };
+      if (l.role === 'hi') bands.push({ series: [i + 1, i + 2], fill: `${c}26` });
+      if (l.role === 'hi' || l.role === 'lo') return { ...base, stroke: `${c}40`, width: 0.5, dash: [], points: { show: false } };
+      if (l.role === 'raw') return { ...base, stroke: `${c}59`, width: 1, points: { show: false } };
+      return { ...base, stroke: c, width: l.role === 'smooth' ? 2 : 1.5, points: { size: 4 } };
+    });
     const opts = {
       width: this.width(),
       height: this.height(),
@@ -113,22 +130,13 @@ export class MetricChart {
         y: { distr: log ? 3 : 1 },
       },
       axes: [
-        { label: xMode === 'time' ? 'time' : 'step', stroke: '#202124', grid: { stroke: '#e3e3e3' } },
+        { label: xLabel, stroke: '#202124', grid: { stroke: '#e3e3e3' },
+          ...(xMode === 'relative' ? { values: (u, splits) => splits.map((v) => formatDuration(v)) } : {}) },
         { label: metric + (log ? ' (log)' : ''), stroke: '#202124', size: 76, grid: { stroke: '#e3e3e3' },
           values: (u, splits) => splits.map(tick) },
       ],
-      series: [
-        { label: xMode === 'time' ? 'time' : 'step' },
-        ...this.series.map((s, i) => ({
-          label: seriesLabel(s),
-          stroke: this.colours[i],
-          width: 1.5,
-          dash: DASH[s.data_source] || [],
-          spanGaps: false,
-          show: !this.hidden.has(s.key),
-          points: { size: 4 },
-        })),
-      ],
+      series: [{ label: xLabel }, ...ySeries],
+      bands,
       legend: { show: false },
       cursor: {
         drag: { x: true, y: false, setScale: false },
@@ -166,7 +174,8 @@ export class MetricChart {
       box.checked = !this.hidden.has(s.key);
       box.addEventListener('change', () => {
         if (box.checked) this.hidden.delete(s.key); else this.hidden.add(s.key);
-        this.plot.setSeries(i + 1, { show: box.checked });
+        this.layout.forEach((l, j) => { if (l.key === s.key) this.plot.setSeries(j + 1, { show: box.checked }); });
+        this.figure.dataset.hidden = String(this.hidden.size);
       });
       const swatch = document.createElement('span');
       swatch.className = `swatch dash-${s.data_source}`;
@@ -190,13 +199,15 @@ export class MetricChart {
     this.figure.dataset.series = String(this.series.length);
     this.figure.dataset.x = this.opts.xMode;
     this.figure.dataset.log = String(this.opts.log);
+    this.figure.dataset.smooth = String(this.opts.smooth || 0);
+    this.figure.dataset.band = String(Boolean(this.opts.band));
     [...this.legend.children].forEach((li, i) => {
       li.dataset.points = String(counts[i]);
       const nonFinite = [...this.series[i].points.values()].filter((p) => p.v === null).length;
       li.querySelector('.count').textContent = ` ${counts[i]} points${nonFinite ? `, ${nonFinite} non-finite (gaps)` : ''}`;
     });
     const xs = data[0];
-    const xText = (x) => (this.opts.xMode === 'time' ? new Date(x * 1000).toLocaleString() : String(x));
+    const xText = (x) => this.xText(x);
     const span = xs.length ? `, ${this.opts.xMode} ${xText(xs[0])} to ${xText(xs[xs.length - 1])}` : ', no data';
     const summary = `${this.opts.metric}: ${this.series.length} series, ${total} points drawn${span}`;
     const canvas = this.plotEl.querySelector('canvas');
@@ -204,16 +215,23 @@ export class MetricChart {
     this.renderMarkers();
   }
 
+  xText(x) {
+    if (this.opts.xMode === 'time') return new Date(x * 1000).toLocaleString();
+    if (this.opts.xMode === 'relative') return `${formatDuration(x) || '0s'} in`;
+    return `step ${x}`;
+  }
+
   showCursor(u) {
     const idx = u.cursor.idx;
     if (idx == null) { this.readout.textContent = '\u00a0'; return; }
-    const x = u.data[0][idx];
-    const xText = this.opts.xMode === 'time' ? new Date(x * 1000).toLocaleString() : `step ${x}`;
-    const parts = this.series.map((s, i) => {
+    const parts = [];
+    this.layout.forEach((l, i) => {
       const v = u.data[i + 1][idx];
-      return v === undefined ? null : `${seriesLabel(s)} ${formatValue(v)}`;
-    }).filter(Boolean);
-    this.readout.textContent = `${xText}: ${parts.join(', ')}`;
+      if (v === undefined || l.role === 'hi' || l.role === 'lo') return;
+      if (l.role === 'raw') { parts.push(`${seriesLabel(l.series)} ${formatValue(v)}`); return; }
+      parts.push(l.role === 'smooth' ? `(smoothed ${formatValue(v)})` : `${seriesLabel(l.series)} ${formatValue(v)}`);
+    });
+    this.readout.textContent = `${this.xText(u.data[0][idx])}: ${parts.join(', ').replace(/, \(smoothed/g, ' (smoothed')}`;
   }
 
   /** Health events that concern this metric (or the whole run, e.g. Stalled). */
@@ -223,6 +241,10 @@ export class MetricChart {
 
   eventX(e) {
     if (this.opts.xMode === 'time') return e.timestamp != null ? e.timestamp / 1000 : null;
+    if (this.opts.xMode === 'relative') {
+      const t0 = Math.min(...this.series.map((s) => Math.min(...[...s.points.values()].map((p) => p.t))));
+      return e.timestamp != null && Number.isFinite(t0) ? (e.timestamp - t0) / 1000 : null;
+    }
     return e.iteration ?? null;
   }
 

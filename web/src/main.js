@@ -1,7 +1,9 @@
-// The dashboard's entry: a hash router (#/ the list, #/w/<uid>?... a workload), so the API's own paths stay free.
+// The dashboard's entry: a hash router (#/ the fleet, #/w/<uid>?... a workload, #/compare?... several workloads'
+// metric), so the API's own paths stay free.
 import './style.css';
 import * as api from './api.js';
 import { h } from './dom.js';
+import { compareView } from './compare.js';
 import { listView } from './list.js';
 import { workloadView } from './workload.js';
 
@@ -32,6 +34,9 @@ function route() {
   const m = path.match(/^\/w\/(.+)$/);
   if (m) {
     unmount = workloadView(main, decodeURIComponent(m[1]), query, { onAuthNeeded });
+  } else if (path === '/compare') {
+    document.title = 'Compare · trainscope';
+    unmount = compareView(main, query, { onAuthNeeded });
   } else {
     document.title = 'Workloads · trainscope';
     unmount = listView(main, { onAuthNeeded });

@@ -6,8 +6,9 @@ export function seriesKey(p) {
   return `${p.data_source}\u0000${p.source ?? ''}\u0000${p.run ?? ''}`;
 }
 
-/** A short human label: "wandb", "tensorflow (tb)", "wandb run-a3b1799d". */
+/** A short human label: "wandb", "tensorflow (tb)", "wandb run-a3b1799d"; a series may carry its own `label`. */
 export function seriesLabel(s) {
+  if (s.label) return s.label;
   let label = s.data_source;
   if (s.source && s.source !== s.data_source && !sameKind(s.source, s.data_source)) label += ` (${s.source})`;
   if (s.run && s.run !== '.') label += ` ${s.run}`;
@@ -148,4 +149,138 @@ export function formatValue(v) {
   const a = Math.abs(v);
   if (a >= 1e5 || a < 1e-3) return v.toExponential(3);
   return String(Number(v.toPrecision(5)));
+}
+
+// ---- curves people compare: smoothing, x modes, envelopes, metric groups, CSV --------------------------------------
+
+/**
+ * TensorBoard's debiased exponential moving average ("classic" smoothing), as in TensorBoard's
+ * tensorboard/webapp/widgets/line_chart_v2/data_transformer.ts (classicSmoothing): the weight is clamped to [0, 1];
+ * last = last * w + (1 - w) * y over the finite values in order, each divided by 1 - w^n (n = finite values so far)
+ * so the start is not biased towards the initial 0; non-finite values pass through uncounted; a constant series is
+ * returned as it is. `ys` in step order; null/undefined are non-finite.
+ */
+export function emaSmooth(ys, weight) {
+  let w = Number.isFinite(weight) ? Math.max(0, Math.min(1, weight)) : 0;
+  const first = ys.length ? ys[0] : undefined;
+  if (ys.every((y) => y === first)) return ys.slice();
+  let last = 0;
+  let n = 0;
+  return ys.map((y) => {
+    if (y === null || y === undefined || !Number.isFinite(y)) return y;
+    last = last * w + (1 - w) * y;
+    n += 1;
+    const debias = w === 1 ? 1 : 1 - w ** n;
+    return last / debias;
+  });
+}
+
+/** The x of a point: the step, the time in s, or the seconds since the series' first point ('relative'). */
+export function xOf(mode, step, t, t0) {
+  if (mode === 'time') return t / 1000;
+  if (mode === 'relative') return (t - t0) / 1000;
+  return step;
+}
+
+/** A series' points in step order: [{step, t, v}]. */
+export function sortedPoints(s) {
+  return [...s.points].map(([step, { t, v }]) => ({ step, t, v })).sort((a, b) => a.step - b.step);
+}
+
+/** Rolling lowest and highest of each value and its neighbours (the spread a downsampled line zigzags over). */
+export function envelope(values, radius = 1) {
+  const lo = [];
+  const hi = [];
+  for (let i = 0; i < values.length; i++) {
+    let a = Infinity;
+    let b = -Infinity;
+    for (let j = Math.max(0, i - radius); j <= Math.min(values.length - 1, i + radius); j++) {
+      const v = values[j];
+      if (v === null || v === undefined || !Number.isFinite(v)) continue;
+      if (v < a) a = v;
+      if (v > b) b = v;
+    }
+    lo.push(a === Infinity ? null : a);
+    hi.push(b === -Infinity ? null : b);
+  }
+  return { lo, hi };
+}
+
+/**
+ * What a chart draws, aligned for uPlot: `data` = [xs, ...ys] and `layout` = one entry per y array,
+ * {key, role, series}: role 'line' (no smoothing), 'raw' + 'smooth' (smoothing on: the raw line stays, faint),
+ * 'hi' + 'lo' (the band, when asked). Missing x of a series is `undefined` (the line spans it); non-finite values
+ * and, on a log scale, values <= 0 are `null` (gaps).
+ */
+export function plotData(series, { xMode = 'step', log = false, smooth = 0, band = false } = {}) {
+  const xsSet = new Set();
+  const columns = [];
+  const layout = [];
+  const clean = (v) => (v === null || v === undefined || !Number.isFinite(v) || (log && v <= 0) ? null : v);
+  for (const s of series) {
+    const pts = sortedPoints(s);
+    const t0 = pts.reduce((m, p) => Math.min(m, p.t), Infinity);
+    const xs = pts.map((p) => xOf(xMode, p.step, p.t, t0));
+    for (const x of xs) xsSet.add(x);
+    const raw = pts.map((p) => p.v);
+    const add = (role, ys) => { columns.push(new Map(xs.map((x, i) => [x, clean(ys[i])]))); layout.push({ key: s.key, role, series: s }); };
+    if (band && s.banded !== false) { // a series may say it was not reduced (the compare view's)
+      const env = envelope(raw);
+      add('hi', env.hi);
+      add('lo', env.lo);
+    }
+    if (smooth > 0) {
+      add('raw', raw);
+      add('smooth', emaSmooth(raw, smooth));
+    } else {
+      add('line', raw);
+    }
+  }
+  const xs = Array.from(Float64Array.from(xsSet).sort());
+  return { data: [xs, ...columns.map((m) => xs.map((x) => (m.has(x) ? m.get(x) : undefined)))], layout };
+}
+
+/** Metric names grouped by their prefix before the first "/" (TensorBoard's and W&B's sections), in name order. */
+export function metricGroups(names) {
+  const groups = new Map();
+  for (const name of [...names].sort()) {
+    const i = name.indexOf('/');
+    const prefix = i > 0 ? name.slice(0, i) : '';
+    if (!groups.has(prefix)) groups.set(prefix, []);
+    groups.get(prefix).push(name);
+  }
+  return groups;
+}
+
+/** RFC 4180 CSV: a header and rows; fields with a comma, quote or newline are quoted. */
+export function toCsv(header, rows) {
+  const field = (v) => {
+    const s = v === null || v === undefined ? '' : String(v);
+    return /[",\r\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
+  };
+  return [header, ...rows].map((r) => r.map(field).join(',')).join('\r\n') + '\r\n';
+}
+
+/** The rows of what a chart shows: per series and point, the step, time, x, value and smoothed value. */
+export function shownRows(metric, series, { xMode = 'step', smooth = 0, range = null } = {}) {
+  const rows = [];
+  for (const s of series) {
+    const pts = sortedPoints(s);
+    const t0 = pts.reduce((m, p) => Math.min(m, p.t), Infinity);
+    const sm = smooth > 0 ? emaSmooth(pts.map((p) => p.v), smooth) : null;
+    pts.forEach((p, i) => {
+      const x = xOf(xMode, p.step, p.t, t0);
+      if (range && (x < range[0] || x > range[1])) return;
+      rows.push([metric, seriesLabel(s), s.data_source, s.source, s.run, p.step, new Date(p.t).toISOString(),
+        p.v === null ? 'nan' : p.v, sm ? (sm[i] === null ? 'nan' : sm[i]) : '']);
+    });
+  }
+  return rows;
+}
+
+export const CSV_HEADER = ['metric', 'series', 'data_source', 'source', 'run', 'step', 'time', 'value', 'smoothed'];
+
+/** Age of a timestamp (ms) as a compact duration. */
+export function age(ms, now = Date.now()) {
+  return formatDuration(Math.max(0, (now - ms) / 1000));
 }

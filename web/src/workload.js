@@ -1,10 +1,14 @@
-// A Workload page: one chart per (selected) metric, x = step or time, log scale, one line per data source /
-// source / run, zoom that asks the API for the range downsampled, live points over SSE, health markers, CSV.
+// A Workload page: one chart per (selected) metric, grouped by prefix; x = step, time or relative time; log scale;
+// TensorBoard's debiased EMA smoothing; one line per data source / source / run (overlaid on one chart); a min/max
+// band when downsampled; zoom that asks the API for the range downsampled; live points over SSE; health markers;
+// the CSV of what is shown; every choice in the URL.
 import * as api from './api.js';
 import { MetricChart } from './chart.js';
 import { h } from './dom.js';
 import { subscribe } from './sse.js';
-import { formatDuration, formatValue, groupSeries, orderedSeries, resolution, zoomRange } from './series.js';
+import { CSV_HEADER, formatDuration, formatValue, groupSeries, metricGroups, orderedSeries, resolution, shownRows, toCsv,
+  zoomRange } from './series.js';
+import { downloadText, parseSmooth } from './view.js';
 
 const DEFAULT_CHARTS = 12;
 const HEADER_REFRESH_MS = 10000;
@@ -12,8 +16,10 @@ const HEADER_REFRESH_MS = 10000;
 export function workloadView(root, uid, query, { onAuthNeeded }) {
   const state = {
     metrics: query.get('metrics') ? query.get('metrics').split(',').filter(Boolean) : null,
-    x: query.get('x') === 'time' ? 'time' : 'step',
+    x: ['time', 'relative'].includes(query.get('x')) ? query.get('x') : 'step',
     log: query.get('log') === '1',
+    smooth: parseSmooth(query.get('smooth')),
+    band: query.get('band') !== '0',
     live: query.get('live') !== '0',
     range: query.get('from') && query.get('to') ? [Number(query.get('from')), Number(query.get('to'))] : null,
     full: null,
@@ -38,23 +44,36 @@ export function workloadView(root, uid, query, { onAuthNeeded }) {
   const metricBoxes = h('div', { class: 'metric-boxes' });
   const xStep = h('input', { type: 'radio', name: 'x', value: 'step', id: 'x-step', checked: state.x === 'step' });
   const xTime = h('input', { type: 'radio', name: 'x', value: 'time', id: 'x-time', checked: state.x === 'time' });
+  const xRel = h('input', { type: 'radio', name: 'x', value: 'relative', id: 'x-relative', checked: state.x === 'relative' });
+  const smoothInput = h('input', { type: 'range', id: 'smoothing', min: '0', max: '0.999', step: '0.001',
+    value: String(state.smooth), 'aria-describedby': 'smoothing-value' });
+  const smoothOut = h('output', { id: 'smoothing-value', for: 'smoothing' }, state.smooth.toFixed(3));
+  const bandBox = h('input', { type: 'checkbox', id: 'band', checked: state.band });
+  const shownCsv = h('button', { type: 'button', id: 'csv-shown' }, 'CSV of this view');
   const logBox = h('input', { type: 'checkbox', id: 'log-scale', checked: state.log });
   const liveBox = h('input', { type: 'checkbox', id: 'live', checked: state.live });
   const liveState = h('span', { class: 'live-state', id: 'live-state', role: 'status' }, '');
   const fromInput = h('input', { id: 'range-from', name: 'from' });
   const toInput = h('input', { id: 'range-to', name: 'to' });
-  const csv = h('a', { class: 'button', id: 'csv', download: `${uid}-metrics.csv` }, 'Download CSV');
+  const csv = h('a', { class: 'button', id: 'csv', download: `${uid}-metrics.csv` }, 'All points (API CSV)');
   const chartsEl = h('section', { class: 'charts', id: 'charts', 'aria-label': 'Charts', dataset: { state: 'loading', loads: '0' } });
   const healthEl = h('section', { class: 'health', id: 'health', 'aria-labelledby': 'health-title' },
     h('h2', { id: 'health-title' }, 'Health events'), h('p', { class: 'muted' }, 'Loading…'));
   const status = h('p', { class: 'status', id: 'page-status', role: 'status' }, 'Loading…');
+  const runsEl = h('section', { class: 'runs', id: 'runs', 'aria-labelledby': 'runs-title' },
+    h('h2', { id: 'runs-title' }, 'Runs'), h('p', { class: 'muted' }, 'Loading…'));
 
   const controls = h('form', { class: 'controls', 'aria-label': 'Chart options', onsubmit: (e) => { e.preventDefault(); applyRangeInputs(); } },
     h('fieldset', { class: 'metrics-pick' }, h('legend', {}, 'Metrics'), metricBoxes),
     h('fieldset', {}, h('legend', {}, 'X axis'),
-      h('label', { class: 'check' }, xStep, ' Step'), h('label', { class: 'check' }, xTime, ' Time')),
+      h('label', { class: 'check' }, xStep, ' Step'), h('label', { class: 'check' }, xTime, ' Time'),
+      h('label', { class: 'check' }, xRel, ' Relative time')),
+    h('fieldset', { class: 'smoothing' }, h('legend', {}, 'Smoothing'),
+      h('label', { for: 'smoothing', class: 'visually-hidden' }, 'Smoothing weight (exponential moving average)'),
+      smoothInput, smoothOut),
     h('fieldset', {}, h('legend', {}, 'Display'),
       h('label', { class: 'check' }, logBox, ' Log scale'),
+      h('label', { class: 'check' }, bandBox, ' Min/max band when downsampled'),
       h('label', { class: 'check' }, liveBox, ' Live updates'), liveState),
     h('fieldset', { class: 'range' }, h('legend', {}, 'Range'),
       h('label', { for: 'range-from' }, 'From'), fromInput,
@@ -64,14 +83,30 @@ export function workloadView(root, uid, query, { onAuthNeeded }) {
       h('button', { type: 'button', id: 'zoom-out', onclick: () => zoomBy(2) }, 'Zoom out'),
       h('button', { type: 'button', id: 'zoom-reset', onclick: () => setRange(null) }, 'Reset zoom'),
       h('p', { class: 'hint' }, 'Drag across a chart to zoom; double-click it to reset.')),
-    h('div', { class: 'export' }, csv));
+    h('div', { class: 'export' }, shownCsv, ' ', csv));
 
   root.replaceChildren(
     h('nav', { 'aria-label': 'Breadcrumb' }, h('a', { href: '#/', id: 'back' }, '\u2190 All workloads')),
-    title, summary, status, controls, chartsEl, healthEl);
+    title, summary, status, controls, chartsEl, runsEl, healthEl);
 
   xStep.addEventListener('change', () => setX('step'));
   xTime.addEventListener('change', () => setX('time'));
+  xRel.addEventListener('change', () => setX('relative'));
+  smoothInput.addEventListener('input', () => {
+    state.smooth = parseSmooth(smoothInput.value);
+    smoothOut.textContent = state.smooth.toFixed(3);
+    keepState();
+    redrawAll();
+  });
+  bandBox.addEventListener('change', () => { state.band = bandBox.checked; keepState(); redrawAll(); });
+  shownCsv.addEventListener('click', () => {
+    const rows = [];
+    for (const [metric, c] of charts) {
+      rows.push(...shownRows(metric, orderedSeries(c.series).filter((s) => !c.chart.hidden.has(s.key)),
+        { xMode: state.x, smooth: state.smooth, range: state.range }));
+    }
+    downloadText(`${uid}-shown.csv`, toCsv(CSV_HEADER, rows), 'text/csv');
+  });
   logBox.addEventListener('change', () => { state.log = logBox.checked; keepState(); redrawAll(); });
   liveBox.addEventListener('change', () => { state.live = liveBox.checked; keepState(); restartStream(); });
 
@@ -81,6 +116,8 @@ export function workloadView(root, uid, query, { onAuthNeeded }) {
     if (state.metrics) q.set('metrics', state.metrics.join(','));
     if (state.x !== 'step') q.set('x', state.x);
     if (state.log) q.set('log', '1');
+    if (state.smooth > 0) q.set('smooth', String(state.smooth));
+    if (!state.band) q.set('band', '0');
     if (!state.live) q.set('live', '0');
     if (state.range) { q.set('from', String(state.range[0])); q.set('to', String(state.range[1])); }
     const hash = `#/w/${encodeURIComponent(uid)}${q.toString() ? `?${q}` : ''}`;
@@ -94,7 +131,7 @@ export function workloadView(root, uid, query, { onAuthNeeded }) {
   }
 
   function rangeQuery() {
-    if (!state.range) return {};
+    if (!state.range || state.x === 'relative') return {}; // relative time differs per series: zoom in the page
     const [a, b] = state.range;
     if (state.x === 'time') return { start: Math.max(0, Math.floor(a * 1000)), end: Math.ceil(b * 1000) };
     return { from_step: Math.floor(a), to_step: Math.ceil(b) };
@@ -119,6 +156,7 @@ export function workloadView(root, uid, query, { onAuthNeeded }) {
 
   function toInputValue(x) {
     if (state.x === 'step') return String(Math.round(x));
+    if (state.x === 'relative') return String(Math.round(x));
     const d = new Date(x * 1000);
     const local = new Date(d.getTime() - d.getTimezoneOffset() * 60000);
     return local.toISOString().slice(0, 19);
@@ -126,14 +164,14 @@ export function workloadView(root, uid, query, { onAuthNeeded }) {
 
   function fromInputValue(v) {
     if (v === '') return null;
-    if (state.x === 'step') return Number(v);
+    if (state.x === 'step' || state.x === 'relative') return Number(v);
     const t = new Date(v).getTime();
     return Number.isFinite(t) ? t / 1000 : null;
   }
 
   function syncRangeInputs() {
     for (const el of [fromInput, toInput]) {
-      el.type = state.x === 'step' ? 'number' : 'datetime-local';
+      el.type = state.x === 'time' ? 'datetime-local' : 'number';
       if (state.x === 'time') el.step = '1'; else el.removeAttribute('step');
     }
     const r = state.range || state.full;
@@ -156,20 +194,21 @@ export function workloadView(root, uid, query, { onAuthNeeded }) {
     if (range && state.full && range[0] <= state.full[0] && range[1] >= state.full[1]) range = null;
     state.range = range;
     keepState();
+    if (state.x === 'relative') { redrawAll(); return; } // the loaded points already cover it
     load();
   }
 
   function zoomBy(factor) {
     const full = state.full ?? state.range;
     if (!full) return;
-    const r = zoomRange(state.range, full, factor, state.x === 'step');
-    if (!state.full && factor > 1 && r) { setRange(zoomRange(state.range, [-Infinity, Infinity], factor, state.x === 'step')); return; }
+    const r = zoomRange(state.range, full, factor, state.x !== 'time');
+    if (!state.full && factor > 1 && r) { setRange(zoomRange(state.range, [-Infinity, Infinity], factor, state.x !== 'time')); return; }
     setRange(r);
   }
 
   function onZoom(min, max) {
     if (!(max > min)) return;
-    setRange(state.x === 'step' ? [Math.floor(min), Math.ceil(max)] : [min, max]);
+    setRange(state.x === 'time' ? [min, max] : [Math.floor(min), Math.ceil(max)]);
   }
 
   function setX(x) {
@@ -194,8 +233,13 @@ export function workloadView(root, uid, query, { onAuthNeeded }) {
       const chart = new MetricChart(figure, { metric, xMode: state.x, log: state.log, onZoom, onReset: () => setRange(null) });
       charts.set(metric, { chart, series: new Map() });
     }
-    // keep the chosen order
-    for (const metric of want) chartsEl.append(charts.get(metric).chart.figure);
+    // keep the chosen order, a heading before each prefix group (train/, eval/...)
+    chartsEl.querySelectorAll('h2.group').forEach((el) => el.remove());
+    for (const [prefix, names] of metricGroups(want)) {
+      chartsEl.append(h('h2', { class: 'group', dataset: { group: prefix } }, prefix || 'Other metrics',
+        h('span', { class: 'muted' }, ` (${names.length})`)));
+      for (const metric of names) chartsEl.append(charts.get(metric).chart.figure);
+    }
     chartsEl.querySelector('.empty')?.remove();
     if (!want.length) chartsEl.append(h('p', { class: 'empty' }, 'No metric selected.'));
   }
@@ -203,7 +247,8 @@ export function workloadView(root, uid, query, { onAuthNeeded }) {
   function redraw(metric) {
     const c = charts.get(metric);
     if (!c) return;
-    c.chart.update(orderedSeries(c.series), { range: state.range, events: events || [], xMode: state.x, log: state.log });
+    c.chart.update(orderedSeries(c.series), { range: state.range, events: events || [], xMode: state.x, log: state.log,
+      smooth: state.smooth, band: state.band && c.chart.figure.dataset.downsampled === 'true' });
   }
 
   function redrawAll() {
@@ -252,8 +297,9 @@ export function workloadView(root, uid, query, { onAuthNeeded }) {
     let hi = -Infinity;
     for (const { series } of charts.values()) {
       for (const s of series.values()) {
+        const t0 = Math.min(...[...s.points.values()].map((p) => p.t));
         for (const [step, { t }] of s.points) {
-          const x = state.x === 'time' ? t / 1000 : step;
+          const x = state.x === 'time' ? t / 1000 : state.x === 'relative' ? (t - t0) / 1000 : step;
           if (x < lo) lo = x;
           if (x > hi) hi = x;
         }
@@ -284,7 +330,7 @@ export function workloadView(root, uid, query, { onAuthNeeded }) {
   }
 
   function inRange(p) {
-    if (!state.range) return true;
+    if (!state.range || state.x === 'relative') return true;
     const x = state.x === 'time' ? p.timestamp / 1000 : p.iteration;
     return x >= state.range[0] && x <= state.range[1];
   }
@@ -329,7 +375,10 @@ export function workloadView(root, uid, query, { onAuthNeeded }) {
       h('dd', {}, pct == null ? '–' : [h('progress', { max: '1', value: String(pct), 'aria-label': 'Progress' }), ` ${(pct * 100).toFixed(1)}%`]),
       ...item('Primary metric', pm ? `${pm.name} = ${formatValue(pm.value)} @ ${pm.iteration} (${pm.data_source})` : null),
       ...(w.eta_seconds != null ? item('ETA', formatDuration(w.eta_seconds)) : []),
-      ...item('Data sources', w.data_sources.join(', ') || null),
+      h('dt', {}, 'Data sources'),
+      h('dd', {}, w.data_sources.join(', ') || '–', w.data_sources.includes('tensorflow')
+        ? h('span', { class: 'muted note' }, ' (tensorflow is TensorBoard: the API keeps the seed API\'s name for the source the Workload calls tensorboard)')
+        : null),
       ...item('UID', w.uid));
   }
 
@@ -338,7 +387,7 @@ export function workloadView(root, uid, query, { onAuthNeeded }) {
     if (events === null) {
       healthEl.dataset.available = 'false';
       healthEl.replaceChildren(body, h('p', { class: 'muted' },
-        'This API does not serve health events yet, so no markers are drawn on the curves. '
+        'The health events could not be read, so no markers are drawn on the curves. '
         + 'Conditions are in the Workload status (kubectl describe tsw) and its Kubernetes events.'));
       return;
     }
@@ -371,18 +420,57 @@ export function workloadView(root, uid, query, { onAuthNeeded }) {
 
   function renderMetricBoxes() {
     const chosen = new Set(selected());
-    metricBoxes.replaceChildren(...available.map((m, i) => {
-      const box = h('input', { type: 'checkbox', id: `metric-${i}`, value: m.name, checked: chosen.has(m.name) });
-      box.addEventListener('change', () => {
-        const now = [...metricBoxes.querySelectorAll('input:checked')].map((b) => b.value);
-        state.metrics = now;
-        keepState();
-        load();
-        restartStream();
+    const info = new Map(available.map((m) => [m.name, m]));
+    let i = 0;
+    const onChange = () => {
+      state.metrics = [...metricBoxes.querySelectorAll('input:checked')].map((b) => b.value);
+      keepState();
+      load();
+      restartStream();
+    };
+    metricBoxes.replaceChildren(...[...metricGroups(available.map((m) => m.name))].map(([prefix, names]) => {
+      const name = prefix || 'other';
+      const boxes = names.map((n) => {
+        const m = info.get(n);
+        const id = `metric-${i++}`;
+        const box = h('input', { type: 'checkbox', id, value: n, checked: chosen.has(n) });
+        box.addEventListener('change', onChange);
+        return h('label', { class: 'check', for: id }, box, ` ${n} `,
+          h('span', { class: 'muted' }, `(${m.data_source.join(', ')}; ${m.count})`));
       });
-      return h('label', { class: 'check', for: `metric-${i}` }, box, ` ${m.name} `,
-        h('span', { class: 'muted' }, `(${m.data_source.join(', ')}; ${m.count})`));
+      const all = (on) => () => {
+        for (const label of boxes) label.querySelector('input').checked = on;
+        onChange();
+      };
+      return h('div', { class: 'metric-group', role: 'group', 'aria-label': `${name} metrics`, dataset: { group: prefix } },
+        h('span', { class: 'group-name' }, `${name}/`),
+        h('button', { type: 'button', class: 'small', onclick: all(true), 'aria-label': `Show all ${name} metrics` }, 'all'),
+        h('button', { type: 'button', class: 'small', onclick: all(false), 'aria-label': `Show none of the ${name} metrics` }, 'none'),
+        ...boxes);
     }));
+  }
+
+  async function loadRuns() {
+    const title = runsEl.querySelector('h2');
+    try {
+      const body = await api.runs(uid, { signal: controller.signal });
+      if (stopped) return;
+      if (!body.runs.length) { runsEl.replaceChildren(title, h('p', { class: 'muted' }, 'The sources reported no run details.')); return; }
+      const nameOf = (info) => info.display_name ?? info.displayName ?? info.name ?? '–';
+      const details = (info) => {
+        const rest = Object.fromEntries(Object.entries(info).filter(([k]) => !['display_name', 'displayName', 'name', 'state'].includes(k)));
+        const text = Object.keys(rest).length ? JSON.stringify(rest) : '–';
+        return h('td', { class: 'details', title: text }, text.length > 100 ? `${text.slice(0, 100)}…` : text);
+      };
+      runsEl.replaceChildren(title, h('div', { class: 'table-wrap' }, h('table', { class: 'runs-table', id: 'runs-table' },
+        h('thead', {}, h('tr', {}, ...['Source', 'Run', 'Name', 'State', 'Details', 'Updated'].map((t) => h('th', { scope: 'col' }, t)))),
+        h('tbody', {}, ...body.runs.map((r) => h('tr', {}, h('td', {}, r.source), h('th', { scope: 'row' }, r.run || '(default)'),
+          h('td', {}, String(nameOf(r.info))), h('td', {}, String(r.info.state ?? '–')), details(r.info),
+          h('td', {}, new Date(r.updated_at).toLocaleString())))))));
+    } catch (err) {
+      if (stopped || err.name === 'AbortError') return;
+      runsEl.replaceChildren(title, h('p', { class: 'muted' }, `Could not load the runs: ${err.message}`));
+    }
   }
 
   async function start() {
@@ -400,6 +488,7 @@ export function workloadView(root, uid, query, { onAuthNeeded }) {
       keepState();
       await load();
       restartStream();
+      loadRuns();
       headerTimer = setTimeout(refreshHeader, HEADER_REFRESH_MS);
     } catch (err) {
       if (stopped || err.name === 'AbortError') return;

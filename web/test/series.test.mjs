@@ -61,3 +61,26 @@ test('SSE parser: events, ids, comments, chunks split anywhere, CRLF', () => {
     assert.equal(p.retry, 2000);
   }
 });
+
+test("TensorBoard's debiased EMA: first value kept, bias removed, non-finite passed through, constant untouched", async () => {
+  const { emaSmooth, envelope, metricGroups, plotData, toCsv } = await import('../src/series.js');
+  const w = 0.6;
+  const ys = [1, 3, null, 2];
+  const out = emaSmooth(ys, w);
+  // by hand: last1 = 0.4, debias 0.4 -> 1; last2 = 0.24 + 1.2 = 1.44, debias 1 - 0.36 = 0.64 -> 2.25; null stays;
+  // last3 = 0.864 + 0.8 = 1.664, debias 1 - 0.216 = 0.784 -> 2.1224...
+  assert.equal(out[0], 1);
+  assert.ok(Math.abs(out[1] - 2.25) < 1e-12);
+  assert.equal(out[2], null);
+  assert.ok(Math.abs(out[3] - 1.664 / 0.784) < 1e-12);
+  assert.deepEqual(emaSmooth([5, 5, 5], 0.9), [5, 5, 5]);
+  assert.deepEqual(emaSmooth([1, 2], 0), [1, 2]);
+  assert.deepEqual(envelope([1, 5, 2, null, 4]), { lo: [1, 1, 2, 2, 4], hi: [5, 5, 5, 4, 4] });
+  assert.deepEqual([...metricGroups(['train/loss', 'eval/loss', 'lr', 'train/acc'])],
+    [['eval', ['eval/loss']], ['', ['lr']], ['train', ['train/acc', 'train/loss']]]);
+  const s = { key: 'k', data_source: 'log', source: '', run: '', points: new Map([[1, { t: 5000, v: 1 }], [2, { t: 7000, v: 3 }]]) };
+  const pd = plotData([s], { xMode: 'relative', smooth: 0.6 });
+  assert.deepEqual(pd.data, [[0, 2], [1, 3], [1, 2.25]]);
+  assert.deepEqual(pd.layout.map((l) => l.role), ['raw', 'smooth']);
+  assert.equal(toCsv(['a', 'b'], [['x,y', 'q"']]), 'a,b\r\n"x,y","q"""\r\n');
+});
