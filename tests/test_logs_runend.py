@@ -164,7 +164,8 @@ def test_an_invalid_user_regex_is_refused_at_validation_naming_the_field():
     with pytest.raises(SpecError) as err:
         parse_spec({"sources": [{"name": "l", "logs": {"path": "x.log", "patterns": [
             "loss=(?P<loss>[0-9.]+)", "(unclosed"]}}]})
-    assert str(err.value).startswith("spec.sources[0].logs.patterns[1]: pattern '(unclosed' is not a supported regex: missing )")
+    assert str(err.value).startswith("spec.sources[0].logs.patterns[1]: pattern '(unclosed' is not a supported "
+                                     "regex: missing )")
     with pytest.raises(SpecError) as err:
         parse_spec({"sources": [{"name": "l", "logs": {"path": "x.log", "filter": {"metricsFormat": ["(a)"]}}}]})
     assert str(err.value).startswith("spec.sources[0].logs.filter.metricsFormat[0]: metricsFormat '(a)' needs two")
