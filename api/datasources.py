@@ -9,6 +9,7 @@ KIND_TO_DATA_SOURCE: dict[str, str] = {
     "logs": "log",
     "swanlab": "swanlab",
     "qianfan": "qianfan",
+    "mlflow": "mlflow",
 }
 
 # Accepted on input besides the canonical names: the kinds' own spellings.

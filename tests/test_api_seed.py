@@ -426,7 +426,7 @@ def test_errors_have_the_seeds_shape(server: str) -> None:
     base = f"{server}/api/v1/workloads"
     cases = [
         (f"{base}/{SEED_UID}/metrics/data?start=yesterday", 400, "start"),
-        (f"{base}/{SEED_UID}/metrics/data?data_source=mlflow", 400, "data_source"),
+        (f"{base}/{SEED_UID}/metrics/data?data_source=neptune", 400, "data_source"),
         (f"{base}/{SEED_UID}/metrics/data?start=20&end=10", 400, "end"),
         (f"{base}/{SEED_UID}/metrics/data?limit=0", 400, "limit"),
         (f"{base}/{SEED_UID}/metrics/data?limit=5&cursor=bogus", 400, "cursor"),
