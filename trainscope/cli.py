@@ -286,10 +286,11 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose, getattr(args, "log_format", "text"))
     _exit_on_sigterm()
     from trainscope.collector.store import StoreUnavailable
-    from trainscope.collector.store.embedded import DatabaseNotConfigured, stop_embedded
+    from trainscope.collector.store.embedded import DatabaseNotConfigured, embedded_mark, stop_embedded
     from trainscope.collector.store.errors import CONFIG_REASONS
     from trainscope.gc_tuning import GcSettingError
 
+    mark = embedded_mark()
     try:
         return args.func(args)
     except GcSettingError as exc:
@@ -306,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
-        stop_embedded()  # on every way out: a return, an exception, SIGINT, SIGTERM
+        stop_embedded(mark)  # on every way out: a return, an exception, SIGINT, SIGTERM
 
 
 if __name__ == "__main__":

@@ -56,10 +56,16 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def stop_embedded() -> None:
-    """Stop the embedded servers this process uses, now (idempotent; pgserver's atexit hook does the same later,
-    but a process ended by a signal runs no atexit hook: the CLI calls this on every way out)."""
-    while _started:
+def embedded_mark() -> int:
+    """How many embedded servers this process holds now: `stop_embedded(mark)` stops only those started after."""
+    return len(_started)
+
+
+def stop_embedded(since: int = 0) -> None:
+    """Stop the embedded servers this process started (after `since`, a mark), now (idempotent; pgserver's atexit
+    hook does the same later, but a process ended by a signal runs no atexit hook: the CLI calls this on every way
+    out, for the servers its own command started, never one its caller started, e.g. a test session's)."""
+    while len(_started) > since:
         server = _started.pop()
         with contextlib.suppress(Exception):  # already stopped, or its data directory is gone
             server.cleanup()
