@@ -16,7 +16,7 @@ import kopf
 from trainscope.operator.gauges import MetricsEndpoint
 from trainscope.operator.kube import login
 from trainscope.operator.runtime import Runtime, RuntimeConfig
-from trainscope.operator.status import health_transitions, status_patch
+from trainscope.operator.status import health_transitions, job_transitions, status_patch
 
 GROUP, VERSION, PLURAL = "trainscope.io", "v1alpha1", "workloads"
 # kopf fixes a timer's interval when the handler is declared, so it is read from the environment at import.
@@ -34,6 +34,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.posting.loggers = False
     settings.posting.level = logging.INFO
     config: RuntimeConfig = memo.config
+    if config.post_event is None:  # invalid job annotations are reported on the job itself
+        config.post_event = lambda obj, reason, message: kopf.warn(obj, reason=reason, message=message)
     if config.kube_connection is None:  # the same credentials kopf found, for Secrets and pod logs
         try:
             config.kube_connection = login(settings)
@@ -101,6 +103,11 @@ async def write_status(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, 
     if changes:
         for key, value in changes.items():
             patch.status[key] = value
+        job = job_transitions(current.get("conditions"), wanted.get("conditions", []))
+        if job is not None:  # JobRunning, JobSucceeded, JobFailed, JobNotFound, JobDeleted...
+            post = kopf.warn if job["reason"] in ("JobFailed", "JobNotFound", "JobDeleted", "JobKindNotServed") \
+                else kopf.info
+            post(body, reason=job["reason"], message=job["message"])
         for cond in health_transitions(current.get("conditions"), wanted.get("conditions", [])):
             if cond["status"] == "True":
                 kopf.warn(body, reason=cond["type"], message=cond["message"])

@@ -119,6 +119,16 @@ class KubeClient:
             raise KubeError(response.status_code, f"GET {path}: HTTP {response.status_code}")
         return response.json()
 
+    async def request_json(self, method: str, path: str, body: Any = None, *,
+                           content_type: str = "application/json") -> dict[str, Any]:
+        """One JSON request of the job follower (operator/follow.py): get/list jobs, create/patch/delete Workloads."""
+        headers = {"Content-Type": content_type} if body is not None else None
+        response = await self._http.request(method, path, json=body, headers=headers)
+        if response.status_code >= 400:
+            raise KubeError(response.status_code, f"{method} {path}: HTTP {response.status_code}: "
+                            f"{_status_message(response.text[:300])}")
+        return response.json()
+
     async def get_secret(self, namespace: str, name: str) -> dict[str, str]:
         """The Secret's data, decoded. Only `get` is used: the operator never lists or watches Secrets."""
         obj = await self._get_json(f"/api/v1/namespaces/{namespace}/secrets/{name}")

@@ -10,7 +10,7 @@ from typing import Any
 from trainscope.collector.collector import Snapshot, SourceHealth, SourceState
 from trainscope.collector.health import CONDITION_TYPES
 from trainscope.collector.points import RunState
-from trainscope.collector.progress import format_duration
+from trainscope.collector.progress import JobPhase, JobState, format_duration
 
 MAX_LATEST = 20  # bounded: a Workload with 10,000 metric names must not blow up its object
 MAX_ERROR_CHARS = 300
@@ -22,6 +22,10 @@ class Phase:
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     DEGRADED = "Degraded"
+    SUSPENDED = "Suspended"  # the job is suspended (e.g. by Kueue)
+
+
+JOB_CONDITION = "Job"  # True while spec.jobRef's job exists; its reason is the job's phase
 
 
 def iso(ts: float | None) -> str | None:
@@ -52,7 +56,18 @@ def coarse_seconds(seconds: float | None) -> int | None:
 
 
 def phase_of(snap: Snapshot) -> str:
-    """Succeeded/Failed follow the run; Degraded when a source is unhealthy; Pending until data arrives."""
+    """Succeeded/Failed follow the job (when spec.jobRef names one) and the run; Suspended follows the job;
+    Degraded when a source is unhealthy; Pending until data arrives or while the job is pending or missing."""
+    job = snap.job
+    has_data = snap.step is not None or bool(snap.latest)
+    if job is not None and job.ended:
+        if snap.run_state == RunState.FAILED or (job.phase == JobPhase.DELETED and snap.run_state != RunState.FINISHED):
+            return Phase.FAILED
+        return Phase.SUCCEEDED if has_data else Phase.DEGRADED  # ended well, but nothing was collected
+    if job is not None and job.phase == JobPhase.SUSPENDED:
+        return Phase.SUSPENDED
+    if job is not None and job.phase in (JobPhase.NOT_FOUND, JobPhase.PENDING) and not has_data:
+        return Phase.PENDING
     if snap.run_state == RunState.FAILED:
         return Phase.FAILED
     if snap.run_state == RunState.FINISHED:
@@ -118,7 +133,25 @@ def conditions(snap: Snapshot | None, previous: list[dict[str, Any]] | None, now
     ready = _condition("Ready", bool(working), "Collecting" if working else "NoHealthySource",
                        f"{len(working)}/{len(snap.sources)} source(s) collecting", prev, stamp)
     health = [_condition(c.type, c.status, c.reason, c.message[:MAX_ERROR_CHARS], prev, stamp) for c in snap.health]
-    return [ready, healthy, *health]
+    job = [job_condition(snap.job, prev, stamp)] if snap.job is not None else []
+    return [ready, healthy, *job, *health]
+
+
+def job_condition(job: JobState, prev: dict[str, dict[str, Any]], stamp: str) -> dict[str, Any]:
+    """`Job`: True with the job's phase as reason while it exists; False with JobNotFound, JobDeleted or
+    JobKindNotServed otherwise. The message carries the job's own reason and message (a failure's cause)."""
+    exists = job.phase not in (JobPhase.NOT_FOUND, JobPhase.DELETED, JobPhase.KIND_NOT_SERVED)
+    reason = f"Job{job.phase}" if exists else job.reason
+    return _condition(JOB_CONDITION, exists, reason, job.message[:MAX_ERROR_CHARS], prev, stamp)
+
+
+def job_transitions(previous: list[dict[str, Any]] | None, current: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The Job condition when its reason changed (for one Kubernetes event per job transition), else None."""
+    before = {c.get("type"): c.get("reason") for c in previous or [] if isinstance(c, dict)}
+    for cond in current:
+        if cond["type"] == JOB_CONDITION and before.get(JOB_CONDITION) != cond["reason"]:
+            return cond
+    return None
 
 
 def health_transitions(previous: list[dict[str, Any]] | None, current: list[dict[str, Any]]) -> list[dict[str, Any]]:
