@@ -58,7 +58,11 @@ def running(k: Kind) -> dict[str, Any]:
         return {"conditions": [_cond("Created"), _cond("Running", "JobRunning", f"{k.kind} is running.")]}
     if k is RAYJOB:
         return {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"}
-    return {"conditions": []}  # TrainJob, JobSet: no condition while running
+    if k is JOBSET:  # no condition while running: counts per replicated job
+        return {"replicatedJobsStatus": [{"name": "trainer", "ready": 2, "active": 2, "succeeded": 0, "failed": 0,
+                                          "suspended": 0}]}
+    return {"jobsStatus": [{"name": "node", "ready": 2, "active": 2, "succeeded": 0, "failed": 0,
+                            "suspended": 0}]}  # TrainJob
 
 
 def succeeded(k: Kind) -> dict[str, Any]:

@@ -49,6 +49,15 @@ def by_conditions(obj: dict[str, Any], *, succeeded: tuple[str, ...], failed: tu
     return JobState(JobPhase.PENDING, "Pending", "")
 
 
+def active_children(obj: dict[str, Any], key: str) -> int:
+    """Sum of `active` (else `ready`) over the child-job counts in status[key] (JobSet, TrainJob)."""
+    total = 0
+    for item in (obj.get("status") or {}).get(key) or []:
+        if isinstance(item, dict):
+            total += int(item.get("active") or item.get("ready") or 0)
+    return total
+
+
 def labelled(key: str) -> Callable[[str], dict[str, Any]]:
     """Pods found by one label whose value is the job's name."""
     return lambda name: {"matchLabels": {key: name}}
