@@ -297,7 +297,8 @@ def status_schema() -> dict[str, Any]:
         "properties": {
             "phase": {"type": "string", "enum": list(PHASES),
                       "description": "Pending: no data yet; Collecting: sources are polled; Succeeded/Failed: the "
-                                     "run (or spec.jobRef's job) ended; Degraded: collecting, but some source is failing; "
+                                     "run (or spec.jobRef's job) ended; Degraded: collecting, but some source is "
+                                     "failing; "
                                      "Suspended: the job is suspended."},
             "step": {"type": "integer", "description": "Highest training step seen."},
             "totalSteps": {"type": "integer",

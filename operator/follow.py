@@ -36,7 +36,6 @@ LOGS_FORMAT = "trainscope.io/logs-format"
 TEMPLATE_KEY = "spec.yaml"  # the key of a template ConfigMap holding a Workload spec
 NOT_SERVED_RETRY = (30.0, 600.0)  # first and longest wait before asking again for a kind the cluster lacks
 
-EventPoster = Callable[[dict[str, Any], str, str], None]  # (object, reason, message): a Warning event
 
 
 class AnnotationError(Exception):
@@ -61,11 +60,10 @@ class JobFollower:
     """Lists the job kinds in use, answers a jobRef's state, and (with `discover`) reconciles annotated jobs."""
 
     def __init__(self, kube: KubeClient, *, namespaces: Iterable[str] = (), discover: bool = False,
-                 post_event: EventPoster | None = None, clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic):
         self.kube = kube
         self.namespaces = tuple(namespaces)  # empty: cluster-wide
         self.discover = discover
-        self.post_event = post_event
         self.clock = clock
         self.kinds: dict[tuple[str, str], KindCache] = {}
         self.seen: set[tuple[str, str, str, str]] = set()  # (apiVersion, kind, namespace, name) seen once
@@ -190,7 +188,7 @@ class JobFollower:
                         continue
                     manifest = await self._manifest(cache.kind, job)
                 except AnnotationError as exc:
-                    self._report(job, uid, str(exc))
+                    await self._report(job, uid, str(exc))
                     continue
                 self._reported.pop(uid, None)
                 wanted.add((ns, uid))
@@ -199,14 +197,23 @@ class JobFollower:
             if (ns, uid) not in wanted and uid in alive:  # the job stays, its collect annotation went
                 await self._call("DELETE", f"{WORKLOADS}/namespaces/{ns}/workloads/{wl['metadata']['name']}")
 
-    def _report(self, job: dict[str, Any], uid: str, message: str) -> None:
+    async def _report(self, job: dict[str, Any], uid: str, message: str) -> None:
+        """A Warning event on the job (once per distinct message), so its owner sees why nothing is collected."""
         if self._reported.get(uid) == message:
             return
         self._reported[uid] = message
-        log.warning("%s %s/%s: %s; no Workload created", job.get("kind"), job["metadata"].get("namespace"),
-                    job["metadata"].get("name"), message)
-        if self.post_event is not None:
-            self.post_event(job, "InvalidAnnotation", f"{message}; no Workload created")
+        meta = job["metadata"]
+        log.warning("%s %s/%s: %s; no Workload created", job.get("kind"), meta.get("namespace"), meta.get("name"),
+                    message)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        event = {"apiVersion": "v1", "kind": "Event",
+                 "metadata": {"generateName": f"{meta['name']}.", "namespace": meta.get("namespace")},
+                 "involvedObject": {"apiVersion": job.get("apiVersion"), "kind": job.get("kind"),
+                                    "name": meta["name"], "namespace": meta.get("namespace"), "uid": uid},
+                 "reason": "InvalidAnnotation", "message": f"{message}; no Workload created", "type": "Warning",
+                 "source": {"component": "trainscope"}, "reportingComponent": "trainscope",
+                 "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1}
+        await self._call("POST", f"/api/v1/namespaces/{meta.get('namespace')}/events", event)
 
     async def _managed(self) -> dict[tuple[str, str], dict[str, Any]]:
         """Workloads created from job annotations, by (namespace, job uid)."""
@@ -278,7 +285,7 @@ class JobFollower:
                 log.info("created Workload %s/%s for %s %s", ns, name, job.get("kind"), job["metadata"]["name"])
             except KubeError as exc:
                 if exc.status == 409:
-                    self._report(job, manifest["metadata"]["labels"][JOB_UID_LABEL],
+                    await self._report(job, manifest["metadata"]["labels"][JOB_UID_LABEL],
                                  f"a Workload named {name} exists and was not made for this job")
                 else:
                     log.warning("creating Workload %s/%s failed: %s", ns, name, exc)

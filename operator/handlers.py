@@ -34,8 +34,6 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.posting.loggers = False
     settings.posting.level = logging.INFO
     config: RuntimeConfig = memo.config
-    if config.post_event is None:  # invalid job annotations are reported on the job itself
-        config.post_event = lambda obj, reason, message: kopf.warn(obj, reason=reason, message=message)
     if config.kube_connection is None:  # the same credentials kopf found, for Secrets and pod logs
         try:
             config.kube_connection = login(settings)

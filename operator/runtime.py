@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,6 @@ class RuntimeConfig:
     job_interval: float = 10.0  # seconds between two listings of the followed job kinds
     discover_jobs: bool = False  # create Workloads for jobs annotated trainscope.io/collect: "true"
     namespaces: tuple[str, ...] = ()  # the operator's namespaces; empty: cluster-wide
-    post_event: Callable[[dict[str, Any], str, str], None] | None = None  # a Warning event on any object
 
 
 @dataclass(slots=True)
@@ -79,8 +78,7 @@ class Runtime:
         self.kube: KubeClient | None = KubeClient(config.kube_connection) if config.kube_connection else None
         self.jobs: JobFollower | None = None
         if self.kube is not None:
-            self.jobs = JobFollower(self.kube, namespaces=config.namespaces, discover=config.discover_jobs,
-                                    post_event=config.post_event)
+            self.jobs = JobFollower(self.kube, namespaces=config.namespaces, discover=config.discover_jobs)
         self._follow_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

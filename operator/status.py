@@ -66,7 +66,8 @@ def phase_of(snap: Snapshot) -> str:
         return Phase.SUCCEEDED if has_data else Phase.DEGRADED  # ended well, but nothing was collected
     if job is not None and job.phase == JobPhase.SUSPENDED:
         return Phase.SUSPENDED
-    if job is not None and job.phase in (JobPhase.NOT_FOUND, JobPhase.PENDING) and not has_data:
+    if job is not None and job.phase in (JobPhase.NOT_FOUND, JobPhase.PENDING, JobPhase.KIND_NOT_SERVED) \
+            and not has_data:
         return Phase.PENDING
     if snap.run_state == RunState.FAILED:
         return Phase.FAILED

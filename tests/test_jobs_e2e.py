@@ -12,12 +12,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import jobkinds as jk
 import pytest
 
-import jobkinds as jk
-from kube import Cluster, Operator, condition, db_points, eventually, operator_config, series, show, source_status
 from trainscope.collector.sources.base import SourceContext
 from trainscope.collector.sources.logs import LogsSource
+
+from kube import Cluster, Operator, condition, db_points, eventually, operator_config, series, show, source_status
 
 WAIT = 20.0
 LOGTEXTS = Path(__file__).parent / "logtexts"
@@ -130,7 +131,7 @@ async def test_missing_job_then_created_then_deleted(cluster: Cluster, follower:
     await jk.add_job_pod(cluster, jk.JOB, "later", "later-0")
     cluster.write_log("later-0", (LOGTEXTS / "hf_llamafactory.log").read_text(), at=time.time() - 60)
     await wait_for(cluster, "wl", lambda o: condition(o, "Job")["reason"] == "JobRunning"
-                   and o["status"].get("step"), "the job found and its pod read")
+                   and o.get("status", {}).get("step"), "the job found and its pod read")
     await jk.delete_job(cluster, jk.JOB, "later")  # the user's own Workload (no owner reference) is kept
     obj = await wait_for(cluster, "wl", lambda o: condition(o, "Job")["reason"] == "JobDeleted", "JobDeleted")
     assert obj["status"]["phase"] == "Failed" and condition(obj, "Stalled")["status"] == "False", show(obj)
@@ -163,10 +164,10 @@ async def test_generic_kind_by_conditions_and_absent_crd(cluster: Cluster, follo
     spec = spec_for(generic, "ft", selector={"matchLabels": {"example.com/finetune": "ft"}})
     await cluster.create("ft", spec)
     await cluster.create("absent", spec_for(jk.PYTORCHJOB, "nowhere"))  # no PyTorchJob CRD in this cluster
-    await wait_for(cluster, "ft", lambda o: o["status"].get("phase") == "Collecting", "Collecting")
+    await wait_for(cluster, "ft", lambda o: o.get("status", {}).get("phase") == "Collecting", "Collecting")
     await jk.set_status(cluster, generic, "ft", {"conditions": [{"type": "Succeeded", "status": "True",
                                                                  "reason": "Done", "message": "finished"}]})
-    await wait_for(cluster, "ft", lambda o: o["status"].get("phase") == "Succeeded", "Succeeded")
+    await wait_for(cluster, "ft", lambda o: o.get("status", {}).get("phase") == "Succeeded", "Succeeded")
     obj = await wait_for(cluster, "absent", lambda o: condition(o, "Job")["reason"] == "JobKindNotServed",
                          "JobKindNotServed")
     assert obj["status"]["phase"] == "Pending"
@@ -181,11 +182,11 @@ async def test_two_workloads_on_one_job_and_gauge_retention(cluster: Cluster, fo
     await cluster.create("a", spec_for(jk.JOB, "shared"))
     await cluster.create("b", spec_for(jk.JOB, "shared", retainGaugesFor="1s"))
     for name in ("a", "b"):
-        await wait_for(cluster, name, lambda o: o["status"].get("phase") == "Collecting", "Collecting")
+        await wait_for(cluster, name, lambda o: o.get("status", {}).get("phase") == "Collecting", "Collecting")
     await jk.set_status(cluster, jk.JOB, "shared", jk.succeeded(jk.JOB))
     steps = set()
     for name in ("a", "b"):
-        obj = await wait_for(cluster, name, lambda o: o["status"].get("phase") == "Succeeded", "Succeeded")
+        obj = await wait_for(cluster, name, lambda o: o.get("status", {}).get("phase") == "Succeeded", "Succeeded")
         steps.add(obj["status"]["step"])
     assert len(steps) == 1
 
@@ -214,10 +215,11 @@ async def test_restart_mid_run_changes_nothing(cluster: Cluster, database_url: s
     cluster.write_log("gpt-master-0", "".join(lines[20:]), at=time.time() - 50)
     op = await job_operator(database_url, discover_jobs=True).start()
     try:
-        await wait_for(cluster, "gpt-pytorchjob", lambda o: o["status"].get("step", 0) > obj["status"]["step"],
+        before = obj["status"]["step"]
+        await wait_for(cluster, "gpt-pytorchjob", lambda o: o.get("status", {}).get("step", 0) > before,
                        "progress after the restart")
         await jk.set_status(cluster, jk.PYTORCHJOB, "gpt", jk.succeeded(jk.PYTORCHJOB))
-        await wait_for(cluster, "gpt-pytorchjob", lambda o: o["status"].get("phase") == "Succeeded", "Succeeded")
+        await wait_for(cluster, "gpt-pytorchjob", lambda o: o.get("status", {}).get("phase") == "Succeeded", "Succeeded")
         listing = await (await cluster.emu.get(cluster.path())).json()
         assert [w["metadata"]["name"] for w in listing["items"]] == ["gpt-pytorchjob"]  # never a duplicate
         stored = await db_points(database_url, uid)

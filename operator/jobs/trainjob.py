@@ -1,7 +1,8 @@
 """trainer.kubeflow.org/v1alpha1 TrainJob (Kubeflow Trainer v2).
 
 Completion (kubeflow/trainer, pkg/apis/trainer/v1alpha1/trainjob_types.go): conditions `Complete` and `Failed`
-(True when the run ended), `Suspended` while spec.suspend is set; running: `status.jobsStatus[].active` above zero. A TrainJob runs as a JobSet of the same name,
+(True when the run ended), `Suspended` while spec.suspend is set; running: `status.jobsStatus[].active` above
+zero. A TrainJob runs as a JobSet of the same name,
 so its pods carry `jobset.sigs.k8s.io/jobset-name=<name>`.
 """
 
