@@ -219,7 +219,8 @@ async def test_restart_mid_run_changes_nothing(cluster: Cluster, database_url: s
         await wait_for(cluster, "gpt-pytorchjob", lambda o: o.get("status", {}).get("step", 0) > before,
                        "progress after the restart")
         await jk.set_status(cluster, jk.PYTORCHJOB, "gpt", jk.succeeded(jk.PYTORCHJOB))
-        await wait_for(cluster, "gpt-pytorchjob", lambda o: o.get("status", {}).get("phase") == "Succeeded", "Succeeded")
+        await wait_for(cluster, "gpt-pytorchjob", lambda o: o.get("status", {}).get("phase") == "Succeeded",
+                       "Succeeded")
         listing = await (await cluster.emu.get(cluster.path())).json()
         assert [w["metadata"]["name"] for w in listing["items"]] == ["gpt-pytorchjob"]  # never a duplicate
         stored = await db_points(database_url, uid)
