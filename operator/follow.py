@@ -68,6 +68,7 @@ class JobFollower:
         self.kinds: dict[tuple[str, str], KindCache] = {}
         self.seen: set[tuple[str, str, str, str]] = set()  # (apiVersion, kind, namespace, name) seen once
         self.reads = 0  # list requests made (for docs/bench figures)
+        self.passes = 0  # reconcile passes finished
         self._reported: dict[str, str] = {}  # job uid -> the invalid-annotation message last posted
 
     # ---- listing -------------------------------------------------------------------------------------------
@@ -196,6 +197,7 @@ class JobFollower:
         for (ns, uid), wl in managed.items():
             if (ns, uid) not in wanted and uid in alive:  # the job stays, its collect annotation went
                 await self._call("DELETE", f"{WORKLOADS}/namespaces/{ns}/workloads/{wl['metadata']['name']}")
+        self.passes += 1
 
     async def _report(self, job: dict[str, Any], uid: str, message: str) -> None:
         """A Warning event on the job (once per distinct message), so its owner sees why nothing is collected."""

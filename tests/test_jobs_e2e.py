@@ -276,3 +276,42 @@ async def test_annotated_jobs_get_workloads(cluster: Cluster, database_url: str)
         await eventually(lambda: gone("plain-job"), within=WAIT, what="plain-job deleted with its Job")
     finally:
         await op.stop()
+
+
+async def test_namespace_opt_in(cluster: Cluster, database_url: str) -> None:
+    cluster.emu["get /api/v1/namespaces/team"] << {"apiVersion": "v1", "kind": "Namespace", "metadata": {
+        "name": "team", "annotations": {"trainscope.io/collect": "true"}}}
+    await jk.create_job(cluster, jk.JOB, "in", namespace="team")
+    await jk.create_job(cluster, jk.JOB, "out", namespace="team", annotations={"trainscope.io/collect": "false"})
+    await jk.create_job(cluster, jk.JOB, "elsewhere")  # namespace default: not annotated
+    op = await job_operator(database_url, discover_jobs=True).start()
+    try:
+        async def made() -> None:
+            obj = await cluster.get("in-job", "team")
+            assert obj is not None and "status" in obj, "no Workload for team/in yet"
+        await eventually(made, within=WAIT, what="the Workload of team/in")
+        jobs = op.runtime.jobs
+        assert jobs is not None
+        passes = jobs.passes
+
+        async def two_more_passes() -> None:
+            assert jobs.passes >= passes + 2, jobs.passes
+        await eventually(two_more_passes, within=WAIT, what="two more listings")
+        assert await cluster.get("out-job", "team") is None and await cluster.get("elsewhere-job") is None
+    finally:
+        await op.stop()
+
+
+async def test_suspended_job(cluster: Cluster, follower: Operator) -> None:
+    jk.install_crds(cluster, jk.PYTORCHJOB)
+    await jk.create_job(cluster, jk.PYTORCHJOB, "queued", status={"conditions": [
+        {"type": "Created", "status": "True"},
+        {"type": "Suspended", "status": "True", "reason": "JobSuspended",
+         "message": "PyTorchJob queued is suspended."}]})
+    await jk.add_job_pod(cluster, jk.PYTORCHJOB, "queued", "queued-master-0")
+    await cluster.create("wl", spec_for(jk.PYTORCHJOB, "queued"))
+    obj = await wait_for(cluster, "wl", lambda o: o.get("status", {}).get("phase") == "Suspended", "Suspended")
+    assert condition(obj, "Job")["reason"] == "JobSuspended"
+    cluster.write_log("queued-master-0", (LOGTEXTS / "megatron_gpt.log").read_text(), at=time.time() - 60)
+    await jk.set_status(cluster, jk.PYTORCHJOB, "queued", jk.running(jk.PYTORCHJOB))  # admitted by the queue
+    await wait_for(cluster, "wl", lambda o: o.get("status", {}).get("phase") == "Collecting", "Collecting")
