@@ -219,12 +219,14 @@ class JobFollower:
 
     async def _managed(self) -> dict[tuple[str, str], dict[str, Any]]:
         """Workloads created from job annotations, by (namespace, job uid)."""
-        paths = ([f"{WORKLOADS}/namespaces/{ns}/workloads" for ns in self.namespaces] if self.namespaces
-                 else [f"{WORKLOADS}/workloads"])
         out = {}
-        for path in paths:
+        for ns in self.namespaces or (None,):
             self.reads += 1
-            listing = await self.kube.request_json("GET", path + f"?labelSelector={JOB_UID_LABEL}")
+            if ns is None:
+                listing = await self.kube.request_json("GET", f"{WORKLOADS}/workloads?labelSelector={JOB_UID_LABEL}")
+            else:
+                listing = await self.kube.request_json(
+                    "GET", f"{WORKLOADS}/namespaces/{ns}/workloads?labelSelector={JOB_UID_LABEL}")
             for wl in listing.get("items") or []:
                 meta = wl.get("metadata") or {}
                 uid = (meta.get("labels") or {}).get(JOB_UID_LABEL)
