@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import yaml
 
 from trainscope.collector.progress import JobPhase, JobState
@@ -111,6 +112,9 @@ class JobFollower:
                     item.setdefault("apiVersion", kind.api_version)
                     item.setdefault("kind", kind.kind)
                     objects[(meta.get("namespace") or ns or "", meta.get("name", ""))] = item
+        except httpx.HTTPError as exc:  # the API server is unreachable: keep the last listing
+            log.warning("listing %s %s failed: %s", kind.api_version, kind.kind, exc)
+            return
         except KubeError as exc:
             if exc.status not in (403, 404):
                 log.warning("listing %s %s failed: %s", kind.api_version, kind.kind, exc)
@@ -165,7 +169,11 @@ class JobFollower:
         """Create, update or delete the Workloads of annotated jobs so that each collected job has exactly one."""
         if not self.discover:
             return
-        managed = await self._managed()
+        try:
+            managed = await self._managed()
+        except (KubeError, httpx.HTTPError) as exc:  # without the current Workloads nothing can be reconciled
+            log.warning("listing the Workloads made for jobs failed: %s", exc)
+            return
         namespace_annotations: dict[str, dict[str, str]] = {}
         wanted: set[tuple[str, str]] = set()
         alive: set[str] = set()
@@ -303,7 +311,7 @@ class JobFollower:
     async def _call(self, method: str, path: str, body: Any = None, **kw: Any) -> None:
         try:
             await self.kube.request_json(method, path, body, **kw)
-        except KubeError as exc:
+        except (KubeError, httpx.HTTPError) as exc:
             log.warning("%s", exc)
 
 

@@ -131,8 +131,11 @@ def conditions(snap: Snapshot | None, previous: list[dict[str, Any]] | None, now
         healthy = _condition("SourcesHealthy", True, "AllSourcesHealthy", f"{len(snap.sources)} source(s) healthy",
                              prev, stamp)
     working = [h for h in snap.sources if h.healthy]
-    ready = _condition("Ready", bool(working), "Collecting" if working else "NoHealthySource",
-                       f"{len(working)}/{len(snap.sources)} source(s) collecting", prev, stamp)
+    if snap.job is not None and snap.job.ended:  # collection is over, by design: not a failure to be Ready
+        ready = _condition("Ready", True, "JobEnded", "the job ended; the final values are kept", prev, stamp)
+    else:
+        ready = _condition("Ready", bool(working), "Collecting" if working else "NoHealthySource",
+                           f"{len(working)}/{len(snap.sources)} source(s) collecting", prev, stamp)
     health = [_condition(c.type, c.status, c.reason, c.message[:MAX_ERROR_CHARS], prev, stamp) for c in snap.health]
     job = [job_condition(snap.job, prev, stamp)] if snap.job is not None else []
     return [ready, healthy, *job, *health]

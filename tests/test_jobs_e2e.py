@@ -106,6 +106,7 @@ async def test_each_kind_running_to_its_end(cluster: Cluster, follower: Operator
     if end == "failed":
         assert jk.FAILURE in job["message"], show(obj)  # the job's own message, for the user
     assert condition(obj, "Stalled")["status"] == "False", show(obj)
+    assert condition(obj, "Ready")["reason"] == "JobEnded", show(obj)
     assert "throughput" not in st and st.get("etaSeconds", 0) == 0, show(obj)
     assert st["runState"] == ("finished" if end == "succeeded" else "failed")
 
