@@ -87,7 +87,7 @@ def source_status(h: SourceHealth, now: float) -> dict[str, Any]:
     if h.last_error and h.state != SourceState.HEALTHY:
         out["lastError"] = h.last_error[:MAX_ERROR_CHARS]
         out["reason"] = h.last_error_reason
-    lag = coarse_seconds(h.lag(now))
+    lag = None if h.state == SourceState.FINISHED else coarse_seconds(h.lag(now))  # over: no lag to grow
     if lag is not None:
         out["lagSeconds"] = lag
     if h.run_state is not None:
