@@ -16,9 +16,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from trainscope.collector.health import Condition, HealthEvent, HealthMonitor, transitions
+from trainscope.collector.health import STALLED, Condition, HealthEvent, HealthMonitor, transitions
 from trainscope.collector.points import Batch, Point, RawPoint, RunState
 from trainscope.collector.progress import (
+    JobPhase,
     JobState,
     StepRate,
     combine_run_states,
@@ -490,6 +491,8 @@ class Collector:
         sources_ok = any(h.state == SourceState.HEALTHY for h in self.health.values())
         current = self._health.evaluate(now, run_state=run_state, step=self._max_step, step_ts=self._max_step_ts,
                                         step_interval=self._rate.step_interval(), sources_ok=sources_ok)
+        if self.job is not None and self.job.phase == JobPhase.SUSPENDED:  # held by a queue: no steps expected
+            current[STALLED] = Condition(STALLED, "False", "JobSuspended", "the job is suspended")
         events = transitions(self._conditions, current, now)
         self._conditions = current
         if events:

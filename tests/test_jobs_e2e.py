@@ -313,6 +313,7 @@ async def test_suspended_job(cluster: Cluster, follower: Operator) -> None:
     await cluster.create("wl", spec_for(jk.PYTORCHJOB, "queued"))
     obj = await wait_for(cluster, "wl", lambda o: o.get("status", {}).get("phase") == "Suspended", "Suspended")
     assert condition(obj, "Job")["reason"] == "JobSuspended"
+    await wait_for(cluster, "wl", lambda o: condition(o, "Stalled")["reason"] == "JobSuspended", "no Stalled")
     cluster.write_log("queued-master-0", (LOGTEXTS / "megatron_gpt.log").read_text(), at=time.time() - 60)
     await jk.set_status(cluster, jk.PYTORCHJOB, "queued", jk.running(jk.PYTORCHJOB))  # admitted by the queue
     await wait_for(cluster, "wl", lambda o: o.get("status", {}).get("phase") == "Collecting", "Collecting")
