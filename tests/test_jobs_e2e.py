@@ -67,6 +67,13 @@ def spec_for(k: jk.Kind, name: str, **extra: Any) -> dict[str, Any]:
             "sources": [{"name": "log", "logs": {"pods": {}, "format": "auto"}}], **extra}
 
 
+async def wait_event(cluster: Cluster, name: str, reason: str) -> None:
+    """Until the Workload has an event of this reason (kopf posts events from a queue, after the status patch)."""
+    async def posted() -> None:
+        assert cluster.events(name, reason), [e.get("reason") for e in cluster.events(name)]
+    await eventually(posted, within=WAIT, what=f"a {reason} event on {name}")
+
+
 async def wait_for(cluster: Cluster, name: str, check: Any, what: str) -> dict[str, Any]:
     async def probe() -> dict[str, Any]:
         obj = await cluster.workload(name)
@@ -116,8 +123,8 @@ async def test_each_kind_running_to_its_end(cluster: Cluster, follower: Operator
     assert {(m, s) for (_src, run, m, s) in stored} == want and {run for (_s, run, _m, _st) in stored} == {"train-0"}
 
     # Events on the Workload for the job's transitions; gauges show the final phase.
-    assert cluster.events("wl", f"Job{want_phase}"), [e.get("reason") for e in cluster.events("wl")]
-    assert cluster.events("wl", "JobRunning")
+    await wait_event(cluster, "wl", f"Job{want_phase}")
+    await wait_event(cluster, "wl", "JobRunning")
     scraped = await follower.scrape()
     assert series(scraped, "trainscope_workload_phase", workload="wl", phase=want_phase) == [1.0]
     assert series(scraped, "trainscope_workload_condition", workload="wl", condition="Stalled") == [0.0]
@@ -127,7 +134,7 @@ async def test_missing_job_then_created_then_deleted(cluster: Cluster, follower:
     await cluster.create("wl", spec_for(jk.JOB, "later"))
     obj = await wait_for(cluster, "wl", lambda o: condition(o, "Job")["reason"] == "JobNotFound", "JobNotFound")
     assert obj["status"]["phase"] == "Pending" and condition(obj, "Job")["status"] == "False"
-    assert cluster.events("wl", "JobNotFound")
+    await wait_event(cluster, "wl", "JobNotFound")
     await jk.create_job(cluster, jk.JOB, "later")
     await jk.add_job_pod(cluster, jk.JOB, "later", "later-0")
     cluster.write_log("later-0", (LOGTEXTS / "hf_llamafactory.log").read_text(), at=time.time() - 60)
@@ -136,7 +143,7 @@ async def test_missing_job_then_created_then_deleted(cluster: Cluster, follower:
     await jk.delete_job(cluster, jk.JOB, "later")  # the user's own Workload (no owner reference) is kept
     obj = await wait_for(cluster, "wl", lambda o: condition(o, "Job")["reason"] == "JobDeleted", "JobDeleted")
     assert obj["status"]["phase"] == "Failed" and condition(obj, "Stalled")["status"] == "False", show(obj)
-    assert cluster.events("wl", "JobDeleted")
+    await wait_event(cluster, "wl", "JobDeleted")
 
 
 async def test_unsupported_kind_and_generic_without_selector_are_refused(cluster: Cluster,
@@ -151,6 +158,7 @@ async def test_unsupported_kind_and_generic_without_selector_are_refused(cluster
                         ("generic", "spec.selector")):
         obj = await wait_for(cluster, name, lambda o: condition(o, "Ready")["reason"] == "InvalidSpec", "InvalidSpec")
         assert field in condition(obj, "Ready")["message"], show(obj)
+        await wait_event(cluster, name, "InvalidSpec")
         assert any(field in e["message"] for e in cluster.events(name, "InvalidSpec"))
 
 
