@@ -10,6 +10,7 @@ from trainscope.collector.points import RunState
 from trainscope.collector.progress import JobPhase, JobState, combine_with_job
 from trainscope.collector.schema import SpecError
 from trainscope.collector.spec import JobRef
+from trainscope.operator.follow import AnnotationError, sources_from_annotations
 from trainscope.operator.jobs import adapter_for
 from trainscope.operator.status import phase_of
 
@@ -61,3 +62,24 @@ def test_custom_kinds_go_through_their_conditions():
     assert k.pods("x") is None
     assert k.state({"status": {"conditions": [{"type": "Completed", "status": "True"}]}}).phase == JobPhase.SUCCEEDED
     assert k.state({"status": {"conditions": [{"type": "Failed", "status": "False"}]}}).phase == JobPhase.PENDING
+
+
+@pytest.mark.parametrize(("annotations", "named"), [
+    ({"trainscope.io/wandb-run": "team/proj"}, "trainscope.io/wandb-run"),
+    ({"trainscope.io/wandb-run": "team//run1"}, "trainscope.io/wandb-run"),
+    ({"trainscope.io/logs-format": "HF"}, "trainscope.io/logs-format"),
+    ({"trainscope.io/tensorboard-logdir": ""}, "trainscope.io/tensorboard-logdir"),
+])
+def test_invalid_source_annotations_name_the_annotation(annotations, named):
+    with pytest.raises(AnnotationError) as err:
+        sources_from_annotations(annotations)
+    assert err.value.annotation == named and named in str(err.value)
+
+
+def test_source_annotations_make_sources():
+    assert sources_from_annotations({"trainscope.io/wandb-run": "team/proj/abc123",
+                                     "trainscope.io/logs-format": "megatron",
+                                     "trainscope.io/tensorboard-logdir": "/runs/x"}) == [
+        {"name": "tensorboard", "tensorboard": {"logDir": "/runs/x"}},
+        {"name": "wandb", "wandb": {"entity": "team", "project": "proj", "runId": "abc123"}},
+        {"name": "logs", "logs": {"pods": {}, "format": "megatron"}}]
