@@ -71,6 +71,7 @@ class JobFollower:
         self.reads = 0  # list requests made (for docs/bench figures)
         self.passes = 0  # reconcile passes finished
         self._reported: dict[str, str] = {}  # job uid -> the invalid-annotation message last posted
+        self._templates: dict[tuple[str, str], dict[str, Any] | AnnotationError] = {}  # read once per pass
 
     # ---- listing -------------------------------------------------------------------------------------------
 
@@ -171,6 +172,7 @@ class JobFollower:
             return
         try:
             managed = await self._managed()
+            self._templates = {}
         except (KubeError, httpx.HTTPError) as exc:  # without the current Workloads nothing can be reconciled
             log.warning("listing the Workloads made for jobs failed: %s", exc)
             return
@@ -273,6 +275,19 @@ class JobFollower:
                 "spec": spec}
 
     async def _template(self, namespace: str, name: str) -> dict[str, Any]:
+        """The template's spec; each ConfigMap is read once per pass however many jobs name it."""
+        found = self._templates.get((namespace, name))
+        if found is None:
+            try:
+                found = await self._read_template(namespace, name)
+            except AnnotationError as exc:
+                found = exc
+            self._templates[(namespace, name)] = found
+        if isinstance(found, AnnotationError):
+            raise found
+        return copy.deepcopy(found)
+
+    async def _read_template(self, namespace: str, name: str) -> dict[str, Any]:
         try:
             cm = await self.kube.request_json("GET", f"/api/v1/namespaces/{namespace}/configmaps/{name}")
         except KubeError as exc:
