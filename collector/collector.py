@@ -17,9 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from trainscope.collector.admit import admit
-from trainscope.collector.health import Condition, HealthEvent, HealthMonitor, transitions
+from trainscope.collector.health import STALLED, Condition, HealthEvent, HealthMonitor, transitions
 from trainscope.collector.points import Batch, Point, RawPoint, RunState
-from trainscope.collector.progress import StepRate, combine_run_states, detect_primary_metric, eta_seconds
+from trainscope.collector.progress import (
+    JobPhase,
+    JobState,
+    StepRate,
+    combine_run_states,
+    combine_with_job,
+    detect_primary_metric,
+    eta_seconds,
+)
 from trainscope.collector.scrub import remember_secret, scrub
 from trainscope.collector.sources import REGISTRY, Source, SourceContext, SourceError, SourceFactory
 from trainscope.collector.sources.base import PodLogReader, SecretResolver, counts_training_steps
@@ -83,6 +91,7 @@ class SourceState:
     FAILING = "Failing"
     WAITING = "WaitingForStore"  # the source is fine; the database is not
     STOPPED = "Stopped"
+    FINISHED = "Finished"  # the job ended and the source had its final poll
 
 
 @dataclass(slots=True)
@@ -115,7 +124,7 @@ class SourceHealth:
 
     @property
     def healthy(self) -> bool:
-        return self.state in (SourceState.HEALTHY, SourceState.STARTING)
+        return self.state in (SourceState.HEALTHY, SourceState.STARTING, SourceState.FINISHED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +156,7 @@ class Snapshot:
     health: tuple[Condition, ...] = ()
     step_ts: float | None = None  # source time of the highest step
     store: StoreHealth | None = None  # the database as this process last found it (StoreReady)
+    job: JobState | None = None  # the training job's state when spec.jobRef names one
 
     @property
     def primary(self) -> Latest | None:
@@ -218,6 +228,14 @@ class Collector:
         self._poll_timeout = poll_timeout
         self._conditions: dict[str, Condition] = {}
         self._unsaved_events: list[HealthEvent] = []
+        self.job: JobState | None = None
+        self._job_ended = asyncio.Event()  # wakes sleeping sources for their final poll
+
+    def set_job(self, job: JobState | None) -> None:
+        """The training job's state (from the operator). Once it has ended, each source polls once more and stops."""
+        self.job = job
+        if job is not None and job.ended:
+            self._job_ended.set()
 
     # ---- lifecycle ----------------------------------------------------------------------------------
 
@@ -277,11 +295,14 @@ class Collector:
         try:
             cursor = await self._store_call(health, backoff, lambda: self.store.load_cursor(self.uid, src.name))
             while not self._stopping.is_set():
+                final = self._job_ended.is_set()  # this poll starts after the job ended: it is the last one
                 try:
                     if source is None:
                         source = self._registry[src.kind](src.config, self._ctx)
                     batch = await self._poll(source, cursor, health, backoff)
                     if batch is None:
+                        if final:
+                            return
                         continue
                     admitted = admit(_storable(self._select(batch.points)), self._clock())
                     points = admitted.points
@@ -304,6 +325,9 @@ class Collector:
                 self._absorb(src.name, health, batch, points, outcome.result.inserted)
                 _note_rejections(health, admitted.notes, outcome)
                 backoff.reset()
+                if final and not batch.more:
+                    health.state = SourceState.FINISHED
+                    return
                 if not batch.more:
                     await self._sleep(src.poll_interval or self.spec.poll_interval)
                 else:
@@ -369,8 +393,15 @@ class Collector:
         log.warning("source %s/%s failed (%s): %s", self.name, health.name, reason, health.last_error)
 
     async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        """Sleep until the collector stops or the job ends (a source then takes its final poll at once)."""
+        if self._job_ended.is_set():
+            seconds = min(seconds, 0.5)  # a failing final poll is retried soon, not after a long backoff
+        waits = [asyncio.ensure_future(self._stopping.wait()), asyncio.ensure_future(self._job_ended.wait())]
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
 
     # ---- what was seen ----------------------------------------------------------------------------------
 
@@ -494,29 +525,36 @@ class Collector:
         else:
             reported = [h.progress for h in healths if h.progress is not None]
             progress = max(reported) if reported else None
-        run_state = combine_run_states(h.run_state for h in healths)
+        run_state = combine_with_job(combine_run_states(h.run_state for h in healths), self.job)
         if run_state == RunState.FINISHED:
             progress = 1.0  # the run ended normally: all of it is done, whatever its last step's convention
-        rate = None if run_state in (RunState.FINISHED, RunState.FAILED) else self._rate.rate()  # stopped
+        ended = self.job is not None and self.job.ended
+        rate = None if ended or run_state in (RunState.FINISHED, RunState.FAILED) else self._rate.rate()
         primary = self._primary or detect_primary_metric(latest)
         last_ts = max((h.newest_ts for h in healths if h.newest_ts is not None), default=None)
-        eta = 0.0 if run_state == RunState.FINISHED else eta_seconds(step, total, rate, self._rate.pause_overhead())
-        if eta is None and run_state != RunState.FINISHED:  # no step-based estimate: a source's own, if any
+        done = ended or run_state == RunState.FINISHED
+        eta = 0.0 if done else eta_seconds(step, total, rate, self._rate.pause_overhead())
+        if eta is None and not done:  # no step-based estimate: a source's own, if any
             eta = max((h.eta_seconds for h in healths if h.eta_seconds is not None), default=None)
         return Snapshot(step=step, total_steps=total, progress=progress, throughput=rate, eta_seconds=eta,
                         primary_metric=primary, latest=latest, run_state=run_state, sources=healths,
                         last_point_ts=last_ts, taken_at=now, health=tuple(self._conditions.values()),
-                        step_ts=self._max_step_ts, store=getattr(getattr(self.store, "state", None), "health", None))
+                        step_ts=self._max_step_ts, store=getattr(getattr(self.store, "state", None), "health", None),
+                        job=self.job)
 
     # ---- health ---------------------------------------------------------------------------------------------
 
     def evaluate_health(self) -> list[HealthEvent]:
         """Judge every health condition now; returns (and queues for the store) the transitions."""
         now = self._clock()
-        run_state = combine_run_states(h.run_state for h in self.health.values())
+        run_state = combine_with_job(combine_run_states(h.run_state for h in self.health.values()), self.job)
+        if self.job is not None and self.job.ended and run_state not in (RunState.FINISHED, RunState.FAILED):
+            run_state = RunState.FINISHED  # a deleted job: no more steps will come, so never Stalled
         sources_ok = any(h.state == SourceState.HEALTHY for h in self.health.values())
         current = self._health.evaluate(now, run_state=run_state, step=self._max_step, step_ts=self._max_step_ts,
                                         step_interval=self._rate.step_interval(), sources_ok=sources_ok)
+        if self.job is not None and self.job.phase == JobPhase.SUSPENDED:  # held by a queue: no steps expected
+            current[STALLED] = Condition(STALLED, "False", "JobSuspended", "the job is suspended")
         events = transitions(self._conditions, current, now)
         self._conditions = current
         if events:

@@ -8,6 +8,7 @@ import re
 import statistics
 from collections import deque
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from trainscope.collector.points import RunState
 
@@ -35,6 +36,52 @@ def combine_run_states(states: Iterable[RunState | None]) -> RunState:
         if state in seen:
             return state
     return RunState.UNKNOWN
+
+
+class JobPhase:
+    """The training job's own state, as its adapter reads it from the job object (operator/jobs/)."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUSPENDED = "Suspended"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    NOT_FOUND = "NotFound"  # never seen (yet): the jobRef names no existing job
+    DELETED = "Deleted"  # seen once, gone now
+    KIND_NOT_SERVED = "KindNotServed"  # the cluster does not serve the job's kind (no CRD)
+
+
+ENDED_PHASES = frozenset({JobPhase.SUCCEEDED, JobPhase.FAILED, JobPhase.DELETED})
+
+
+@dataclass(frozen=True, slots=True)
+class JobState:
+    """What the job says about the run: a JobPhase plus the job's own reason and message."""
+
+    phase: str
+    reason: str = ""
+    message: str = ""
+
+    @property
+    def ended(self) -> bool:
+        return self.phase in ENDED_PHASES
+
+
+def combine_with_job(sources: RunState, job: JobState | None) -> RunState:
+    """The run state once the job is known: the job decides whether the run ended; sources add detail.
+
+    A job that is still alive means the run is running, whatever a source's log text claims (the job may
+    restart a crashed rank). An ended job ends the run: failed if the job or a source says so, else finished.
+    """
+    if job is None or job.phase in (JobPhase.NOT_FOUND, JobPhase.KIND_NOT_SERVED):
+        return sources
+    if job.phase == JobPhase.FAILED or (job.ended and sources == RunState.FAILED):
+        return RunState.FAILED
+    if job.phase == JobPhase.SUCCEEDED:
+        return RunState.FINISHED
+    if job.phase == JobPhase.DELETED:  # ended without a verdict of its own: what the sources saw
+        return sources if sources in (RunState.FINISHED, RunState.FAILED) else RunState.UNKNOWN
+    return RunState.RUNNING if job.phase == JobPhase.RUNNING or sources != RunState.UNKNOWN else RunState.UNKNOWN
 
 
 class StepRate:

@@ -132,6 +132,22 @@ def spec_schema(source_schemas: dict[str, dict[str, Any]]) -> dict[str, Any]:
             "health": health_schema(),
             "retainData": {"type": "boolean", "default": True,
                            "description": "Keep stored points after the Workload is deleted."},
+            "jobRef": {
+                "type": "object", "additionalProperties": False, "required": ["apiVersion", "kind", "name"],
+                "description": "The training job this Workload follows (same namespace): its state drives the "
+                               "phase, its pods are the logs source's default pods (docs/following-jobs.md).",
+                "properties": {
+                    "apiVersion": {"type": "string", "minLength": 1, "maxLength": 253,
+                                   "pattern": r"^([a-z0-9.-]+/)?v[0-9]+[a-z0-9]*$",
+                                   "description": "e.g. batch/v1, kubeflow.org/v1, jobset.x-k8s.io/v1alpha2."},
+                    "kind": {"type": "string", "minLength": 1, "maxLength": 63, "pattern": r"^[A-Z][A-Za-z0-9]*$",
+                             "description": "e.g. Job, PyTorchJob, MPIJob, TrainJob, JobSet, RayJob."},
+                    "name": {"type": "string", "minLength": 1, "maxLength": 253,
+                             "pattern": r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", "description": "The job's name."},
+                },
+            },
+            "retainGaugesFor": {**_duration_field("How long the gauges of an ended job keep their final values "
+                                                  "(default 10m)."), "default": "10m"},
         },
     }
 
@@ -159,6 +175,17 @@ class WorkloadSpec:
     retain_data: bool = True
     selector: dict[str, Any] = field(default_factory=dict)
     health: HealthSpec = field(default_factory=HealthSpec)
+    job_ref: JobRef | None = None
+    retain_gauges_for: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class JobRef:
+    """`spec.jobRef`: the training job, in the Workload's namespace."""
+
+    api_version: str
+    kind: str
+    name: str
 
 
 def _field_path(path: Any) -> str:
@@ -236,6 +263,9 @@ def parse_spec(spec: Any, source_schemas: dict[str, dict[str, Any]] | None = Non
         retain_data=spec.get("retainData", True),
         selector=dict(spec.get("selector", {})),
         health=_health(spec.get("health")),
+        job_ref=JobRef(spec["jobRef"]["apiVersion"], spec["jobRef"]["kind"], spec["jobRef"]["name"])
+        if "jobRef" in spec else None,
+        retain_gauges_for=parse_duration(spec.get("retainGaugesFor", "10m")),
     )
 
 

@@ -34,7 +34,7 @@ CATEGORIES = ("trainscope",)
 CRD_NAME = f"{PLURAL}.{GROUP}"
 API_VERSION = f"{GROUP}/{VERSION}"
 
-PHASES = ("Pending", "Collecting", "Succeeded", "Failed", "Degraded")
+PHASES = ("Pending", "Collecting", "Succeeded", "Failed", "Degraded", "Suspended")
 MAX_LATEST_METRICS = 256
 
 _REPO = Path(__file__).resolve().parents[1]
@@ -297,7 +297,9 @@ def status_schema() -> dict[str, Any]:
         "properties": {
             "phase": {"type": "string", "enum": list(PHASES),
                       "description": "Pending: no data yet; Collecting: sources are polled; Succeeded/Failed: the "
-                                     "run ended; Degraded: collecting, but some source is failing."},
+                                     "run (or spec.jobRef's job) ended; Degraded: collecting, but some source is "
+                                     "failing; "
+                                     "Suspended: the job is suspended."},
             "step": {"type": "integer", "description": "Highest training step seen."},
             "totalSteps": {"type": "integer",
                            "description": "Steps in the whole run: spec.totalSteps, else what a source reports."},

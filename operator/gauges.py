@@ -17,7 +17,7 @@ from prometheus_client.registry import Collector as PromCollector
 from trainscope.collector.collector import Snapshot, SourceState
 from trainscope.operator.status import Phase, phase_of
 
-PHASES = (Phase.PENDING, Phase.COLLECTING, Phase.SUCCEEDED, Phase.FAILED, Phase.DEGRADED)
+PHASES = (Phase.PENDING, Phase.COLLECTING, Phase.SUCCEEDED, Phase.FAILED, Phase.DEGRADED, Phase.SUSPENDED)
 WL = ["namespace", "workload"]
 SRC = [*WL, "source", "kind"]
 

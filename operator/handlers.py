@@ -17,7 +17,7 @@ from trainscope.collector.scrub import scrub
 from trainscope.operator.gauges import MetricsEndpoint
 from trainscope.operator.kubeauth import load_credentials
 from trainscope.operator.runtime import Runtime, RuntimeConfig
-from trainscope.operator.status import health_transitions, status_patch
+from trainscope.operator.status import health_transitions, job_transitions, status_patch
 
 GROUP, VERSION, PLURAL = "trainscope.io", "v1alpha1", "workloads"
 # kopf fixes a timer's interval when the handler is declared, so it is read from the environment at import.
@@ -117,6 +117,11 @@ async def write_status(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, 
     if changes:
         for key, value in changes.items():
             patch.status[key] = value
+        job = job_transitions(current.get("conditions"), wanted.get("conditions", []))
+        if job is not None:  # JobRunning, JobSucceeded, JobFailed, JobNotFound, JobDeleted...
+            post = kopf.warn if job["reason"] in ("JobFailed", "JobNotFound", "JobDeleted", "JobKindNotServed") \
+                else kopf.info
+            post(body, reason=job["reason"], message=job["message"])
         for cond in health_transitions(current.get("conditions"), wanted.get("conditions", [])):
             if cond["status"] == "True":
                 kopf.warn(body, reason=cond["type"], message=scrub(cond["message"]))

@@ -97,11 +97,36 @@ class KubeClient:
             if response.status_code != 401 or attempt:
                 return response
             await response.aclose()
-            await self.creds.reload()
-            if self.creds.endpoint != endpoint:  # new certificates or server: a new connection pool
-                old, self._http = self._http, self._client()
-                await old.aclose()
+            await self._reauthenticate(endpoint)
         raise AssertionError("unreachable")
+
+    async def request_json(self, method: str, path: str, body: Any = None, *,
+                           content_type: str = "application/json") -> dict[str, Any]:
+        """One JSON request of the job follower (operator/follow.py): get/list jobs, create/patch/delete Workloads;
+        a 401 reloads the credentials and sends it once more, as `_send` does."""
+        for attempt in (0, 1):
+            endpoint = self.creds.endpoint
+            ext = {"sni_hostname": endpoint.tls_server_name} if endpoint.tls_server_name else None
+            headers = await self.creds.headers()
+            if body is not None:
+                headers = {**headers, "Content-Type": content_type}
+            request = self._http.build_request(method, path, json=body, headers=headers, extensions=ext)
+            self.requests += 1
+            response = await self._http.send(request)
+            if response.status_code != 401 or attempt:
+                break
+            await self._reauthenticate(endpoint)
+        if response.status_code >= 400:
+            raise KubeError(response.status_code, f"{method} {path}: HTTP {response.status_code}: "
+                            f"{_status_message(response.text[:300])}")
+        return response.json()
+
+    async def _reauthenticate(self, endpoint: Any) -> None:
+        """After a 401: reload the credentials; new certificates or server need a new connection pool."""
+        await self.creds.reload()
+        if self.creds.endpoint != endpoint:
+            old, self._http = self._http, self._client()
+            await old.aclose()
 
     async def _get_json(self, path: str, params: dict[str, str] | None = None) -> dict[str, Any]:
         response = await self._send(path, params)

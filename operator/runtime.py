@@ -10,16 +10,19 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from trainscope.collector.collector import Collector, Snapshot
+from trainscope.collector.progress import JobState
 from trainscope.collector.scrub import install_log_scrubber
 from trainscope.collector.spec import SpecError, WorkloadSpec, parse_spec
 from trainscope.collector.store import Store, StoreState, StoreUnavailable
 from trainscope.collector.store.errors import CONFIG_REASONS
+from trainscope.operator.follow import JobFollower
 from trainscope.operator.gauges import Exported
+from trainscope.operator.jobs import adapter_for
 from trainscope.operator.kube import KubeClient, secret_resolver
 from trainscope.operator.status import build_status
 
@@ -45,6 +48,9 @@ class RuntimeConfig:
     store_command_timeout: float = 60.0  # one statement
     kube_connection: Any = None  # kubeauth.Credentials or a kopf.ConnectionInfo for Secrets and pod logs; None: none
     secrets_dir: Path | None = None  # local mode: Secrets as files <dir>/<name>/<key>
+    job_interval: float = 10.0  # seconds between two listings of the followed job kinds
+    discover_jobs: bool = False  # create Workloads for jobs annotated trainscope.io/collect: "true"
+    namespaces: tuple[str, ...] = ()  # the operator's namespaces; empty: cluster-wide
 
 
 @dataclass(slots=True)
@@ -60,6 +66,8 @@ class Entry:
     base_dir: Path | None = None
     collector: Collector | None = None
     starting: asyncio.Task[None] | None = field(default=None, repr=False)
+    job: JobState | None = None  # the jobRef's state as last listed
+    ended_at: float | None = None  # when the job was first seen ended (gauges are kept retainGaugesFor after)
 
 
 class Runtime:
@@ -77,11 +85,17 @@ class Runtime:
         self.entries: dict[str, Entry] = {}
         self._lock = asyncio.Lock()
         self.kube: KubeClient | None = KubeClient(config.kube_connection) if config.kube_connection else None
+        self.jobs: JobFollower | None = None
+        if self.kube is not None:
+            self.jobs = JobFollower(self.kube, namespaces=config.namespaces, discover=config.discover_jobs)
+        self._follow_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Connect to the database (and migrate) in the background, so a database that is down at start
         delays collection instead of failing the process."""
         self._connect_task = asyncio.create_task(self._connect(), name="store-connect")
+        if self.jobs is not None:
+            self._follow_task = asyncio.create_task(self._follow(), name="follow-jobs")
 
     async def _connect(self) -> None:
         cfg = self.config
@@ -123,6 +137,9 @@ class Runtime:
 
     async def close(self) -> None:
         """Stop every collector (each commits what it has), then close the pool."""
+        if self._follow_task is not None:
+            self._follow_task.cancel()
+            await asyncio.gather(self._follow_task, return_exceptions=True)
         for uid in list(self.entries):
             await self.stop(uid)
         for task in (self._connect_task, self._probe_task):
@@ -146,7 +163,7 @@ class Runtime:
             entry.raw_spec, entry.generation = raw_spec, generation
             entry.base_dir = base_dir or self.config.base_dir
             try:
-                spec = parse_spec(raw_spec)
+                spec = with_job_pods(parse_spec(raw_spec))
             except SpecError as err:
                 entry.spec, entry.error, entry.error_field = None, str(err), err.field
                 await self._stop_collector(entry)
@@ -175,6 +192,7 @@ class Runtime:
                               resolve_secret=secret_resolver(entry.namespace, self.kube, cfg.secrets_dir),
                               backoff_base=cfg.backoff_base, backoff_cap=cfg.backoff_cap,
                               poll_timeout=cfg.poll_timeout)
+        collector.set_job(entry.job)
         await collector.start()
         entry.collector = collector
 
@@ -208,6 +226,35 @@ class Runtime:
         with contextlib.suppress(StoreUnavailable):
             await store.forget_workload(uid, delete_data=delete_data)
 
+    # ---- the jobs Workloads follow -------------------------------------------------------------------------
+
+    async def _follow(self) -> None:
+        """List the followed job kinds every job_interval, pass each jobRef's state on, reconcile annotated jobs."""
+        assert self.jobs is not None
+        while True:
+            try:
+                await self.follow_once()
+            except Exception:  # a bug or an API hiccup must not end following; it shows in the log
+                log.exception("following jobs failed")
+            await asyncio.sleep(self.config.job_interval)
+
+    async def follow_once(self) -> None:
+        assert self.jobs is not None
+        entries = [e for e in list(self.entries.values()) if e.spec is not None and e.spec.job_ref is not None]
+        await self.jobs.refresh((e.namespace, e.spec.job_ref) for e in entries if e.spec and e.spec.job_ref)
+        now = time.time()
+        for entry in entries:
+            if entry.spec is None or entry.spec.job_ref is None:
+                continue
+            state = self.jobs.state(entry.namespace, entry.spec.job_ref)
+            if state is None:
+                continue
+            entry.job = state
+            entry.ended_at = (entry.ended_at or now) if state.ended else None
+            if entry.collector is not None:
+                entry.collector.set_job(state)
+        await self.jobs.reconcile()
+
     # ---- what is reported ---------------------------------------------------------------------------------
 
     def snapshot(self, uid: str) -> Snapshot | None:
@@ -226,7 +273,28 @@ class Runtime:
                             exported=list(entry.spec.prometheus_metrics) if entry.spec else [])
 
     def exported(self) -> Iterator[Exported]:
+        now = time.time()
         for entry in list(self.entries.values()):
+            if entry.ended_at is not None and entry.spec is not None and now > entry.ended_at + \
+                    entry.spec.retain_gauges_for:
+                continue  # the job ended longer ago than spec.retainGaugesFor: its series disappear
             if entry.collector is not None and entry.spec is not None:
                 yield Exported(entry.namespace, entry.name, entry.spec.prometheus_metrics,
                                entry.collector.snapshot())
+
+
+def with_job_pods(spec: WorkloadSpec) -> WorkloadSpec:
+    """Check spec.jobRef's kind, and make the job's pods the default pods of the logs sources (spec.selector)."""
+    if spec.job_ref is None:
+        return spec
+    kind = adapter_for(spec.job_ref)  # SpecError naming the field for an unsupported kind
+    if spec.selector:
+        return spec
+    selector = kind.pods(spec.job_ref.name)
+    if selector is None:
+        if any(s.kind == "logs" and "pods" in s.config and not (s.config["pods"] or {}).get("selector")
+               for s in spec.sources):
+            raise SpecError("spec.selector", f"required for a logs source of a {spec.job_ref.kind}: its pods carry "
+                            "no label this operator knows")
+        return spec
+    return replace(spec, selector=selector)

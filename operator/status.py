@@ -10,7 +10,7 @@ from typing import Any
 from trainscope.collector.collector import Snapshot, SourceHealth, SourceState
 from trainscope.collector.health import CONDITION_TYPES
 from trainscope.collector.points import RunState
-from trainscope.collector.progress import format_duration
+from trainscope.collector.progress import JobPhase, JobState, format_duration
 from trainscope.collector.scrub import scrub
 from trainscope.collector.store import StoreHealth
 
@@ -24,6 +24,10 @@ class Phase:
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     DEGRADED = "Degraded"
+    SUSPENDED = "Suspended"  # the job is suspended (e.g. by Kueue)
+
+
+JOB_CONDITION = "Job"  # True while spec.jobRef's job exists; its reason is the job's phase
 
 
 def iso(ts: float | None) -> str | None:
@@ -63,7 +67,19 @@ def coarse_seconds(seconds: float | None) -> int | None:
 
 
 def phase_of(snap: Snapshot) -> str:
-    """Succeeded/Failed follow the run; Degraded when a source is unhealthy; Pending until data arrives."""
+    """Succeeded/Failed follow the job (when spec.jobRef names one) and the run; Suspended follows the job;
+    Degraded when a source is unhealthy; Pending until data arrives or while the job is pending or missing."""
+    job = snap.job
+    has_data = snap.step is not None or bool(snap.latest)
+    if job is not None and job.ended:
+        if snap.run_state == RunState.FAILED or (job.phase == JobPhase.DELETED and snap.run_state != RunState.FINISHED):
+            return Phase.FAILED
+        return Phase.SUCCEEDED if has_data else Phase.DEGRADED  # ended well, but nothing was collected
+    if job is not None and job.phase == JobPhase.SUSPENDED:
+        return Phase.SUSPENDED
+    if job is not None and job.phase in (JobPhase.NOT_FOUND, JobPhase.PENDING, JobPhase.KIND_NOT_SERVED) \
+            and not has_data:
+        return Phase.PENDING
     if snap.run_state == RunState.FAILED:
         return Phase.FAILED
     if snap.run_state == RunState.FINISHED:
@@ -82,7 +98,7 @@ def source_status(h: SourceHealth, now: float) -> dict[str, Any]:
     if h.last_error and h.state != SourceState.HEALTHY:
         out["lastError"] = scrub(h.last_error)[:MAX_ERROR_CHARS]
         out["reason"] = h.last_error_reason
-    lag = coarse_seconds(h.lag(now))
+    lag = None if h.state == SourceState.FINISHED else coarse_seconds(h.lag(now))  # over: no lag to grow
     if lag is not None:
         out["lagSeconds"] = lag
     if h.run_state is not None:
@@ -138,10 +154,14 @@ def conditions(snap: Snapshot | None, previous: list[dict[str, Any]] | None, now
         healthy = _condition("SourcesHealthy", True, "AllSourcesHealthy", f"{len(snap.sources)} source(s) healthy",
                              prev, stamp)
     working = [h for h in snap.sources if h.healthy]
-    ready = _condition("Ready", bool(working), "Collecting" if working else "NoHealthySource",
-                       f"{len(working)}/{len(snap.sources)} source(s) collecting", prev, stamp)
+    if snap.job is not None and snap.job.ended:  # collection is over, by design: not a failure to be Ready
+        ready = _condition("Ready", True, "JobEnded", "the job ended; the final values are kept", prev, stamp)
+    else:
+        ready = _condition("Ready", bool(working), "Collecting" if working else "NoHealthySource",
+                           f"{len(working)}/{len(snap.sources)} source(s) collecting", prev, stamp)
     health = [_condition(c.type, c.status, c.reason, c.message[:MAX_ERROR_CHARS], prev, stamp) for c in snap.health]
-    return [ready, healthy, *extra, *_run_ended(snap, prev, stamp), *health]
+    job = [job_condition(snap.job, prev, stamp)] if snap.job is not None else []
+    return [ready, healthy, *extra, *job, *_run_ended(snap, prev, stamp), *health]
 
 
 def _run_ended(snap: Snapshot, prev: dict[str, dict[str, Any]], stamp: str) -> list[dict[str, Any]]:
@@ -155,6 +175,21 @@ def _run_ended(snap: Snapshot, prev: dict[str, dict[str, Any]], stamp: str) -> l
     message = "; ".join(said) or f"the run is {snap.run_state}"
     return [_condition("RunEnded", True, "Failed" if failed else "Succeeded", message[:MAX_ERROR_CHARS], prev,
                        stamp)]
+def job_condition(job: JobState, prev: dict[str, dict[str, Any]], stamp: str) -> dict[str, Any]:
+    """`Job`: True with the job's phase as reason while it exists; False with JobNotFound, JobDeleted or
+    JobKindNotServed otherwise. The message carries the job's own reason and message (a failure's cause)."""
+    exists = job.phase not in (JobPhase.NOT_FOUND, JobPhase.DELETED, JobPhase.KIND_NOT_SERVED)
+    reason = f"Job{job.phase}" if exists else job.reason
+    return _condition(JOB_CONDITION, exists, reason, job.message[:MAX_ERROR_CHARS], prev, stamp)
+
+
+def job_transitions(previous: list[dict[str, Any]] | None, current: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The Job condition when its reason changed (for one Kubernetes event per job transition), else None."""
+    before = {c.get("type"): c.get("reason") for c in previous or [] if isinstance(c, dict)}
+    for cond in current:
+        if cond["type"] == JOB_CONDITION and before.get(JOB_CONDITION) != cond["reason"]:
+            return cond
+    return None
 
 
 def health_transitions(previous: list[dict[str, Any]] | None, current: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -410,7 +410,7 @@ def test_status_schema_rejects(status, field):
 
 def test_status_phases():
     assert status_schema()["properties"]["phase"]["enum"] == ["Pending", "Collecting", "Succeeded", "Failed",
-                                                              "Degraded"]
+                                                              "Degraded", "Suspended"]
 
 
 def test_cel_rules_are_built_from_the_registry():

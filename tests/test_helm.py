@@ -527,6 +527,8 @@ def _http_call(node: ast.Call) -> tuple[str, ast.expr] | None:
         return None
     if fn.attr in _HTTP_NOT_REQUESTS:
         return None
+    if fn.attr in ("request", "build_request") and not isinstance(node.args[0], ast.Constant):
+        return None  # request_json(method, path): a generic helper; its callers (operator/follow.py) are mapped
     if fn.attr in ("stream", "build_request") and isinstance(node.args[0], ast.Constant):
         return node.args[0].value.upper(), node.args[1]
     if fn.attr in _HTTP_METHODS:
@@ -568,6 +570,37 @@ def kube_py_calls() -> set[Call]:
     return calls
 
 
+def follow_py_calls() -> tuple[set[Call], set[Call]]:
+    """The job follower's requests (operator/follow.py's `request_json(METHOD, path)` and `_call(METHOD, path)`):
+    (with literal paths: discovery's Workload, ConfigMap, Namespace and Event calls; the job kinds' lists, whose
+    paths are built from operator/jobs' registry)."""
+    from trainscope.operator import follow
+
+    tree = ast.parse((ROOT / "operator" / "follow.py").read_text())
+    calls: set[Call] = set()
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("request_json", "_call") and len(node.args) >= 2
+                and isinstance(node.args[0], ast.Constant)):
+            arg = node.args[1]
+            if isinstance(arg, ast.Name) and arg.id == "path":
+                continue  # a job kind's list, built from operator/jobs' registry (below)
+            if isinstance(arg, ast.JoinedStr):  # the WORKLOADS prefix constant, spelled out
+                arg = ast.JoinedStr([ast.Constant(follow.WORKLOADS) if isinstance(v, ast.FormattedValue)
+                                     and isinstance(v.value, ast.Name) and v.value.id == "WORKLOADS" else v
+                                     for v in arg.values])
+            path = _path_template(arg)
+            assert path is not None, ast.unparse(node)
+            path = path.split("?")[0]
+            if path.startswith("/apis/{}"):
+                continue  # a group's resource list (API discovery: no RBAC)
+            calls.add(_call_of(node.args[0].value, path))
+    from trainscope.operator.jobs import KINDS
+
+    jobs = {(k.group, k.plural, "list") for k in KINDS.values()}
+    return calls, jobs
+
+
 def kopf_calls() -> tuple[set[Call], set[Call]]:
     """kopf's requests for our handlers: (namespaced, cluster-scoped). Discovery (/api, /apis, /version) needs
     no RBAC (system:discovery). Peering is off (`--standalone`, the CLI default the chart keeps)."""
@@ -601,6 +634,25 @@ def granted(rules: list[dict]) -> set[Call]:
 
 def test_kube_py_calls_are_read_only_and_known():
     assert kube_py_calls() == {("", "secrets", "get"), ("", "pods", "list"), ("", "pods/log", "get")}
+    discovery, jobs = follow_py_calls()
+    assert discovery == {("trainscope.io", "workloads", "list"), ("trainscope.io", "workloads", "create"),
+                         ("trainscope.io", "workloads", "patch"), ("trainscope.io", "workloads", "delete"),
+                         ("", "namespaces", "get"), ("", "configmaps", "get"), ("", "events", "create")}
+    assert all(verb == "list" for _g, _r, verb in jobs) and len(jobs) == 6
+
+
+def test_job_discovery_rbac_is_exactly_what_the_follower_calls():
+    discovery, jobs = follow_py_calls()
+    namespaced, cluster = kopf_calls()
+    role = one(render(sets=("operator.discoverJobs=true",)), "ClusterRole")
+    assert granted(role["rules"]) == namespaced | cluster | kube_py_calls() | jobs | discovery
+    docs = render(("namespaced.yaml",), sets=("operator.discoverJobs=true",))
+    for r in by_kind(docs, "Role"):  # namespaced: no Namespace reads (cluster-scoped), all else per namespace
+        assert granted(r["rules"]) == namespaced | kube_py_calls() | jobs | (discovery - {("", "namespaces", "get")})
+    args = build_parser().parse_args(container(docs, "-operator", "operator")["args"])
+    assert args.discover_jobs and args.job_interval == 10
+    off = one(render(sets=("rbac.followJobs=false",)), "ClusterRole")
+    assert granted(off["rules"]) == namespaced | cluster | kube_py_calls()
 
 
 def test_rbac_mapping_of_rest_calls():
@@ -618,7 +670,7 @@ def test_cluster_wide_rbac_is_exactly_what_the_operator_calls():
     assert not by_kind(docs, "Role") and not by_kind(docs, "RoleBinding")
     role = one(docs, "ClusterRole")
     namespaced, cluster = kopf_calls()
-    assert granted(role["rules"]) == namespaced | cluster | kube_py_calls()
+    assert granted(role["rules"]) == namespaced | cluster | kube_py_calls() | follow_py_calls()[1]
     secrets = [r for r in role["rules"] if "secrets" in r["resources"]]
     assert secrets == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]  # never list/watch
     binding = one(docs, "ClusterRoleBinding")
@@ -644,7 +696,7 @@ def test_namespaced_mode_has_roles_only_and_watches_those_namespaces():
     assert sorted(roles) == sorted(bindings) == sorted(watched)
     namespaced, _ = kopf_calls()
     for ns in watched:
-        assert granted(roles[ns]["rules"]) == namespaced | kube_py_calls()
+        assert granted(roles[ns]["rules"]) == namespaced | kube_py_calls() | follow_py_calls()[1]
         secrets = [r for r in roles[ns]["rules"] if "secrets" in r["resources"]]
         assert secrets == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"],
                             "resourceNames": ["wandb-api-key"]}]

@@ -86,7 +86,8 @@ def cmd_operator(args: argparse.Namespace) -> int:
 
     _tune_gc()
     config = RuntimeConfig(database_url=_database_url(args, embedded_ok=False),
-                           metrics_port=args.metrics_port or None)
+                           metrics_port=args.metrics_port or None, discover_jobs=args.discover_jobs,
+                           job_interval=args.job_interval, namespaces=tuple(args.namespace or ()))
     # INFO would log every status-timer run of every Workload (~200 lines/s at 1,000): warnings unless -v.
     # kopf's handler replaces ours (one handler: every line once), in kopf's JSON format with --log-format json.
     logging.getLogger().handlers.clear()
@@ -228,6 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("-n", "--namespace", action="append", help="watch only these namespaces (repeatable)")
     op.add_argument("--metrics-port", type=int, default=int(os.environ.get("TRAINSCOPE_METRICS_PORT", "9090")),
                     help="Prometheus /metrics port (0: off)")
+    op.add_argument("--discover-jobs", action=argparse.BooleanOptionalAction, default=False,
+                    help='create a Workload for each training job annotated trainscope.io/collect: "true" '
+                         "(docs/following-jobs.md)")
+    op.add_argument("--job-interval", type=float, default=10.0,
+                    help="seconds between two listings of the followed job kinds (default 10)")
     op.add_argument("--liveness", default=None, help="kopf liveness endpoint, e.g. http://0.0.0.0:8081/healthz")
     op.add_argument("--standalone", action=argparse.BooleanOptionalAction, default=True,
                     help="no peering with other operator replicas (run one active replica)")

@@ -96,6 +96,34 @@ Secrets a Workload names, lists pods and gets pod logs.
 - apiGroups: [""]
   resources: [pods/log]
   verbs: [get]
+{{- if .Values.rbac.followJobs }}
+# spec.jobRef and discovery: one `list` per kind and interval (never watch, never a per-job get).
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [list]
+- apiGroups: [kubeflow.org]
+  resources: [pytorchjobs, mpijobs]
+  verbs: [list]
+- apiGroups: [trainer.kubeflow.org]
+  resources: [trainjobs]
+  verbs: [list]
+- apiGroups: [jobset.x-k8s.io]
+  resources: [jobsets]
+  verbs: [list]
+- apiGroups: [ray.io]
+  resources: [rayjobs]
+  verbs: [list]
+{{- end }}
+{{- if .Values.operator.discoverJobs }}
+# Discovery: Workloads made for annotated jobs (created, updated, deleted when the annotation goes) and the
+# ConfigMaps named by trainscope.io/template.
+- apiGroups: [trainscope.io]
+  resources: [workloads]
+  verbs: [create, delete]
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [get]
+{{- end }}
 {{- if .Values.rbac.readSecrets }}
 # Only `get`: the operator reads the Secrets a Workload names, and cannot enumerate or watch Secrets.
 - apiGroups: [""]
