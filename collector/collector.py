@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 # is meant for rate-limited APIs; behind a 60 s database outage it left collection idle for minutes afterwards.
 STORE_RETRY_MAX = 5.0
 
+_STOPPED = object()  # what a source's writer returns when the collector stops
+
 
 def _storable(points: list[RawPoint]) -> list[RawPoint]:
     """Names with a NUL character (legal in a TensorBoard tag) as U+FFFD: PostgreSQL text cannot hold NUL, and one
@@ -236,40 +238,111 @@ class Collector:
     # ---- one source -----------------------------------------------------------------------------------
 
     async def _run_source(self, src: SourceSpec, health: SourceHealth) -> None:
+        """Read and write in overlap: a poll task keeps at most one filtered batch ready while this task commits
+        the previous one, so neither waits for the other during a catch-up. The cursor is still committed in the
+        same transaction as its points; after a failed write the reader restarts from the committed cursor."""
         backoff = Backoff(*self._backoff)
-        source: Source | None = None
+        holder: list[Source | None] = [None]
+        polling = [False]  # the reader is inside a poll (a worker thread may be running it: not cancelled then)
         try:
             cursor = await self._store_call(health, backoff, lambda: self.store.load_cursor(self.uid, src.name))
             while not self._stopping.is_set():
+                ready: asyncio.Queue[tuple[Batch, list[RawPoint]]] = asyncio.Queue(maxsize=1)
+                abort = asyncio.Event()
+                reader = asyncio.create_task(self._read(src, health, backoff, holder, polling, cursor, ready, abort),
+                                             name=f"{self.name}/{src.name}/read")
                 try:
-                    if source is None:
-                        source = self._registry[src.kind](src.config, self._ctx)
-                    batch = await self._poll(source, cursor, health, backoff)
-                    if batch is None:
-                        continue
-                    points = _storable(self._select(batch.points))
-                    result = await self._store_call(
-                        health, backoff,
-                        lambda b=batch, p=points: self.store.write(self.uid, src.name, src.kind, p, b.cursor, b.runs))
-                except Exception as exc:  # a bad config, a write the database rejects, or a bug: back off
-                    reason = exc.reason if isinstance(exc, SourceError) else f"Internal{type(exc).__name__}"
-                    log.exception("source %s/%s: unexpected failure", self.name, src.name)
-                    self._fail(health, exc, reason)
-                    await self._sleep(backoff.next())
-                    continue
-                if result is None:  # stopped while the store was away; nothing committed, nothing lost
+                    cursor = await self._write_from(src, health, backoff, ready, reader, cursor)
+                    if cursor is not _STOPPED:  # let a poll under way end (no second poll of the same source)
+                        abort.set()
+                        while not ready.empty():
+                            ready.get_nowait()
+                        if not polling[0]:
+                            reader.cancel()
+                        await asyncio.wait({reader})
+                finally:
+                    reader.cancel()
+                    await asyncio.gather(reader, return_exceptions=True)
+                if cursor is _STOPPED:
                     return
-                cursor = batch.cursor
-                self._absorb(src.name, health, batch, points, result.inserted)
-                backoff.reset()
-                if not batch.more:
-                    await self._sleep(src.poll_interval or self.spec.poll_interval)
-                else:
-                    await asyncio.sleep(0)
         finally:
-            if source is not None:
+            if holder[0] is not None:
                 with contextlib.suppress(Exception):
-                    await source.aclose()
+                    await holder[0].aclose()
+
+    async def _read(self, src: SourceSpec, health: SourceHealth, backoff: Backoff, holder: list[Source | None],
+                    polling: list[bool], cursor: Any, ready: asyncio.Queue[tuple[Batch, list[RawPoint]]], abort: asyncio.Event) -> None:
+        """Poll from `cursor` on, handing each filtered batch to the writer (waits while one is still queued);
+        ends at the next batch once `abort` is set."""
+        while not self._stopping.is_set() and not abort.is_set():
+            try:
+                if holder[0] is None:
+                    holder[0] = self._registry[src.kind](src.config, self._ctx)
+                polling[0] = True
+                try:
+                    batch = await self._poll(holder[0], cursor, health, backoff)
+                finally:
+                    polling[0] = False
+                if batch is None:
+                    continue
+                points = _storable(self._select(batch.points))
+            except Exception as exc:  # a bad config or a bug: back off
+                reason = exc.reason if isinstance(exc, SourceError) else f"Internal{type(exc).__name__}"
+                log.exception("source %s/%s: unexpected failure", self.name, src.name)
+                self._fail(health, exc, reason)
+                await self._sleep(backoff.next())
+                continue
+            put = asyncio.ensure_future(ready.put((batch, points)))
+            aborted = asyncio.ensure_future(abort.wait())
+            try:
+                await asyncio.wait({put, aborted}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                aborted.cancel()
+                if not put.done():
+                    put.cancel()
+            if abort.is_set():
+                return
+            cursor = batch.cursor
+            if not batch.more:
+                await self._sleep(src.poll_interval or self.spec.poll_interval)
+            else:
+                await asyncio.sleep(0)
+
+    async def _write_from(self, src: SourceSpec, health: SourceHealth, backoff: Backoff,
+                          ready: asyncio.Queue[tuple[Batch, list[RawPoint]]], reader: asyncio.Task[None],
+                          cursor: Any) -> Any:
+        """Commit the reader's batches in order; returns the committed cursor after a failed write (the reader
+        must start again from it), or _STOPPED."""
+        while True:
+            got = asyncio.ensure_future(ready.get())
+            stop = asyncio.ensure_future(self._stopping.wait())
+            try:
+                await asyncio.wait({got, stop, reader}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop.cancel()
+            if not got.done():
+                got.cancel()
+                await asyncio.gather(got, return_exceptions=True)
+                if reader.done() and not self._stopping.is_set():  # a bug in the reader: start it again
+                    log.error("source %s/%s: reader ended: %r", self.name, src.name, reader.exception())
+                    await self._sleep(backoff.next())
+                    return cursor
+                return _STOPPED
+            batch, points = got.result()
+            try:
+                result = await self._store_call(
+                    health, backoff,
+                    lambda b=batch, p=points: self.store.write(self.uid, src.name, src.kind, p, b.cursor, b.runs))
+            except Exception as exc:  # a write the database rejects, or a bug: back off, read again
+                log.exception("source %s/%s: unexpected failure", self.name, src.name)
+                self._fail(health, exc, f"Internal{type(exc).__name__}")
+                await self._sleep(backoff.next())
+                return cursor
+            if result is None:  # stopped while the store was away; nothing committed, nothing lost
+                return _STOPPED
+            cursor = batch.cursor
+            self._absorb(src.name, health, batch, points, result.inserted)
+            backoff.reset()
 
     async def _poll(self, source: Source, cursor: Any, health: SourceHealth, backoff: Backoff) -> Batch | None:
         """Poll once, abandoning the poll if the collector stops (nothing is committed during a poll)."""
