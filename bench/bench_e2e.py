@@ -43,10 +43,11 @@ from trainscope.operator.runtime import Runtime, RuntimeConfig  # noqa: E402
 KEY = "b" * 40
 T0 = 1_700_000_000.0
 TAGS = 4  # metrics per step
+CACHE = Path(tempfile.gettempdir()) / "ts-bench-e2e-cache"
 
 
 def load() -> str:
-    return "load %.1f %.1f %.1f" % os.getloadavg()
+    return "load {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
 
 
 @dataclass
@@ -62,16 +63,23 @@ class Input:
 def make_tensorboard(tmp: Path, n: int) -> Input:
     from tensorboardX import SummaryWriter
 
-    logdir = tmp / "tb"
+    CACHE.mkdir(exist_ok=True)
+
+    logdir = CACHE / f"tb-{n}"  # kept between runs: tensorboardX writes ~15k events/s
     steps = n // TAGS
     ssum = vsum = 0.0
-    with SummaryWriter(str(logdir), max_queue=100_000, flush_secs=3600) as w:
-        for step in range(steps):
-            for t in range(TAGS):
-                v = 1.0 / (step + t + 1)
-                w.add_scalar(f"train/metric_{t}", v, step, walltime=T0 + step * 0.1)
-                vsum += float(_f32(v))
-            ssum += step * TAGS
+    for step in range(steps):
+        for t in range(TAGS):
+            vsum += _f32(1.0 / (step + t + 1))
+        ssum += step * TAGS
+    if not logdir.exists():
+        part = logdir.with_suffix(".part")
+        shutil.rmtree(part, ignore_errors=True)
+        with SummaryWriter(str(part), max_queue=100_000, flush_secs=3600) as w:
+            for step in range(steps):
+                for t in range(TAGS):
+                    w.add_scalar(f"train/metric_{t}", 1.0 / (step + t + 1), step, walltime=T0 + step * 0.1)
+        part.rename(logdir)
     return Input("tensorboard", {"logDir": str(logdir)}, steps * TAGS, int(ssum), vsum)
 
 
@@ -87,32 +95,49 @@ def make_logs(tmp: Path, n: int) -> Input:
     vsum = 0.0
     with path.open("w") as f:
         for i in range(1, lines + 1):
-            loss, gn, lr, ep = f"{2.0 / math.sqrt(i):.4f}", f"{0.5 + (i % 13) / 100:.6f}", repr(5e-05 * (1 - i / 1e8)), \
-                f"{i / 625:.2f}"
+            loss, gn = f"{2.0 / math.sqrt(i):.4f}", f"{0.5 + (i % 13) / 100:.6f}"
+            lr, ep = repr(5e-05 * (1 - i / 1e8)), f"{i / 625:.2f}"
             f.write(f"{{'loss': {loss}, 'grad_norm': {gn}, 'learning_rate': {lr}, 'epoch': {ep}}}\n")
             vsum += float(loss) + float(gn) + float(lr) + float(ep)
     # HF logs count logging steps: the parser numbers them 1, 2, ... when no step is printed (loggingSteps 1)
     return Input("logs", {"path": str(path), "format": "hf"}, lines * 4, 0, vsum)
 
 
-def make_wandb(tmp: Path, n: int) -> Input:
-    from fakes.wandb_server import FakeRun, FakeWandb, serve
+_WANDB_SERVER = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from fakes.wandb_server import FakeRun, FakeWandb, serve
+steps = int(sys.argv[2])
+run = FakeRun("bench", "bench-run")
+for s in range(steps):
+    run.log(s, run.created_at + s * 0.25, loss=2.0 / (s + 1), lr=1e-4, grad_norm=0.5 + s % 7 / 10,
+            tokens_per_s=3000.0 + s % 11, acc=s / steps)
+fake = FakeWandb(api_keys=(sys.argv[3],))
+fake.add_run("ent", "proj", run)
+with serve(fake):
+    print(fake.url, flush=True)
+    sys.stdin.read()
+"""
 
+
+def make_wandb(tmp: Path, n: int) -> Input:
+    """The fake W&B server in its own process (in this one it would take the GIL from the collector)."""
     steps = n // 5
-    run = FakeRun("bench", "bench-run")
     vsum = 0.0
     for s in range(steps):
-        row = {"loss": 2.0 / (s + 1), "lr": 1e-4, "grad_norm": 0.5 + s % 7 / 10, "tokens_per_s": 3000.0 + s % 11,
-               "acc": s / steps}
-        run.log(s, run.created_at + s * 0.25, **row)
-        vsum += sum(row.values())
-    fake = FakeWandb(api_keys=(KEY,))
-    fake.add_run("ent", "proj", run)
-    ctx = serve(fake)
-    ctx.__enter__()
+        vsum += 2.0 / (s + 1) + 1e-4 + (0.5 + s % 7 / 10) + (3000.0 + s % 11) + s / steps
+    proc = subprocess.Popen([sys.executable, "-c", _WANDB_SERVER, str(ROOT / "tests"), str(steps), KEY],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    url = proc.stdout.readline().strip()
     os.environ["WANDB_API_KEY"] = KEY
-    config = {"baseUrl": fake.url, "entity": "ent", "project": "proj", "runId": "bench"}
-    return Input("wandb", config, steps * 5, sum(range(steps)) * 5, vsum, cleanup=lambda: ctx.__exit__(None, None, None))
+
+    def stop() -> None:
+        proc.kill()
+        proc.wait()
+
+    config = {"baseUrl": url, "entity": "ent", "project": "proj", "runId": "bench"}
+    return Input("wandb", config, steps * 5, sum(range(steps)) * 5, vsum, cleanup=stop)
 
 
 MAKERS = {"tensorboard": make_tensorboard, "logs": make_logs, "wandb": make_wandb}
@@ -133,7 +158,7 @@ async def read_all(inp: Input, batch: int) -> list[tuple[list[RawPoint], Any, di
 
 
 async def check(store: Store, uid: str, inp: Input, what: str) -> None:
-    async with store._pool.acquire() as conn:  # noqa: SLF001 - the bench checks the table itself
+    async with store._pool.acquire() as conn:  # the bench checks the table itself
         n, ssum, vsum = await conn.fetchrow(
             "SELECT count(*), coalesce(sum(p.step), 0), coalesce(sum(p.value), 0) FROM points p "
             "JOIN series s ON s.id = p.series_id WHERE s.workload_uid = $1", uid)
@@ -175,7 +200,9 @@ async def bench(args: argparse.Namespace, dsn: str, tmp: Path) -> None:
         t = time.perf_counter()
         inp = MAKERS[kind](tmp, args.points)
         made = time.perf_counter() - t
+        t = time.perf_counter()
         batches = await read_all(inp, args.batch)
+        read_s = time.perf_counter() - t
         e2e_s, w_s = [], []
         for r in range(args.repeat):
             uid = f"{kind}-e2e-{r}"
@@ -186,7 +213,8 @@ async def bench(args: argparse.Namespace, dsn: str, tmp: Path) -> None:
             await check(store, uid, inp, f"writer {kind} round {r}")
         e, w = statistics.median(e2e_s), statistics.median(w_s)
         print(f"{kind:12} {inp.points:>10,} {inp.points / e:>11,.0f} {inp.points / w:>13,.0f} {w / e:>10.0%}  "
-              f"{load()}  (input made in {made:.0f}s; e2e runs {[round(x, 2) for x in e2e_s]} s, "
+              f"{load()}  (input made in {made:.0f}s; source alone {inp.points / read_s:,.0f} pts/s; "
+              f"e2e runs {[round(x, 2) for x in e2e_s]} s, "
               f"writer {[round(x, 2) for x in w_s]} s)")
         del batches
         if inp.cleanup:

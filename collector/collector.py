@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import operator
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -30,13 +31,16 @@ log = logging.getLogger(__name__)
 # is meant for rate-limited APIs; behind a 60 s database outage it left collection idle for minutes afterwards.
 STORE_RETRY_MAX = 5.0
 
+_METRIC, _STEP, _TS, _RUN = (operator.itemgetter(i) for i in (0, 1, 2, 4))
 _STOPPED = object()  # what a source's writer returns when the collector stops
 
 
 def _storable(points: list[RawPoint]) -> list[RawPoint]:
     """Names with a NUL character (legal in a TensorBoard tag) as U+FFFD: PostgreSQL text cannot hold NUL, and one
     such name made every write of its batch fail, so the source retried the same batch forever."""
-    if not any("\x00" in p[0] or "\x00" in p[4] for p in points):
+    names = set(map(_METRIC, points))
+    names.update(map(_RUN, points))
+    if not any("\x00" in n for n in names):  # per distinct name, not per point
         return points
     return [(m.replace("\x00", "\ufffd"), step, ts, value, run.replace("\x00", "\ufffd"))
             for m, step, ts, value, run in points]
@@ -271,7 +275,8 @@ class Collector:
                     await holder[0].aclose()
 
     async def _read(self, src: SourceSpec, health: SourceHealth, backoff: Backoff, holder: list[Source | None],
-                    polling: list[bool], cursor: Any, ready: asyncio.Queue[tuple[Batch, list[RawPoint]]], abort: asyncio.Event) -> None:
+                    polling: list[bool], cursor: Any, ready: asyncio.Queue[tuple[Batch, list[RawPoint]]],
+                    abort: asyncio.Event) -> None:
         """Poll from `cursor` on, handing each filtered batch to the writer (waits while one is still queued);
         ends at the next batch once `abort` is set."""
         while not self._stopping.is_set() and not abort.is_set():
@@ -409,42 +414,49 @@ class Collector:
         flt: MetricFilter = self.spec.metrics
         if not flt.include and not flt.exclude:
             return points
-        out = []
-        for p in points:
-            metric = p[0]
-            ok = allowed.get(metric)
-            if ok is None:
-                ok = allowed[metric] = flt.allows(metric)
-            if ok:
-                out.append(p)
-        return out
+        names = set(map(_METRIC, points))  # judged per name, then one pass keeps the allowed ones
+        for metric in names - allowed.keys():
+            allowed[metric] = flt.allows(metric)
+        kept = {m for m in names if allowed[m]}
+        if len(kept) == len(names):
+            return points
+        return [p for p in points if p[0] in kept]
 
     def _absorb(self, source: str, health: SourceHealth, batch: Batch, points: list[RawPoint],
                 inserted: int) -> None:
+        """What a committed batch changes: latest values, the highest step and its pace, the source's newest time.
+        Column-wise where it can be (a catch-up brings millions of points through here)."""
         latest = self._latest
-        max_step = self._max_step
-        newest_ts = health.newest_ts
+        get = latest.get
         new_names = False
-        steps = counts_training_steps(self._registry.get(health.kind))
-        for p in points:
-            metric, step, ts, _, run = p
-            key = (source, run, metric)
-            cur = latest.get(key)
+        for p in points:  # the newest (step, then ts) point per series
+            key = (source, p[4], p[0])
+            cur = get(key)
             if cur is None:
                 new_names = True
-            if cur is None or step > cur[1] or (step == cur[1] and ts >= cur[2]):
                 latest[key] = p
-            if steps and (max_step is None or step > max_step):
-                max_step = step
-                self._max_step_ts = ts
-                self._rate.observe(ts, step)
-            if newest_ts is None or ts > newest_ts:
-                newest_ts = ts
-        self._max_step = max_step
+            elif p[1] > cur[1] or (p[1] == cur[1] and p[2] >= cur[2]):
+                latest[key] = p
+        if points:
+            steps_col = list(map(_STEP, points))
+            ts_col = list(map(_TS, points))
+            if counts_training_steps(self._registry.get(health.kind)):
+                top = self._max_step
+                if top is None or max(steps_col) > top:  # only new highest steps feed the pace, in order
+                    observe = self._rate.observe
+                    for step, ts in zip(steps_col, ts_col, strict=True):
+                        if top is None or step > top:
+                            top = step
+                            self._max_step_ts = ts
+                            observe(ts, step)
+                    self._max_step = top
+            newest = max(ts_col)
+            if health.newest_ts is None or newest > health.newest_ts:
+                health.newest_ts = newest
+        steps = counts_training_steps(self._registry.get(health.kind))
         if new_names and not self.spec.primary_metric:
             self._primary = detect_primary_metric(m for _, _, m in latest)
         self._health.observe(source, points, self._primary)
-        health.newest_ts = newest_ts
         health.points += inserted
         health.state = SourceState.HEALTHY
         health.consecutive_failures = 0

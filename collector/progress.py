@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 import re
 import statistics
 from collections import deque
@@ -83,8 +84,13 @@ class StepRate:
 
     def step_interval(self) -> float | None:
         """Median seconds per step over the window (the run's own rhythm, for the stall threshold)."""
-        per_step = [dt / ds for dt, ds in self._intervals() if ds > 0]
-        return statistics.median(per_step) if per_step else None
+        samples = self.samples
+        if len(samples) < 2:
+            return None
+        # Column-wise (a catch-up calls this every 64 new steps): steps strictly increase, so every ds > 0.
+        ts, steps = zip(*samples, strict=True)
+        return statistics.median(map(operator.truediv, map(operator.sub, ts[1:], ts), map(operator.sub, steps[1:],
+                                                                                              steps)))
 
     def rate(self) -> float | None:
         intervals = self._intervals()
