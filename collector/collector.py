@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from trainscope.collector.health import Condition, HealthEvent, HealthMonitor, transitions
 from trainscope.collector.points import Batch, Point, RawPoint, RunState
@@ -44,6 +44,41 @@ def _storable(points: list[RawPoint]) -> list[RawPoint]:
         return points
     return [(m.replace("\x00", "\ufffd"), step, ts, value, run.replace("\x00", "\ufffd"))
             for m, step, ts, value, run in points]
+
+
+@dataclass(frozen=True, slots=True)
+class _Summary:
+    """What a batch changes in the collector's picture, computed once per batch off the writer's path."""
+
+    newest: dict[tuple[str, str], RawPoint]  # (run, metric) -> its newest point in the batch (step, then ts)
+    peaks: list[tuple[float, int]]  # (ts, step) of each step higher than all before it in the batch, in order
+    newest_ts: float | None
+
+
+class _Ready(NamedTuple):
+    batch: Batch
+    points: list[RawPoint]
+    summary: _Summary
+
+
+def _summarize(points: list[RawPoint]) -> _Summary:
+    newest: dict[tuple[str, str], RawPoint] = {}
+    get = newest.get
+    for p in points:
+        key = (p[4], p[0])
+        cur = get(key)
+        if cur is None or p[1] > cur[1] or (p[1] == cur[1] and p[2] >= cur[2]):
+            newest[key] = p
+    if not points:
+        return _Summary(newest, [], None)
+    steps, tss = list(map(_STEP, points)), list(map(_TS, points))
+    peaks: list[tuple[float, int]] = []
+    top = None
+    for step, ts in zip(steps, tss, strict=True):
+        if top is None or step > top:
+            top = step
+            peaks.append((ts, step))
+    return _Summary(newest, peaks, max(tss))
 
 
 class SourceState:
@@ -251,7 +286,7 @@ class Collector:
         try:
             cursor = await self._store_call(health, backoff, lambda: self.store.load_cursor(self.uid, src.name))
             while not self._stopping.is_set():
-                ready: asyncio.Queue[tuple[Batch, list[RawPoint]]] = asyncio.Queue(maxsize=1)
+                ready: asyncio.Queue[_Ready] = asyncio.Queue(maxsize=1)
                 abort = asyncio.Event()
                 reader = asyncio.create_task(self._read(src, health, backoff, holder, polling, cursor, ready, abort),
                                              name=f"{self.name}/{src.name}/read")
@@ -275,7 +310,7 @@ class Collector:
                     await holder[0].aclose()
 
     async def _read(self, src: SourceSpec, health: SourceHealth, backoff: Backoff, holder: list[Source | None],
-                    polling: list[bool], cursor: Any, ready: asyncio.Queue[tuple[Batch, list[RawPoint]]],
+                    polling: list[bool], cursor: Any, ready: asyncio.Queue[_Ready],
                     abort: asyncio.Event) -> None:
         """Poll from `cursor` on, handing each filtered batch to the writer (waits while one is still queued);
         ends at the next batch once `abort` is set."""
@@ -297,7 +332,7 @@ class Collector:
                 self._fail(health, exc, reason)
                 await self._sleep(backoff.next())
                 continue
-            put = asyncio.ensure_future(ready.put((batch, points)))
+            put = asyncio.ensure_future(ready.put(_Ready(batch, points, _summarize(points))))
             aborted = asyncio.ensure_future(abort.wait())
             try:
                 await asyncio.wait({put, aborted}, return_when=asyncio.FIRST_COMPLETED)
@@ -314,7 +349,7 @@ class Collector:
                 await asyncio.sleep(0)
 
     async def _write_from(self, src: SourceSpec, health: SourceHealth, backoff: Backoff,
-                          ready: asyncio.Queue[tuple[Batch, list[RawPoint]]], reader: asyncio.Task[None],
+                          ready: asyncio.Queue[_Ready], reader: asyncio.Task[None],
                           cursor: Any) -> Any:
         """Commit the reader's batches in order; returns the committed cursor after a failed write (the reader
         must start again from it), or _STOPPED."""
@@ -333,7 +368,7 @@ class Collector:
                     await self._sleep(backoff.next())
                     return cursor
                 return _STOPPED
-            batch, points = got.result()
+            batch, points, summary = got.result()
             try:
                 result = await self._store_call(
                     health, backoff,
@@ -346,7 +381,7 @@ class Collector:
             if result is None:  # stopped while the store was away; nothing committed, nothing lost
                 return _STOPPED
             cursor = batch.cursor
-            self._absorb(src.name, health, batch, points, result.inserted)
+            self._absorb(src.name, health, batch, points, summary, result.inserted)
             backoff.reset()
 
     async def _poll(self, source: Source, cursor: Any, health: SourceHealth, backoff: Backoff) -> Batch | None:
@@ -422,37 +457,30 @@ class Collector:
             return points
         return [p for p in points if p[0] in kept]
 
-    def _absorb(self, source: str, health: SourceHealth, batch: Batch, points: list[RawPoint],
+    def _absorb(self, source: str, health: SourceHealth, batch: Batch, points: list[RawPoint], summary: _Summary,
                 inserted: int) -> None:
         """What a committed batch changes: latest values, the highest step and its pace, the source's newest time.
-        Column-wise where it can be (a catch-up brings millions of points through here)."""
+        Applies the batch's summary (made by the reader while the previous batch was being written)."""
         latest = self._latest
-        get = latest.get
         new_names = False
-        for p in points:  # the newest (step, then ts) point per series
-            key = (source, p[4], p[0])
-            cur = get(key)
+        for (run, metric), p in summary.newest.items():
+            key = (source, run, metric)
+            cur = latest.get(key)
             if cur is None:
                 new_names = True
                 latest[key] = p
             elif p[1] > cur[1] or (p[1] == cur[1] and p[2] >= cur[2]):
                 latest[key] = p
-        if points:
-            steps_col = list(map(_STEP, points))
-            ts_col = list(map(_TS, points))
-            if counts_training_steps(self._registry.get(health.kind)):
-                top = self._max_step
-                if top is None or max(steps_col) > top:  # only new highest steps feed the pace, in order
-                    observe = self._rate.observe
-                    for step, ts in zip(steps_col, ts_col, strict=True):
-                        if top is None or step > top:
-                            top = step
-                            self._max_step_ts = ts
-                            observe(ts, step)
-                    self._max_step = top
-            newest = max(ts_col)
-            if health.newest_ts is None or newest > health.newest_ts:
-                health.newest_ts = newest
+        if summary.peaks and counts_training_steps(self._registry.get(health.kind)):
+            top = self._max_step
+            for ts, step in summary.peaks:  # only new highest steps feed the pace, in order
+                if top is None or step > top:
+                    top = step
+                    self._max_step_ts = ts
+                    self._rate.observe(ts, step)
+            self._max_step = top
+        if summary.newest_ts is not None and (health.newest_ts is None or summary.newest_ts > health.newest_ts):
+            health.newest_ts = summary.newest_ts
         steps = counts_training_steps(self._registry.get(health.kind))
         if new_names and not self.spec.primary_metric:
             self._primary = detect_primary_metric(m for _, _, m in latest)
