@@ -10,7 +10,7 @@ import asyncpg
 
 from trainscope.collector.health import Condition, HealthEvent
 from trainscope.collector.points import RawPoint
-from trainscope.collector.store import writer
+from trainscope.collector.store import rollup, writer
 from trainscope.collector.store.codecs import init_connection
 from trainscope.collector.store.errors import unavailable_as_store_error
 from trainscope.collector.store.migrate import run_migrations
@@ -55,8 +55,10 @@ class Store:
     by itself once the server is back.
     """
 
-    def __init__(self, pool: asyncpg.Pool):
+    def __init__(self, pool: asyncpg.Pool, *, keep_rollup: bool = True):
         self._pool = pool
+        # Maintain the downsampling rollup in each write (off only to measure what it costs).
+        self.keep_rollup = keep_rollup
         # (uid, source) -> {(run, metric): series id}. Filled only after a commit, so it never names a series
         # that a rolled-back transaction created.
         self._series: dict[tuple[str, str], dict[writer.SeriesKey, int]] = {}
@@ -64,11 +66,12 @@ class Store:
         self._max_step: dict[int, int] = {}
 
     @classmethod
-    async def open(cls, dsn: str, *, min_size: int = 1, max_size: int = 10, migrate: bool = True) -> Store:
+    async def open(cls, dsn: str, *, min_size: int = 1, max_size: int = 10, migrate: bool = True,
+                   keep_rollup: bool = True) -> Store:
         """Connect a pool to `dsn` (and migrate); raises StoreUnavailable if the server cannot be reached."""
         with unavailable_as_store_error():
             pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=init_connection)
-        store = cls(pool)
+        store = cls(pool, keep_rollup=keep_rollup)
         if migrate:
             try:
                 await store.migrate()
@@ -104,6 +107,7 @@ class Store:
             if delete_data:
                 await conn.execute(
                     "DELETE FROM points WHERE series_id IN (SELECT id FROM series WHERE workload_uid = $1)", uid)
+                await rollup.forget(conn, uid)
                 await conn.execute("DELETE FROM series WHERE workload_uid = $1", uid)
                 await conn.execute("DELETE FROM cursors WHERE workload_uid = $1", uid)
                 await conn.execute("DELETE FROM runs WHERE workload_uid = $1", uid)
@@ -160,6 +164,8 @@ class Store:
             if rest:
                 merged_in, updated = await writer.merge(conn, rest)
                 inserted += merged_in
+            if self.keep_rollup:
+                await rollup.refresh(conn, bounds)
             await writer.save_cursor(conn, uid, source, cursor)
         # Committed: only now may the caches learn about it.
         ids.update(created)

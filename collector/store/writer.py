@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import operator
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -73,14 +74,25 @@ async def resolve_series(conn: asyncpg.Connection, uid: str, source: str, kind: 
 
 
 def step_bounds(records: Sequence[Record]) -> dict[int, tuple[int, int]]:
-    """series id -> (its first step in the batch, its last): the lowest and highest when each series' steps come in
-    order, as sources send them. Computed at C speed; when a series' steps are out of order the bounds are only
-    narrower, which can merely make the writer try a COPY that fails and falls back to merge()."""
-    sids = list(map(_SID, records))
+    """series id -> (lowest, highest) step in the batch. When the batch's steps never decrease (sources send them
+    in order) each series' first and last step are its bounds, found at C speed; otherwise one pass finds them."""
     steps = list(map(_STEP, records))
-    last = dict(zip(sids, steps, strict=True))
-    first = dict(zip(reversed(sids), reversed(steps), strict=True))
-    return {sid: (first[sid], hi) for sid, hi in last.items()}
+    if all(map(operator.le, steps, itertools.islice(steps, 1, None))):
+        sids = list(map(_SID, records))
+        last = dict(zip(sids, steps, strict=True))
+        first = dict(zip(reversed(sids), reversed(steps), strict=True))
+        return {sid: (first[sid], hi) for sid, hi in last.items()}
+    bounds: dict[int, tuple[int, int]] = {}
+    get = bounds.get
+    for sid, step, _, _ in records:
+        b = get(sid)
+        if b is None:
+            bounds[sid] = (step, step)
+        elif step < b[0]:
+            bounds[sid] = (step, b[1])
+        elif step > b[1]:
+            bounds[sid] = (b[0], step)
+    return bounds
 
 
 def split_by_known(records: Sequence[Record], known: dict[int, int]) -> tuple[list[Record], list[Record]]:

@@ -1,0 +1,16 @@
+-- Per series, per block of 2^shift steps (shift 4, 8, 12: 16, 256 and 4,096 steps), what downsampling needs of the
+-- block's points: how many, the lowest value with its lowest step, the highest value with its highest step. The
+-- pairs are float8 arrays {value, step}, so min()/max() over them keep PostgreSQL's float order (NaN above
+-- +Infinity), break ties by step, and compose: a block's pair is the min/max of its sub-blocks' pairs. Steps are
+-- exact in float8 within +-2^53; the API uses the rollup only for step ranges inside those bounds.
+-- The writer recomputes every block its transaction touched from the points themselves, so a replaced point (a
+-- larger or a smaller value) leaves the rollup exact.
+CREATE TABLE rollup (
+    series_id bigint NOT NULL,
+    shift     smallint NOT NULL,
+    block     bigint NOT NULL,            -- step >> shift
+    n         bigint NOT NULL,
+    lo        double precision[] NOT NULL, -- {lowest value, its lowest step}
+    hi        double precision[] NOT NULL, -- {highest value, its highest step}
+    PRIMARY KEY (series_id, shift, block)
+);
