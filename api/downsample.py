@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from trainscope.api import rollup
 from trainscope.api.params import Filters
 from trainscope.api.queries import Row, Series, read_series, step_bounds, ts_clause
 
@@ -177,6 +178,69 @@ def _same(a: float, b: float) -> bool:
     return a == b or (a != a and b != b)  # PostgreSQL's float equality: NaN = NaN
 
 
+async def _scan(conn: asyncpg.Connection, f: Filters, bounds: list[asyncpg.Record], sids: list[int], los: list[int],
+                spans: list[int], nb: int, max_points: int,
+                per_series_lo: bool) -> tuple[dict[int, int], dict[int, dict[int, Row | None]]]:
+    """Passes 1 and 2 over the matching points: (series -> matching points, series -> step -> chosen point, None
+    where it is still to be read)."""
+    split = await page_ranges(conn, sids)
+    if len(split) > 1:  # each branch must scan its pages (TID Range Scan), not walk the whole primary key
+        await conn.execute("SET LOCAL enable_indexscan = off; SET LOCAL enable_bitmapscan = off")
+    rows, bucket, args = _rows_sql(f, sids, los, spans, nb, per_series_lo)
+    extremes = await conn.fetch(_union(_PASS1, _PASS1_MERGE, split, rows, bucket=bucket), *args)
+
+    totals: dict[int, int] = {}
+    for r in extremes:
+        totals[r["sid"]] = totals.get(r["sid"], 0) + r["n"]
+    big = [i for i, sid in enumerate(sids) if totals.get(sid, 0) > max_points]
+    chosen: dict[int, dict[int, Row | None]] = {}  # sid -> step -> the point (None: to be read)
+    for b in bounds:
+        if totals.get(b["sid"], 0) > max_points:
+            chosen[b["sid"]] = {b["lo"]: (b["lo"], b["lo_ts"], b["lo_value"]),
+                                b["hi"]: (b["hi"], b["hi_ts"], b["hi_value"])}
+    if big:
+        values = {v for r in extremes if r["sid"] in chosen for v in (r["mn"], r["mx"])}
+        if any(v != v for v in values):  # one NaN is enough (NaN = NaN in PostgreSQL)
+            values = {v for v in values if v == v} | {math.nan}
+        rows, bucket, args = _rows_sql(f, [sids[i] for i in big], [los[i] for i in big],
+                                       [spans[i] for i in big], nb, per_series_lo, list(values))
+        found: dict[tuple[int, int], list[asyncpg.Record]] = {}
+        for r in await conn.fetch(_PASS2.format(rows=rows, bucket=bucket), *args):
+            found.setdefault((r["sid"], r["b"]), []).append(r)
+        for r in extremes:
+            keep = chosen.get(r["sid"])
+            if keep is None:
+                continue
+            groups = found[(r["sid"], r["b"])]
+            low = next(g for g in groups if _same(g["v"], r["mn"]))
+            high = next(g for g in groups if _same(g["v"], r["mx"]))
+            for g, step in ((low, low["first"]), (high, high["last"])):
+                if keep.get(step) is None:
+                    keep[step] = (step, g["ts"], g["v"]) if g["n"] == 1 else None
+    if len(split) > 1:
+        await conn.execute("SET LOCAL enable_indexscan = on; SET LOCAL enable_bitmapscan = on")
+    return totals, chosen
+
+
+async def _from_rollup(conn: asyncpg.Connection, bounds: list[asyncpg.Record], sids: list[int], los: list[int],
+                       spans: list[int], nb: int, max_points: int
+                       ) -> tuple[dict[int, int], dict[int, dict[int, Row | None]]]:
+    """The same as _scan, from the writer's rollup (api/rollup.py); the chosen points are read afterwards."""
+    totals, found = await rollup.extremes(conn, sids, los, spans, nb)
+    chosen: dict[int, dict[int, Row | None]] = {}
+    for b in bounds:
+        sid = b["sid"]
+        if totals.get(sid, 0) <= max_points:
+            continue
+        keep: dict[int, Row | None] = {b["lo"]: (b["lo"], b["lo_ts"], b["lo_value"]),
+                                       b["hi"]: (b["hi"], b["hi_ts"], b["hi_value"])}
+        for _, low, high in found.get(sid, ()):
+            keep.setdefault(int(low[1]), None)
+            keep.setdefault(int(high[1]), None)
+        chosen[sid] = keep
+    return totals, chosen
+
+
 async def downsample(conn: asyncpg.Connection, series_: Sequence[Series], f: Filters, lower: dict[int, int],
                      max_points: int) -> Downsampled:
     """At most `max_points` points per series (see the module doc), in one consistent snapshot."""
@@ -193,42 +257,10 @@ async def downsample(conn: asyncpg.Connection, series_: Sequence[Series], f: Fil
         sids = [b["sid"] for b in bounds]
         los = [b["lo"] for b in bounds]
         spans = [b["hi"] - b["lo"] + 1 for b in bounds]
-        split = await page_ranges(conn, sids)
-        if len(split) > 1:  # each branch must scan its pages (TID Range Scan), not walk the whole primary key
-            await conn.execute("SET LOCAL enable_indexscan = off; SET LOCAL enable_bitmapscan = off")
-        rows, bucket, args = _rows_sql(f, sids, los, spans, nb, bool(lower))
-        extremes = await conn.fetch(_union(_PASS1, _PASS1_MERGE, split, rows, bucket=bucket), *args)
-
-        totals: dict[int, int] = {}
-        for r in extremes:
-            totals[r["sid"]] = totals.get(r["sid"], 0) + r["n"]
-        big = [i for i, sid in enumerate(sids) if totals.get(sid, 0) > max_points]
-        chosen: dict[int, dict[int, Row | None]] = {}  # sid -> step -> the point (None: to be read)
-        for b in bounds:
-            if totals.get(b["sid"], 0) > max_points:
-                chosen[b["sid"]] = {b["lo"]: (b["lo"], b["lo_ts"], b["lo_value"]),
-                                    b["hi"]: (b["hi"], b["hi_ts"], b["hi_value"])}
-        if big:
-            values = {v for r in extremes if r["sid"] in chosen for v in (r["mn"], r["mx"])}
-            if any(v != v for v in values):  # one NaN is enough (NaN = NaN in PostgreSQL)
-                values = {v for v in values if v == v} | {math.nan}
-            rows, bucket, args = _rows_sql(f, [sids[i] for i in big], [los[i] for i in big],
-                                           [spans[i] for i in big], nb, bool(lower), list(values))
-            found: dict[tuple[int, int], list[asyncpg.Record]] = {}
-            for r in await conn.fetch(_PASS2.format(rows=rows, bucket=bucket), *args):
-                found.setdefault((r["sid"], r["b"]), []).append(r)
-            for r in extremes:
-                keep = chosen.get(r["sid"])
-                if keep is None:
-                    continue
-                groups = found[(r["sid"], r["b"])]
-                low = next(g for g in groups if _same(g["v"], r["mn"]))
-                high = next(g for g in groups if _same(g["v"], r["mx"]))
-                for g, step in ((low, low["first"]), (high, high["last"])):
-                    if keep.get(step) is None:
-                        keep[step] = (step, g["ts"], g["v"]) if g["n"] == 1 else None
-        if len(split) > 1:
-            await conn.execute("SET LOCAL enable_indexscan = on; SET LOCAL enable_bitmapscan = on")
+        if rollup.usable(f, los, spans, nb):
+            totals, chosen = await _from_rollup(conn, bounds, sids, los, spans, nb, max_points)
+        else:
+            totals, chosen = await _scan(conn, f, bounds, sids, los, spans, nb, max_points, bool(lower))
         result: dict[int, list[Row]] = {}
         for b in bounds:
             sid = b["sid"]

@@ -405,3 +405,48 @@ async def test_the_workload_list_carries_each_health_conditions_newest_status(ap
     assert item["conditions"] == [
         {"type": "MetricSpike", "status": "True", "reason": "SpikeAboveBand", "message": "loss jumped"},
         {"type": "Stalled", "status": "False", "reason": "Progressing", "message": "step 9 0s ago"}]
+
+
+@pytest.mark.parametrize("max_points", [1000, 64, 9])
+async def test_downsample_from_the_rollup_after_replacements(store: Store, database_url: str,
+                                                            monkeypatch: pytest.MonkeyPatch, max_points: int) -> None:
+    """Series whose extremes were re-logged with larger and with smaller values (the later write wins here by its
+    newer ts), answered from the rollup: equal to the oracle over the stored points, and to the full scan."""
+    from trainscope.api import rollup
+
+    rnd = random.Random(max_points)
+    truth: dict[str, dict[int, tuple[float, float]]] = {}
+    for metric, steps in (("dense", range(0, 40_000)), ("sparse", range(-3_000, 90_000, 7)),
+                          ("flat", range(5, 30_005))):
+        rows = {s: (T0 + s, 0.25 if metric == "flat" else rnd.gauss(0, 1)) for s in steps}
+        truth[metric] = rows
+        await store.write("rr", "tb", "tensorboard", [Point(metric, s, t, v) for s, (t, v) in rows.items()], None)
+    for metric, rows in truth.items():  # replace many points, extremes among them, by higher and lower values
+        order = sorted(rows, key=lambda s: rows[s][1])
+        hit = sorted({*order[:300], *order[-300:], *rnd.sample(sorted(rows), 500)})
+        new = [Point(metric, s, rows[s][0] + 1, rnd.choice([-50.0, 50.0, 0.0, math.nan, math.inf, rows[s][1]]))
+               for s in hit]
+        for p in new:
+            rows[p.step] = (p.ts, p.value)
+        await store.write("rr", "tb", "tensorboard", new[::-1], None)
+    used: list[bool] = []
+    usable = rollup.usable
+    monkeypatch.setattr(rollup, "usable", lambda *a: used.append(usable(*a)) or used[-1])
+    answers = []
+    async with client_for(ApiSettings(database_url)) as c:
+        for params in ({"downsample": max_points}, {"downsample": max_points, "from_step": 1001, "to_step": 29_999},
+                       {"downsample": max_points, "last": 20_000}):
+            answers.append((params, (await c.get("/api/v1/workloads/rr/metrics/data", params=params)).json()))
+        monkeypatch.setattr(rollup, "MIN_BUCKET_STEPS", 2**62)  # the scan, for the same questions
+        scans = [(await c.get("/api/v1/workloads/rr/metrics/data", params=p)).json() for p, _ in answers]
+        await c._transport.app.state.db.close()  # type: ignore[attr-defined]
+    assert used[:3] == [True, True, True] and used[3:] == [False, False, False]
+    for (params, out), scan in zip(answers, scans, strict=True):
+        assert out == scan
+        for metric, rows in truth.items():
+            keep = [(s, math.floor(rows[s][0] * 1000), rows[s][1]) for s in sorted(rows)
+                    if params.get("from_step", -(2**63)) <= s <= params.get("to_step", 2**63)]
+            keep = keep[-params["last"]:] if "last" in params else keep
+            want = minmax_reference(keep, max_points)
+            got = [(i["iteration"], i["timestamp"], i["value"]) for i in out["data"] if i["metric_name"] == metric]
+            assert got == [(s, t, v if math.isfinite(v) else None) for s, t, v in want], (metric, params)

@@ -114,3 +114,26 @@ async def test_a_store_without_rollup_writes_none(database_url: str, keep: bool)
     finally:
         await s.close()
     assert (await stored(database_url))[1] == {}
+
+
+async def test_the_migration_fills_the_rollup_of_points_stored_before_it(database_url: str) -> None:
+    """Points written without the rollup (as before migration 0006), then the migration's own backfill statements:
+    the same rollup as the writer keeps."""
+    from trainscope.collector.store.migrate import available_migrations
+
+    rnd = random.Random(9)
+    s = await Store.open(database_url, keep_rollup=False)
+    try:
+        for lo in (-5000, 0, 70_000):
+            await s.write("old", "tb", "tensorboard", [Point(m, st, T0 + st, rnd.choice([rnd.random(), math.nan]))
+                                                       for st in range(lo, lo + 9000, 3) for m in ("a", "b")], None)
+    finally:
+        await s.close()
+    sql = dict(available_migrations())["0006_rollup.sql"]
+    backfill = sql[sql.index("INSERT INTO rollup"):]
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(backfill)
+    finally:
+        await conn.close()
+    assert await check(database_url) > 3 * 9000 // 16

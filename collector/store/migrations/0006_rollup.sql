@@ -14,3 +14,11 @@ CREATE TABLE rollup (
     hi        double precision[] NOT NULL, -- {highest value, its highest step}
     PRIMARY KEY (series_id, shift, block)
 );
+-- The points stored before this migration, block by block (once; PostgreSQL reads the table one time per level).
+INSERT INTO rollup (series_id, shift, block, n, lo, hi)
+SELECT series_id, 4, step >> 4, count(*), min(ARRAY[value, step::float8]), max(ARRAY[value, step::float8])
+FROM points GROUP BY series_id, step >> 4;
+INSERT INTO rollup (series_id, shift, block, n, lo, hi)
+SELECT series_id, 8, block >> 4, sum(n), min(lo), max(hi) FROM rollup WHERE shift = 4 GROUP BY series_id, block >> 4;
+INSERT INTO rollup (series_id, shift, block, n, lo, hi)
+SELECT series_id, 12, block >> 4, sum(n), min(lo), max(hi) FROM rollup WHERE shift = 8 GROUP BY series_id, block >> 4;
