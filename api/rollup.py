@@ -21,6 +21,8 @@ SHIFTS = (12, 8, 4)  # the rollup's block sizes, coarsest first (2^shift steps)
 EXACT = 2**53
 MIN_BUCKET_STEPS = 1 << SHIFTS[-1]
 
+# OFFSET 0 keeps each LATERAL subquery a range scan per piece: flattened, the planner joined the pieces to a scan of
+# the whole table (it cannot tell that the ranges are small and disjoint).
 _EXTREMES = """
 WITH r AS MATERIALIZED (
     SELECT * FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[])
@@ -29,12 +31,13 @@ WITH r AS MATERIALIZED (
 SELECT sid, b, sum(n)::bigint AS n, min(lo) AS lo, max(hi) AS hi FROM (
     SELECT r.sid, r.b + (x.block >= r.cut)::int AS b, x.n, x.lo, x.hi
     FROM r CROSS JOIN LATERAL (SELECT block, n, lo, hi FROM rollup
-                               WHERE series_id = r.sid AND shift = r.shift AND block >= r.lo AND block <= r.hi) x
+                               WHERE series_id = r.sid AND shift = r.shift AND block >= r.lo AND block <= r.hi
+                               OFFSET 0) x
     WHERE r.shift > 0
     UNION ALL
     SELECT r.sid, r.b + (p.step >= r.cut)::int, 1, ARRAY[p.value, p.step::float8], ARRAY[p.value, p.step::float8]
     FROM r CROSS JOIN LATERAL (SELECT step, value FROM points
-                               WHERE series_id = r.sid AND step >= r.lo AND step <= r.hi) p
+                               WHERE series_id = r.sid AND step >= r.lo AND step <= r.hi OFFSET 0) p
     WHERE r.shift = 0
 ) y GROUP BY 1, 2
 """
