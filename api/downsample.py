@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from trainscope.api import rollup
+from trainscope.api.dscache import AnswerCache
 from trainscope.api.params import Filters
 from trainscope.api.queries import Row, Series, read_series, step_bounds, ts_clause
 
@@ -241,8 +242,26 @@ async def _from_rollup(conn: asyncpg.Connection, bounds: list[asyncpg.Record], s
     return totals, chosen
 
 
+CACHE = AnswerCache()
+
+
 async def downsample(conn: asyncpg.Connection, series_: Sequence[Series], f: Filters, lower: dict[int, int],
                      max_points: int) -> Downsampled:
+    """At most `max_points` points per series (see the module doc); the same question on unchanged data is
+    answered from api/dscache.py."""
+    ids = [s.id for s in series_]
+    if not ids:
+        return await _downsample(conn, series_, f, lower, max_points)
+    version = await CACHE.version(conn, ids)
+    if not version:  # points written without a cursor (not by the collector): no version to trust
+        return await _downsample(conn, series_, f, lower, max_points)
+    key = (tuple(series_), f, tuple(sorted(lower.items())), max_points, version)
+    return await CACHE.get(key, lambda: _downsample(conn, series_, f, lower, max_points),
+                           lambda d: sum(len(rows) for _, rows in d.series))
+
+
+async def _downsample(conn: asyncpg.Connection, series_: Sequence[Series], f: Filters, lower: dict[int, int],
+                      max_points: int) -> Downsampled:
     """At most `max_points` points per series (see the module doc), in one consistent snapshot."""
     lo0, hi0 = step_bounds(f)
     by_id = {s.id: s for s in series_}

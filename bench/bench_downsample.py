@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -40,8 +41,16 @@ def serve(url: str, port: int, scan: bool) -> None:
     from trainscope.api import rollup
     from trainscope.api.app import ApiSettings, create_app
 
-    if scan:
-        rollup.MIN_BUCKET_STEPS = 2**62  # never usable: every request takes the scan
+    if scan:  # the answer before the rollup: every request scans, nothing is shared between requests
+        from trainscope.api import downsample
+        from trainscope.api.dscache import AnswerCache
+
+        class NoCache(AnswerCache):
+            async def get(self, key: Any, compute: Any, size: Any) -> Any:
+                return await compute()
+
+        rollup.MIN_BUCKET_STEPS = 2**62
+        downsample.CACHE = NoCache()
     uvicorn.run(create_app(ApiSettings(url)), host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
@@ -99,15 +108,19 @@ async def one(client: httpx.AsyncClient, base: str, params: dict[str, Any]) -> t
     return time.perf_counter() - t, r.json()
 
 
-async def concurrent(base: str, params: dict[str, Any], clients: int, seconds: float) -> tuple[float, float, float]:
-    """(requests/s, p50 s, p99 s) of `clients` clients asking in a loop for `seconds`."""
+async def concurrent(base: str, params: dict[str, Any], clients: int, seconds: float,
+                     distinct: bool = False) -> tuple[float, float, float]:
+    """(requests/s, p50 s, p99 s) of `clients` clients asking in a loop for `seconds`; `distinct`: each request
+    for another step range (from_step = a random step in the first tenth), so no two questions are the same."""
     times: list[float] = []
     end = time.perf_counter() + seconds
+    rnd = random.Random(1)
 
     async def client_loop() -> None:
-        async with httpx.AsyncClient(timeout=120) as c:
+        async with httpx.AsyncClient(timeout=300) as c:
             while time.perf_counter() < end:
-                times.append((await one(c, base, params))[0])
+                p = {**params, "from_step": rnd.randrange(1, 100_000)} if distinct else params
+                times.append((await one(c, base, p))[0])
 
     started = time.perf_counter()
     await asyncio.gather(*(client_loop() for _ in range(clients)))
@@ -134,12 +147,16 @@ async def measure(args: argparse.Namespace, ours: Server, scan: Server) -> None:
             print(f"{name:12} {ma * 1000:>9.1f} {mb * 1000:>9.1f} {mb / ma:>8.1f}x  {load()}  "
                   f"({len(a[1]['data'])} points of {a[1]['downsample']['source_points']:,})")
     params = queries[0][1]
-    print(f"\n{args.clients} concurrent clients, {args.seconds:g}s each, in turns: {params}")
-    for rnd in range(2):
-        for label, server, secs in (("ours", ours, args.seconds), ("scan", scan, args.scan_seconds)):
-            rps, p50, p99 = await concurrent(server.base, params, args.clients, secs)
-            print(f"  {label} round {rnd + 1}: {rps:7.1f} req/s, p50 {p50 * 1000:7.0f} ms, p99 {p99 * 1000:7.0f} ms"
-                  f"  {load()}")
+    print(f"\n{args.clients} concurrent clients, {args.seconds:g}s each, in turns: {params}; 'same': every client "
+          "asks the same question (a shared dashboard), 'distinct': each request another from_step")
+    for rnd in range(args.rounds):
+        for label, server, secs, distinct in (("ours same", ours, args.seconds, False),
+                                              ("scan same", scan, args.scan_seconds, False),
+                                              ("ours distinct", ours, args.seconds, True),
+                                              ("scan distinct", scan, args.scan_seconds, True)):
+            rps, p50, p99 = await concurrent(server.base, params, args.clients, secs, distinct)
+            print(f"  {label:14} round {rnd + 1}: {rps:7.1f} req/s, p50 {p50 * 1000:7.0f} ms, "
+                  f"p99 {p99 * 1000:7.0f} ms  {load()}")
 
 
 def main() -> None:
@@ -150,6 +167,8 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=20)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--scan-seconds", type=float, default=20.0)
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--no-fill", action="store_true", help="--dsn already holds the data")
     ap.add_argument("--dsn")
     ap.add_argument("--serve", help=argparse.SUPPRESS)
     ap.add_argument("--scan", action="store_true", help=argparse.SUPPRESS)
@@ -169,7 +188,8 @@ def main() -> None:
             pg = start_embedded(tmp / "pgdata", cleanup_mode="delete")
             url = pg.get_uri()
         t = time.perf_counter()
-        asyncio.run(fill(url, args.points, args.series))
+        if not args.no_fill:
+            asyncio.run(fill(url, args.points, args.series))
         print(f"{args.points:,} points in {args.series} series stored with their rollup in "
               f"{time.perf_counter() - t:.0f}s; {load()}")
         servers = [Server(url, args.port, False), Server(url, args.port + 1, True)]

@@ -412,7 +412,9 @@ async def test_downsample_from_the_rollup_after_replacements(store: Store, datab
                                                             monkeypatch: pytest.MonkeyPatch, max_points: int) -> None:
     """Series whose extremes were re-logged with larger and with smaller values (the later write wins here by its
     newer ts), answered from the rollup: equal to the oracle over the stored points, and to the full scan."""
+    from trainscope.api import downsample as ds
     from trainscope.api import rollup
+    from trainscope.api.dscache import AnswerCache
 
     rnd = random.Random(max_points)
     truth: dict[str, dict[int, tuple[float, float]]] = {}
@@ -438,6 +440,7 @@ async def test_downsample_from_the_rollup_after_replacements(store: Store, datab
                        {"downsample": max_points, "last": 20_000}):
             answers.append((params, (await c.get("/api/v1/workloads/rr/metrics/data", params=params)).json()))
         monkeypatch.setattr(rollup, "MIN_BUCKET_STEPS", 2**62)  # the scan, for the same questions
+        monkeypatch.setattr(ds, "CACHE", AnswerCache())  # (not the answers kept for unchanged data)
         scans = [(await c.get("/api/v1/workloads/rr/metrics/data", params=p)).json() for p, _ in answers]
         await c._transport.app.state.db.close()  # type: ignore[attr-defined]
     assert used[:3] == [True, True, True] and used[3:] == [False, False, False]
@@ -450,3 +453,28 @@ async def test_downsample_from_the_rollup_after_replacements(store: Store, datab
             want = minmax_reference(keep, max_points)
             got = [(i["iteration"], i["timestamp"], i["value"]) for i in out["data"] if i["metric_name"] == metric]
             assert got == [(s, t, v if math.isfinite(v) else None) for s, t, v in want], (metric, params)
+
+
+async def test_downsampled_answers_are_shared_only_while_the_data_is_unchanged(store: Store,
+                                                                              database_url: str) -> None:
+    """Identical questions on unchanged data share one computation; a write (a new point, a replaced value)
+    changes the answer at once."""
+    from trainscope.api import downsample as ds
+
+    pts = [Point("loss", s, T0 + s, math.sin(s / 50)) for s in range(5000)]
+    await store.write("cache", "tb", "tensorboard", pts, {"at": 1})
+    url = "/api/v1/workloads/cache/metrics/data"
+    async with client_for(ApiSettings(database_url)) as c:
+        hits, misses = ds.CACHE.hits, ds.CACHE.misses
+        first = [(await c.get(url, params={"downsample": 100})).json() for _ in range(3)]
+        assert first[0] == first[1] == first[2]
+        assert (ds.CACHE.hits - hits, ds.CACHE.misses - misses) == (2, 1)
+        await store.write("cache", "tb", "tensorboard", [Point("loss", 2500, T0 + 9999, 99.0)], {"at": 2})
+        second = (await c.get(url, params={"downsample": 100})).json()
+        await store.write("cache", "tb", "tensorboard", [Point("loss", 5000, T0 + 5000, -99.0)], {"at": 3})
+        third = (await c.get(url, params={"downsample": 100})).json()
+        await c._transport.app.state.db.close()  # type: ignore[attr-defined]
+    assert (2500, math.floor((T0 + 9999) * 1000), 99.0) in [(i["iteration"], i["timestamp"], i["value"])
+                                                           for i in second["data"]]
+    assert third["data"][-1]["iteration"] == 5000 and third["data"][-1]["value"] == -99.0
+    assert third["downsample"]["source_points"] == 5001
