@@ -48,6 +48,15 @@ ON CONFLICT (uid) DO UPDATE SET namespace = EXCLUDED.namespace, name = EXCLUDED.
 """
 
 
+async def _release(conn: asyncpg.Connection) -> None:
+    """What a connection needs when it goes back to the pool: the store never changes session settings, listens,
+    keeps cursors or advisory locks across a release (the migrator unlocks its own), so asyncpg's default reset
+    (RESET ALL, UNLISTEN, CLOSE ALL, advisory unlock: a round trip on every write) is skipped; only a transaction
+    left open, which a managed one never is, is rolled back."""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
 class Store:
     """Workloads, series, points and cursors in PostgreSQL; safe to share between tasks.
 
@@ -70,7 +79,8 @@ class Store:
                    keep_rollup: bool = True) -> Store:
         """Connect a pool to `dsn` (and migrate); raises StoreUnavailable if the server cannot be reached."""
         with unavailable_as_store_error():
-            pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=init_connection)
+            pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=init_connection,
+                                             reset=_release)
         store = cls(pool, keep_rollup=keep_rollup)
         if migrate:
             try:
