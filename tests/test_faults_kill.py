@@ -63,6 +63,9 @@ def test_every_registered_kind_has_a_fault_adapter() -> None:
     assert covered_kinds()
 
 
+# A hang guard, not a speed bound: ten kill/restart rounds over every kind (a real mlflow server among them) take
+# 2-4 minutes on 2 cores, more beside other work.
+@pytest.mark.timeout(900)
 async def test_sigkill_ten_times_loses_and_duplicates_nothing(cluster: CountingCluster, database_url: str,
                                                              tmp_path: Path) -> None:
     seed = int(os.environ.get("FAULTS_SEED", time.time_ns() % 1_000_000))
