@@ -98,15 +98,19 @@ class Database:
             if is_unavailable(exc):
                 raise errors.unavailable() from exc
             raise
+        broken = False
         try:
             yield conn
         except asyncpg.QueryCanceledError as exc:
             raise errors.unavailable(f"the query ran longer than {self.statement_timeout:g} s") from exc
         except Exception as exc:
             if is_unavailable(exc):
+                broken = True
                 raise errors.unavailable() from exc
             raise
         finally:
+            if broken:  # down or hung: a normal release would wait on the server to cancel the query; drop it
+                conn.terminate()
             await pool.release(conn)
 
     @property
