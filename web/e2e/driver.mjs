@@ -59,10 +59,23 @@ const commands = {
     const p = get(page).page;
     const deadline = Date.now() + timeoutMs;
     let last;
+    let lastError = null;
     for (;;) {
-      last = await p.evaluate(call(expression, arg));
+      // While a view is being replaced (a hash navigation renders on the next task), the element a condition
+      // reads may not exist yet: a TypeError counts as "not yet", and is reported if the deadline passes.
+      try {
+        last = await p.evaluate(call(expression, arg));
+        lastError = null;
+      } catch (e) {
+        if (!String(e && e.message).includes('TypeError')) throw e;
+        last = null;
+        lastError = e;
+      }
       if (last) return last;
-      if (Date.now() > deadline) throw new Error(`waitForFunction: timed out after ${timeoutMs} ms: ${expression}`);
+      if (Date.now() > deadline) {
+        throw new Error(`waitForFunction: timed out after ${timeoutMs} ms: ${expression}`
+          + (lastError ? `; last error: ${lastError.message}` : ''));
+      }
       await new Promise((r) => setTimeout(r, 50));
     }
   },
