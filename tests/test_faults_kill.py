@@ -66,10 +66,6 @@ def test_every_registered_kind_has_a_fault_adapter() -> None:
 # A hang guard, not a speed bound: ten kill/restart rounds over every kind (a real mlflow server among them) take
 # 2-4 minutes on 2 cores, more beside other work.
 @pytest.mark.timeout(900)
-# KNOWN BUG, kept visible: the same pod-log reader fault as test_faults_sources' hang case; after kills mid-read the
-# logs kind ends ~200 of 205,970 points short (2 of 3 runs at the session's end; the other kinds stored exactly).
-# Not strict because it does not fail every run; remove with the reader's fix.
-@pytest.mark.xfail(strict=False, reason="pod-log reader can lose lines after an interrupted read (logs kind)")
 async def test_sigkill_ten_times_loses_and_duplicates_nothing(cluster: CountingCluster, database_url: str,
                                                              tmp_path: Path) -> None:
     seed = int(os.environ.get("FAULTS_SEED", time.time_ns() % 1_000_000))

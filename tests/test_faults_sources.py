@@ -156,10 +156,6 @@ def source_errors(scraped: Any, workload: str, sources: list[str]) -> dict[str, 
     return out
 
 
-# KNOWN BUG, kept visible: since the kubelet-faithful pod-log reader (podlogs.py), the lines a pod prints while its
-# log endpoint hangs (steps 71-80 here: 100 points) are never read after the endpoint recovers (waiting 90 s does not
-# change it). strict: this turns red the moment the reader is fixed, so the marker cannot outlive the bug.
-@pytest.mark.xfail(strict=True, reason="pod-log reader loses the lines printed while the log endpoint hung")
 async def test_a_misbehaving_pod_log_degrades_only_its_source(cluster: CountingCluster, operator: Operator,
                                                               database_url: str, tmp_path: Path) -> None:
     """One pod's log endpoint fails in every way (LOG_MODES) while its container keeps printing, and crashes once

@@ -199,6 +199,29 @@ async def test_a_finished_container_is_not_read_again(cluster: Cluster, kube: Ku
     check(points, truth.points)
 
 
+async def test_idle_polls_in_one_second_keep_the_count_and_a_repeated_line_loses_nothing(cluster: Cluster,
+                                                                                          kube: KubeClient):
+    """Bursts stamped with one time (a kubelet whose clock a restart pushed ahead, or a fast burst), polls in between
+    that find nothing new, and a warning line printed again with the same text at the same time: the cursor counts
+    each line of its second once (it grew by the second's lines on every idle poll, until the skip ran past the
+    cursor's line and the repeated warning was taken for it, losing the iterations between)."""
+    await cluster.add_pod("gpt-0", {"job": "gpt"})
+    warning = "[rank1]:[W501 12:00:00.000000000 ProcessGroupNCCL.cpp:4115] Warning: TORCH_NCCL_AVOID_RECORD_STREAMS=1"
+    truth = Truth()
+    cursor: Any = None
+    points: list[Point] = []
+    for first in range(1, 41, 10):
+        text = megatron(first, first + 9)[0].replace(f"iteration {first + 9} was slow", "x")
+        text = re.sub(r"\[rank1\]:.*\n", warning + "\n", text)
+        truth.add("gpt-0", cluster.write_log("gpt-0", text, at=T0, spacing=0))
+        for _ in range(3):  # polls that find nothing new
+            cursor, _ = await drain(lambda: source(kube, 1000), cursor, points)
+        lines = sum(1 for line in text.splitlines() if line) * (first // 10 + 1)
+        assert cursor["streams"]["gpt-0/trainer"]["k"] == lines  # every line of the second, once
+    check(points, truth.points)
+    assert len(points) == len(truth.points) == 4 * 40
+
+
 # ---- rotation --------------------------------------------------------------------------------------------------------
 
 

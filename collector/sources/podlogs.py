@@ -106,7 +106,8 @@ class Position:
     lines after t" (after a rotation gap, when nothing after it was there yet).
     """
 
-    __slots__ = ("first", "gaps", "held", "last_crc", "last_ns", "second", "seen", "skip", "stamped", "unstamped")
+    __slots__ = ("first", "fresh", "gaps", "held", "last_crc", "last_ns", "second", "seen", "skip", "stamped",
+                 "unstamped")
 
     def __init__(self, st: dict[str, Any]):
         self.second, self.seen = int(st.get("s") or 0), int(st.get("k") or 0)
@@ -115,6 +116,7 @@ class Position:
         self.skip = self.seen if self.last_ns is None or self.last_crc is not None else 0
         self.held: list[tuple[int, str]] = []  # lines passed over while skipping, until the last one is checked
         self.first = True  # no line of this answer seen yet
+        self.fresh = True  # no line of this answer consumed yet: `seen` is still the stored count
         self.stamped = False
         self.unstamped = 0  # lines without a timestamp after the first (a record split around a skipped one)
         self.gaps: list[tuple[int, int | None]] = []  # (last line taken, first line found) around lost lines
@@ -190,7 +192,11 @@ class Position:
         taken = feed.lines([t for _, t in fed], [ns / 1e9 for ns, _ in fed]) if fed else 0
         n = 0
         last: tuple[int, str] | None = None
-        second, seen = self.second, self.seen
+        # The answer starts at the cursor's second, and every timestamped line of it is consumed in order (the
+        # skipped ones too, once checked), so the count of the second starts again from 0 with each answer; adding
+        # to the stored count made it grow with every poll, until the skip ran past the cursor's line and a later
+        # line with the same time and text (a repeated warning) was taken for it, losing the lines between.
+        second, seen = self.second, 0 if self.fresh else self.seen
         for ns, text, f in order:
             if f:
                 if n == taken:
@@ -202,8 +208,8 @@ class Position:
             elif sec == second:
                 seen += 1
             last = (ns, text)
-        self.second, self.seen = second, seen
         if last is not None:
+            self.second, self.seen, self.fresh = second, seen, False
             self.last_ns, self.last_crc = last[0], _crc(last[1])
         return not feed.full
 
