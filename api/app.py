@@ -61,21 +61,35 @@ class Database:
         self._dsn, self._size = dsn, size
         self.statement_timeout, self.acquire_timeout = statement_timeout, acquire_timeout
         self._pool: asyncpg.Pool | None = None
-        self._lock = asyncio.Lock()
+        self._creating: asyncio.Future[asyncpg.Pool] | None = None
         self.schema_ok = False
 
-    async def pool(self) -> asyncpg.Pool:
-        if self._pool is None:
-            async with self._lock:
-                if self._pool is None:
-                    try:
-                        self._pool = await asyncpg.create_pool(
-                            self._dsn, min_size=1, max_size=self._size, init=init_connection,
-                            server_settings=self._session_settings())
-                    except Exception as exc:
-                        if is_unavailable(exc) or isinstance(exc, asyncpg.PostgresError):
-                            raise errors.unavailable() from exc
-                        raise
+    async def pool(self, wait: float | None = None) -> asyncpg.Pool:
+        """The pool, created on first use; `wait` bounds how long this caller waits for its creation (readiness
+        answers within READY_TIMEOUT even when the first connection hangs on a frozen server)."""
+        if self._pool is not None:
+            return self._pool
+        if self._creating is None or self._creating.done():
+            self._creating = asyncio.ensure_future(self._create())
+            self._creating.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: no warning
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._creating), wait)
+        except TimeoutError as exc:
+            raise errors.unavailable(f"no database connection within {wait:g} s") from exc
+
+    async def _create(self) -> asyncpg.Pool:
+        # asyncpg's connect waits 60 s by default for a server that accepted the connection but does not answer
+        # (a frozen postmaster); a request would wait that long for its 503.
+        try:
+            self._pool = await asyncpg.create_pool(
+                self._dsn, min_size=1, max_size=self._size, init=init_connection, timeout=self.acquire_timeout,
+                server_settings=self._session_settings())
+        except TimeoutError as exc:
+            raise errors.unavailable(f"the database did not answer within {self.acquire_timeout:g} s") from exc
+        except Exception as exc:
+            if is_unavailable(exc) or isinstance(exc, asyncpg.PostgresError):
+                raise errors.unavailable() from exc
+            raise
         return self._pool
 
     def _session_settings(self) -> dict[str, str]:
@@ -89,7 +103,7 @@ class Database:
     async def acquire(self, wait: float | None = None) -> AsyncIterator[asyncpg.Connection]:
         """A pooled connection for one short piece of work; waits `wait` (default `acquire_timeout`) at most
         (then 503)."""
-        pool = await self.pool()
+        pool = await self.pool(wait)
         try:
             conn = await pool.acquire(timeout=self.acquire_timeout if wait is None else wait)
         except TimeoutError as exc:
@@ -131,6 +145,9 @@ class Database:
         return self.schema_ok
 
     async def close(self) -> None:
+        if self._creating is not None and not self._creating.done():
+            self._creating.cancel()
+            await asyncio.gather(self._creating, return_exceptions=True)
         if self._pool is not None:
             await self._pool.close()
             self._pool = None

@@ -278,5 +278,34 @@ async def test_api_readiness_follows_the_database_now(pg: Any) -> None:
             await app.state.db.close()
 
 
+async def test_api_readiness_on_a_frozen_server_before_its_first_connection(pg: Any) -> None:
+    """The API's pool does not exist yet and the postmaster is frozen (it accepts connections, answers nothing):
+    a request gets its 503 after the connect timeout (acquire_timeout), not asyncpg's 60 s; /readyz answers within
+    READY_TIMEOUT even when that timeout is longer; both recover by themselves once the server is thawed."""
+    import httpx
+
+    from trainscope.api.app import READY_TIMEOUT, ApiSettings, create_app
+
+    await (await Store.open(pg.url)).close()  # migrated
+    app = create_app(ApiSettings(pg.url, acquire_timeout=2.0))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as api:
+        try:
+            with Frozen(pg.pgdata, postmaster_only=True):
+                # hang guards well below asyncpg's default 60 s: a hang fails here instead of waiting
+                ready = await asyncio.wait_for(api.get("/readyz"), 30)
+                assert ready.status_code == 503 and "did not answer within 2 s" in ready.json()["message"]
+                data = await asyncio.wait_for(api.get("/api/v1/workloads"), 30)
+                assert data.status_code == 503 and "did not answer within 2 s" in data.json()["message"]
+            app.state.db.acquire_timeout = 60.0  # readiness alone bounds the wait now
+            with Frozen(pg.pgdata, postmaster_only=True):
+                ready = await asyncio.wait_for(api.get("/readyz"), 30)
+                assert ready.status_code == 503, ready.text
+                assert ready.json()["message"] == f"no database connection within {READY_TIMEOUT:g} s"
+            await eventually(lambda: _ready(api, 200))
+            assert (await api.get("/api/v1/workloads")).status_code == 200
+        finally:
+            await app.state.db.close()
+
+
 async def _ready(api: Any, code: int) -> bool:
     return (await api.get("/readyz")).status_code == code
