@@ -9,7 +9,7 @@ quantifiers, atomic groups); that is reported at validation, naming the field an
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import re2
@@ -52,34 +52,38 @@ def compile_user(pattern: str) -> Any:
         raise UserRegexError("not a supported regex: it holds a lone surrogate, which is not text") from None
 
 
-def compile_patterns(patterns: Iterable[str]) -> list[Any]:
-    """`logs.patterns`: named groups `metric`+`value` (+ optional `step`), or one named group per metric name
-    (+ optional `step`). Raises UserRegexError naming the bad pattern."""
+def _compile_each(items: Iterable[str], what: str, check: Callable[[Any], str | None]) -> list[Any]:
+    """Compile each regex, naming it (as `what`) in the error when RE2 refuses it or `check` finds fault."""
     out = []
-    for p in patterns:
+    for p in items:
         try:
             rx = compile_user(p)
         except UserRegexError as e:
-            raise UserRegexError(f"pattern {p!r} is {e}") from None
-        names = set(rx.groupindex) - {"step"}
-        if not names or ("metric" in names and "value" not in names):
-            raise UserRegexError(f"pattern {p!r} needs named groups: metric and value, or one group per metric name")
+            raise UserRegexError(f"{what} {p!r} is {e}") from None
+        problem = check(rx)
+        if problem:
+            raise UserRegexError(f"{what} {p!r} {problem}")
         out.append(rx)
     return out
+
+
+def _pattern_groups(rx: Any) -> str | None:
+    names = set(rx.groupindex) - {"step"}
+    if not names or ("metric" in names and "value" not in names):
+        return "needs named groups: metric and value, or one group per metric name"
+    return None
+
+
+def compile_patterns(patterns: Iterable[str]) -> list[Any]:
+    """`logs.patterns`: named groups `metric`+`value` (+ optional `step`), or one named group per metric name
+    (+ optional `step`). Raises UserRegexError naming the bad pattern."""
+    return _compile_each(patterns, "pattern", _pattern_groups)
 
 
 def compile_katib(formats: Iterable[str]) -> list[Any]:
     """Katib's `metricsFormat` regexes: group 1 is the metric name, group 2 its value."""
-    out = []
-    for p in formats:
-        try:
-            rx = compile_user(p)
-        except UserRegexError as e:
-            raise UserRegexError(f"metricsFormat {p!r} is {e}") from None
-        if rx.groups < 2:
-            raise UserRegexError(f"metricsFormat {p!r} needs two groups: the metric name, then its value")
-        out.append(rx)
-    return out
+    return _compile_each(formats, "metricsFormat",
+                         lambda rx: "needs two groups: the metric name, then its value" if rx.groups < 2 else None)
 
 
 def check_log_regexes(config: dict[str, Any]) -> list[tuple[str, str]]:

@@ -118,6 +118,14 @@ class HFFormat:
                 return len(pairs)
             self._pend = [train, ts, run, pairs]
             return self._hf_unplaced(out)
+        step = self._hf_place(train, step)
+        for k, val in pairs:
+            out.append((k, step, ts, val, run))
+        return len(pairs)
+
+    def _hf_place(self, train: bool, step: int | None) -> int:
+        """A dict's step: its own, else (a training dict) the running count of training dicts times loggingSteps,
+        else (an eval dict) the last training step; a training dict moves the running step."""
         if train:
             self._hf_n += 1
             if step is None:
@@ -125,9 +133,7 @@ class HFFormat:
             self._hf_step = step
         elif step is None:
             step = self._hf_step
-        for k, val in pairs:
-            out.append((k, step, ts, val, run))
-        return len(pairs)
+        return step
 
     def _hf_unplaced(self, out: list[RawPoint]) -> int:
         """The pending dict without a bar frame of its own: placed by loggingSteps when the user set it, else
@@ -204,13 +210,7 @@ class HFFormat:
             v = vals[j + lay.total_at]
             if math.isfinite(v) and v >= 1:
                 self.total_steps = int(v)
-        if lay.train:
-            self._hf_n += 1
-            if step is None:
-                step = self._hf_n * (self.logging_steps or 1)
-            self._hf_step = step
-        elif step is None:
-            step = self._hf_step
+        step = self._hf_place(lay.train, step)
         if SUMMARY_KEY in lay.names:
             self._ended("finished", "HF Trainer printed its train summary")
         return step
