@@ -58,6 +58,20 @@ def active_children(obj: dict[str, Any], key: str) -> int:
     return total
 
 
+def parent_of_jobs(succeeded: str, children: str) -> Callable[[dict[str, Any]], JobState]:
+    """The state of a kind that runs child Jobs (JobSet, TrainJob): its end from conditions (`succeeded`, Failed,
+    Suspended); before that, Running while any child counted in status[children] is active."""
+
+    def state(obj: dict[str, Any]) -> JobState:
+        st = by_conditions(obj, succeeded=(succeeded,), running=())
+        active = active_children(obj, children)
+        if st.phase == JobPhase.PENDING and active:
+            return JobState(JobPhase.RUNNING, "Active", f"{active} job(s) active")
+        return st
+
+    return state
+
+
 def labelled(key: str) -> Callable[[str], dict[str, Any]]:
     """Pods found by one label whose value is the job's name."""
     return lambda name: {"matchLabels": {key: name}}
