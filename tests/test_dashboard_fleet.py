@@ -160,3 +160,39 @@ def test_axe_on_a_namespace_of_the_fleet(page: Page, server: UiServer) -> None:
     page.wait("() => document.querySelectorAll('#workloads tbody tr[data-uid]').length === 100", timeout=60)
     result = page.axe(AXE)
     assert not result["violations"], json.dumps(result["violations"], indent=1)
+
+
+PHASES = ("Pending", "Collecting", "Succeeded", "Failed", "Degraded", "Suspended", "Deleted")
+
+
+def test_every_phase_the_api_answers_has_its_own_chip_style(browser: Browser,
+                                                            fleet: tuple[str, list[FleetMember]]) -> None:
+    """The phases of operator/status.py's Phase (and Deleted) on the first seven Workloads, as `trainscope local`'s
+    API answers them from the running collectors: none is left as plain text, Suspended is not styled as running,
+    and the chips pass axe's contrast checks."""
+    from trainscope.operator.status import Phase
+
+    assert set(PHASES) == {v for k, v in vars(Phase).items() if k.isupper()} | {"Deleted"}
+    phase_of = {m.uid: p for m, p in zip(fleet[1], PHASES, strict=False)}
+    settings = ApiSettings(database_url=fleet[0],
+                           live=lambda uid: {"phase": phase_of[uid]} if uid in phase_of else None)
+    with UiServer(settings) as srv:
+        p = browser.page()
+        try:
+            p.goto(srv.url + "/#/?q=fleet-000")  # the ten fleet-000x: seven with a phase, three without
+            p.wait("() => document.querySelectorAll('#workloads tbody tr[data-uid]').length === 10", timeout=60)
+            chips = p.js("""() => Object.fromEntries([...document.querySelectorAll('#workloads .phase')].map((el) => {
+              const cs = getComputedStyle(el);
+              return [el.textContent, [el.className, cs.color, cs.borderTopStyle, cs.textDecorationLine]];
+            }))""")
+            plain = p.js("() => getComputedStyle(document.querySelector('#workloads tbody td')).color")
+            result = p.axe(AXE)
+            assert not p.logs()["errors"]
+        finally:
+            p.close()
+    assert set(chips) == set(PHASES)
+    for phase, (cls, color, _border, _deco) in chips.items():
+        assert cls == f"phase phase-{phase}" and color != plain, phase  # a rule of its own, not inherited text
+    assert chips["Suspended"][1] not in (chips["Collecting"][1], chips["Failed"][1], chips["Degraded"][1])
+    assert chips["Suspended"][2] == "dashed" and chips["Deleted"][3] == "line-through"
+    assert not result["violations"], json.dumps(result["violations"], indent=1)
