@@ -155,6 +155,60 @@ def test_a_refresh_rebuilds_only_the_rows_that_changed(page: Page, server: UiSer
     assert marks == [None, still.uid]  # the changed row is new, the unchanged one is the same element
 
 
+async def _write_point(url: str, m: FleetMember, step: int) -> None:
+    store = await Store.open(url, migrate=False)
+    try:
+        await store.write(m.uid, "tb", "tensorboard", [Point("train/loss", step, 1e9 + step, 0.125)], None)
+    finally:
+        await store.close()
+
+
+def _api_gets(page: Page, name: str) -> int:
+    return sum(1 for r in page.requests() if r["url"].split("?")[0].endswith(f"/api/v1/{name}"))
+
+
+def test_the_fleet_is_live_over_the_stream_without_polling(page: Page, server: UiServer,
+                                                          fleet: tuple[str, list[FleetMember]]) -> None:
+    page.goto(server.url + "/")
+    loaded(page)
+    page.wait("() => document.querySelector('#workloads').dataset.live === 'open'", timeout=30)
+    assert "live" in page.js("() => document.querySelector('#workloads caption').textContent")
+    polls = _api_gets(page, "workloads")
+    m = fleet[1][600]
+    step = m.last_step + 2 * m.stride
+    run_sync(_write_point(fleet[0], m, step))
+    events = page.js("() => Number(document.querySelector('#workloads').dataset.streamEvents)")
+    page.wait(f"() => Number(document.querySelector('#workloads').dataset.streamEvents) > {events}", timeout=30)
+    page.js("(uid) => document.querySelector(`tr[data-uid='${uid}']`)?.scrollIntoView()", m.uid)
+    page.wait(f"() => document.querySelector(`tr[data-uid='{m.uid}'] .steps`)?.textContent.trim() === "
+              f"'{step} / {TOTAL}'", timeout=30)
+    # the sparkline's newest point is the new one: the overview item came with the event
+    spark = page.js("(uid) => document.querySelector(`tr[data-uid='${uid}'] svg.spark path`).getAttribute('d')", m.uid)
+    assert spark.count("L") == 31
+    assert _api_gets(page, "workloads") == polls  # no GET /workloads since the stream opened: the event brought it
+    assert _api_gets(page, "overview/stream") == 1
+
+
+def test_without_the_stream_the_fleet_falls_back_to_polling(page: Page, server: UiServer,
+                                                           fleet: tuple[str, list[FleetMember]]) -> None:
+    """An API without the stream route (an older server): the view polls every 5 s and still shows new steps."""
+    page.route("**/api/v1/overview/stream*", json.dumps({"code": "NotFound", "message": "no such route"}), status=404)
+    page.goto(server.url + "/")
+    loaded(page)
+    page.wait("() => document.querySelector('#workloads').dataset.live === 'closed'", timeout=30)
+    assert "refreshes every 5 s" in page.js("() => document.querySelector('#workloads caption').textContent")
+    m = fleet[1][601]
+    step = m.last_step + 3 * m.stride
+    run_sync(_write_point(fleet[0], m, step))
+    loads = page.js("() => Number(document.querySelector('#workloads').dataset.loads)")
+    loaded(page, loads + 1)  # the next poll
+    page.js("(uid) => document.querySelector(`tr[data-uid='${uid}']`)?.scrollIntoView()", m.uid)
+    page.wait(f"() => document.querySelector(`tr[data-uid='{m.uid}'] .steps`)?.textContent.trim() === "
+              f"'{step} / {TOTAL}'", timeout=30)
+    assert _api_gets(page, "workloads") >= 2 and not page.js("() => document.querySelector('#workloads').dataset"
+                                                             ".streamEvents")
+
+
 def test_axe_on_a_namespace_of_the_fleet(page: Page, server: UiServer) -> None:
     page.goto(server.url + "/#/?ns=team-7")
     page.wait("() => document.querySelectorAll('#workloads tbody tr[data-uid]').length === 100", timeout=60)

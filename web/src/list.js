@@ -1,9 +1,12 @@
 // The fleet view: every Workload with phase, health, progress, ETA, pace, the primary metric with a sparkline, the
-// sources' newest points and age; failed and stalled first; search, namespace, sort; pick some to compare. Two
-// requests per refresh whatever the fleet's size (GET /workloads and GET /overview); rows are rebuilt only when
-// their data changed, so a refresh of 1,000 Workloads touches the few that moved.
+// sources' newest points and age; failed and stalled first; search, namespace, sort; pick some to compare. The
+// first load is two requests whatever the fleet's size (GET /workloads and GET /overview); then the view follows
+// GET /overview/stream (Server-Sent Events: only the workloads that changed), and polls the two requests every 5 s
+// while the stream is down or the API has none. Rows are rebuilt only when their data changed, so an update of
+// 1,000 Workloads touches the few that moved.
 import * as api from './api.js';
 import { h, visuallyHidden } from './dom.js';
+import { subscribe } from './sse.js';
 import { age, formatDuration, formatValue, seriesLabel } from './series.js';
 
 const REFRESH_MS = 5000;
@@ -83,6 +86,8 @@ function sparkline(points, label) {
 export function listView(root, { onAuthNeeded }) {
   let timer = null;
   let stopped = false;
+  let live = false; // the stream is open: no polling
+  let closeStream = null;
   let items = [];
   let over = new Map();
   let loadedAt = 0;
@@ -101,6 +106,7 @@ export function listView(root, { onAuthNeeded }) {
   const sortSelect = h('select', { id: 'sort' }, ...Object.entries(SORTS).map(([k, s]) => h('option', { value: k }, s.label)));
   const compareLink = h('a', { class: 'button', id: 'compare', href: '#/compare' }, 'Compare selected');
   const status = h('p', { class: 'status', id: 'list-status', role: 'status' }, 'Loading workloads…');
+  const liveNote = h('span', { class: 'live-note' }, 'refreshes every 5 s');
   const tbody = h('tbody');
   const headers = [['', null], ['Workload', 'name'], ['Phase', 'phase'], ['Health', 'attention'], ['Progress', 'progress'],
     ['ETA', 'eta'], ['Steps/s', 'rate'], ['Primary metric', 'metric'], ['Sources', null], ['Age', 'age']];
@@ -108,7 +114,8 @@ export function listView(root, { onAuthNeeded }) {
   // fixed layout with set column widths: the browser lays out 1,000 rows without measuring every cell first
   const widths = ['2.2em', '15%', '7%', '11%', '10em', '5.5em', '5em', '17em', '11%', '4.5em'];
   const table = h('table', { id: 'workloads', class: 'workloads fixed' },
-    h('caption', {}, 'Workloads', h('span', { class: 'caption-note' }, ' (failed and stalled first by default; refreshes every 5 s)')),
+    h('caption', {}, 'Workloads', h('span', { class: 'caption-note' }, ' (failed and stalled first by default; ',
+      liveNote, ')')),
     h('colgroup', {}, ...widths.map((w) => h('col', { style: `width: ${w}` }))),
     h('thead', {}, headRow), tbody);
 
@@ -330,7 +337,50 @@ export function listView(root, { onAuthNeeded }) {
     table.dataset.renderMs = String(Math.round(performance.now() - t0));
   }
 
+  /** The data changed (a poll or a stream event): draw it, and count the load (the tests and the bench wait on it). */
+  function loaded(t0) {
+    const known = new Set(items.map((w) => w.uid));
+    for (const uid of rowCache.keys()) if (!known.has(uid)) rowCache.delete(uid);
+    loadedAt = Date.now();
+    show(t0);
+    table.dataset.loads = String(Number(table.dataset.loads || 0) + 1);
+  }
+
+  function onStreamEvent(ev) {
+    const t0 = performance.now();
+    let body;
+    try { body = JSON.parse(ev.data); } catch { return; }
+    if (ev.type === 'fleet') {
+      items = body.workloads;
+      over = new Map(body.overview.map((o) => [o.uid, o]));
+    } else if (ev.type === 'changes') {
+      const gone = new Set(body.removed);
+      const byUid = new Map(items.filter((w) => !gone.has(w.uid)).map((w) => [w.uid, w]));
+      for (const w of body.workloads) byUid.set(w.uid, w);
+      items = [...byUid.values()];
+      for (const uid of gone) over.delete(uid);
+      for (const o of body.overview) over.set(o.uid, o);
+    } else return;
+    table.dataset.streamEvents = String(Number(table.dataset.streamEvents || 0) + 1);
+    loaded(t0);
+  }
+
+  function onStreamState(state) {
+    live = state === 'open';
+    table.dataset.live = state;
+    liveNote.textContent = live ? 'live' : 'refreshes every 5 s';
+    if (live) { clearTimeout(timer); timer = null; } else if (!timer && !stopped) timer = setTimeout(refresh, REFRESH_MS);
+  }
+
+  /** Follow the fleet over SSE once the first load is in; polling goes on whenever the stream is not open. */
+  function startStream() {
+    if (closeStream || stopped) return;
+    closeStream = subscribe(api.apiUrl('overview/stream', { points: SPARK_POINTS, include_deleted: true }),
+      { headers: api.authHeaders(), onEvent: onStreamEvent, onState: onStreamState });
+  }
+
   async function refresh() {
+    timer = null;
     try {
       // the list first (rows are usable at once), the sparklines and pace when the overview answers
       // never left rejected while the list is awaited: a 401 is thrown again below, anything else means no
@@ -349,9 +399,9 @@ export function listView(root, { onAuthNeeded }) {
       if (stopped) return;
       if (ov instanceof Error) throw ov;
       if (ov) over = new Map(ov.workloads.map((o) => [o.uid, o]));
-      show(performance.now());
+      loaded(performance.now());
       if (stopped) return;
-      table.dataset.loads = String(Number(table.dataset.loads || 0) + 1);
+      startStream();
       if (first) {
         // for bench/bench_dashboard.py: the first full list in the DOM, and the frame after it was painted
         performance.mark('trainscope:fleet-rendered');
@@ -361,9 +411,9 @@ export function listView(root, { onAuthNeeded }) {
       if (err.status === 401) { onAuthNeeded(); return; }
       status.textContent = `Could not load workloads: ${err.message}. Retrying.`;
     }
-    if (!stopped) timer = setTimeout(refresh, REFRESH_MS);
+    if (!stopped && !live && !timer) timer = setTimeout(refresh, REFRESH_MS);
   }
 
   refresh();
-  return () => { stopped = true; clearTimeout(timer); };
+  return () => { stopped = true; clearTimeout(timer); if (closeStream) closeStream(); };
 }
