@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
+from trainscope.api.models import Workload
 from trainscope.api.overview import overview_items
 
 if TYPE_CHECKING:
@@ -50,7 +51,10 @@ async def fleet_events(db: Database, list_workloads: ListWorkloads, points: int,
         async with db.acquire() as conn:
             snapshot = await conn.fetchval("SELECT txid_current_snapshot()::text")
         if first or snapshot != seen or since_read >= recheck:
-            items = await list_workloads(namespace, None, None, include_deleted)
+            # through the list's model, as GET /workloads encodes them: the same fields in the same order, so a
+            # client can tell a changed item from an unchanged one by its text
+            items = [Workload.model_validate(i).model_dump(mode="json", by_alias=True)
+                     for i in await list_workloads(namespace, None, None, include_deleted)]
             over = await overview_items(db, points, namespace, include_deleted)
             seen, since_read = snapshot, 0.0
             now_w = {i["uid"]: json.dumps(i, **_JSON) for i in items}

@@ -53,6 +53,9 @@ async def test_the_first_event_is_the_fleet_then_only_what_changed(client: httpx
         listed, over = await answers(client)
         assert kind == "fleet" and body["points"] == 8 and body["total_count"] == 2
         assert body["workloads"] == list(listed.values()) and body["overview"] == list(over.values())
+        # the same text too (fields in the same order): a client tells changed items from unchanged ones by it
+        assert json.dumps(body["workloads"]) == json.dumps(list(listed.values()))
+        assert json.dumps(body["overview"]) == json.dumps(list(over.values()))
 
         # a new point for a: one event, a's list item (step 11) and overview item (sparkline, pace), nothing of b
         await store.write("a", "tb", "tensorboard", [Point("loss", 11, T0 + 11, 0.05)], None)

@@ -3,7 +3,9 @@
 // first load is two requests whatever the fleet's size (GET /workloads and GET /overview); then the view follows
 // GET /overview/stream (Server-Sent Events: only the workloads that changed), and polls the two requests every 5 s
 // while the stream is down or the API has none. Rows are rebuilt only when their data changed, so an update of
-// 1,000 Workloads touches the few that moved.
+// 1,000 Workloads touches the few that moved. The table is windowed: only the rows in or near the viewport are in
+// the DOM (spacer rows stand for the others, aria-rowcount/aria-rowindex tell assistive technology where a row is),
+// so the first paint of 1,000 Workloads lays out a few dozen rows, not a thousand.
 import * as api from './api.js';
 import { h, visuallyHidden } from './dom.js';
 import { subscribe } from './sse.js';
@@ -14,6 +16,8 @@ const SPARK_POINTS = 32;
 const STALE_MS = 10 * 60 * 1000; // a source whose newest point is older than this, in an unfinished run, is flagged
 const BAD = new Set(['Stalled', 'NonFiniteMetric', 'MetricDiverging']);
 const OV_FIRST = 5; // the index of the first of a row's overview cells (ETA)
+const OVERSCAN_PX = 800; // rows kept in the DOM above and below the viewport, so a scroll or a Tab finds them there
+const ROW_ESTIMATE_PX = 44; // a row's height until one has been measured
 
 // Sort keys: each returns a value compared ascending (nulls last); `attention` is the default.
 const SORTS = {
@@ -93,6 +97,11 @@ export function listView(root, { onAuthNeeded }) {
   let loadedAt = 0;
   let firstRender = true;
   const rowCache = new Map(); // uid -> {base, ov, tr}
+  let current = []; // the filtered, sorted rows (facts) the window shows a slice of
+  let win = null; // the rendered slice [first, last) of `current`
+  const heights = new Map(); // uid -> the row's measured height (px)
+  let estimate = ROW_ESTIMATE_PX;
+  let scrollQueued = false;
   let pendingOv = []; // rows whose overview cells are to be replaced: [cache entry, facts, ov signature]
   const params = new URLSearchParams(location.hash.split('?')[1] || '');
   const sel = new Set((params.get('sel') || '').split(',').filter(Boolean));
@@ -113,7 +122,7 @@ export function listView(root, { onAuthNeeded }) {
   const headRow = h('tr', {});
   // fixed layout with set column widths: the browser lays out 1,000 rows without measuring every cell first
   const widths = ['2.2em', '15%', '7%', '11%', '10em', '5.5em', '5em', '17em', '11%', '4.5em'];
-  const table = h('table', { id: 'workloads', class: 'workloads fixed' },
+  const table = h('table', { id: 'workloads', class: 'workloads fixed windowed' },
     h('caption', {}, 'Workloads', h('span', { class: 'caption-note' }, ' (failed and stalled first by default; ',
       liveNote, ')')),
     h('colgroup', {}, ...widths.map((w) => h('col', { style: `width: ${w}` }))),
@@ -205,23 +214,14 @@ export function listView(root, { onAuthNeeded }) {
     const rows = visible().map(facts);
     const key = SORTS[sortBy].key;
     rows.sort((a, b) => (desc ? -1 : 1) * compareKeys(key(a), key(b)) || compareKeys(SORTS.name.key(a), SORTS.name.key(b)));
-    const focused = tbody.contains(document.activeElement) ? document.activeElement : null;
-    const now = Date.now();
+    current = rows;
     pendingOv = [];
-    const trs = rows.map((r) => row(r, now));
-    tbody.replaceChildren(...trs);
-    for (const el of tbody.querySelectorAll('[data-since]')) {
-      const text = `${el.dataset.prefix || ''}${age(Number(el.dataset.since), now)}`;
-      if (el.textContent !== text) el.textContent = text;
-    }
-    if (focused && !tbody.contains(focused)) {
-      const uid = focused.closest('tr')?.dataset.uid;
-      if (uid) tbody.querySelector(`tr[data-uid="${CSS.escape(uid)}"] a`)?.focus();
-    }
+    drawWindow(true);
     if (!rows.length) {
-      tbody.append(h('tr', {}, h('td', { colspan: String(headers.length), class: 'empty' },
+      tbody.replaceChildren(h('tr', {}, h('td', { colspan: String(headers.length), class: 'empty' },
         items.length ? 'No workload matches the filter.' : 'No workloads in the store yet.')));
     }
+    table.setAttribute('aria-rowcount', String(rows.length + 1)); // the header row counts
     table.dataset.rows = String(rows.length);
     table.dataset.sort = `${sortBy}${desc ? ':desc' : ''}`;
     const hidden = items.length - rows.length;
@@ -229,6 +229,80 @@ export function listView(root, { onAuthNeeded }) {
       + `${hidden ? `, ${hidden} hidden by the filter` : ''}; updated ${new Date(loadedAt || now).toLocaleTimeString()}.`;
     updateCompare();
   }
+
+  /** Put the rows in or near the viewport into the tbody, spacers for the rest; `force`: even if the slice is the
+   * same (the rows changed). Heights are measured as rows are shown, so the spacers converge on the true sizes. */
+  function drawWindow(force) {
+    const n = current.length;
+    const top = tbody.getBoundingClientRect().top + window.scrollY; // where the tbody starts on the page
+    const from = window.scrollY - top - OVERSCAN_PX;
+    const to = window.scrollY + window.innerHeight - top + OVERSCAN_PX;
+    let y = 0;
+    let first = n;
+    let last = n;
+    let topPad = 0;
+    let i = 0;
+    for (; i < n; i++) {
+      const hh = heights.get(current[i].w.uid) ?? estimate;
+      if (first === n && y + hh > from) { first = i; topPad = y; }
+      if (y >= to) break;
+      y += hh;
+    }
+    last = Math.max(first, i);
+    for (; i < n; i++) y += heights.get(current[i].w.uid) ?? estimate;
+    const bottomPad = y - topPad - sliceHeight(first, last);
+    if (!force && win && win[0] === first && win[1] === last) return;
+    const focused = tbody.contains(document.activeElement) ? document.activeElement : null;
+    const now = Date.now();
+    const trs = [];
+    for (let k = first; k < last; k++) {
+      const tr = row(current[k], now);
+      tr.setAttribute('aria-rowindex', String(k + 2));
+      trs.push(tr);
+    }
+    tbody.replaceChildren(...(topPad > 0 ? [spacer(topPad)] : []), ...trs, ...(bottomPad > 0.5 ? [spacer(bottomPad)] : []));
+    win = [first, last];
+    let measured = 0;
+    for (const tr of trs) {
+      const hh = tr.getBoundingClientRect().height;
+      if (hh > 0) { heights.set(tr.dataset.uid, hh); measured += hh; }
+    }
+    if (measured && trs.length) estimate = measured / trs.length;
+    for (const el of tbody.querySelectorAll('[data-since]')) {
+      const text = `${el.dataset.prefix || ''}${age(Number(el.dataset.since), now)}`;
+      if (el.textContent !== text) el.textContent = text;
+    }
+    if (focused && !tbody.contains(focused)) {
+      const uid = focused.closest('tr')?.dataset.uid;
+      if (uid) tbody.querySelector(`tr[data-uid="${CSS.escape(uid)}"] a`)?.focus({ preventScroll: true });
+    }
+    table.dataset.window = `${first}-${last}`;
+  }
+
+  function sliceHeight(first, last) {
+    let y = 0;
+    for (let k = first; k < last; k++) y += heights.get(current[k].w.uid) ?? estimate;
+    return y;
+  }
+
+  function spacer(px) {
+    const td = h('td', { colspan: String(headers.length) });
+    td.style.height = `${px}px`;
+    return h('tr', { class: 'spacer', 'aria-hidden': 'true' }, td);
+  }
+
+  function onScroll() {
+    if (scrollQueued || stopped) return;
+    scrollQueued = true;
+    requestAnimationFrame(() => {
+      scrollQueued = false;
+      if (stopped || !current.length) return;
+      drawWindow(false);
+      flushOverview();
+    });
+  }
+  window.addEventListener('scroll', onScroll, { passive: true });
+  window.addEventListener('resize', onScroll, { passive: true });
 
   function row(r, now) {
     const { w, o } = r;
@@ -415,5 +489,11 @@ export function listView(root, { onAuthNeeded }) {
   }
 
   refresh();
-  return () => { stopped = true; clearTimeout(timer); if (closeStream) closeStream(); };
+  return () => {
+    stopped = true;
+    clearTimeout(timer);
+    if (closeStream) closeStream();
+    window.removeEventListener('scroll', onScroll);
+    window.removeEventListener('resize', onScroll);
+  };
 }
