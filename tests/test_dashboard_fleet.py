@@ -250,6 +250,8 @@ def test_every_phase_the_api_answers_has_its_own_chip_style(browser: Browser,
             plain = p.js("() => getComputedStyle(document.querySelector('#workloads tbody td')).color")
             result = p.axe(AXE)
             assert not p.logs()["errors"]
+            if os.environ.get("TRAINSCOPE_DOCS_SCREENSHOTS"):  # make screenshots: the phase chips in docs/dashboard.md
+                p.screenshot(DOCS_SHOTS / "fleet-phases.png", full_page=False)
         finally:
             p.close()
     assert set(chips) == set(PHASES)

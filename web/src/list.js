@@ -121,7 +121,7 @@ export function listView(root, { onAuthNeeded }) {
     ['ETA', 'eta'], ['Steps/s', 'rate'], ['Primary metric', 'metric'], ['Sources', null], ['Age', 'age']];
   const headRow = h('tr', {});
   // fixed layout with set column widths: the browser lays out 1,000 rows without measuring every cell first
-  const widths = ['2.2em', '15%', '7%', '11%', '10em', '5.5em', '5em', '17em', '11%', '4.5em'];
+  const widths = ['2.2em', '13%', '7.6em', '11%', '10em', '5.5em', '5em', '17em', '11%', '4.5em']; // Phase: 'Suspended' in its box
   const table = h('table', { id: 'workloads', class: 'workloads fixed windowed' },
     h('caption', {}, 'Workloads', h('span', { class: 'caption-note' }, ' (failed and stalled first by default; ',
       liveNote, ')')),
