@@ -216,6 +216,21 @@ def test_without_the_stream_the_fleet_falls_back_to_polling(page: Page, server: 
                                                              ".streamEvents")
 
 
+def test_tab_goes_on_past_the_rows_in_the_dom(page: Page, server: UiServer) -> None:
+    """A keyboard user tabbing down the windowed table is never dropped out of it: focusing a row scrolls it into
+    view, the window moves on, and Tab reaches the next row, which was not in the DOM before."""
+    page.goto(server.url + "/")
+    loaded(page)
+    last = page.js("() => { const r = [...document.querySelectorAll('#workloads tbody tr[data-uid]')].pop(); "
+                   "r.querySelector('th a').focus(); return Number(r.getAttribute('aria-rowindex')); }")
+    assert last < N + 1  # rows after it exist, but are not in the DOM yet
+    page.wait(f"() => document.querySelector(`#workloads tr[aria-rowindex='{last + 1}']`)", timeout=15)
+    page.press("Tab")
+    got = page.js("() => [document.activeElement.className, "
+                  "Number(document.activeElement.closest('tr')?.getAttribute('aria-rowindex'))]")
+    assert got == ["pick", last + 1]  # the next row's compare checkbox
+
+
 def test_axe_on_a_namespace_of_the_fleet(page: Page, server: UiServer) -> None:
     page.goto(server.url + "/#/?ns=team-7")
     page.wait("() => document.querySelector('#workloads').dataset.rows === '100' "

@@ -272,9 +272,14 @@ export function listView(root, { onAuthNeeded }) {
       const text = `${el.dataset.prefix || ''}${age(Number(el.dataset.since), now)}`;
       if (el.textContent !== text) el.textContent = text;
     }
-    if (focused && !tbody.contains(focused)) {
-      const uid = focused.closest('tr')?.dataset.uid;
-      if (uid) tbody.querySelector(`tr[data-uid="${CSS.escape(uid)}"] a`)?.focus({ preventScroll: true });
+    // replaceChildren took the focused element out of the document for a moment, which drops focus: give it back
+    // (the same element when its row is still shown, else the link of the row rebuilt for the same workload)
+    if (focused && document.activeElement !== focused) {
+      if (tbody.contains(focused)) focused.focus({ preventScroll: true });
+      else {
+        const uid = focused.closest('tr')?.dataset.uid;
+        if (uid) tbody.querySelector(`tr[data-uid="${CSS.escape(uid)}"] a`)?.focus({ preventScroll: true });
+      }
     }
     table.dataset.window = `${first}-${last}`;
   }
