@@ -182,18 +182,22 @@ def test_the_fleet_is_live_over_the_stream_without_polling(page: Page, server: U
     loaded(page)
     page.wait("() => document.querySelector('#workloads').dataset.live === 'open'", timeout=30)
     assert "live" in page.js("() => document.querySelector('#workloads caption').textContent")
-    polls = _api_gets(page, "workloads")
+    polls = _api_gets(page, "workloads"), _api_gets(page, "overview")
     m = fleet[1][600]
     step = m.last_step + 2 * m.stride
+    spark_js = "(uid) => document.querySelector(`tr[data-uid='${uid}'] svg.spark path`).getAttribute('d')"
+    before = page.js(spark_js, m.uid)
     run_sync(_write_point(fleet[0], m, step))
     events = page.js("() => Number(document.querySelector('#workloads').dataset.streamEvents || 0)")
     page.wait(f"() => Number(document.querySelector('#workloads').dataset.streamEvents || 0) > {events}", timeout=30)
     page.wait(f"() => document.querySelector(`tr[data-uid='{m.uid}'] .steps`)?.textContent.trim() === "
               f"'{step} / {TOTAL}'", timeout=30)
-    # the sparkline's newest point is the new one: the overview item came with the event
-    spark = page.js("(uid) => document.querySelector(`tr[data-uid='${uid}'] svg.spark path`).getAttribute('d')", m.uid)
-    assert spark.count("L") == 31
-    assert _api_gets(page, "workloads") == polls  # no GET /workloads since the stream opened: the event brought it
+    # the sparkline was redrawn with the new point: the overview item came too
+    page.wait(f"() => document.querySelector(`tr[data-uid='{m.uid}'] svg.spark path`).getAttribute('d') !== "
+              f"{json.dumps(before)}", timeout=30)
+    assert page.js(spark_js, m.uid).count("L") == 31
+    # no GET /workloads or /overview since the stream opened: the event brought both
+    assert (_api_gets(page, "workloads"), _api_gets(page, "overview")) == polls
     assert _api_gets(page, "overview/stream") == 1
 
 
