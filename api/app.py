@@ -45,6 +45,7 @@ class ApiSettings:
     stream_interval: float = 1.0  # seconds between a stream's polls
     stream_batch: int = 1000  # points per SSE event at most
     heartbeat: float = 15.0
+    fleet_interval: float = 2.0  # seconds between the fleet stream's checks for a change
     # Bounds on what one request may hold (docs/api.md, Limits): a statement runs at most `statement_timeout`
     # seconds; waiting for a free pool connection at most `acquire_timeout` (then 503).
     statement_timeout: float = 30.0
@@ -206,7 +207,7 @@ async def not_ready(db: Database) -> str | None:
 
 def create_app(settings: ApiSettings) -> FastAPI:
     """The API over the store at `settings.database_url`; it only reads."""
-    from trainscope.api import overview, routes
+    from trainscope.api import fleetstream, overview, routes
 
     db = Database(settings.database_url, settings.pool_size, settings.statement_timeout, settings.acquire_timeout)
     stopping = asyncio.Event()
@@ -322,6 +323,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
 
     routes.install(api, db, settings, stopping)
     overview.install(api, db)  # GET /api/v1/overview: the fleet view's sparklines and pace
+    fleetstream.install(api, db, settings, stopping, list_workloads)  # GET /api/v1/overview/stream: it live
     app.include_router(api)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     mount_ui(app)  # the dashboard at `/` (api/static, built from web/)

@@ -56,47 +56,53 @@ def install(api: APIRouter, db: Database) -> None:
         """Per workload: its primary metric's sparkline (the first point at or after each of `points` evenly
         spaced steps, the newest point included, values to 6 significant digits), the recent steps/s and each source's
         newest point."""
-        async with db.acquire() as conn:
-            rows = await queries.workloads(conn, namespace=namespace or None, include_deleted=include_deleted)
-            uids = [r["uid"] for r in rows]
-            ends = await queries.series_ends(conn, uids) if uids else []
-            by_uid: dict[str, list[Any]] = {}
-            for e in ends:
-                by_uid.setdefault(e["workload_uid"], []).append(e)
-            chosen = {r["uid"]: _primary(r["spec"], by_uid.get(r["uid"], [])) for r in rows}
-            picked = [s for s in chosen.values() if s is not None]
-            spark = await queries.sparklines(conn, [(s["id"], s["first_step"], s["step"]) for s in picked], points)
-            tail = await queries.tails(conn, [s["id"] for s in picked], TAIL)
-        lines: dict[int, list[list[Any]]] = {}
-        isfinite = math.isfinite
-        for sid, step, v in spark:  # positional: 32,000 rows for 1,000 workloads
-            line = lines.get(sid)
-            if line is None:
-                line = lines[sid] = []
-            if not line or line[-1][0] != step:
-                # 6 significant digits: a sparkline is a few dozen pixels tall, and the answer is 3x smaller
-                line.append([step, float(f"{v:.6g}") if isfinite(v) else None])
-        paces: dict[int, list[tuple[int, int]]] = {}
-        for sid, step, ts in tail:
-            paces.setdefault(sid, []).append((step, ts))
-        items = []
-        for r in rows:
-            s = chosen[r["uid"]]
-            newest: dict[tuple[str, str], int] = {}
-            for e in by_uid.get(r["uid"], []):
-                key = (data_source_of(e["kind"]), e["source"])
-                newest[key] = max(newest.get(key, e["ts"]), e["ts"])
-            items.append({
-                "uid": r["uid"],
-                "metric": None if s is None else s["metric"],
-                "data_source": None if s is None else data_source_of(s["kind"]),
-                "source": None if s is None else s["source"],
-                "run": None if s is None else s["run"],
-                "points": [] if s is None else lines.get(s["id"], []),
-                "steps_per_second": None if s is None else steps_per_second(paces.get(s["id"], [])),
-                "sources": [{"data_source": ds, "source": src, "newest_timestamp": ts}
-                            for (ds, src), ts in sorted(newest.items())],
-            })
+        items = await overview_items(db, points, namespace or None, include_deleted)
         # already the documented shape: encoded directly (validating 1,000 sparklines through the model costs more
         # than the queries)
         return JSONResponse({"points": points, "workloads": items, "total_count": len(items)})
+
+
+async def overview_items(db: Database, points: int, namespace: str | None, include_deleted: bool) -> list[dict]:
+    """The overview's items (GET /overview and the fleet stream): one per workload, in the list's order."""
+    async with db.acquire() as conn:
+        rows = await queries.workloads(conn, namespace=namespace, include_deleted=include_deleted)
+        uids = [r["uid"] for r in rows]
+        ends = await queries.series_ends(conn, uids) if uids else []
+        by_uid: dict[str, list[Any]] = {}
+        for e in ends:
+            by_uid.setdefault(e["workload_uid"], []).append(e)
+        chosen = {r["uid"]: _primary(r["spec"], by_uid.get(r["uid"], [])) for r in rows}
+        picked = [s for s in chosen.values() if s is not None]
+        spark = await queries.sparklines(conn, [(s["id"], s["first_step"], s["step"]) for s in picked], points)
+        tail = await queries.tails(conn, [s["id"] for s in picked], TAIL)
+    lines: dict[int, list[list[Any]]] = {}
+    isfinite = math.isfinite
+    for sid, step, v in spark:  # positional: 32,000 rows for 1,000 workloads
+        line = lines.get(sid)
+        if line is None:
+            line = lines[sid] = []
+        if not line or line[-1][0] != step:
+            # 6 significant digits: a sparkline is a few dozen pixels tall, and the answer is 3x smaller
+            line.append([step, float(f"{v:.6g}") if isfinite(v) else None])
+    paces: dict[int, list[tuple[int, int]]] = {}
+    for sid, step, ts in tail:
+        paces.setdefault(sid, []).append((step, ts))
+    items = []
+    for r in rows:
+        s = chosen[r["uid"]]
+        newest: dict[tuple[str, str], int] = {}
+        for e in by_uid.get(r["uid"], []):
+            key = (data_source_of(e["kind"]), e["source"])
+            newest[key] = max(newest.get(key, e["ts"]), e["ts"])
+        items.append({
+            "uid": r["uid"],
+            "metric": None if s is None else s["metric"],
+            "data_source": None if s is None else data_source_of(s["kind"]),
+            "source": None if s is None else s["source"],
+            "run": None if s is None else s["run"],
+            "points": [] if s is None else lines.get(s["id"], []),
+            "steps_per_second": None if s is None else steps_per_second(paces.get(s["id"], [])),
+            "sources": [{"data_source": ds, "source": src, "newest_timestamp": ts}
+                        for (ds, src), ts in sorted(newest.items())],
+        })
+    return items

@@ -18,11 +18,12 @@ from rich.table import Table
 from rich.text import Text
 
 from trainscope.collector.collector import Snapshot
+from trainscope.collector.health import STALLED
 from trainscope.collector.progress import format_duration
 from trainscope.collector.spec import SpecError, parse_spec
 from trainscope.operator.gauges import MetricsEndpoint
 from trainscope.operator.runtime import Runtime, RuntimeConfig
-from trainscope.operator.status import phase_of
+from trainscope.operator.status import Phase, phase_of
 
 API_VERSION = "trainscope.io/v1alpha1"
 
@@ -38,6 +39,7 @@ class LocalWorkload:
     name: str
     spec: dict[str, Any]
     base_dir: Path
+    poll_interval: float = 30.0  # seconds: the slowest of its sources' polls, for telling a quiet step from a stale one
 
 
 def local_uid(namespace: str, name: str) -> str:
@@ -62,14 +64,16 @@ def load_workloads(paths: list[Path]) -> list[LocalWorkload]:
             if not name:
                 raise ManifestError(f"{path}: metadata.name: required field is missing")
             try:
-                parse_spec(doc.get("spec"))
+                parsed = parse_spec(doc.get("spec"))
             except SpecError as err:
                 raise ManifestError(f"{path}: Workload {namespace}/{name}: {err}") from err
             if (namespace, name) in seen:
                 raise ManifestError(f"{path}: Workload {namespace}/{name} is defined twice")
             seen.add((namespace, name))
+            poll = max((src.poll_interval or parsed.poll_interval for src in parsed.sources),
+                       default=parsed.poll_interval)
             out.append(LocalWorkload(local_uid(namespace, name), namespace, name, doc["spec"],
-                                     path.resolve().parent))
+                                     path.resolve().parent, poll))
     return out
 
 
@@ -77,14 +81,42 @@ def _fmt(value: float | None, spec: str = ".4g") -> str:
     return "-" if value is None else format(value, spec)
 
 
-COLUMNS = ("Workload", "Phase", "Step", "Progress", "Loss", "Steps/s", "ETA", "Sources")
+COLUMNS = ("Workload", "Phase", "Step", "Last step", "Progress", "Loss", "Steps/s", "ETA", "Sources")
+STALE_FLOOR = 30.0  # seconds without a new step before the table says so, whatever the pace
+ENDED = (Phase.SUCCEEDED, Phase.FAILED)
+
+
+def step_age(snap: Snapshot) -> float | None:
+    """Seconds since the source wrote the highest step (its own timestamp), at the snapshot's time."""
+    return None if snap.step_ts is None else max(0.0, snap.taken_at - snap.step_ts)
+
+
+def stale_after(snap: Snapshot, poll_interval: float) -> float:
+    """How long a running Workload may go without a new step before the table calls it stale: three polls (a step
+    is seen one poll late at worst), ten of the run's own steps, and never under STALE_FLOOR."""
+    pace = 10.0 / snap.throughput if snap.throughput else 0.0
+    return max(STALE_FLOOR, 3.0 * poll_interval, pace)
+
+
+def freshness(wl: LocalWorkload, snap: Snapshot) -> str:
+    """`fresh`, `stale` (no new step for longer than stale_after), `stalled` (the Stalled health condition is True)
+    or `ended` (the run finished or failed); `none` before the first step."""
+    age = step_age(snap)
+    if age is None:
+        return "none"
+    if phase_of(snap) in ENDED:
+        return "ended"
+    if any(c.type == STALLED and c.status == "True" for c in snap.health):
+        return "stalled"
+    return "stale" if age > stale_after(snap, wl.poll_interval) else "fresh"
 
 
 def cells(wl: LocalWorkload, snap: Snapshot | None, error_width: int | None = 60) -> tuple[str, ...]:
     """One Workload's line, as plain text (names, paths and errors are data, never markup); a source's error cut at
-    `error_width` characters (None: whole)."""
+    `error_width` characters (None: whole). A step that has not moved for a while says so in Last step, and its
+    pace and ETA stop claiming a run in progress."""
     if snap is None:
-        return (f"{wl.namespace}/{wl.name}", "Pending", "-", "-", "-", "-", "-", "starting")
+        return (f"{wl.namespace}/{wl.name}", "Pending", "-", "-", "-", "-", "-", "-", "starting")
     primary = snap.primary
     loss = "-" if primary is None else f"{primary.value:.4g}"
     if snap.primary_metric and primary is not None:
@@ -94,8 +126,26 @@ def cells(wl: LocalWorkload, snap: Snapshot | None, error_width: int | None = 60
         f"{h.name}: {h.state}" + (f" ({h.last_error[:error_width]})" if h.last_error and not h.healthy else "")
         + (f" lag {format_duration(h.lag(snap.taken_at))}" if h.newest_ts else "")
         for h in snap.sources)
-    return (f"{wl.namespace}/{wl.name}", phase_of(snap), step, "-" if snap.progress is None else f"{snap.progress:.1%}",
-            loss, _fmt(snap.throughput), format_duration(snap.eta_seconds) or "-", sources)
+    phase = phase_of(snap)
+    rate, eta = _fmt(snap.throughput), format_duration(snap.eta_seconds) or "-"
+    age = format_duration(step_age(snap))
+    state = freshness(wl, snap)
+    if state == "none":
+        last = "-"
+    elif state == "fresh":
+        last = f"{age} ago"
+    elif state == "ended":
+        last = f"{age} ago, run ended"
+    else:
+        last = f"no new step for {age}"
+        phase = f"{phase}, stalled" if state == "stalled" else f"{phase}, no new step"
+        rate = "0" if snap.throughput is None else f"0 (was {rate})"
+        eta = "-"
+    return (f"{wl.namespace}/{wl.name}", phase, step, last, "-" if snap.progress is None else f"{snap.progress:.1%}",
+            loss, rate, eta, sources)
+
+
+STYLES = {"stale": "yellow", "stalled": "bold red"}
 
 
 def render(rows: list[tuple[LocalWorkload, Snapshot | None]], waiting: str | None) -> Table:
@@ -108,7 +158,9 @@ def render(rows: list[tuple[LocalWorkload, Snapshot | None]], waiting: str | Non
     for col in COLUMNS:
         table.add_column(col, no_wrap=col != "Sources")
     for wl, snap in rows:
-        table.add_row(*(Text(c) for c in cells(wl, snap)))
+        style = STYLES.get(freshness(wl, snap), "") if snap is not None else ""
+        table.add_row(*(Text(c, style=style if col in ("Phase", "Last step") else "")
+                        for col, c in zip(COLUMNS, cells(wl, snap), strict=True)))
     return table
 
 
@@ -118,7 +170,8 @@ def status_lines(rows: list[tuple[LocalWorkload, Snapshot | None]], waiting: str
     out = [f"{stamp} trainscope local: {waiting}"] if waiting else []
     for wl, snap in rows:
         c = dict(zip(COLUMNS, cells(wl, snap, error_width=None), strict=True))
-        out.append(f"{stamp} {c['Workload']} phase={c['Phase']} step={c['Step']} progress={c['Progress']} "
+        out.append(f"{stamp} {c['Workload']} phase={c['Phase']} step={c['Step']} last_step={c['Last step']} "
+                   f"progress={c['Progress']} "
                    f"loss={c['Loss']} steps/s={c['Steps/s']} eta={c['ETA']} sources=[{c['Sources']}]")
     return out
 

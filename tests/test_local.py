@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import asyncpg
@@ -13,9 +15,19 @@ import pytest
 import yaml
 from rich.console import Console
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboardX import SummaryWriter
 
 from trainscope.demo import simulate
-from trainscope.operator.local import ManifestError, load_workloads, local_uid, run_local
+from trainscope.operator.local import (
+    COLUMNS,
+    ManifestError,
+    cells,
+    freshness,
+    load_workloads,
+    local_uid,
+    run_local,
+    status_lines,
+)
 from trainscope.operator.runtime import RuntimeConfig
 
 from waiting import eventually
@@ -113,3 +125,69 @@ def test_operator_is_not_importable_as_a_top_level_package():
     proc = subprocess.run([sys.executable, "-m", "trainscope.cli", "--version"], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0 and proc.stdout.startswith("trainscope ")
+
+
+async def test_the_table_tells_a_step_that_stopped_moving_from_a_running_one(tmp_path, database_url):
+    """Three real collector runs side by side: a live simulated run, a run whose newest step is 5 minutes old (a
+    rerun that finds the old run, a paused job) and one 30 minutes old (past the Stalled threshold). The table
+    shows each step's age; only the live one reads as running, with its pace and ETA."""
+    now = time.time()
+    for name, newest_ago in (("paused", 300.0), ("stalled", 1800.0)):
+        with SummaryWriter(str(tmp_path / name / "run-1")) as w:  # tensorboardX, the writer users run
+            for step in range(1, 51):  # one step a second, ending `newest_ago` seconds before now
+                w.add_scalar("train/loss", 2.0 / step, step, walltime=now - newest_ago - (50 - step))
+    spec = {"totalSteps": 100, "pollInterval": "200ms", "primaryMetric": "train/loss"}
+    manifests = [write_manifest(tmp_path / f"{name}.yaml", {**spec, "sources": [{"tensorboard": {"logDir": name}}]},
+                                name=name) for name in ("live", "paused", "stalled")]
+    manifests[0] = write_manifest(tmp_path / "live.yaml", {
+        **spec, "totalSteps": 100_000, "sources": [{"tensorboard": {"logDir": "live"}}]}, name="live")
+    stop_writer = threading.Event()
+    writer = threading.Thread(target=simulate, args=(tmp_path / "live",),
+                              kwargs={"total_steps": 100_000, "steps_per_second": 20, "stop": stop_writer})
+    writer.start()
+    workloads = load_workloads(manifests)
+    assert [wl.poll_interval for wl in workloads] == [0.2, 0.2, 0.2]
+    stop = asyncio.Event()
+    console = Console(record=True, width=230, force_terminal=True)
+    config = RuntimeConfig(database_url=database_url, metrics_port=None, backoff_base=0.05, backoff_cap=0.5)
+    task = asyncio.create_task(run_local(workloads, config, console=console, refresh=0.1, stop=stop))
+    try:
+        async def counts() -> tuple[int, ...]:
+            conn = await asyncpg.connect(database_url)
+            try:
+                rows = dict(await conn.fetch(
+                    "SELECT w.name, count(*) FROM points p JOIN series s ON s.id = p.series_id "
+                    "JOIN workloads w ON w.uid = s.workload_uid WHERE s.metric = 'train/loss' GROUP BY w.name"))
+            except asyncpg.UndefinedTableError:  # local mode has not migrated yet
+                return (0, 0, 0)
+            finally:
+                await conn.close()
+            return tuple(min(rows.get(n, 0), 50) for n in ("live", "paused", "stalled"))
+
+        await eventually(lambda: _eq(counts(), (50, 50, 50)), timeout=60)
+        await asyncio.sleep(0.5)  # a few more refreshes, so the live run's pace is measured
+    finally:
+        stop.set()
+        stop_writer.set()
+        writer.join()
+    snaps = await asyncio.wait_for(task, 30)
+    by_name = {wl.name: (wl, snaps[wl.uid]) for wl in workloads}
+    live, paused, stalled = (dict(zip(COLUMNS, cells(*by_name[n]), strict=True)) for n in ("live", "paused", "stalled"))
+
+    assert live["Phase"] == "Collecting" and live["Last step"].endswith("s ago")
+    assert live["Steps/s"] != "0" and live["ETA"] != "-"
+    assert freshness(*by_name["live"]) == "fresh"
+
+    assert paused["Phase"] == "Collecting, no new step"
+    assert paused["Step"] == "50/100" and re.fullmatch(r"no new step for 5m(\d\ds)?", paused["Last step"])
+    assert paused["Steps/s"] == "0 (was 1)" and paused["ETA"] == "-"  # not 50 s to go at 1 step/s
+    assert freshness(*by_name["paused"]) == "stale"
+
+    assert stalled["Phase"] == "Collecting, stalled" and re.fullmatch(r"no new step for 3[01]m", stalled["Last step"])
+    assert freshness(*by_name["stalled"]) == "stalled"
+
+    # the same words in the table a user sees and in the plain lines of a redirected run
+    text = console.export_text()
+    assert "Last step" in text and "no new step for 3" in text and "Collecting, stalled" in text
+    lines = status_lines([by_name[n] for n in ("live", "paused", "stalled")], None)
+    assert "ml/paused phase=Collecting, no new step step=50/100 last_step=no new step for 5m" in lines[1]

@@ -1,9 +1,14 @@
 // The fleet view: every Workload with phase, health, progress, ETA, pace, the primary metric with a sparkline, the
-// sources' newest points and age; failed and stalled first; search, namespace, sort; pick some to compare. Two
-// requests per refresh whatever the fleet's size (GET /workloads and GET /overview); rows are rebuilt only when
-// their data changed, so a refresh of 1,000 Workloads touches the few that moved.
+// sources' newest points and age; failed and stalled first; search, namespace, sort; pick some to compare. The
+// first load is two requests whatever the fleet's size (GET /workloads and GET /overview); then the view follows
+// GET /overview/stream (Server-Sent Events: only the workloads that changed), and polls the two requests every 5 s
+// while the stream is down or the API has none. Rows are rebuilt only when their data changed, so an update of
+// 1,000 Workloads touches the few that moved. The table is windowed: only the rows in or near the viewport are in
+// the DOM (spacer rows stand for the others, aria-rowcount/aria-rowindex tell assistive technology where a row is),
+// so the first paint of 1,000 Workloads lays out a few dozen rows, not a thousand.
 import * as api from './api.js';
 import { h, visuallyHidden } from './dom.js';
+import { subscribe } from './sse.js';
 import { age, formatDuration, formatValue, seriesLabel } from './series.js';
 
 const REFRESH_MS = 5000;
@@ -11,6 +16,8 @@ const SPARK_POINTS = 32;
 const STALE_MS = 10 * 60 * 1000; // a source whose newest point is older than this, in an unfinished run, is flagged
 const BAD = new Set(['Stalled', 'NonFiniteMetric', 'MetricDiverging']);
 const OV_FIRST = 5; // the index of the first of a row's overview cells (ETA)
+const OVERSCAN_PX = 800; // rows kept in the DOM above and below the viewport, so a scroll or a Tab finds them there
+const ROW_ESTIMATE_PX = 44; // a row's height until one has been measured
 
 // Sort keys: each returns a value compared ascending (nulls last); `attention` is the default.
 const SORTS = {
@@ -83,11 +90,18 @@ function sparkline(points, label) {
 export function listView(root, { onAuthNeeded }) {
   let timer = null;
   let stopped = false;
+  let live = false; // the stream is open: no polling
+  let closeStream = null;
   let items = [];
   let over = new Map();
   let loadedAt = 0;
   let firstRender = true;
   const rowCache = new Map(); // uid -> {base, ov, tr}
+  let current = []; // the filtered, sorted rows (facts) the window shows a slice of
+  let win = null; // the rendered slice [first, last) of `current`
+  const heights = new Map(); // uid -> the row's measured height (px)
+  let estimate = ROW_ESTIMATE_PX;
+  let scrollQueued = false;
   let pendingOv = []; // rows whose overview cells are to be replaced: [cache entry, facts, ov signature]
   const params = new URLSearchParams(location.hash.split('?')[1] || '');
   const sel = new Set((params.get('sel') || '').split(',').filter(Boolean));
@@ -101,14 +115,16 @@ export function listView(root, { onAuthNeeded }) {
   const sortSelect = h('select', { id: 'sort' }, ...Object.entries(SORTS).map(([k, s]) => h('option', { value: k }, s.label)));
   const compareLink = h('a', { class: 'button', id: 'compare', href: '#/compare' }, 'Compare selected');
   const status = h('p', { class: 'status', id: 'list-status', role: 'status' }, 'Loading workloads…');
+  const liveNote = h('span', { class: 'live-note' }, 'refreshes every 5 s');
   const tbody = h('tbody');
   const headers = [['', null], ['Workload', 'name'], ['Phase', 'phase'], ['Health', 'attention'], ['Progress', 'progress'],
     ['ETA', 'eta'], ['Steps/s', 'rate'], ['Primary metric', 'metric'], ['Sources', null], ['Age', 'age']];
   const headRow = h('tr', {});
   // fixed layout with set column widths: the browser lays out 1,000 rows without measuring every cell first
-  const widths = ['2.2em', '15%', '7%', '11%', '10em', '5.5em', '5em', '17em', '11%', '4.5em'];
-  const table = h('table', { id: 'workloads', class: 'workloads fixed' },
-    h('caption', {}, 'Workloads', h('span', { class: 'caption-note' }, ' (failed and stalled first by default; refreshes every 5 s)')),
+  const widths = ['2.2em', '13%', '7.6em', '11%', '10em', '5.5em', '5em', '17em', '11%', '4.5em']; // Phase: 'Suspended' in its box
+  const table = h('table', { id: 'workloads', class: 'workloads fixed windowed' },
+    h('caption', {}, 'Workloads', h('span', { class: 'caption-note' }, ' (failed and stalled first by default; ',
+      liveNote, ')')),
     h('colgroup', {}, ...widths.map((w) => h('col', { style: `width: ${w}` }))),
     h('thead', {}, headRow), tbody);
 
@@ -198,23 +214,14 @@ export function listView(root, { onAuthNeeded }) {
     const rows = visible().map(facts);
     const key = SORTS[sortBy].key;
     rows.sort((a, b) => (desc ? -1 : 1) * compareKeys(key(a), key(b)) || compareKeys(SORTS.name.key(a), SORTS.name.key(b)));
-    const focused = tbody.contains(document.activeElement) ? document.activeElement : null;
-    const now = Date.now();
+    current = rows;
     pendingOv = [];
-    const trs = rows.map((r) => row(r, now));
-    tbody.replaceChildren(...trs);
-    for (const el of tbody.querySelectorAll('[data-since]')) {
-      const text = `${el.dataset.prefix || ''}${age(Number(el.dataset.since), now)}`;
-      if (el.textContent !== text) el.textContent = text;
-    }
-    if (focused && !tbody.contains(focused)) {
-      const uid = focused.closest('tr')?.dataset.uid;
-      if (uid) tbody.querySelector(`tr[data-uid="${CSS.escape(uid)}"] a`)?.focus();
-    }
+    drawWindow(true);
     if (!rows.length) {
-      tbody.append(h('tr', {}, h('td', { colspan: String(headers.length), class: 'empty' },
+      tbody.replaceChildren(h('tr', {}, h('td', { colspan: String(headers.length), class: 'empty' },
         items.length ? 'No workload matches the filter.' : 'No workloads in the store yet.')));
     }
+    table.setAttribute('aria-rowcount', String(rows.length + 1)); // the header row counts
     table.dataset.rows = String(rows.length);
     table.dataset.sort = `${sortBy}${desc ? ':desc' : ''}`;
     const hidden = items.length - rows.length;
@@ -222,6 +229,85 @@ export function listView(root, { onAuthNeeded }) {
       + `${hidden ? `, ${hidden} hidden by the filter` : ''}; updated ${new Date(loadedAt || now).toLocaleTimeString()}.`;
     updateCompare();
   }
+
+  /** Put the rows in or near the viewport into the tbody, spacers for the rest; `force`: even if the slice is the
+   * same (the rows changed). Heights are measured as rows are shown, so the spacers converge on the true sizes. */
+  function drawWindow(force) {
+    const n = current.length;
+    const top = tbody.getBoundingClientRect().top + window.scrollY; // where the tbody starts on the page
+    const from = window.scrollY - top - OVERSCAN_PX;
+    const to = window.scrollY + window.innerHeight - top + OVERSCAN_PX;
+    let y = 0;
+    let first = n;
+    let last = n;
+    let topPad = 0;
+    let i = 0;
+    for (; i < n; i++) {
+      const hh = heights.get(current[i].w.uid) ?? estimate;
+      if (first === n && y + hh > from) { first = i; topPad = y; }
+      if (y >= to) break;
+      y += hh;
+    }
+    last = Math.max(first, i);
+    for (; i < n; i++) y += heights.get(current[i].w.uid) ?? estimate;
+    const bottomPad = y - topPad - sliceHeight(first, last);
+    if (!force && win && win[0] === first && win[1] === last) return;
+    const focused = tbody.contains(document.activeElement) ? document.activeElement : null;
+    const now = Date.now();
+    const trs = [];
+    for (let k = first; k < last; k++) {
+      const tr = row(current[k], now);
+      tr.setAttribute('aria-rowindex', String(k + 2));
+      trs.push(tr);
+    }
+    tbody.replaceChildren(...(topPad > 0 ? [spacer(topPad)] : []), ...trs, ...(bottomPad > 0.5 ? [spacer(bottomPad)] : []));
+    win = [first, last];
+    let measured = 0;
+    for (const tr of trs) {
+      const hh = tr.getBoundingClientRect().height;
+      if (hh > 0) { heights.set(tr.dataset.uid, hh); measured += hh; }
+    }
+    if (measured && trs.length) estimate = measured / trs.length;
+    for (const el of tbody.querySelectorAll('[data-since]')) {
+      const text = `${el.dataset.prefix || ''}${age(Number(el.dataset.since), now)}`;
+      if (el.textContent !== text) el.textContent = text;
+    }
+    // replaceChildren took the focused element out of the document for a moment, which drops focus: give it back
+    // (the same element when its row is still shown, else the link of the row rebuilt for the same workload)
+    if (focused && document.activeElement !== focused) {
+      if (tbody.contains(focused)) focused.focus({ preventScroll: true });
+      else {
+        const uid = focused.closest('tr')?.dataset.uid;
+        if (uid) tbody.querySelector(`tr[data-uid="${CSS.escape(uid)}"] a`)?.focus({ preventScroll: true });
+      }
+    }
+    table.dataset.window = `${first}-${last}`;
+  }
+
+  function sliceHeight(first, last) {
+    let y = 0;
+    for (let k = first; k < last; k++) y += heights.get(current[k].w.uid) ?? estimate;
+    return y;
+  }
+
+  function spacer(px) {
+    const td = h('td', { colspan: String(headers.length) });
+    td.style.height = `${px}px`;
+    return h('tr', { class: 'spacer', 'aria-hidden': 'true' }, td);
+  }
+
+  function onScroll() {
+    if (scrollQueued || stopped) return;
+    scrollQueued = true;
+    requestAnimationFrame(() => {
+      scrollQueued = false;
+      if (stopped || !current.length) return;
+      drawWindow(false);
+      flushOverview();
+    });
+  }
+  window.addEventListener('scroll', onScroll, { passive: true });
+  window.addEventListener('resize', onScroll, { passive: true });
 
   function row(r, now) {
     const { w, o } = r;
@@ -330,7 +416,50 @@ export function listView(root, { onAuthNeeded }) {
     table.dataset.renderMs = String(Math.round(performance.now() - t0));
   }
 
+  /** The data changed (a poll or a stream event): draw it, and count the load (the tests and the bench wait on it). */
+  function loaded(t0) {
+    const known = new Set(items.map((w) => w.uid));
+    for (const uid of rowCache.keys()) if (!known.has(uid)) rowCache.delete(uid);
+    loadedAt = Date.now();
+    show(t0);
+    table.dataset.loads = String(Number(table.dataset.loads || 0) + 1);
+  }
+
+  function onStreamEvent(ev) {
+    const t0 = performance.now();
+    let body;
+    try { body = JSON.parse(ev.data); } catch { return; }
+    if (ev.type === 'fleet') {
+      items = body.workloads;
+      over = new Map(body.overview.map((o) => [o.uid, o]));
+    } else if (ev.type === 'changes') {
+      const gone = new Set(body.removed);
+      const byUid = new Map(items.filter((w) => !gone.has(w.uid)).map((w) => [w.uid, w]));
+      for (const w of body.workloads) byUid.set(w.uid, w);
+      items = [...byUid.values()];
+      for (const uid of gone) over.delete(uid);
+      for (const o of body.overview) over.set(o.uid, o);
+    } else return;
+    table.dataset.streamEvents = String(Number(table.dataset.streamEvents || 0) + 1);
+    loaded(t0);
+  }
+
+  function onStreamState(state) {
+    live = state === 'open';
+    table.dataset.live = state;
+    liveNote.textContent = live ? 'live' : 'refreshes every 5 s';
+    if (live) { clearTimeout(timer); timer = null; } else if (!timer && !stopped) timer = setTimeout(refresh, REFRESH_MS);
+  }
+
+  /** Follow the fleet over SSE once the first load is in; polling goes on whenever the stream is not open. */
+  function startStream() {
+    if (closeStream || stopped) return;
+    closeStream = subscribe(api.apiUrl('overview/stream', { points: SPARK_POINTS, include_deleted: true }),
+      { headers: api.authHeaders(), onEvent: onStreamEvent, onState: onStreamState });
+  }
+
   async function refresh() {
+    timer = null;
     try {
       // the list first (rows are usable at once), the sparklines and pace when the overview answers
       // never left rejected while the list is awaited: a 401 is thrown again below, anything else means no
@@ -349,9 +478,9 @@ export function listView(root, { onAuthNeeded }) {
       if (stopped) return;
       if (ov instanceof Error) throw ov;
       if (ov) over = new Map(ov.workloads.map((o) => [o.uid, o]));
-      show(performance.now());
+      loaded(performance.now());
       if (stopped) return;
-      table.dataset.loads = String(Number(table.dataset.loads || 0) + 1);
+      startStream();
       if (first) {
         // for bench/bench_dashboard.py: the first full list in the DOM, and the frame after it was painted
         performance.mark('trainscope:fleet-rendered');
@@ -361,9 +490,15 @@ export function listView(root, { onAuthNeeded }) {
       if (err.status === 401) { onAuthNeeded(); return; }
       status.textContent = `Could not load workloads: ${err.message}. Retrying.`;
     }
-    if (!stopped) timer = setTimeout(refresh, REFRESH_MS);
+    if (!stopped && !live && !timer) timer = setTimeout(refresh, REFRESH_MS);
   }
 
   refresh();
-  return () => { stopped = true; clearTimeout(timer); };
+  return () => {
+    stopped = true;
+    clearTimeout(timer);
+    if (closeStream) closeStream();
+    window.removeEventListener('scroll', onScroll);
+    window.removeEventListener('resize', onScroll);
+  };
 }

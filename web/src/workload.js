@@ -368,7 +368,7 @@ export function workloadView(root, uid, query, { onAuthNeeded }) {
     const pm = w.primary_metric;
     const item = (label, value, field) => [h('dt', {}, label), h('dd', field ? { dataset: { field, value: String(value ?? '') } } : {}, value ?? '–')];
     summary.replaceChildren(
-      ...item('Phase', w.phase || (w.deleted ? 'Deleted' : 'n/a')),
+      ...item('Phase', (w.phase || w.deleted) ? h('span', { class: `phase phase-${w.phase || 'Deleted'}` }, w.phase || 'Deleted') : 'n/a'),
       ...item('Step', w.step, 'step'),
       ...item('Total steps', w.total_steps),
       h('dt', {}, 'Progress'),
