@@ -70,7 +70,8 @@ ALL_ROWS = """async () => {
       index: Number(r.getAttribute('aria-rowindex') || i + 2), uid: r.dataset.uid, rank: Number(r.dataset.rank),
       name: r.cells[1].textContent,
       progress: r.querySelector('progress') ? Number(r.querySelector('progress').value) : null,
-      steps: r.querySelector('.steps')?.textContent.trim() ?? null, rate: r.cells[6].textContent,
+      steps: r.querySelector('.steps')?.textContent.trim() ?? null,
+      eta: r.cells[5].textContent, rate: r.cells[6].textContent,
       spark: r.querySelector('svg.spark path')?.getAttribute('d') ?? null}));
     const before = window.scrollY;
     window.scrollBy(0, window.innerHeight);

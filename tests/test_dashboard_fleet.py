@@ -95,6 +95,8 @@ def test_every_workload_is_a_row_with_the_stores_facts_and_failing_ones_first(
     # needs attention first: the 30 with Stalled / NonFiniteMetric, then the rest, each by namespace and name
     bad = {m.uid for m in fleet[1] if m.condition}
     assert len(bad) == 30 and {r["uid"] for r in rows[:30]} == bad
+    stalled = {m.uid for m in fleet[1] if m.condition == "Stalled"}
+    assert stalled and all((r["eta"] == "\u2013") == (r["uid"] in stalled) for r in rows)  # no guess once stalled
     assert [r["rank"] for r in rows] == sorted(r["rank"] for r in rows)
     assert [r["name"] for r in rows[30:]] == sorted(r["name"] for r in rows[30:])
     if os.environ.get("TRAINSCOPE_DOCS_SCREENSHOTS"):  # make screenshots: the picture in docs/dashboard.md
@@ -267,6 +269,11 @@ def test_every_phase_the_api_answers_has_its_own_chip_style(browser: Browser,
               return [el.textContent, [el.className, cs.color, cs.borderTopStyle, cs.textDecorationLine]];
             }))""")
             plain = p.js("() => getComputedStyle(document.querySelector('#workloads tbody td')).color")
+            p.wait("() => document.querySelectorAll('#workloads tbody tr[data-uid] svg.spark path').length === 10")
+            pace = p.js("""() => Object.fromEntries([...document.querySelectorAll('#workloads tbody tr[data-uid]')]
+              .filter((r) => r.querySelector('.phase'))
+              .map((r) => [r.querySelector('.phase').textContent,
+                           [r.cells[5].textContent, r.cells[6].textContent]]))""")
             result = p.axe(AXE)
             assert not p.logs()["errors"]
             if os.environ.get("TRAINSCOPE_DOCS_SCREENSHOTS"):  # make screenshots: the phase chips in docs/dashboard.md
@@ -278,4 +285,8 @@ def test_every_phase_the_api_answers_has_its_own_chip_style(browser: Browser,
         assert cls == f"phase phase-{phase}" and color != plain, phase  # a rule of its own, not inherited text
     assert chips["Suspended"][1] not in (chips["Collecting"][1], chips["Failed"][1], chips["Degraded"][1])
     assert chips["Suspended"][2] == "dashed" and chips["Deleted"][3] == "line-through"
+    # a run that ended or is held shows no pace and no ETA (its last points' pace says nothing now); running ones do
+    for phase, (eta, rate) in pace.items():
+        ended = phase in ("Succeeded", "Failed", "Deleted", "Suspended")
+        assert (rate == "\u2013") == ended and (eta == "\u2013") == ended, (phase, eta, rate)
     assert not result["violations"], json.dumps(result["violations"], indent=1)

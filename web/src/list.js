@@ -15,6 +15,7 @@ const REFRESH_MS = 5000;
 const SPARK_POINTS = 32;
 const STALE_MS = 10 * 60 * 1000; // a source whose newest point is older than this, in an unfinished run, is flagged
 const BAD = new Set(['Stalled', 'NonFiniteMetric', 'MetricDiverging']);
+const ENDED_PHASES = new Set(['Succeeded', 'Failed', 'Deleted', 'Suspended']);
 const OV_FIRST = 5; // the index of the first of a row's overview cells (ETA)
 const OVERSCAN_PX = 800; // rows kept in the DOM above and below the viewport, so a scroll or a Tab finds them there
 const ROW_ESTIMATE_PX = 44; // a row's height until one has been measured
@@ -184,12 +185,16 @@ export function listView(root, { onAuthNeeded }) {
 
   function facts(w) {
     const o = over.get(w.uid);
-    const rate = o?.steps_per_second ?? null;
-    let eta = w.eta_seconds ?? null;
+    // a run that ended or is held has no pace and no ETA, whatever its last points' pace was
+    const ended = ENDED_PHASES.has(w.phase);
+    const rate = ended ? null : o?.steps_per_second ?? null;
+    let eta = ended ? null : w.eta_seconds ?? null;
     let estimated = false;
-    if (eta == null && w.total_steps && w.step != null) {
+    // nor is a finish time guessed from the pace of a run whose steps stopped (Stalled)
+    const stalled = (w.conditions || []).some((c) => c.type === 'Stalled' && c.status === 'True');
+    if (eta == null && w.total_steps && w.step != null && w.phase !== 'Failed') {
       if (w.step >= w.total_steps) eta = 0;
-      else if (rate) { eta = (w.total_steps - w.step) / rate; estimated = true; }
+      else if (rate && !stalled) { eta = (w.total_steps - w.step) / rate; estimated = true; }
     }
     return { w, o, rate, eta, estimated, rank: attentionRank(w) };
   }
