@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import time
 from typing import Any, ClassVar
 
@@ -20,8 +19,8 @@ import httpx
 
 from trainscope.collector.points import Batch, Cursor, Point, RunState
 from trainscope.collector.schema import DURATION_PATTERN, MetricFilter, metric_filter_schema, parse_duration
+from trainscope.collector.sources import httperrors
 from trainscope.collector.sources.base import SourceContext, SourceError
-from trainscope.collector.sources.wandb import retry_after_seconds
 
 TOKEN_ENV = "MLFLOW_TRACKING_TOKEN"  # the env vars MLflow's own client reads (mlflow/environment_variables.py)
 USER_ENV, PASSWORD_ENV = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"
@@ -213,25 +212,16 @@ class MlflowSource:
         `no_route_ok`."""
         client = await self._http()
         name = path.rsplit("/", 2)[-2] + "/" + path.rsplit("/", 1)[-1]
-        try:
-            resp = await client.request(method, f"{self.uri}{path}", params=params, json=body)
-        except httpx.TimeoutException as e:
-            raise SourceError(f"MLflow at {self.uri} did not answer {name} within {self.timeout:g}s",
-                              reason="Timeout") from e
-        except httpx.HTTPError as e:
-            raise SourceError(self._redact(f"cannot reach MLflow at {self.uri}: {type(e).__name__}: {e}"),
-                              reason="Unreachable") from e
+        server = f"MLflow at {self.uri}"
+        resp = await httperrors.send(client, method, f"{self.uri}{path}", server=server, op=name,
+                                     seconds=self.timeout, redact=self._redact, params=params, json=body)
         status = resp.status_code
         if status in (401, 403):
             await self.aclose()  # a rotated Secret is read again on the next poll
             raise SourceError(self._redact(self._rejected(status, name)), reason="Unauthorized",
                               retry_after=UNAUTHORIZED_RETRY_AFTER)
-        if status == 429 or status >= 500:
-            reason = "RateLimited" if status == 429 else "ServerError"
-            after = retry_after_seconds(resp.headers.get("Retry-After"), self.clock())
-            hint = f", retry after {after:.0f}s" if after is not None else ""
-            raise SourceError(f"MLflow at {self.uri} answered HTTP {status} to {name}{hint}", reason=reason,
-                              retry_after=after * random.uniform(1.0, 1.2) if after is not None else None)
+        if (error := httperrors.throttled(resp, server=server, op=name, now=self.clock())) is not None:
+            raise error
         try:
             data = json.loads(resp.content)
         except ValueError:
