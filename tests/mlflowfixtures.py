@@ -27,13 +27,14 @@ class MlflowServer:
     """`mlflow server` as a child process: one uvicorn worker, no job runner (MLflow's huey consumers are for its
     GenAI jobs, not tracking), the access log kept in `log` so tests can count the requests a source made."""
 
-    def __init__(self, root: Path, *, app_name: str | None = None):
+    def __init__(self, root: Path, *, app_name: str | None = None, admin: tuple[str, str] | None = None):
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = root / "mlflow-server.log"
         self.app_name = app_name
+        self.admin = admin  # basic-auth: the admin user the app creates on first start
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, within: float = 120.0) -> MlflowServer:
@@ -44,6 +45,8 @@ class MlflowServer:
             cmd += ["--app-name", self.app_name]
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         env.pop("MLFLOW_TRACKING_URI", None)
+        if self.app_name == "basic-auth":
+            env.update(self._basic_auth_env())
         self.proc = subprocess.Popen(cmd, stdout=self.log.open("ab"), stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True, cwd=self.root)
         deadline = time.monotonic() + within
@@ -58,6 +61,18 @@ class MlflowServer:
             time.sleep(0.5)
         self.stop()
         raise RuntimeError(f"mlflow server did not answer /health within {within}s:\n{self.log.read_text()[-3000:]}")
+
+    def _basic_auth_env(self) -> dict[str, str]:
+        """What `mlflow server --app-name basic-auth` needs (mlflow/server/auth/config.py, basic_auth.ini): an auth
+        config with its own user database, the admin to create on first start (MLflow ships no default password
+        and refuses to start without one), and a static Flask secret key for its CSRF protection."""
+        assert self.admin is not None, "basic-auth needs an admin (user, password of 12+ characters)"
+        ini = self.root / "basic_auth.ini"
+        ini.write_text("[mlflow]\ndefault_permission = READ\n"
+                       f"database_uri = sqlite:///{self.root}/basic_auth.db\n"
+                       "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+        return {"MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_AUTH_ADMIN_USERNAME": self.admin[0],
+                "MLFLOW_AUTH_ADMIN_PASSWORD": self.admin[1], "MLFLOW_FLASK_SERVER_SECRET_KEY": "trainscope-tests"}
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

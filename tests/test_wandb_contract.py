@@ -140,3 +140,59 @@ async def test_sdk_key_filtered_scan_matches_the_fake(served: tuple[FakeWandb, A
     assert canon(rows) == canon([{"_step": r["_step"], "lr": r["lr"], "eval": r["eval"]}
                                  for r in base.rows if "eval" in r])
     assert len(rows) == 1  # step 0 only: eval is logged every 50 steps
+
+
+async def test_sdk_reads_an_exported_run_from_the_fakes_parquet_files_and_live_tail(served: tuple[FakeWandb, Any]):
+    """RunParquetHistory: the SDK downloads the export's parquet files (whole, and by HTTP ranges when keys are
+    given) and reads the rows after the export live; together they equal the fake's rows."""
+    fake, api = served
+    run = fake.add_run("ent", "proj", training_run("exported", 2500, state="finished", rows_per_file=1000))
+    run.export(2000)  # steps 0-1999 in two files; the rest is not exported yet (the SDK pages by 1,000 steps)
+    before = fake.count("HistoryPage")
+    rows = sdk_rows(api, "ent/proj/exported")
+    # a parquet row holds every column of its file: a key the row lacks reads back as None
+    assert canon([{k: v for k, v in r.items() if v is not None} for r in rows]) == canon(run.rows)
+    assert fake.count("RunParquetHistory") >= 1 and fake.count("HistoryPage") > before  # files + live tail
+    keyed = sdk_rows(api, "ent/proj/exported", keys=["lr"])
+    assert canon(keyed) == canon([{"_step": r["_step"], "lr": r["lr"]} for r in run.rows])
+
+
+async def test_the_source_reads_exported_steps_from_parquet_and_only_the_tail_live(served: tuple[FakeWandb, Any]):
+    """A long finished run, mostly exported: the source reads the exported steps from the parquet files (no
+    HistoryPage below the export's end), the rest through HistoryPage, through a restart mid-way, and stores
+    exactly the points of the rows the SDK reads."""
+    fake, api = served
+    run = fake.add_run("ent", "proj", training_run("longexp", 60_000, state="finished", rows_per_file=20_000))
+    run.export(50_000)
+    first = len(fake.requests)
+    src_cfg = {"runId": "longexp"}
+    cursor, part = await source_read_n(fake, None, 3, **src_cfg)  # three batches, then a restart
+    cursor, rest = await source_read(fake, cursor, **src_cfg)
+    points = [p for b in part + rest for p in b.points]
+    rows = sdk_rows(api, "ent/proj/longexp")
+    expected = [p for row in rows for p in row_points({k: v for k, v in row.items() if v is not None}, "longexp")]
+    assert len(points) == len(expected) == len({(p[0], p[1]) for p in points})  # none twice
+    assert canon([dict(zip("msTvr", p, strict=True)) for p in sorted(points, key=lambda p: (p[1], p[0]))]) == \
+        canon([dict(zip("msTvr", p, strict=True)) for p in sorted(expected, key=lambda p: (p[1], p[0]))])
+    ours = [r for r in fake.requests[first:] if r.op in ("HistoryPage", "RunParquetHistory")]
+    by_source = [r for r in ours if r.op == "RunParquetHistory" or r.variables.get("run") == "longexp"]
+    assert sum(r.op == "RunParquetHistory" for r in by_source) >= 2  # once per source instance
+    assert min(r.variables["minStep"] for r in by_source if r.op == "HistoryPage" and "pageSize" in r.variables) \
+        >= 50_000
+
+
+async def source_read_n(fake: FakeWandb, cursor: Any, n: int, **config: Any) -> tuple[Any, list]:
+    """`n` polls of one source, then it is closed (the restart)."""
+    src = WandbSource({"baseUrl": fake.url, "entity": "ent", "project": "proj", "apiKeySecretRef":
+                       {"name": "wandb", "key": "apiKey"}, **config},
+                      SourceContext(max_batch_points=5000, resolve_secret=_resolve))
+    batches = []
+    try:
+        for _ in range(n):
+            batch = await src.poll(cursor)
+            cursor = json.loads(json.dumps(batch.cursor))
+            batches.append(batch)
+        assert batch.more
+        return cursor, batches
+    finally:
+        await src.aclose()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import time
 from typing import Any, ClassVar
 
@@ -20,8 +19,8 @@ import httpx
 
 from trainscope.collector.points import Batch, Cursor, Point, RunState
 from trainscope.collector.schema import DURATION_PATTERN, MetricFilter, metric_filter_schema, parse_duration
+from trainscope.collector.sources import httperrors
 from trainscope.collector.sources.base import SourceContext, SourceError
-from trainscope.collector.sources.wandb import retry_after_seconds
 
 TOKEN_ENV = "MLFLOW_TRACKING_TOKEN"  # the env vars MLflow's own client reads (mlflow/environment_variables.py)
 USER_ENV, PASSWORD_ENV = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"
@@ -167,13 +166,29 @@ class MlflowSource:
         self._secrets = [token] if token else []
         return {"Authorization": f"Bearer {token}"} if token else None
 
-    def _origin(self) -> str:
-        """Where the credentials come from, for messages (never the credentials)."""
-        ref = self.token_ref or self.basic_ref
-        if ref is not None and self.ctx.resolve_secret is not None:
-            return f"Secret {ref['name']!r}"
-        return f"{TOKEN_ENV} / {USER_ENV}" if os.environ.get(TOKEN_ENV) or os.environ.get(USER_ENV) else "no "\
-            "credentials"
+    def _origin(self) -> str | None:
+        """Which credentials are sent and where they come from, for messages (never the credentials); None: none."""
+        if self.ctx.resolve_secret is not None and (ref := self.token_ref or self.basic_ref) is not None:
+            what = "the bearer token" if self.token_ref is not None else "the username and password"
+            return f"{what} from Secret {ref['name']!r}"
+        if os.environ.get(TOKEN_ENV, "").strip():
+            return f"the bearer token from {TOKEN_ENV}"
+        if os.environ.get(USER_ENV):
+            return f"the username and password from {USER_ENV} / {PASSWORD_ENV}"
+        return None
+
+    def _rejected(self, status: int, name: str) -> str:
+        """Why a 401/403 happened, in words a user can act on."""
+        origin = self._origin()
+        if status == 401 and origin is None:
+            return (f"MLflow at {self.uri} requires authentication (HTTP 401 to {name}) and no credentials are set: "
+                    f"set basicAuthSecretRef or tokenSecretRef (or {USER_ENV}/{PASSWORD_ENV} or {TOKEN_ENV} on the "
+                    "operator)")
+        if status == 401:
+            return (f"MLflow at {self.uri} rejected {origin} (HTTP 401 to {name}): wrong username or password, or an "
+                    "invalid token")
+        return (f"MLflow at {self.uri} denied {name} (HTTP 403) to the user of {origin or 'no credentials'}: it has "
+                "no permission to read this experiment or run")
 
     def _redact(self, text: str) -> str:
         for s in self._secrets:
@@ -197,26 +212,16 @@ class MlflowSource:
         `no_route_ok`."""
         client = await self._http()
         name = path.rsplit("/", 2)[-2] + "/" + path.rsplit("/", 1)[-1]
-        try:
-            resp = await client.request(method, f"{self.uri}{path}", params=params, json=body)
-        except httpx.TimeoutException as e:
-            raise SourceError(f"MLflow at {self.uri} did not answer {name} within {self.timeout:g}s",
-                              reason="Timeout") from e
-        except httpx.HTTPError as e:
-            raise SourceError(self._redact(f"cannot reach MLflow at {self.uri}: {type(e).__name__}: {e}"),
-                              reason="Unreachable") from e
+        server = f"MLflow at {self.uri}"
+        resp = await httperrors.send(client, method, f"{self.uri}{path}", server=server, op=name,
+                                     seconds=self.timeout, redact=self._redact, params=params, json=body)
         status = resp.status_code
         if status in (401, 403):
             await self.aclose()  # a rotated Secret is read again on the next poll
-            raise SourceError(f"MLflow at {self.uri} rejected the request {name} (HTTP {status}, credentials from "
-                              f"{self._origin()}): check them and their permission on the experiment",
-                              reason="Unauthorized", retry_after=UNAUTHORIZED_RETRY_AFTER)
-        if status == 429 or status >= 500:
-            reason = "RateLimited" if status == 429 else "ServerError"
-            after = retry_after_seconds(resp.headers.get("Retry-After"), self.clock())
-            hint = f", retry after {after:.0f}s" if after is not None else ""
-            raise SourceError(f"MLflow at {self.uri} answered HTTP {status} to {name}{hint}", reason=reason,
-                              retry_after=after * random.uniform(1.0, 1.2) if after is not None else None)
+            raise SourceError(self._redact(self._rejected(status, name)), reason="Unauthorized",
+                              retry_after=UNAUTHORIZED_RETRY_AFTER)
+        if (error := httperrors.throttled(resp, server=server, op=name, now=self.clock())) is not None:
+            raise error
         try:
             data = json.loads(resp.content)
         except ValueError:
@@ -281,6 +286,13 @@ class MlflowSource:
             token = data.get("next_page_token")
             if not token or not page:
                 break
+        if not runs and self.experiment_name is None:
+            # runs/search answers an experiment the user may not read with no runs, not an error (MLflow's auth app
+            # filters the experiment ids: mlflow/server/auth/__init__.py, filter_experiment_ids); experiments/get
+            # tells a missing experiment (404) and a denied one (403) apart from an empty one.
+            if await self._call("GET", f"{API}/experiments/get", params={"experiment_id": exp},
+                                missing_ok=True) is None:
+                raise SourceError(f"MLflow experiment id {exp!r} not found at {self.uri}", reason="NotFound")
         seen: set[str] = set()
         return [r for r in runs if not (r["info"]["run_id"] in seen or seen.add(r["info"]["run_id"]))]
 

@@ -38,6 +38,10 @@ JOB_DETAIL_PATH = "/wenxinworkshop/finetune/jobDetail"
 # V2: the route and Action the qianfan SDK sends (qianfan/consts.py FineTuneV2BaseRouteAPI, FineTuneTaskDetailAction;
 # qianfan/resources/console/finetune.py FineTune.V2.task_detail) and Baidu's doc of DescribeFineTuningTask.
 V2_ROUTE, V2_DETAIL_ACTION = "/v2/finetuning", "DescribeFineTuningTask"
+# The job's task list (FineTuneTaskListAction, FineTune.V2.task_list; Baidu's "获取模型精调任务列表" doc,
+# cloud.baidu.com/doc/qianfan/s/Hmh4suxsa): body {jobId, marker, maxKeys <= 100, pageReverse}, answer
+# result{taskList[{taskId, runStatus, createDate, ...}], pageInfo{marker, maxKeys, isTruncated, nextMarker}}.
+V2_LIST_ACTION, LIST_PAGE, LIST_PAGES = "DescribeFineTuningTasks", 100, 20
 ENV_ACCESS_KEY, ENV_SECRET_KEY = "QIANFAN_ACCESS_KEY", "QIANFAN_SECRET_KEY"  # the Qianfan SDK's names
 SIGN_EXPIRATION = 300  # seconds a signature stays valid (the Qianfan SDK's default)
 SIGNED_HEADERS = ("content-type", "host", "x-bce-date")  # what the Qianfan SDK signs
@@ -66,6 +70,7 @@ _V2_STATES: dict[str, tuple[RunState, str]] = {
     "Stopped": (RunState.FAILED, "stopped"),
 }
 _V2_TASK = r"^task-[A-Za-z0-9]+$"
+_V2_JOB = r"^job-[A-Za-z0-9]+$"
 # Qianfan error codes (the `error_code` of an answer) by what they mean for polling.
 _AUTH_CODES = {13, 14, 110, 111}  # service token / IAM certification failed, access token invalid / expired
 _PERMISSION_CODES = {6, 336004}
@@ -91,7 +96,7 @@ class QianfanSource:
                        "with apiVersion v1 a V1 job's state, progress, runTime and trainTime (jobDetail). Requests "
                        "are signed (BCE auth v1) with an IAM access key / secret key.",
         "additionalProperties": False,
-        "required": ["taskId"],
+        "anyOf": [{"required": ["taskId"]}, {"required": ["jobId"]}],
         "properties": {
             "apiVersion": {"type": "string", "enum": ["v1", "v2"],
                            "description": "Qianfan fine-tuning API: v2 (DescribeFineTuningTask, string task ids "
@@ -100,7 +105,10 @@ class QianfanSource:
             "taskId": {"x-kubernetes-int-or-string": True,
                        "anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": _V2_TASK}],
                        "description": "The fine-tuning task's id: task-… (V2), or an integer (V1)."},
-            "jobId": {"type": "integer", "minimum": 0, "description": "V1 only: the task's run id (jobId)."},
+            "jobId": {"x-kubernetes-int-or-string": True,
+                      "anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": _V2_JOB}],
+                      "description": "V2: a fine-tuning job (job-…) whose newest task is followed, instead of a "
+                                     "taskId. V1: the task's run id (an integer, with the integer taskId)."},
             "endpoint": {"type": "string", "pattern": r"^https?://[^\s/]+(/\S*)?$", "maxLength": 2048,
                          "default": DEFAULT_ENDPOINT,
                          "description": "Base URL of the Qianfan console API (a path prefix is allowed)."},
@@ -129,8 +137,10 @@ class QianfanSource:
         "x-kubernetes-validations": [
             {"rule": "!has(self.apiVersion) || self.apiVersion != 'v1' || has(self.jobId)",
              "message": "apiVersion v1 needs a jobId"},
-            {"rule": "!has(self.jobId) || !has(self.apiVersion) || self.apiVersion == 'v1'",
-             "message": "jobId is a V1 field: the V2 API takes only a taskId (task-…)"},
+            {"rule": "has(self.taskId) || has(self.jobId)",
+             "message": "set taskId, or with the V2 API a jobId (job-…) to follow the job's newest task"},
+            {"rule": "!has(self.apiVersion) || self.apiVersion != 'v2' || !has(self.taskId) || !has(self.jobId)",
+             "message": "with apiVersion v2 set taskId (task-…) or jobId (job-…), not both"},
         ],
     }
 
@@ -140,6 +150,7 @@ class QianfanSource:
         self.version = config.get("apiVersion") or ("v1" if v1_ids else "v2")
         self.task_id: int | str
         self.job_id: int | None
+        self.follow: str | None = None  # V2: the job whose newest task is read (the task is found every poll)
         if self.version == "v1":
             try:
                 self.task_id, self.job_id = int(config["taskId"]), int(config["jobId"])
@@ -148,11 +159,17 @@ class QianfanSource:
                                   reason="BadConfig") from e
             self.label = f"{self.task_id}/{self.job_id}"
         else:
-            if not isinstance(task, str) or not re.fullmatch(_V2_TASK, task) or "jobId" in config:
-                raise SourceError(f"qianfan: the V2 API takes a task id like task-0tgmn4a7h4i6 and no jobId (got "
-                                  f"taskId {task!r}); for a V1 job set apiVersion: v1", reason="BadConfig")
-            self.task_id, self.job_id = task, None
-            self.label = task
+            job = config.get("jobId")
+            ok_task = isinstance(task, str) and re.fullmatch(_V2_TASK, task) is not None
+            ok_job = isinstance(job, str) and re.fullmatch(_V2_JOB, job) is not None
+            if (task is None) == (job is None) or (task is not None and not ok_task) or (job is not None and
+                                                                                        not ok_job):
+                raise SourceError(f"qianfan: the V2 API takes a taskId like task-0tgmn4a7h4i6, or a jobId like "
+                                  f"job-hy5wdm6b9ewq to follow the job's newest task, not both (got taskId {task!r}, "
+                                  f"jobId {job!r}); for a V1 job set apiVersion: v1", reason="BadConfig")
+            self.task_id, self.job_id = task or "", None
+            self.follow = job
+            self.label = task or job
         self.ctx = ctx
         url = httpx.URL(str(config.get("endpoint", DEFAULT_ENDPOINT)).rstrip("/"))
         self.endpoint = f"{url.scheme}://{url.netloc.decode('ascii')}{url.path.rstrip('/')}"
@@ -173,7 +190,7 @@ class QianfanSource:
         self._client: httpx.AsyncClient | None = None
 
     def __repr__(self) -> str:
-        return (f"QianfanSource(apiVersion={self.version}, taskId={self.task_id}, jobId={self.job_id}, "
+        return (f"QianfanSource(apiVersion={self.version}, taskId={self.task_id}, jobId={self.follow or self.job_id}, "
                 f"endpoint={self.endpoint!r})")
 
     async def poll(self, cursor: Cursor | None) -> Batch:
@@ -226,18 +243,23 @@ class QianfanSource:
 
     # ---- one request
 
-    async def _request(self, creds: Credentials) -> tuple[httpx.Response, float]:
+    async def _request(self, creds: Credentials, action: str | None = None,
+                       payload: dict[str, Any] | None = None) -> tuple[httpx.Response, float]:
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=self.timeout, follow_redirects=False)
-        body = json.dumps(self.request_body(), separators=(",", ":")).encode()
+        body = json.dumps(self.request_body() if payload is None else payload, separators=(",", ":")).encode()
+        params, url = self._params, self._url
+        if action is not None:  # another V2 action on the same route: the query (and so the signature) differs
+            params = {"Action": action}
+            url = self._url.split("?", 1)[0] + "?" + canonical_query(params)
         now = time.time()
         headers = {"Host": self._host, "Content-Type": "application/json", "x-bce-date": canonical_time(now)}
-        headers["Authorization"] = authorization(creds, "POST", self._path, headers=headers, params=self._params,
+        headers["Authorization"] = authorization(creds, "POST", self._path, headers=headers, params=params,
                                                  timestamp=now, expiration=SIGN_EXPIRATION,
                                                  signed_headers=SIGNED_HEADERS)
         what = f"Qianfan at {self.endpoint}"
         try:
-            resp = await self._client.post(self._url, content=body, headers=headers)
+            resp = await self._client.post(url, content=body, headers=headers)
         except httpx.TimeoutException:
             raise SourceError(f"{what} did not answer within {self.timeout:g}s", reason="Timeout") from None
         except httpx.ConnectError as e:
@@ -245,6 +267,48 @@ class QianfanSource:
         except httpx.HTTPError as e:
             raise SourceError(f"request to {what} failed: {type(e).__name__}: {e}", reason="Unreachable") from None
         return resp, now
+
+    async def _call(self, creds: Credentials, action: str, body: dict[str, Any]) -> dict[str, Any]:
+        """One V2 action; its `result` object, else a SourceError."""
+        resp, sent_at = await self._request(creds, action, body)
+        try:
+            answer = resp.json()
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            reason = "HttpError" if resp.status_code >= 400 else "BadResponse"
+            raise SourceError(f"Qianfan answered HTTP {resp.status_code} to {action} with something that is not a "
+                              f"JSON object: {resp.text[:200]!r}", reason=reason)
+        if answer.get("error_code") not in (None, 0) or (resp.status_code >= 400 and "result" not in answer):
+            raise self._api_error(answer, resp, sent_at)
+        result = answer.get("result")
+        if not isinstance(result, dict):
+            raise SourceError(f"Qianfan's {action} answer has no result object: {str(answer)[:200]}",
+                              reason="BadResponse")
+        result["__requestId"] = answer.get("requestId") or answer.get("log_id")
+        return result
+
+    async def _newest_task(self, creds: Credentials) -> dict[str, Any] | None:
+        """The followed job's newest task (latest createDate; on a tie the later one listed), from every page of
+        DescribeFineTuningTasks; None while the job has no task."""
+        assert self.follow is not None
+        newest: tuple[str, int, dict[str, Any]] | None = None
+        body: dict[str, Any] = {"jobId": self.follow, "maxKeys": LIST_PAGE}
+        for page in range(LIST_PAGES):
+            result = await self._call(creds, V2_LIST_ACTION, body)
+            tasks, info = result.get("taskList"), result.get("pageInfo") or {}
+            if not isinstance(tasks, list) or not isinstance(info, dict):
+                raise SourceError(f"Qianfan's {V2_LIST_ACTION} answer for job {self.follow} has no taskList: "
+                                  f"{str(result)[:200]}", reason="BadResponse")
+            for i, t in enumerate(tasks):
+                if isinstance(t, dict) and isinstance(t.get("taskId"), str):
+                    key = (str(t.get("createDate") or ""), page * LIST_PAGE + i, t)
+                    newest = key if newest is None or key[:2] > newest[:2] else newest
+            nxt = info.get("nextMarker")
+            if not info.get("isTruncated") or not isinstance(nxt, str) or not nxt or nxt == body.get("marker"):
+                break
+            body = {**body, "marker": nxt}
+        return None if newest is None else newest[2]
 
     def request_body(self) -> dict[str, Any]:
         """The JSON body of the detail request (what the qianfan SDK's task_detail / get_job send)."""
@@ -254,6 +318,8 @@ class QianfanSource:
 
     async def _poll(self, cursor: Cursor | None) -> Batch:
         creds = await self._credentials()
+        if self.version == "v2":
+            return await self._poll_v2(creds, cursor)
         resp, sent_at = await self._request(creds)
         try:
             answer = resp.json()
@@ -269,9 +335,26 @@ class QianfanSource:
         if not isinstance(result, dict):
             raise SourceError(f"Qianfan's {self._op} answer has no result object: {str(answer)[:200]}",
                               reason="BadResponse")
-        if self.version == "v2":
-            return self._batch_v2(result, cursor, answer.get("requestId") or answer.get("log_id"))
         return self._batch(result, cursor, answer.get("log_id"))
+
+    async def _poll_v2(self, creds: Credentials, cursor: Cursor | None) -> Batch:
+        """DescribeFineTuningTask of the task, or of the followed job's newest task (found first: two requests)."""
+        last = cursor if isinstance(cursor, dict) else {}
+        if self.follow is not None:
+            newest = await self._newest_task(creds)
+            if newest is None:
+                return Batch(points=[], cursor=last, notes=[f"job {self.follow} has no task yet"],
+                             info={"jobId": self.follow})
+            if newest["taskId"] != self.task_id:
+                self.task_id = self.label = newest["taskId"]
+            if last.get("task") != self.task_id:
+                last = {}  # a new task of the job: a new run, read from its start
+        result = await self._call(creds, V2_DETAIL_ACTION, {"taskId": self.task_id})
+        batch = self._batch_v2(result, last, result.pop("__requestId", None))
+        if self.follow is not None:
+            batch.cursor["task"] = self.task_id
+            batch.info["followedJobId"] = self.follow
+        return batch
 
     @property
     def _op(self) -> str:
@@ -280,6 +363,8 @@ class QianfanSource:
     def _api_error(self, answer: dict[str, Any], resp: httpx.Response, sent_at: float) -> SourceError:
         """An error answer -> a SourceError saying what to do; wrong keys and clock skew back off slowly."""
         job = f"taskId={self.task_id}" + (f" jobId={self.job_id}" if self.job_id is not None else "")
+        if self.follow is not None:
+            job = f"jobId={self.follow}" + (f" (newest task {self.task_id})" if self.task_id else "")
         if answer.get("error_code") not in (None, 0):
             code, msg = answer.get("error_code"), str(answer.get("error_msg", ""))[:200]
             said = f"Qianfan answered error_code {code} ({msg!r}) for {job}"
@@ -314,7 +399,8 @@ class QianfanSource:
                 "taskId (a task-… id of this account)"
             return SourceError(f"{said}: check {what}", reason="BadRequest", retry_after=AUTH_RETRY_AFTER)
         if self.version == "v2" and resp.status_code == 404:
-            return SourceError(f"{said}: no such task (or this endpoint has no V2 API)", reason="NotFound")
+            what = "job" if self.follow is not None and not self.task_id else "task"
+            return SourceError(f"{said}: no such {what} (or this endpoint has no V2 API)", reason="NotFound")
         return SourceError(said, reason="ApiError")
 
     # ---- the answer -> a batch

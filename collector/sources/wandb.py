@@ -2,18 +2,17 @@
 
 Runs are found by id or by a Mongo-style filter (passed through to the server, as `wandb.Api().runs` does); each
 run's history is read as complete rows (`HistoryPage`, never sampled) from the last stored step + 1 up to the
-run's newest step, in windows of `pageSize` steps. An idle run costs the listing request, plus one `lastStep`
-check while it is running. See docs/sources/wandb.md.
+run's newest step, in windows of `pageSize` steps; a long backlog of steps W&B has already exported to parquet is
+read from those files instead (collector/sources/wandb_parquet.py). An idle run costs the listing request, plus
+one `lastStep` check while it is running. See docs/sources/wandb.md.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import email.utils
 import json
 import math
 import os
-import random
 import time
 from typing import Any, ClassVar
 
@@ -28,6 +27,7 @@ from trainscope.collector.schema import (
     parse_duration,
 )
 from trainscope.collector.scrub import remember_secret, scrub
+from trainscope.collector.sources import httperrors, wandb_parquet
 from trainscope.collector.sources.base import SourceContext, SourceError
 
 DEFAULT_BASE_URL = "https://api.wandb.ai"
@@ -153,6 +153,8 @@ class WandbSource:
         self._seen_states: dict[str, str] | None = None  # run id -> W&B state at the last listing
         self._config_due = True
         self._resume: tuple[str, list[dict[str, Any]], dict[str, int]] | None = None
+        self._parquet = wandb_parquet.available()
+        self._exports: dict[str, tuple[wandb_parquet.ExportedHistory | None, int]] = {}  # run -> (export, asked at)
         self.clock = time.time
 
     @property
@@ -203,32 +205,21 @@ class WandbSource:
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=self.timeout, auth=httpx.BasicAuth("api", key),
                                              headers={"User-Agent": "trainscope-wandb-source"})
-        url = f"{self.base_url}/graphql"
-        try:
-            resp = await self._client.post(url, json={"operationName": op, "query": query, "variables": variables})
-        except httpx.TimeoutException as e:
-            raise SourceError(f"W&B at {self.base_url} did not answer {op} within {self.timeout:g}s",
-                              reason="Timeout") from e
-        except httpx.HTTPError as e:
-            raise SourceError(self._redact(f"cannot reach W&B at {self.base_url}: {type(e).__name__}: {e}"),
-                              reason="Unreachable") from e
+        server = f"W&B at {self.base_url}"
+        resp = await httperrors.send(self._client, "POST", f"{self.base_url}/graphql", server=server, op=op,
+                                     seconds=self.timeout, redact=self._redact,
+                                     json={"operationName": op, "query": query, "variables": variables})
         status = resp.status_code
         if status in (401, 403):
             await self._forget_key()  # a rotated Secret is read again on the next poll
             raise SourceError(f"W&B at {self.base_url} rejected the API key from {self._key_origin()} "
                               f"(HTTP {status}): check that it is valid and can read {self.path}",
                               reason="Unauthorized", retry_after=UNAUTHORIZED_RETRY_AFTER)
-        if status == 429 or status >= 500:
-            reason = "RateLimited" if status == 429 else "ServerError"
-            retry_after = retry_after_seconds(resp.headers.get("Retry-After"), self.clock())
-            if retry_after is None and status == 429:  # W&B's own rate-limit headers (docs.wandb.ai, "Rate limit
-                # exceeded"): RateLimit-Reset is the seconds until the quota resets, RateLimit-Remaining 0..1000
-                retry_after = retry_after_seconds(resp.headers.get("RateLimit-Reset"), self.clock())
-            hint = f", retry after {retry_after:.0f}s" if retry_after is not None else ""
-            if retry_after is not None:
-                retry_after *= random.uniform(1.0, 1.2)  # spread the workloads that were told the same time
-            raise SourceError(f"W&B at {self.base_url} answered HTTP {status} to {op}{hint}", reason=reason,
-                              retry_after=retry_after)
+        # W&B's own rate-limit headers (docs.wandb.ai, "Rate limit exceeded"): without Retry-After,
+        # RateLimit-Reset is the seconds until the project's quota resets
+        if (error := httperrors.throttled(resp, server=server, op=op, now=self.clock(),
+                                          fallback_header="RateLimit-Reset")) is not None:
+            raise error
         if status >= 400:
             hint = " (is baseUrl a W&B server?)" if status == 404 else ""
             raise SourceError(self._redact(f"W&B at {self.base_url} answered HTTP {status} to {op}{hint}: "
@@ -388,10 +379,16 @@ class WandbSource:
                              "reading its history again from the start")
                 nxt = 0
             window, full = self.page_size, False
+            export = await self._export(rid, nxt, last)
             while nxt <= last and not full:
-                hi = min(nxt + window, last + 1)
+                if export is not None and nxt <= export.end:  # exported steps: from the parquet files
+                    got, hi = export.rows(nxt)
+                    hi = min(hi, last + 1)
+                else:
+                    hi = min(nxt + window, last + 1)
+                    got = await self._history(rid, nxt, hi)
                 rows = []
-                for r in await self._history(rid, nxt, hi):
+                for r in got:
                     step = r.get("_step")
                     if isinstance(step, float) and step.is_integer():
                         step = r["_step"] = int(step)  # a row written as 5.0 (JSON has one number type)
@@ -419,6 +416,20 @@ class WandbSource:
         if more:
             self._resume = (_cursor_key(out_cursor), nodes, last_steps)
         return self._batch(nodes, points, out_cursor, more, skipped, notes, last_steps)
+
+    async def _export(self, rid: str, nxt: int, last: int) -> wandb_parquet.ExportedHistory | None:
+        """The run's exported history when the backlog is long enough to be worth it; asked for again only when
+        the run has grown by another MIN_BACKLOG_STEPS since (an older server has none: one query, then quiet)."""
+        export, asked = self._exports.get(rid, (None, None))
+        if export is not None and nxt <= export.end:
+            return export  # already downloaded: read it to its end
+        if not self._parquet or last - nxt < wandb_parquet.MIN_BACKLOG_STEPS:
+            return None
+        if asked is not None and last - asked < wandb_parquet.MIN_BACKLOG_STEPS:
+            return None
+        export = await wandb_parquet.fetch(self._gql, self.entity, self.project, rid, self.timeout)
+        self._exports[rid] = (export, last)
+        return export if export is not None and nxt <= export.end else None
 
     def _row_points(self, row: dict[str, Any], run: str, skipped: dict[str, int]) -> list[Point]:
         """Every numeric key of one history row; nested dicts are flattened with '/', media and text counted."""
@@ -514,23 +525,6 @@ def _combined_state(nodes: list[dict[str, Any]]) -> RunState | None:
         return RunState.RUNNING
     newest = max(nodes, key=lambda n: (_epoch(n.get("createdAt")) or 0.0))
     return STATE_MAP.get(newest.get("state") or "", RunState.UNKNOWN)
-
-
-def retry_after_seconds(value: str | None, now: float) -> float | None:
-    """Retry-After in seconds (delta-seconds or an HTTP date), None when absent or unreadable."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return max(0.0, when.timestamp() - now)
 
 
 def _epoch(text: Any) -> float | None:

@@ -2,7 +2,11 @@
 and V2 `POST /v2/finetuning?Action=DescribeFineTuningTask` (route, Action and body as the qianfan SDK's
 FineTune.V2.task_detail builds them, qianfan/resources/console/finetune.py; answer fields from Baidu's
 DescribeFineTuningTask doc: requestId + result{taskId, jobId, jobName, jobDescription, model, trainMode,
-parameterScale, runStatus Running/Done/Stopped/Failed/Waiting, runProgress "NN%" while Running, vdlLink}).
+parameterScale, runStatus Running/Done/Stopped/Failed/Waiting, runProgress "NN%" while Running, vdlLink}), and
+`Action=DescribeFineTuningTasks`, a job's task list (FineTune.V2.task_list; Baidu's "获取模型精调任务列表" doc,
+cloud.baidu.com/doc/qianfan/s/Hmh4suxsa: body {jobId required, marker = where the page starts, maxKeys default 10
+and at most 100, pageReverse default false}; answer result{taskList, pageInfo{marker, maxKeys, isTruncated,
+nextMarker}} with the item fields of the doc and the SDK's own mock server, createDate/finishDate included).
 
 Verification uses Baidu's own signer (`baidubce.auth.bce_v1_signer.sign`), not trainscope's, on what arrived on
 the wire: the raw request path (decoded, then encoded again the BCE way), the query string, and exactly the headers
@@ -30,7 +34,7 @@ from baidubce.auth import bce_v1_signer
 from baidubce.auth.bce_credentials import BceCredentials
 
 JOB_DETAIL = "/wenxinworkshop/finetune/jobDetail"
-V2_ROUTE, V2_DETAIL = "/v2/finetuning", "DescribeFineTuningTask"
+V2_ROUTE, V2_DETAIL, V2_LIST = "/v2/finetuning", "DescribeFineTuningTask", "DescribeFineTuningTasks"
 FUTURE_TOLERANCE = 900.0  # a request dated this far ahead of the server's clock is refused too
 
 
@@ -71,6 +75,7 @@ class FakeQianfan:
     positions: dict[tuple[int, int], int] = field(default_factory=dict)
     tasks: dict[str, list[dict[str, Any] | Error]] = field(default_factory=dict)  # V2: "task-…" -> answers
     task_positions: dict[str, int] = field(default_factory=dict)
+    job_tasks: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # V2 job -> [(taskId, createDate)]
     seen: list[Seen] = field(default_factory=list)
     url: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -82,6 +87,14 @@ class FakeQianfan:
 
     def set_task(self, task_id: str, answers: list[dict[str, Any] | Error]) -> None:
         with self.lock:
+            self.tasks[task_id] = list(answers)
+            self.task_positions[task_id] = 0
+
+    def add_job_task(self, job_id: str, task_id: str, created: str,
+                     answers: list[dict[str, Any] | Error]) -> None:
+        """A new task (run) of a V2 job, created at `created` (ISO, as the list's createDate)."""
+        with self.lock:
+            self.job_tasks.setdefault(job_id, []).append((task_id, created))
             self.tasks[task_id] = list(answers)
             self.task_positions[task_id] = 0
 
@@ -166,6 +179,8 @@ class FakeQianfan:
     def _answer_v2(self, action: str | None, body: bytes) -> Error:
         """V2 DescribeFineTuningTask; errors in BCE's common form {requestId, code, message} (the code names for a
         missing task or a bad body are this fake's: Baidu's pages do not list them)."""
+        if action == V2_LIST:
+            return self._list_v2(body)
         if action != V2_DETAIL:
             return _bce(400, "InvalidAction", f"unknown Action {action!r}")
         try:
@@ -184,6 +199,41 @@ class FakeQianfan:
         if isinstance(item, Error):
             return item
         return Error(200, {"requestId": str(uuid.uuid4()), "result": item})
+
+
+    def _list_v2(self, body: bytes) -> Error:
+        """DescribeFineTuningTasks: one page of the job's tasks in creation order (reversed with pageReverse), from
+        `marker` (a taskId: that task starts the page) on; nextMarker is the first task of the next page."""
+        try:
+            req = json.loads(body)
+            job_id, marker = req["jobId"], req.get("marker")
+            keys = min(100, int(req.get("maxKeys", 10)))
+            if not isinstance(job_id, str) or keys < 1:
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            return _bce(400, "InvalidParameter", "jobId must be a string, maxKeys a positive integer")
+        with self.lock:
+            if job_id not in self.job_tasks:
+                return _bce(404, "ResourceNotFound", f"job {job_id} not found")
+            order = list(self.job_tasks[job_id])
+            if req.get("pageReverse"):
+                order.reverse()
+            ids = [t for t, _ in order]
+            start = ids.index(marker) if marker in ids else 0
+            page = order[start:start + keys]
+            items = []
+            for task_id, created in page:
+                script = self.tasks[task_id]
+                now = script[min(self.task_positions[task_id], len(script) - 1)]
+                summary = {k: v for k, v in now.items() if k not in ("runProgress", "vdlLink")} \
+                    if isinstance(now, dict) else {}
+                items.append({**summary, "taskId": task_id, "jobId": job_id, "createDate": created,
+                              "finishDate": "0000-00-00T00:00:00Z"})
+        more = start + keys < len(order)
+        info: dict[str, Any] = {"marker": marker or "", "maxKeys": keys, "isTruncated": more}
+        if more:
+            info["nextMarker"] = ids[start + keys]
+        return Error(200, {"requestId": str(uuid.uuid4()), "result": {"taskList": items, "pageInfo": info}})
 
 
 # ---- test data: keys, a job, a secret resolver

@@ -3,10 +3,12 @@
 It serves what W&B's public API answers for the operations the wandb SDK (0.31, via its wandb-core helper) and
 trainscope's `wandb` source send: `Viewer`, `GetDefaultEntity`, `Runs` (Mongo-style `filters`, `order`, cursor
 pagination), `Run`, `RunHistoryKeys`, `HistoryPage` (complete rows as JSON text, maxStep exclusive),
-`SampledHistoryPage` (AND semantics over keys, maxStep inclusive), `RunParquetHistory` (no parquet files, all
-rows live). Queries are parsed and validated against the schema below, so a field or argument the real server
-lacks is an error here too. Auth is HTTP Basic `api:<key>`. Faults (HTTP status, Retry-After, GraphQL `errors`
-in a 200, garbage bodies, slow answers) are injected per operation; every request is recorded.
+`SampledHistoryPage` (AND semantics over keys, maxStep inclusive), `RunParquetHistory` (the run's exported
+history as parquet files behind plain URLs, as W&B's signed storage URLs are, plus the rows not yet exported as
+`liveData`; see `FakeRun.export`). Queries are parsed and validated against the schema below, so a field or
+argument the real server lacks is an error here too. Auth is HTTP Basic `api:<key>`. Faults (HTTP status,
+Retry-After, GraphQL `errors` in a 200, garbage bodies, slow answers) are injected per operation; every request is
+recorded.
 
 History rows are kept as Python dicts and written with `json.dumps`, which emits bare NaN/Infinity as W&B does.
 """
@@ -118,6 +120,34 @@ class FakeRun:
     username: str = "alice"
     rows: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+    exported: int = 0  # how many leading rows W&B's history export has written to parquet files
+    rows_per_file: int = 100_000
+    _files: list[bytes] = field(default_factory=list)  # the export, built when first asked for
+
+    def export(self, before_step: int | None = None) -> None:
+        """W&B's background export: the history rows before `before_step` (all by default) move into parquet
+        files (one per `rows_per_file` rows); `parquetHistory` then serves them as URLs and only the rest as
+        liveData."""
+        self.exported = len(self.rows) if before_step is None else bisect.bisect_left(self.rows, before_step,
+                                                                                      key=_step_of)
+        self._files = []
+
+    def parquet_files(self) -> list[bytes]:
+        """The exported rows as parquet, as wandb-core reads them (core/internal/runhistoryreader: a `_step` column
+        selects rows, every other history key is a column; pyarrow's own typing of the row dicts, so nested
+        values are struct columns and a key a row lacks is null)."""
+        if not self._files and self.exported:
+            import io
+
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            for lo in range(0, self.exported, self.rows_per_file):
+                buf = io.BytesIO()
+                chunk = pa.array(self.rows[lo:min(lo + self.rows_per_file, self.exported)])  # typed over all rows
+                pq.write_table(pa.Table.from_struct_array(chunk), buf)
+                self._files.append(buf.getvalue())
+        return self._files
 
     def log(self, step: int, ts: float | None = None, **values: Any) -> dict[str, Any]:
         """Append one history row (steps must grow, as wandb.log enforces); returns it."""
@@ -313,8 +343,12 @@ class _RunView:
         return out
 
     def parquetHistory(self, info: Any, liveKeys: list[str]) -> dict[str, Any]:
-        live = [{k: r[k] for k in liveKeys if k in r} for r in self._run.rows]
-        return {"parquetUrls": [], "liveData": live}
+        run = self._run
+        server: FakeWandb = info.context
+        urls = [f"{server.url}/parquet/{self._project.entityName}/{self._project.name}/{run.name}/{i}.parquet"
+                for i in range(len(run.parquet_files()))]
+        live = [{k: r[k] for k in liveKeys if k in r} for r in run.rows[run.exported:]]
+        return {"parquetUrls": urls, "liveData": live}
 
 
 def _step_of(row: dict[str, Any]) -> int:
@@ -502,7 +536,7 @@ class FakeWandb:
             return 401, {}, b'{"errors":[{"message":"user is not logged in"}]}'
         with self.lock:
             result = graphql_sync(SCHEMA, query, root_value=_Root(self), variable_values=variables,
-                                  operation_name=op)
+                                  operation_name=op, context_value=self)
         out: dict[str, Any] = {"data": _finite(result.data)}
         if result.errors:
             out["errors"] = [e.formatted for e in result.errors]
@@ -550,8 +584,38 @@ class _Handler(BaseHTTPRequestHandler):
         status, headers, out = self.fake.handle(self.headers.get("Authorization"), body)
         self._send(status, dict(headers), out)
 
+    def _parquet(self) -> bytes | None:
+        """An exported history file: /parquet/<entity>/<project>/<run>/<i>.parquet (no auth: the real URLs are
+        signed storage URLs)."""
+        parts = self.path.split("?")[0].strip("/").split("/")
+        if len(parts) != 5 or parts[0] != "parquet" or not parts[4].endswith(".parquet"):
+            return None
+        with self.fake.lock:
+            runs = [r for r in self.fake.runs_of(parts[1], parts[2]) if r.name == parts[3]]
+            files = runs[0].parquet_files() if runs else []
+        i = int(parts[4].removesuffix(".parquet")) if parts[4].removesuffix(".parquet").isdigit() else -1
+        return files[i] if 0 <= i < len(files) else None
+
+    def do_HEAD(self) -> None:
+        data = self._parquet()
+        self.send_response(200 if data is not None else 404)
+        self.send_header("Content-Length", str(len(data) if data is not None else 0))
+        self.end_headers()
+
     def do_GET(self) -> None:
-        self._send(404, {"Content-Type": "text/plain"}, b"404 page not found")
+        data = self._parquet()
+        if data is None:
+            self._send(404, {"Content-Type": "text/plain"}, b"404 page not found")
+            return
+        m = re.fullmatch(r"bytes=(\d*)-(\d*)", self.headers.get("Range") or "")
+        if m is None:  # the whole file (wandb-core downloads it when no keys are asked for)
+            self._send(200, {"Content-Type": "application/octet-stream"}, data)
+            return
+        size = len(data)  # HTTP ranges are inclusive; wandb-core's remote reader asks for one byte more than it needs
+        start, end = (int(m[1]), min(int(m[2] or size - 1), size - 1)) if m[1] else (max(0, size - int(m[2])),
+                                                                                  size - 1)
+        self._send(206, {"Content-Type": "application/octet-stream",
+                         "Content-Range": f"bytes {start}-{end}/{size}"}, data[start:end + 1])
 
 
 @contextlib.contextmanager
