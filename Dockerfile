@@ -1,8 +1,9 @@
 # syntax=docker/dockerfile:1
 # The trainscope image: `trainscope operator`, `trainscope api`, `trainscope db upgrade`.
 #   docker build -t ghcr.io/trainscope/trainscope:0.1.0 .
-# Two stages: the build stage installs the package and its runtime dependencies (no extras: no embedded
-# PostgreSQL, no test tools) into a virtualenv; the final stage copies only that virtualenv onto the same slim base.
+# Two stages: the build stage installs the package and its runtime dependencies into a virtualenv, with the parquet
+# extra (the W&B source reads W&B's history export for long catch-ups) and no other (no embedded PostgreSQL, no test
+# tools); the final stage copies only that virtualenv onto the same slim base.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -16,7 +17,7 @@ COPY trainscope/ trainscope/
 COPY collector/ collector/
 COPY operator/ operator/
 COPY api/ api/
-RUN /opt/trainscope/bin/pip install . \
+RUN /opt/trainscope/bin/pip install '.[parquet]' \
     && /opt/trainscope/bin/trainscope --version
 
 FROM ${PYTHON_IMAGE} AS runtime
