@@ -16,6 +16,10 @@ times, in turns (ABAB..., medians), every way reading that file to completion:
 - ours, reader: tfevents.read_file alone (no thread, no walk).
 - old baseline: tensorboard's EventAccumulator (size_guidance scalars=0), Reload() plus reading every scalar.
 
+This process runs under the garbage-collector thresholds the collecting processes set (trainscope.gc_tuning, as
+`trainscope operator` and `trainscope local` do); "ours, poll @gc700" repeats the poll under CPython's default
+thresholds, to show what that setting is worth.
+
 Each way is fresh each round (no cache of a previous round helps). After every timed run its points are compared
 with the file's truth (tag, step, wall_time, value, read once with EventAccumulator before the rounds, and its
 values checked against what was written); the bench stops with an error if any differs. Every figure is printed
@@ -48,6 +52,7 @@ from tensorboardX import SummaryWriter
 from trainscope.collector.sources.base import SourceContext
 from trainscope.collector.sources.tensorboard import TensorBoardSource
 from trainscope.collector.sources.tfevents import EventScanner, read_file
+from trainscope.gc_tuning import tune_for_ingest
 
 Rows = list[tuple[str, int, float, float]]  # (tag, step, wall_time, value), sorted
 
@@ -85,6 +90,17 @@ def source_poll(path: Path) -> list:
     out: list = []
     asyncio.run(_poll(path, out))
     return out
+
+
+def under_default_gc(fn: Callable[[Path], list]) -> Callable[[Path], list]:
+    def run(path: Path) -> list:
+        was = gc.get_threshold()
+        gc.set_threshold(700, 10, 10)
+        try:
+            return fn(path)
+        finally:
+            gc.set_threshold(*was)
+    return run
 
 
 def reader_only(path: Path) -> list:
@@ -162,6 +178,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     steps, tags = args.steps, args.tags
+    daemon_gc = tune_for_ingest()
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-tfevents-"))
     try:
@@ -189,6 +206,7 @@ def main() -> None:
             "peer: rustboard --checksum": (rustboard(True), lambda r: r),
             "ours: TensorBoardSource.poll": (source_poll, points_rows),
             "ours: tfevents.read_file": (reader_only, points_rows),
+            "ours: poll @gc700": (under_default_gc(source_poll), points_rows),
             "old baseline: EventAccumulator": (event_accumulator, lambda r: r),
         }
         times: dict[str, list[float]] = {w: [] for w in ways}
@@ -215,7 +233,8 @@ def main() -> None:
         for checksum, label in ((False, "peer: rustboard (gRPC)"), (True, "peer: rustboard --checksum")):
             cpu[label] = [c + s for c, (s, _) in zip(cpu[label], extra[checksum], strict=True)]
         print(f"\n{n:,} events ({steps:,} steps x {tags} tags), {args.repeat} rounds in turns, every run verified "
-              f"point for point; 1-min load per round: {', '.join(f'{x:.2f}' for x in loads)}")
+              f"point for point; gc thresholds {daemon_gc} (the collecting processes');\n"
+              f"1-min load per round: {', '.join(f'{x:.2f}' for x in loads)}")
         print(f"{'way':<34}{'median s':>10}{'events/s':>12}{'CPU s':>8}{'x peer':>8}")
         peer = statistics.median(times["peer: rustboard (gRPC)"])
         for way in ways:
