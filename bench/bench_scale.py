@@ -374,7 +374,7 @@ def main() -> None:
     if args.profile:
         n = args.workloads[0]
         r = asyncio.run(run_one(n, args.duration, args.poll, args.status_interval, 0, args.drain_timeout,
-                                args.profile.resolve()))
+                                args.profile.resolve(), warmup_timeout=args.warmup_timeout))
         print(f"| {n} (under cProfile) | - | {r['create_s']:.1f} | {r['warmup_s']:.0f} | {r['drain_s']:.0f} "
               f"| {r['cpu_cores']:.2f} | {r['rss_mb']:.0f} | {r['points_per_s']:.0f} | {r['patches_per_s']:.1f} "
               f"| {r['max_patches_per_wl_per_min']:.1f} | {r['lag_p50']:.2f} | {r['lag_p95']:.2f} "
