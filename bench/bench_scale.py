@@ -161,7 +161,8 @@ def profile_shares(path: Path) -> str:
     stats = st.stats  # type: ignore[attr-defined]
     idle = sum(v[2] for (_, _, fn), v in stats.items() if fn in ("<method 'poll' of 'select.epoll' objects>",))
     busy = st.total_tt - idle  # type: ignore[attr-defined]
-    picks = {"status handler (write_status)": "write_status", "kopf patch requests (patch_obj)": "patch_obj",
+    picks = {"kopf timers, i.e. the status timer with its patches (daemons._timer)": "_timer",
+             "status handler (write_status)": "write_status", "kopf patch requests (patch_obj)": "patch_obj",
              "kopf watch events (process_resource_event)": "process_resource_event",
              "collectors (Collector._run_source)": "_run_source"}
     out = []
