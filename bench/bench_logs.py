@@ -17,8 +17,13 @@ print) and times, in this one process, on the same file:
 - pods: the same lines as the Kubernetes API serves them (`timestamps=true`: each line after its kubelet
   timestamp), through the pod reader's position (podlogs.Position.take: per-line time, skip, second bookkeeping) and
   the parser; points dropped after each 1 MiB chunk.
-- naive: the same reading, then every format's regexes tried on every line (search, then findall of the pairs
-  on a match), as a straightforward implementation would.
+- peer: one compiled regex per format, written for that exact line layout (as a user who knows the format writes
+  it: one match per line, fixed metric names, the step from its group or counted), the same reading; points as
+  plain tuples. In turns with ours (ABAB..., medians of --repeat rounds). Ours and the peer must give the same
+  points, compared point for point on an untimed run of each before the rounds; every timed run must give the
+  expected line and point counts.
+- naive (old baseline): the same reading, then every format's regexes tried on every line (search, then findall
+  of the pairs on a match), as a straightforward implementation would.
 - poll(): LogsSource.poll end to end (asyncio.to_thread), polled until `more` is false, default batch size.
 - --before FILE: a copy of an earlier logparsers.py (e.g. `git show main:collector/sources/logparsers.py`),
   loaded under another name, read the same way as "ours", in turns with it (ABAB..., medians): what a change to
@@ -131,6 +136,8 @@ def ours(path: Path) -> tuple[int, int]:
             feed = Feed(parser, "run", out, BATCH)
             offset, _ = LogsSource._read_file(f, offset, 0.0, feed)
             points += len(out)
+            if COLLECT is not None:
+                COLLECT.extend(out)
             if not feed.full:
                 break
     return parser.lines, points
@@ -241,6 +248,77 @@ def naive(path: Path) -> tuple[int, int]:
     return n, points
 
 
+# One regex per known format, for the layout these logs print, and what its groups are: (step group or None,
+# metric names of the value groups). HF and Lightning lines carry no step: HF's is the count of logging lines,
+# Lightning's is epoch * batches + batch - 1 (the progress bar's global index), as the logs source numbers them.
+PEER = {
+    "hf": (re.compile(r"\{'loss': (\S+), 'grad_norm': (\S+), 'learning_rate': (\S+), 'epoch': ([^}]+)\}"),
+           None, ("loss", "grad_norm", "learning_rate", "epoch")),
+    "megatron": (re.compile(
+        r" \[[^\]]*\] iteration\s+(\d+)/\s*\d+ \| consumed samples:\s+(\S+) "
+        r"\| elapsed time per iteration \(ms\): (\S+) \| learning rate: (\S+) \| global batch size:\s+(\S+) "
+        r"\| lm loss: (\S+) \| loss scale: (\S+) \| grad norm: (\S+) "
+        r"\| number of skipped iterations:\s+(\S+) \| number of nan iterations:\s+(\S+) \|"), 1,
+        ("consumed samples", "elapsed time per iteration (ms)", "learning rate", "global batch size", "lm loss",
+         "loss scale", "grad norm", "number of skipped iterations", "number of nan iterations")),
+    "deepspeed": (re.compile(r"steps: (\d+) loss: (\S+) iter time \(s\): (\S+) samples/sec: (\S+)"), 1,
+                  ("loss", "iter time (s)", "samples/sec")),
+    "lightning": (re.compile(r"Epoch (\d+):\s+\d+%\|[^|]*\| (\d+)/(\d+) \[[^\]]*?, v_num=\S+, train_loss=([^\]]+)\]"),
+                  None, ("train_loss",)),
+    "keyvalue": (re.compile(r"\S+ \S+ INFO step=(\d+) loss=(\S+) lr=(\S+) tokens/s=(\S+)"), 1,
+                 ("loss", "lr", "tokens/s")),
+    "json": (re.compile(r'\{"current_steps": (\d+), "total_steps": \d+, "loss": (\S+), "lr": (\S+), "epoch": (\S+), '
+                        r'"elapsed_time": "[^"]*"\}'), 1, ("loss", "lr", "epoch")),
+}
+COLLECT: list | None = None  # set to a list to keep the points of an untimed run (for the comparison)
+
+
+def peer(fmt: str) -> Callable[[Path], tuple[int, int]]:
+    rx, step_group, names = PEER[fmt]
+    match = rx.match
+
+    def read(path: Path) -> tuple[int, int]:
+        n = points = counted = 0
+        with path.open("rb") as f:
+            splitter = LineSplitter()
+            while chunk := f.read(CHUNK):
+                for blob, _ in splitter.feed(chunk):
+                    out: list[tuple] = []
+                    for line in decode_lines(blob):
+                        n += 1
+                        if fmt == "lightning":
+                            line = line.rsplit("\r", 1)[-1]
+                        m = match(line)
+                        if m is None:
+                            continue
+                        g = m.groups()
+                        if fmt == "lightning":
+                            step, vals = int(g[0]) * int(g[2]) + int(g[1]) - 1, g[3:]
+                        elif step_group is None:
+                            counted += 1
+                            step, vals = counted, g
+                        else:
+                            step, vals = int(g[0]), g[1:]
+                        out += [(name, step, 0.0, float(v), "run") for name, v in zip(names, vals, strict=True)]
+                    points += len(out)
+                    if COLLECT is not None:
+                        COLLECT.extend(out)
+        return n, points
+
+    return read
+
+
+def collected(fn: Callable[[Path], tuple[int, int]], path: Path) -> list[tuple]:
+    """The points of one untimed run of `fn` (ours or the peer), sorted."""
+    global COLLECT
+    COLLECT = []
+    try:
+        fn(path)
+        return sorted(tuple(p) for p in COLLECT)
+    finally:
+        COLLECT = None
+
+
 def poll(path: Path) -> tuple[int, int]:
     import asyncio
 
@@ -274,6 +352,24 @@ def best(fn: Callable[[Path], tuple[int, int]], path: Path, repeat: int,
     finally:
         gc.set_threshold(*before)
     return min(times), *result
+
+
+def in_turns(ways: dict[str, Callable[[Path], tuple[int, int]]], path: Path, repeat: int,
+             want: tuple[int, int]) -> list[float]:
+    """Median time of each way, run in turns (ABAB..., the order swapped every round); each run must give `want`
+    (lines, points)."""
+    import statistics
+
+    times: dict[str, list[float]] = {w: [] for w in ways}
+    for rnd in range(repeat):
+        for way in list(ways) if rnd % 2 == 0 else list(reversed(ways)):
+            gc.collect()
+            t0 = CLOCK()
+            got = ways[way](path)
+            times[way].append(CLOCK() - t0)
+            if got != want:
+                raise SystemExit(f"VERIFY FAILED: {way} gave (lines, points) {got}, expected {want}")
+    return [statistics.median(t) for t in times.values()]
 
 
 def load() -> str:
@@ -371,30 +467,40 @@ def main() -> None:
         before_after(args.before, args.lines, args.repeat)
         if not args.only:
             return
-    print(f"{args.lines:,} lines per log, best of {args.repeat}, batches of {BATCH:,} points; lines/s; Python "
+    print(f"{args.lines:,} lines per log; peer and ours in turns, medians of {args.repeat}; the others best of "
+          f"{args.repeat}; batches of {BATCH:,} points; lines/s; Python "
           f"{platform.python_version()}, {os.cpu_count()} CPUs, {'CPU' if args.cpu else 'wall'} time, gc "
           f"thresholds {daemon_gc} (the daemon's; @gc700: {default_gc}), {load()}\n")
-    print(f"{'log':<16}{'split (a)':>12}{'tokenize (b)':>13}{'ours':>11}{'pt/line':>8}{'of (a)':>8}{'of (b)':>8}"
-          f"{'naive':>10}{'ours/naive':>11}{'pods':>11}{'poll()':>11}{'ours @gc700':>13}")
+    print(f"{'log':<16}{'split (a)':>12}{'tokenize (b)':>13}{'peer med':>11}{'ours med':>11}{'ours/peer':>10}"
+          f"{'pt/line':>8}{'of (b)':>8}{'naive':>10}{'ours/naive':>11}{'pods':>11}{'poll()':>11}{'ours @gc700':>13}"
+          f"{'load':>7}")
     with tempfile.TemporaryDirectory() as tmp:
         for fmt, noise in cases:
             path = Path(tmp) / f"{fmt}{'-noise' if noise else ''}.log"
             n = write(path, fmt, args.lines, noise)
             pod_path = path.with_suffix(".pod")
             stamped(path, pod_path)
+            theirs = peer(fmt)
+            mine, other = collected(ours, path), collected(theirs, path)
+            if mine != other or not mine:
+                bad = next((a, b) for a, b in zip([*mine, None], [*other, None], strict=False) if a != b)
+                raise SystemExit(f"VERIFY FAILED ({fmt}): ours {len(mine):,} points, peer {len(other):,}; "
+                                 f"first difference {bad}")
+            t_peer, t_ours = in_turns({"peer": theirs, "ours": ours}, path, args.repeat, (n, len(mine)))
             t_split, _, _ = best(split, path, args.repeat)
             t_tok, _, _ = best(tokenize, path, args.repeat)
-            t_ours, lines, points = best(ours, path, args.repeat)
             t_naive, _, _ = best(naive, path, args.repeat)
             t_pods, pod_lines, pod_points = best(pods, pod_path, args.repeat)
             t_poll, _, poll_points = best(poll, path, args.repeat)
             t_default, _, _ = best(ours, path, args.repeat, default_gc)
-            assert lines == pod_lines == n and poll_points == points == pod_points, (n, lines, pod_lines, points,
-                                                                                     pod_points, poll_points)
+            points = len(mine)
+            assert pod_lines == n and poll_points == points == pod_points, (n, pod_lines, points, pod_points,
+                                                                            poll_points)
             name = fmt + (" +noise" if noise else "")
-            print(f"{name:<16}{n / t_split:>12,.0f}{n / t_tok:>13,.0f}{n / t_ours:>11,.0f}{points / n:>8.1f}"
-                  f"{t_split / t_ours:>8.1%}{t_tok / t_ours:>8.1%}{n / t_naive:>10,.0f}{t_naive / t_ours:>10.1f}x"
-                  f"{n / t_pods:>11,.0f}{n / t_poll:>11,.0f}{n / t_default:>13,.0f}")
+            print(f"{name:<16}{n / t_split:>12,.0f}{n / t_tok:>13,.0f}{n / t_peer:>11,.0f}{n / t_ours:>11,.0f}"
+                  f"{t_peer / t_ours:>9.2f}x{points / n:>8.1f}{t_tok / t_ours:>8.1%}{n / t_naive:>10,.0f}"
+                  f"{t_naive / t_ours:>10.1f}x{n / t_pods:>11,.0f}{n / t_poll:>11,.0f}{n / t_default:>13,.0f}"
+                  f"{os.getloadavg()[0]:>7.2f}", flush=True)
     if args.anatomy:
         for fmt in ("hf", "megatron"):
             anatomy(fmt, args.lines, args.repeat)

@@ -6,7 +6,9 @@ Per N, from scratch: an embedded PostgreSQL (pgserver, temporary, default durabl
 track_commit_timestamp=on), the KMock emulator in this process (counting status patches), a writer PROCESS that
 appends one scalar event per Workload per second to real event files (trainscope.demo's encoder, the layout
 tensorboardX writes), and `python -m trainscope.cli operator` as its own process so its CPU and RSS are its own
-(psutil). After every Workload shows a step, a window of --duration seconds is measured:
+(psutil). After every Workload shows a step, the bench waits until the start-up backlog has drained (every
+Workload's stored step within pollInterval + 2 s of what the writer has written; at most --drain-timeout s, the
+row says if it was not reached) and then measures a window of --duration seconds:
 
 - operator CPU (cores = CPU seconds / wall seconds) and peak RSS;
 - points stored per second (rows committed in the window);
@@ -16,6 +18,11 @@ tensorboardX writes), and `python -m trainscope.cli operator` as its own process
 - the CPU of this process in the window (the emulator serving the operator: shows the emulator is not the limit);
 - how long creating the N Workloads took (the emulator serving the operator meanwhile) and the machine's 1-minute
   load average at the end of the row's run (the machine is shared: figures mean little without it).
+
+`--under quiet hog` runs each N also beside a CPU hog (--hog-procs busy-loop processes, nice 0, started before the
+Workloads and stopped after the window), the conditions alternating per round (`--rounds`); the load average of
+each row is printed with it. `--profile FILE` runs the operator under cProfile (its own row; slower) and prints the
+share of the operator's CPU in the status timer, the watch-event processing and the collectors.
 
 Figures are printed as a markdown table (docs/performance.md), never asserted. The machine is shared: the
 emulator, the writer, PostgreSQL and the operator all run on the same cores.
@@ -48,7 +55,15 @@ from trainscope.demo import encode_event, frame  # noqa: E402
 from faults import CountingCluster, OperatorProcess  # noqa: E402
 
 
-def writer_main(root: str, n: int, stop: mp.synchronize.Event) -> None:
+def hog_main(stop: mp.synchronize.Event) -> None:
+    """A busy loop: one runnable process, what another tenant's CPU-bound job looks like to the scheduler."""
+    x = 0
+    while not stop.is_set():
+        for _ in range(100_000):
+            x += 1
+
+
+def writer_main(root: str, n: int, stop: mp.synchronize.Event, written: mp.sharedctypes.Synchronized) -> None:
     """One point per Workload per second, spread evenly over the second, wall_time = the moment it is written."""
     files = []
     for i in range(n):
@@ -69,6 +84,7 @@ def writer_main(root: str, n: int, stop: mp.synchronize.Event) -> None:
                 time.sleep(delay)
             f.write(frame(encode_event(time.time(), step, {"train/loss": 1.0 / step})))
             f.flush()
+        written.value = step  # every Workload's file now holds this step
     for f in files:
         f.close()
 
@@ -94,16 +110,86 @@ async def _prepare_pg(base: Path) -> tuple[object, str]:
     return server, url
 
 
-async def run_one(n: int, duration: float, poll: str, status_interval: float) -> dict[str, float]:
+_BEHIND = """
+SELECT count(*) AS series, min(m) AS lowest FROM (SELECT max(step) AS m FROM points GROUP BY series_id) s"""
+
+
+async def drain(url: str, n: int, written: mp.sharedctypes.Synchronized, poll_s: float, within: float) -> float:
+    """Wait until every Workload's stored step is within poll + 2 s (one point a second) of the writer's; the
+    seconds waited, negative if the timeout came first."""
+    conn = await asyncpg.connect(url)
+    t0 = time.monotonic()
+    try:
+        while time.monotonic() - t0 < within:
+            row = await conn.fetchrow(_BEHIND)
+            if row["series"] >= n and row["lowest"] >= written.value - (poll_s + 2):
+                return time.monotonic() - t0
+            await asyncio.sleep(0.5)
+        return -(time.monotonic() - t0)
+    finally:
+        await conn.close()
+
+
+def seconds(duration: str) -> float:
+    return float(duration.rstrip("s"))
+
+
+class ProfiledOperator(OperatorProcess):
+    """The operator under cProfile (stats written when it exits on SIGTERM)."""
+
+    def __init__(self, *args: object, profile: Path, **kw: object) -> None:
+        super().__init__(*args, **kw)  # type: ignore[arg-type]
+        self.profile = profile
+
+    def start(self) -> OperatorProcess:
+        import subprocess
+
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "cProfile", "-o", str(self.profile), "-m",
+                                          "trainscope.cli", "operator"], env=self.env, stdout=out,
+                                         stderr=subprocess.STDOUT)
+        return self
+
+
+def profile_shares(path: Path) -> str:
+    """Share of the operator's busy time (profiled wall time less the event loop's idle waits in epoll) spent in
+    the status timer's handler and kopf's patch requests, kopf's watch-event processing, and the collectors'
+    source loops: cumulative time of their entry points (asyncio: while on the stack, not while suspended)."""
+    import pstats
+
+    st = pstats.Stats(str(path))
+    stats = st.stats  # type: ignore[attr-defined]
+    idle = sum(v[2] for (_, _, fn), v in stats.items() if fn in ("<method 'poll' of 'select.epoll' objects>",))
+    busy = st.total_tt - idle  # type: ignore[attr-defined]
+    picks = {"kopf timers, i.e. the status timer with its patches (daemons._timer)": "_timer",
+             "status handler (write_status)": "write_status", "kopf patch requests (patch_obj)": "patch_obj",
+             "kopf watch events (process_resource_event)": "process_resource_event",
+             "collectors (Collector._run_source)": "_run_source"}
+    out = []
+    for label, name in picks.items():
+        cum = max((v[3] for (_, _, fn), v in stats.items() if fn == name), default=0.0)
+        out.append(f"{label} {cum / busy:.0%}")
+    return f"profile: operator busy {busy:.1f}s (idle in epoll {idle:.1f}s); " + ", ".join(out)
+
+
+async def run_one(n: int, duration: float, poll: str, status_interval: float, hog: int = 0,
+                  drain_timeout: float = 300.0, profile: Path | None = None,
+                  warmup_timeout: float = 900.0) -> dict[str, float]:
     base = Path(tempfile.mkdtemp(prefix="ts-scale-", dir="/tmp"))
     server, url = await _prepare_pg(base)
     stop = mp.Event()
-    writer = mp.Process(target=writer_main, args=(str(base / "runs"), n, stop), daemon=True)
+    written = mp.Value("q", 0)
+    writer = mp.Process(target=writer_main, args=(str(base / "runs"), n, stop, written), daemon=True)
     writer.start()
+    hogs = [mp.Process(target=hog_main, args=(stop,), daemon=True) for _ in range(hog)]
+    for h in hogs:
+        h.start()
     try:
         async with CountingCluster() as cluster:
-            op = OperatorProcess(cluster.kubeconfig(base / "kubeconfig"), url, base / "operator.log",
-                                 status_interval=status_interval)
+            kw = {"status_interval": status_interval}
+            op = (ProfiledOperator(cluster.kubeconfig(base / "kubeconfig"), url, base / "operator.log",
+                                   profile=profile, **kw) if profile else
+                  OperatorProcess(cluster.kubeconfig(base / "kubeconfig"), url, base / "operator.log", **kw))
             op.start()
             t_create = time.monotonic()
             for i in range(n):
@@ -116,7 +202,7 @@ async def run_one(n: int, duration: float, poll: str, status_interval: float) ->
             while True:
                 assert op.alive(), op.tail()
                 ready = len(cluster.emu.stepped)
-                if ready >= n:
+                if ready >= n or time.monotonic() - t_create > warmup_timeout:
                     break
                 if time.monotonic() - last_report > 15:
                     last_report = time.monotonic()
@@ -125,6 +211,7 @@ async def run_one(n: int, duration: float, poll: str, status_interval: float) ->
                 await asyncio.sleep(1.0)
             warmup = time.monotonic() - t_create
             await asyncio.sleep(max(5.0, 2 * status_interval))  # settle after the start-up burst
+            drained = await drain(url, n, written, seconds(poll), drain_timeout)
             proc = psutil.Process(op.pid)
             rss: list[int] = []
             halt = threading.Event()
@@ -155,6 +242,7 @@ async def run_one(n: int, duration: float, poll: str, status_interval: float) ->
             await conn.close()
             await asyncio.to_thread(op.stop)  # never block the loop that serves the emulator kopf talks to
             return {"workloads": n, "create_s": create_s, "load": os.getloadavg()[0], "warmup_s": warmup,
+                    "drain_s": drained, "hog": hog, "ready": ready,
                     "cpu_cores": cpu / elapsed, "rss_mb": max(rss) / 2**20, "emulator_cores": emu_cpu / elapsed,
                     "points_per_s": row["n"] / (db_t1 - db_t0).total_seconds(), "patches_per_s": patches / elapsed,
                     "max_patches_per_wl_per_min": 60 * max(per.values(), default=0) / elapsed,
@@ -164,6 +252,8 @@ async def run_one(n: int, duration: float, poll: str, status_interval: float) ->
             await asyncio.to_thread(op.stop)
         stop.set()
         writer.join(10)
+        for h in hogs:
+            h.join(10)
         server.cleanup()
         shutil.rmtree(base, ignore_errors=True)
 
@@ -178,7 +268,8 @@ async def run_local(n: int, duration: float, poll: str) -> dict[str, float]:
     base = Path(tempfile.mkdtemp(prefix="ts-scale-", dir="/tmp"))
     server, url = await _prepare_pg(base)
     stop = mp.Event()
-    writer = mp.Process(target=writer_main, args=(str(base / "runs"), n, stop), daemon=True)
+    written = mp.Value("q", 0)
+    writer = mp.Process(target=writer_main, args=(str(base / "runs"), n, stop, written), daemon=True)
     writer.start()
     docs = [{"apiVersion": "trainscope.io/v1alpha1", "kind": "Workload",
              "metadata": {"name": f"w{i:04d}", "namespace": "default"},
@@ -202,6 +293,7 @@ async def run_local(n: int, duration: float, poll: str) -> dict[str, float]:
             await asyncio.sleep(1.0)
         warmup = time.monotonic() - t_start
         await asyncio.sleep(10.0)
+        drained = await drain(url, n, written, seconds(poll), 300.0)
         ps = psutil.Process(proc.pid)
         rss: list[int] = []
         t = ps.cpu_times()
@@ -218,6 +310,7 @@ async def run_local(n: int, duration: float, poll: str) -> dict[str, float]:
         row = await conn.fetchrow(_LAG, db_t0, db_t1)
         await conn.close()
         return {"workloads": n, "create_s": 0.0, "load": os.getloadavg()[0], "warmup_s": warmup,
+                "drain_s": drained, "hog": 0, "ready": n,
                 "cpu_cores": cpu / elapsed, "rss_mb": max(rss) / 2**20, "emulator_cores": 0.0,
                 "points_per_s": row["n"] / (db_t1 - db_t0).total_seconds(), "patches_per_s": 0.0,
                 "max_patches_per_wl_per_min": 0.0,
@@ -242,24 +335,52 @@ def main() -> None:
     ap.add_argument("--status-interval", type=float, default=5.0)
     ap.add_argument("--local", type=int, nargs="*", default=[],
                     help="also these N in local mode (`trainscope local`: no kopf, no emulator, no status)")
+    ap.add_argument("--under", nargs="*", default=["quiet"], choices=["quiet", "hog"],
+                    help="conditions per N, alternating per round: quiet, and/or beside a CPU hog")
+    ap.add_argument("--hog-procs", type=int, default=2, help="busy-loop processes of the hog")
+    ap.add_argument("--rounds", type=int, default=1, help="rounds of the conditions, order swapped every round")
+    ap.add_argument("--drain-timeout", type=float, default=300.0)
+    ap.add_argument("--warmup-timeout", type=float, default=900.0,
+                    help="measure anyway after this long; the row then says how many Workloads showed a step")
+    ap.add_argument("--profile", type=Path, help="also one run of the first N under cProfile, stats to this file")
     args = ap.parse_args()
     print(f"cores: {psutil.cpu_count()}, pollInterval {args.poll}, status interval {args.status_interval}s, "
-          f"window {args.duration:.0f}s")
-    print("| Workloads | create s | warm-up s | operator CPU (cores) | operator RSS MB | points/s stored "
-          "| status patches/s | max patches per Workload per min | lag p50 s | lag p95 s | lag max s "
-          "| emulator CPU (cores) | load (1 min) |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    runs = [(n, False) for n in args.workloads] + [(n, True) for n in args.local]
-    for n, local in runs:
+          f"window {args.duration:.0f}s, hog {args.hog_procs} busy processes, load {os.getloadavg()}")
+    print("| Workloads | beside | create s | warm-up s | drain s | operator CPU (cores) | operator RSS MB "
+          "| points/s stored | status patches/s | max patches per Workload per min | lag p50 s | lag p95 s "
+          "| lag max s | emulator CPU (cores) | load (1 min) |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    runs = []
+    for rnd in range(args.rounds):
+        for n in args.workloads:
+            for under in args.under if rnd % 2 == 0 else list(reversed(args.under)):
+                runs.append((n, False, under))
+    runs += [(n, True, "quiet") for n in args.local]
+    for n, local, under in runs:
+        hog = args.hog_procs if under == "hog" else 0
         if local:
             r = asyncio.run(run_local(n, args.duration, args.poll))
         else:
-            r = asyncio.run(run_one(n, args.duration, args.poll, args.status_interval))
+            r = asyncio.run(run_one(n, args.duration, args.poll, args.status_interval, hog, args.drain_timeout,
+                                    warmup_timeout=args.warmup_timeout))
         label = f"{n} (local mode)" if local else str(n)
-        print(f"| {label} | {r['create_s']:.1f} | {r['warmup_s']:.0f} | {r['cpu_cores']:.2f} | {r['rss_mb']:.0f} "
-              f"| {r['points_per_s']:.0f} "
+        if r["ready"] < n:
+            label += f" ({r['ready']} showed a step by the end of warm-up)"
+        beside = f"hog ({hog} procs)" if hog else "-"
+        drained = f"{r['drain_s']:.0f}" if r["drain_s"] >= 0 else f"not in {-r['drain_s']:.0f}"
+        print(f"| {label} | {beside} | {r['create_s']:.1f} | {r['warmup_s']:.0f} | {drained} | {r['cpu_cores']:.2f} "
+              f"| {r['rss_mb']:.0f} | {r['points_per_s']:.0f} "
               f"| {r['patches_per_s']:.1f} | {r['max_patches_per_wl_per_min']:.1f} | {r['lag_p50']:.2f} "
               f"| {r['lag_p95']:.2f} | {r['lag_max']:.2f} | {r['emulator_cores']:.2f} | {r['load']:.1f} |", flush=True)
+    if args.profile:
+        n = args.workloads[0]
+        r = asyncio.run(run_one(n, args.duration, args.poll, args.status_interval, 0, args.drain_timeout,
+                                args.profile.resolve(), warmup_timeout=args.warmup_timeout))
+        print(f"| {n} (under cProfile) | - | {r['create_s']:.1f} | {r['warmup_s']:.0f} | {r['drain_s']:.0f} "
+              f"| {r['cpu_cores']:.2f} | {r['rss_mb']:.0f} | {r['points_per_s']:.0f} | {r['patches_per_s']:.1f} "
+              f"| {r['max_patches_per_wl_per_min']:.1f} | {r['lag_p50']:.2f} | {r['lag_p95']:.2f} "
+              f"| {r['lag_max']:.2f} | {r['emulator_cores']:.2f} | {r['load']:.1f} |")
+        print(profile_shares(args.profile))
 
 
 if __name__ == "__main__":

@@ -1,14 +1,15 @@
-"""W&B catch-up: the wandb source + the exactly-once writer against the naive way, from the same fake server.
+"""W&B catch-up: the wandb source + the exactly-once writer against the SDK's scan + COPY, from the same fake server.
 
-Run: python bench/bench_wandb.py [--steps 200000 --naive-steps 20000 --rounds 2]
-A finished run of `--steps` steps with 5 numeric keys, its history exported to parquet as W&B's server does, is
-served by the fake W&B GraphQL server (tests/fakes, real HTTP on 127.0.0.1). Ours: `WandbSource.poll` batches
-(50,000 points) written with `Store.write` (COPY, cursor in the same transaction), in turns (ABAB...) reading the
-history through HistoryPage only and through the parquet export; both stores are checked equal to the run's points
-before figures are printed, with the load average. Naive: the wandb SDK's `run.scan_history()` row by row, one
-autocommitted INSERT per point (on the first `--naive-steps` steps: at a few thousand points/s the whole run would
-take minutes). One process, one
-embedded PostgreSQL (pgserver, temporary directory, default durable settings). Figures are printed, not asserted.
+Run: python bench/bench_wandb.py [--steps 200000 --naive-steps 20000 --repeat 3]
+A run of `--steps` steps with 5 numeric keys is served by the fake W&B GraphQL server (tests/fakes, real HTTP on
+127.0.0.1). Ours: `WandbSource.poll` batches (50,000 points) written with `Store.write` (COPY, cursor in the same
+transaction). Peer: the wandb SDK's `run.scan_history()` row by row, flattened, one COPY per 50,000 points into a
+plain table (what a user would script). Old baseline: the same scan with one autocommitted INSERT per point (on
+the first `--naive-steps` steps: at a few thousand points/s the whole run would take minutes). The three run in
+turns (ABAB..., order swapped every round, medians); after each run the stored rows are checked per metric
+against the fake run's rows (count, step sum, exact ts sum, value sum) and the bench stops if any differs. One
+process, one embedded PostgreSQL (pgserver, temporary directory, default durable settings). Figures are printed
+with the load average, not asserted.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import statistics
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
@@ -34,42 +36,73 @@ from trainscope.collector.sources.wandb import WandbSource  # noqa: E402
 from trainscope.collector.store import Store  # noqa: E402
 from trainscope.collector.store.embedded import start_embedded  # noqa: E402
 
-from fakes.wandb_server import FakeRun, FakeWandb, row_points, serve  # noqa: E402
+from fakes.wandb_server import FakeRun, FakeWandb, serve  # noqa: E402
 
 KEY = "b" * 40
-NAIVE_DDL = "CREATE TABLE naive_points (run text, metric text, step bigint, ts timestamptz, value float8)"
+NAIVE_DDL = "CREATE TABLE IF NOT EXISTS naive_points (run text, metric text, step bigint, ts timestamptz, value float8)"
+Sums = dict[str, tuple[int, int, int, float]]  # metric -> (count, step sum, ts sum in microseconds, value sum)
 
 
 def make_run(steps: int) -> FakeRun:
-    run = FakeRun("bench", "bench-run", state="finished")
+    run = FakeRun("bench", "bench-run")
     for s in range(steps):
         run.log(s, run.created_at + s * 0.25, loss=2.0 / (s + 1), lr=1e-4, grad_norm=0.5 + s % 7 / 10,
                 tokens_per_s=3000.0 + s % 11, train={"acc": s / steps})
-    run.rows[7]["loss"], run.rows[8]["loss"] = math.nan, math.inf
-    run.export()
-    run.parquet_files()  # W&B exports ahead of time
     return run
 
 
-async def verify(dsn: str, uid: str, run: FakeRun) -> None:
-    """The stored points of `uid` equal the run's points (row_points), point for point."""
+def truth(run: FakeRun, steps: int) -> Sums:
+    """Per flattened numeric key of the run's first `steps` rows: what any correct catch-up must store."""
+    out: dict[str, list] = {}
+    for row in run.rows[:steps]:
+        for k, v in flatten(row).items():
+            if not k.startswith("_"):
+                acc = out.setdefault(k, [0, 0, 0, 0.0])
+                acc[0] += 1
+                acc[1] += row["_step"]
+                acc[2] += round(row["_timestamp"] * 1e6)
+                acc[3] += float(v)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def flatten(row: dict) -> dict:
+    """One level of nesting joined with '/', as the source does."""
+    flat = dict(row)
+    for k, v in row.items():
+        if isinstance(v, dict):
+            flat.pop(k)
+            flat.update({f"{k}/{k2}": v2 for k2, v2 in v.items()})
+    return flat
+
+
+async def stored(dsn: str, sql: str, *args: object) -> Sums:
     conn = await asyncpg.connect(dsn)
-    rows = await conn.fetch("SELECT s.metric, p.step, extract(epoch from p.ts)::float8 AS ts, p.value FROM points p "
-                            "JOIN series s ON s.id = p.series_id WHERE s.workload_uid = $1", uid)
-    await conn.close()
-    got = {(r["metric"], r["step"]): (r["ts"], r["value"]) for r in rows}
-    want = {(m, s): (t, v) for row in run.rows for m, s, t, v, _ in row_points(row, "bench")}
-    assert got.keys() == want.keys(), (len(got), len(want))
-    bad = [k for k, (t, v) in want.items()
-           if abs(got[k][0] - t) > 2e-6 or not (got[k][1] == v or (math.isnan(v) and math.isnan(got[k][1])))]
-    assert not bad, bad[:5]
+    try:
+        rows = await conn.fetch(sql, *args)
+    finally:
+        await conn.close()
+    return {r["metric"]: (r["n"], int(r["s"]), int(r["t"]), r["v"]) for r in rows}
 
 
-async def ours(fake: FakeWandb, dsn: str, uid: str = "bench-uid", parquet: bool = False) -> tuple[int, float, int]:
+_SUMS = ("count(*) AS n, sum(step) AS s, sum((extract(epoch FROM ts) * 1000000)::bigint) AS t, sum(value) AS v")
+OURS_SUMS = (f"SELECT s.metric, {_SUMS} FROM points p JOIN series s ON s.id = p.series_id "
+             "WHERE s.workload_uid = $1 GROUP BY s.metric")
+PEER_SUMS = f"SELECT metric, {_SUMS} FROM naive_points GROUP BY metric"
+
+
+def verify(name: str, got: Sums, want: Sums) -> None:
+    bad = [m for m in got.keys() | want.keys() if m not in got or m not in want or got[m][:3] != want[m][:3]
+           or not math.isclose(got[m][3], want[m][3], rel_tol=1e-9)]
+    if bad:
+        m = sorted(bad)[0]
+        raise SystemExit(f"VERIFY FAILED for {name}: {len(bad)} metrics differ; {m}: stored {got.get(m)}, "
+                         f"source {want.get(m)}")
+
+
+async def ours(fake: FakeWandb, dsn: str, uid: str = "bench-uid") -> tuple[int, float, int]:
     store = await Store.open(dsn)
     src = WandbSource({"baseUrl": fake.url, "entity": "ent", "project": "proj", "runId": "bench"},
                       SourceContext(max_batch_points=50_000))
-    src._parquet = parquet  # the path under test: HistoryPage only, or the parquet export where it has the steps
     before, n, cursor = fake.count(), 0, None
     started = time.perf_counter()
     while True:
@@ -85,34 +118,43 @@ async def ours(fake: FakeWandb, dsn: str, uid: str = "bench-uid", parquet: bool 
     return n, elapsed, fake.count() - before
 
 
-def naive(fake: FakeWandb, dsn: str, steps: int) -> tuple[int, float, int]:
+def sdk(fake: FakeWandb, dsn: str, steps: int, copy: bool) -> tuple[int, float, int]:
+    """The SDK's scan_history, flattened; one COPY per 50,000 points (the peer) or one INSERT per point (old)."""
     import wandb
 
-    async def insert_all(rows: list) -> int:
+    async def run() -> int:
         conn = await asyncpg.connect(dsn)
-        await conn.execute(NAIVE_DDL)
         n = 0
-        for row in rows:
-            for k, v in row.items():
-                if not k.startswith("_") and isinstance(v, int | float):
-                    await conn.execute("INSERT INTO naive_points VALUES ($1, $2, $3, to_timestamp($4), $5)",
-                                       "bench", k, row["_step"], row["_timestamp"], float(v))
-                    n += 1
-        await conn.close()
+        pending: list[tuple] = []
+
+        async def flush() -> None:
+            if copy:
+                async with conn.transaction():
+                    await conn.copy_records_to_table("naive_points", records=pending)
+            else:
+                for rec in pending:
+                    await conn.execute("INSERT INTO naive_points VALUES ($1, $2, $3, to_timestamp($4), $5)", *rec)
+            pending.clear()
+
+        try:
+            api = wandb.Api(overrides={"base_url": fake.url}, api_key=KEY, timeout=60)
+            for row in api.run("ent/proj/bench").scan_history(max_step=steps, use_cache=False):  # blocking HTTP
+                ts = datetime.fromtimestamp(row["_timestamp"], UTC) if copy else row["_timestamp"]
+                for k, v in flatten(row).items():
+                    if not k.startswith("_") and isinstance(v, int | float):
+                        pending.append(("bench", k, row["_step"], ts, float(v)))
+                if len(pending) >= (50_000 if copy else 1):
+                    n += len(pending)
+                    await flush()
+            n += len(pending)
+            await flush()
+        finally:
+            await conn.close()
         return n
 
     before = fake.count()
     started = time.perf_counter()
-    api = wandb.Api(overrides={"base_url": fake.url}, api_key=KEY, timeout=60)
-    rows = []
-    for row in api.run("ent/proj/bench").scan_history(max_step=steps, use_cache=False):
-        flat = dict(row)
-        for k, v in row.items():  # flatten one level, as the source does
-            if isinstance(v, dict):
-                flat.pop(k)
-                flat.update({f"{k}/{k2}": v2 for k2, v2 in v.items()})
-        rows.append(flat)
-    n = asyncio.run(insert_all(rows))
+    n = asyncio.run(run())
     return n, time.perf_counter() - started, fake.count() - before
 
 
@@ -120,7 +162,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=200_000)
     parser.add_argument("--naive-steps", type=int, default=20_000)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="ts-bench-wb-"))
     for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
@@ -128,33 +170,61 @@ def main() -> None:
     os.environ["WANDB_SILENT"] = "true"
     os.environ["WANDB_API_KEY"] = KEY
     pg = start_embedded(tmp / "pgdata", cleanup_mode="delete")
+    dsn = pg.get_uri()
     try:
         fake = FakeWandb(api_keys=(KEY,))
         t = time.perf_counter()
-        run = fake.add_run("ent", "proj", make_run(args.steps))
-        print(f"generated {args.steps:,} steps x 5 keys (exported to parquet) in {time.perf_counter() - t:.1f}s")
+        run = make_run(args.steps)
+        fake.add_run("ent", "proj", run)
+        want, want_naive = truth(run, args.steps), truth(run, args.naive_steps)
+        print(f"generated {args.steps:,} steps x 5 keys in {time.perf_counter() - t:.1f}s")
+        asyncio.run(_sql(dsn, NAIVE_DDL))
+        asyncio.run(_migrate(dsn))
+        ways = {
+            "ours: WandbSource + Store.write": lambda rnd: asyncio.run(ours(fake, dsn, f"bench-{rnd}")),
+            "peer: SDK scan_history + COPY per batch": lambda rnd: sdk(fake, dsn, args.steps, True),
+            f"old baseline: SDK + INSERT per point ({args.naive_steps:,} steps)":
+                lambda rnd: sdk(fake, dsn, args.naive_steps, False),
+        }
+        figs: dict[str, list[tuple[int, float, int]]] = {w: [] for w in ways}
+        loads = []
         with serve(fake):
-            times: dict[bool, list[float]] = {False: [], True: []}
-            for r in range(args.rounds):
-                for parquet in (False, True):
-                    uid = f"bench-{r}-{'parquet' if parquet else 'historypage'}"
-                    n, secs, reqs = asyncio.run(ours(fake, pg.get_uri(), uid, parquet))
-                    asyncio.run(verify(pg.get_uri(), uid, run))
-                    times[parquet].append(secs)
-                    print(f"round {r + 1} ours via {'parquet    ' if parquet else 'HistoryPage'}: {n:>9,} points in "
-                          f"{secs:6.1f}s = {n / secs:>9,.0f} points/s, {reqs} requests, stored == the run's "
-                          f"points; load {os.getloadavg()[0]:.1f}")
-            hp, pq = statistics.median(times[False]), statistics.median(times[True])
-            print(f"median: HistoryPage {n / hp:,.0f} points/s, parquet {n / pq:,.0f} points/s: parquet x{hp / pq:.2f}"
-                  f"; load {os.getloadavg()}")
-            secs = pq
-            m, nsecs, nreqs = naive(fake, pg.get_uri(), args.naive_steps)
-            print(f"naive: {m:>9,} points in {nsecs:6.1f}s = {m / nsecs:>9,.0f} points/s, {nreqs} requests "
-                  f"(first {args.naive_steps:,} steps)")
-            print(f"ours is {(n / secs) / (m / nsecs):.1f}x the naive rate")
+            for rnd in range(args.repeat):
+                for way in list(ways) if rnd % 2 == 0 else list(reversed(ways)):  # in turns, order swapped
+                    asyncio.run(_sql(dsn, "TRUNCATE points, series, cursors, runs, naive_points"))
+                    n, secs, reqs = ways[way](rnd)
+                    if way.startswith("ours"):
+                        verify(way, asyncio.run(stored(dsn, OURS_SUMS, f"bench-{rnd}")), want)
+                    else:
+                        verify(way, asyncio.run(stored(dsn, PEER_SUMS)), want_naive if "INSERT" in way else want)
+                    figs[way].append((n, secs, reqs))
+                loads.append(os.getloadavg()[0])
+                print(f"  round {rnd + 1}/{args.repeat}: " + ", ".join(
+                    f"{w.split(':')[0]} {f[-1][0] / f[-1][1]:,.0f}/s" for w, f in figs.items())
+                    + f"; load {loads[-1]:.2f}")
+        print(f"\n{args.steps:,} steps x 5 keys; {args.repeat} rounds in turns, medians; every run's rows verified "
+              f"per metric; 1-min load per round: {', '.join(f'{x:.2f}' for x in loads)}")
+        rate = {w: statistics.median(n / s for n, s, _ in f) for w, f in figs.items()}
+        peer = rate["peer: SDK scan_history + COPY per batch"]
+        print(f"{'way':<52}{'points':>10}{'points/s':>11}{'requests':>10}{'x peer':>8}")
+        for w, f in figs.items():
+            print(f"{w:<52}{f[0][0]:>10,}{rate[w]:>11,.0f}{f[0][2]:>10}{rate[w] / peer:>8.2f}")
+        print(f"load {os.getloadavg()}")
     finally:
         pg.cleanup()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def _migrate(dsn: str) -> None:
+    await (await Store.open(dsn)).close()  # the store's tables exist before the first round truncates them
+
+
+async def _sql(dsn: str, sql: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
 
 
 if __name__ == "__main__":
