@@ -229,7 +229,7 @@ async def e2e(runtime: Runtime, inp: Input, uid: str) -> float:
             break
         if snap is not None and snap.sources and snap.sources[0].last_error:
             raise SystemExit(f"e2e {inp.kind}: {snap.sources[0].last_error}")
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(0.02)  # each look takes a snapshot (as the status timer does every few seconds)
     elapsed = time.perf_counter() - started
     await runtime.stop(uid)
     return elapsed

@@ -7,6 +7,7 @@ the operator reads `snapshot()` and turns it into status and gauges.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import itertools
 import logging
@@ -525,11 +526,11 @@ class Collector:
             latest[key] = p  # the later observation in the source's own order is the newest (docs/store.md)
         if counts and (max_step is None or steps[-1] > max_step):
             first = dict(zip(reversed(steps), reversed(times), strict=True))  # step -> time of its 1st point
-            observe = self._rate.observe
-            for step in reversed(first):  # ascending (inserted in descending order)
-                if max_step is None or step > max_step:
-                    max_step = step
-                    observe(first[step], step)
+            ascending = list(reversed(first))  # inserted in descending order
+            if max_step is not None:
+                ascending = ascending[bisect.bisect_right(ascending, max_step):]
+            self._rate.observe_many(zip(map(first.__getitem__, ascending), ascending, strict=True))
+            max_step = ascending[-1]
             self._max_step, self._max_step_ts = max_step, first[max_step]
         newest = max(times)
         if health.newest_ts is None or newest > health.newest_ts:

@@ -14,8 +14,8 @@ from trainscope.collector.points import RawPoint
 SeriesKey = tuple[str, str]  # (run, metric)
 Record = tuple[int, int, float, float]  # (series_id, step, ts, value): a `points` row, in COPY order
 POINT_COLUMNS = ("series_id", "step", "ts", "value")
-_SID = _METRIC = operator.itemgetter(0)
-_STEP, _TS, _VALUE, _RUN = (operator.itemgetter(i) for i in range(1, 5))
+_SID = METRIC = operator.itemgetter(0)
+_STEP, _TS, _VALUE, RUN = (operator.itemgetter(i) for i in range(1, 5))
 
 # Creates the missing series and reads the existing ones in one round trip. The SELECT runs on the statement's
 # snapshot, so it never sees the rows `created` inserts: each key comes back from exactly one branch. A key
@@ -153,5 +153,5 @@ async def save_cursor(conn: asyncpg.Connection, uid: str, source: str, cursor: o
 
 def to_records(points: Sequence[RawPoint], ids: dict[SeriesKey, int]) -> list[Record]:
     """Points -> `points` rows; KeyError when a series is not in `ids`. Column by column, at C speed."""
-    sids = map(ids.__getitem__, zip(map(_RUN, points), map(_METRIC, points), strict=True))
+    sids = map(ids.__getitem__, zip(map(RUN, points), map(METRIC, points), strict=True))
     return list(zip(sids, map(_STEP, points), map(_TS, points), map(_VALUE, points), strict=True))
