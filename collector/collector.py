@@ -7,14 +7,17 @@ the operator reads `snapshot()` and turns it into status and gauges.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
+import itertools
 import logging
+import operator
 import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from trainscope.collector.admit import admit
 from trainscope.collector.health import STALLED, Condition, HealthEvent, HealthMonitor, transitions
@@ -42,6 +45,23 @@ log = logging.getLogger(__name__)
 STORE_RETRY_MAX = 5.0
 STORE_RETRY_REFUSED = 30.0  # the database refused us (credentials, missing database, privilege)
 
+_METRIC, _STEP, _TS, _RUN = (operator.itemgetter(i) for i in (0, 1, 2, 4))
+
+
+class _Ahead(NamedTuple):
+    """A poll started while the previous batch was still being written (catch-up): the next batch is read while
+    the database commits the last one. Its cursor follows a batch not yet committed; if that write fails, the
+    poll's batch is dropped and the source reads again from the committed cursor."""
+
+    task: asyncio.Future[Batch]
+    started: float  # time.monotonic() at its start
+    final: bool  # it started after the job ended
+    ended: list[float]  # time.monotonic() when it finished (set by a done callback)
+
+
+def _nondecreasing(values: list[int]) -> bool:
+    return all(map(operator.le, values, itertools.islice(values, 1, None)))
+
 
 def _note_rejections(health: SourceHealth, notes: list[str], outcome: Outcome) -> None:
     """Retimed and quarantined points show in the source's notes (this batch) and skipped counts (cumulative)."""
@@ -64,7 +84,9 @@ def _note_rejections(health: SourceHealth, notes: list[str], outcome: Outcome) -
 def _storable(points: list[RawPoint]) -> list[RawPoint]:
     """Names with a NUL character (legal in a TensorBoard tag) as U+FFFD: PostgreSQL text cannot hold NUL, and one
     such name made every write of its batch fail, so the source retried the same batch forever."""
-    if not any("\x00" in p[0] or "\x00" in p[4] for p in points):
+    names = set(map(_METRIC, points))
+    names.update(map(_RUN, points))
+    if not any("\x00" in n for n in names):  # judged per distinct name: a catch-up batch holds 50,000 points
         return points
     return [(m.replace("\x00", "\ufffd"), step, ts, value, run.replace("\x00", "\ufffd"))
             for m, step, ts, value, run in points]
@@ -290,22 +312,30 @@ class Collector:
     # ---- one source -----------------------------------------------------------------------------------
 
     async def _run_source(self, src: SourceSpec, health: SourceHealth) -> None:
+        """Poll, admit and write, in order. While a source has more to give (`batch.more`, a catch-up), its next
+        poll starts before the current batch is written, so reading and the database's commit overlap; the cursor
+        is still committed in the same transaction as its points, and at most one batch waits in memory."""
         backoff = Backoff(*self._backoff)
         source: Source | None = None
+        ahead: _Ahead | None = None
         try:
             cursor = await self._store_call(health, backoff, lambda: self.store.load_cursor(self.uid, src.name))
             while not self._stopping.is_set():
-                final = self._job_ended.is_set()  # this poll starts after the job ended: it is the last one
+                # this poll starts after the job ended: it is the last one
+                final = ahead.final if ahead is not None else self._job_ended.is_set()
                 try:
                     if source is None:
                         source = self._registry[src.kind](src.config, self._ctx)
-                    batch = await self._poll(source, cursor, health, backoff)
+                    batch = await self._poll(source, cursor, health, backoff, ahead)
+                    ahead = None
                     if batch is None:
                         if final:
                             return
                         continue
                     admitted = admit(_storable(self._select(batch.points)), self._clock())
                     points = admitted.points
+                    if batch.more:
+                        ahead = self._poll_ahead(source, batch.cursor)
                     outcome = await self._store_call(
                         health, backoff,
                         lambda b=batch, a=admitted, c=cursor: write_isolating(
@@ -314,6 +344,7 @@ class Collector:
                     reason = exc.reason if isinstance(exc, SourceError) else f"Internal{type(exc).__name__}"
                     log.exception("source %s/%s: unexpected failure", self.name, src.name)
                     self._fail(health, exc, reason)
+                    ahead = await self._drop(ahead)  # it read past a batch that was not stored
                     await self._sleep(backoff.next())
                     continue
                 if outcome is None:  # stopped while the store was away; nothing committed, nothing lost
@@ -333,17 +364,46 @@ class Collector:
                 else:
                     await asyncio.sleep(0)
         finally:
+            if ahead is not None:  # stopping: a poll in a worker thread gets a moment to end before aclose
+                await asyncio.wait({ahead.task}, timeout=2.0)
+                await self._drop(ahead, wait=False)
             if source is not None:
                 with contextlib.suppress(Exception):
                     await source.aclose()
 
-    async def _poll(self, source: Source, cursor: Any, health: SourceHealth, backoff: Backoff) -> Batch | None:
-        """Poll once, abandoning the poll if the collector stops (nothing is committed during a poll)."""
-        started = time.monotonic()
-        poll = asyncio.ensure_future(source.poll(cursor))
+    def _poll_ahead(self, source: Source, cursor: Any) -> _Ahead:
+        ended: list[float] = []
+        task = asyncio.ensure_future(source.poll(cursor))
+        task.add_done_callback(lambda _: ended.append(time.monotonic()))
+        return _Ahead(task, time.monotonic(), self._job_ended.is_set(), ended)
+
+    async def _drop(self, ahead: _Ahead | None, *, wait: bool = True) -> None:
+        """Abandon a poll started ahead. It is let finish first (unless the collector stops), so the source never
+        runs two polls at once (a poll may be running in a worker thread, which cancelling would not stop)."""
+        if ahead is None:
+            return
+        if wait and not ahead.task.done():
+            stop = asyncio.ensure_future(self._stopping.wait())
+            try:
+                await asyncio.wait({ahead.task, stop}, timeout=self._poll_timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop.cancel()
+        ahead.task.cancel()
+        await asyncio.gather(ahead.task, return_exceptions=True)
+
+    async def _poll(self, source: Source, cursor: Any, health: SourceHealth, backoff: Backoff,
+                    ahead: _Ahead | None = None) -> Batch | None:
+        """Poll once (or take the poll started ahead), abandoning it if the collector stops (nothing is committed
+        during a poll)."""
+        if ahead is None:
+            started = time.monotonic()
+            poll = asyncio.ensure_future(source.poll(cursor))
+        else:
+            poll, started = ahead.task, ahead.started
         stop = asyncio.ensure_future(self._stopping.wait())
         try:
-            await asyncio.wait({poll, stop}, timeout=self._poll_timeout, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({poll, stop}, timeout=max(0.0, self._poll_timeout - (time.monotonic() - started)),
+                               return_when=asyncio.FIRST_COMPLETED)
         finally:
             stop.cancel()
         if not poll.done():
@@ -355,10 +415,12 @@ class Collector:
                        "PollTimeout")
             await self._sleep(backoff.next())
             return None
-        elapsed = time.monotonic() - started
+        elapsed = (ahead.ended[0] if ahead is not None and ahead.ended else time.monotonic()) - started
         health.polls += 1
         health.poll_seconds += elapsed
         health.last_poll_seconds = elapsed
+        if poll.cancelled():  # a poll ahead cancelled from outside: read again
+            return None
         exc = poll.exception()
         if exc is None:
             return poll.result()
@@ -406,28 +468,81 @@ class Collector:
     # ---- what was seen ----------------------------------------------------------------------------------
 
     def _select(self, points: list[RawPoint]) -> list[RawPoint]:
-        """Apply spec.metrics include/exclude before storing (the verdict per name is cached)."""
+        """Apply spec.metrics include/exclude before storing (judged once per name, then one pass keeps the rest)."""
         allowed = self._allowed
         flt: MetricFilter = self.spec.metrics
         if not flt.include and not flt.exclude:
             return points
-        out = []
-        for p in points:
-            metric = p[0]
-            ok = allowed.get(metric)
-            if ok is None:
-                ok = allowed[metric] = flt.allows(metric)
-            if ok:
-                out.append(p)
-        return out
+        names = set(map(_METRIC, points))
+        for metric in names - allowed.keys():
+            allowed[metric] = flt.allows(metric)
+        kept = {m for m in names if allowed[m]}
+        if len(kept) == len(names):
+            return points
+        return [p for p in points if p[0] in kept]
 
     def _absorb(self, source: str, health: SourceHealth, batch: Batch, points: list[RawPoint],
                 inserted: int) -> None:
+        if points:
+            self._absorb_points(source, health, points)
+        self._health.observe(source, points, self._primary)
+        health.points += inserted
+        health.state = SourceState.HEALTHY
+        health.consecutive_failures = 0
+        health.last_success = self._clock()
+        if batch.problem is not None:  # polled fine, but its input gives no data: its own state and reason
+            health.state, health.last_error_reason, health.last_error = batch.problem[0], *batch.problem
+        if batch.state is not None:
+            health.run_state = batch.state
+        if batch.progress is not None:
+            health.progress = batch.progress
+        if batch.total_steps is not None and counts_training_steps(self._registry.get(health.kind)):
+            health.total_steps = batch.total_steps
+        health.eta_seconds = batch.eta_seconds
+        health.notes = tuple(batch.notes)
+        for reason, n in batch.skipped.items():
+            health.skipped[reason] = health.skipped.get(reason, 0) + n
+        health.info.update(batch.info)
+
+    def _absorb_points(self, source: str, health: SourceHealth, points: list[RawPoint]) -> None:
+        """Latest values, the Workload's step and pace, the source's newest time. Column-wise when the batch's
+        steps never decrease from the Workload's step on (a catch-up, a live run): no point can then start a
+        resumed branch, so the newest point per series is its last one and each new step's first point feeds
+        the pace. Otherwise point by point."""
+        steps = list(map(_STEP, points))
+        times = list(map(_TS, points))
+        counts = counts_training_steps(self._registry.get(health.kind))
+        max_step = self._max_step
+        if not _nondecreasing(steps) or (counts and max_step is not None and steps[0] < max_step):
+            self._absorb_each(source, health, points, counts)
+            return
+        latest = self._latest
+        last = dict(zip(zip(map(_RUN, points), map(_METRIC, points), strict=True), points, strict=True))
+        new_names = False
+        for (run, metric), p in last.items():
+            key = (source, run, metric)
+            if not new_names and key not in latest:
+                new_names = True
+            latest[key] = p  # the later observation in the source's own order is the newest (docs/store.md)
+        if counts and (max_step is None or steps[-1] > max_step):
+            first = dict(zip(reversed(steps), reversed(times), strict=True))  # step -> time of its 1st point
+            ascending = list(reversed(first))  # inserted in descending order
+            if max_step is not None:
+                ascending = ascending[bisect.bisect_right(ascending, max_step):]
+            self._rate.observe_many(zip(map(first.__getitem__, ascending), ascending, strict=True))
+            max_step = ascending[-1]
+            self._max_step, self._max_step_ts = max_step, first[max_step]
+        newest = max(times)
+        if health.newest_ts is None or newest > health.newest_ts:
+            health.newest_ts = newest
+        if new_names and not self.spec.primary_metric:
+            self._primary = detect_primary_metric(m for _, _, m in latest)
+
+    def _absorb_each(self, source: str, health: SourceHealth, points: list[RawPoint], steps: bool) -> None:
         latest = self._latest
         max_step = self._max_step
         newest_ts = health.newest_ts
         new_names = False
-        steps = counts_training_steps(self._registry.get(health.kind))
         for p in points:
             metric, step, ts, _, run = p
             key = (source, run, metric)
@@ -449,25 +564,7 @@ class Collector:
         self._max_step = max_step
         if new_names and not self.spec.primary_metric:
             self._primary = detect_primary_metric(m for _, _, m in latest)
-        self._health.observe(source, points, self._primary)
         health.newest_ts = newest_ts
-        health.points += inserted
-        health.state = SourceState.HEALTHY
-        health.consecutive_failures = 0
-        health.last_success = self._clock()
-        if batch.problem is not None:  # polled fine, but its input gives no data: its own state and reason
-            health.state, health.last_error_reason, health.last_error = batch.problem[0], *batch.problem
-        if batch.state is not None:
-            health.run_state = batch.state
-        if batch.progress is not None:
-            health.progress = batch.progress
-        if batch.total_steps is not None and steps:
-            health.total_steps = batch.total_steps
-        health.eta_seconds = batch.eta_seconds
-        health.notes = tuple(batch.notes)
-        for reason, n in batch.skipped.items():
-            health.skipped[reason] = health.skipped.get(reason, 0) + n
-        health.info.update(batch.info)
 
     def _resumed(self, key: tuple[str, str, str], cur: RawPoint | None, step: int, ts: float) -> bool:
         """Whether a point below the Workload's step starts a resumed branch: its series logged a higher step

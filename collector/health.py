@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import operator
 import statistics
 from collections import deque
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ DIVERGING = "MetricDiverging"
 DISAGREE = "SourcesDisagree"
 CONDITION_TYPES = (STALLED, NON_FINITE, SPIKE, DIVERGING, DISAGREE)
 MAD_TO_SIGMA = 1.4826
+_METRIC = operator.itemgetter(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,9 +180,13 @@ class HealthMonitor:
     def observe(self, source: str, points: list[RawPoint], primary: str | None) -> None:
         """Feed the monitored metrics' points of one batch (in the order the source gave them)."""
         track = self.spec.disagreement_tolerance is not None
+        names = set(map(_METRIC, points))  # judged per name, not per point: a catch-up batch holds 50,000
+        watched = {m for m in names if self.monitors(m, primary)}
+        if not watched:
+            return
+        if len(watched) < len(names):
+            points = [p for p in points if p[0] in watched]
         for metric, step, _, value, run in points:
-            if not self.monitors(metric, primary):
-                continue
             key = (source, run, metric)
             watch = self.watches.get(key)
             if watch is None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import itertools
 import math
+import operator
 import re
 import statistics
 from collections import deque
@@ -105,27 +105,38 @@ class StepRate:
         self._age = 0
 
     def observe(self, ts: float, step: int) -> None:
-        if not math.isfinite(ts):
-            return
-        if self.samples and (step <= self.samples[-1][1] or ts < self.samples[-1][0]):
-            return
-        if self.samples:
-            dt, ds = ts - self.samples[-1][0], step - self.samples[-1][1]
-            self._age += 1
-            if self._typical is None or self._age >= 64:  # a median per step would slow a long catch-up
-                self._typical, self._age = self.step_interval(), 0
-            typical = self._typical
-            if dt > self.restart_gap:
-                pass
-            elif typical and dt / ds > self.pause_factor * typical:
-                self.active_seconds += typical * ds
-                self.paused_seconds += dt - typical * ds
-                self.pauses.append(dt - typical * ds)
-            else:
-                self.active_seconds += dt
-        self.samples.append((ts, step))
-        while len(self.samples) > 2 and self.samples[-1][0] - self.samples[0][0] > self.window:
-            self.samples.popleft()
+        self.observe_many(((ts, step),))
+
+    def observe_many(self, pairs: Iterable[tuple[float, int]]) -> None:
+        """`observe` of each (ts, step) in order; a catch-up batch brings thousands of new steps at once."""
+        samples, window, gap, factor = self.samples, self.window, self.restart_gap, self.pause_factor
+        typical, age = self._typical, self._age
+        isfinite = math.isfinite
+        try:
+            for ts, step in pairs:
+                if not isfinite(ts):
+                    continue
+                if samples:
+                    last_ts, last_step = samples[-1]
+                    if step <= last_step or ts < last_ts:
+                        continue
+                    dt, ds = ts - last_ts, step - last_step
+                    age += 1
+                    if typical is None or age >= 64:  # a median per step would slow a long catch-up
+                        typical, age = self.step_interval(), 0
+                    if dt > gap:
+                        pass
+                    elif typical and dt / ds > factor * typical:
+                        self.active_seconds += typical * ds
+                        self.paused_seconds += dt - typical * ds
+                        self.pauses.append(dt - typical * ds)
+                    else:
+                        self.active_seconds += dt
+                samples.append((ts, step))
+                while len(samples) > 2 and ts - samples[0][0] > window:
+                    samples.popleft()
+        finally:
+            self._typical, self._age = typical, age
 
     def rewind(self, ts: float, step: int) -> None:
         """The run went back to `step` (resumed from a checkpoint): forget the samples at or above it, then
@@ -136,25 +147,30 @@ class StepRate:
             self.samples.clear()  # the resumed node's clock is behind: start the window afresh
         self.observe(ts, step)
 
-    def _intervals(self) -> list[tuple[float, int]]:
-        return [(t1 - t0, s1 - s0) for (t0, s0), (t1, s1) in itertools.pairwise(self.samples)]
+    def _columns(self) -> tuple[list[float], list[int]]:
+        """(seconds, steps) between consecutive samples, column-wise at C speed (a catch-up asks every 64 steps)."""
+        if len(self.samples) < 2:
+            return [], []
+        ts, steps = zip(*self.samples, strict=True)
+        return list(map(operator.sub, ts[1:], ts)), list(map(operator.sub, steps[1:], steps))
 
     def step_interval(self) -> float | None:
         """Median seconds per step over the window (the run's own rhythm, for the stall threshold)."""
-        per_step = [dt / ds for dt, ds in self._intervals() if ds > 0]
-        return statistics.median(per_step) if per_step else None
+        dts, dss = self._columns()
+        # samples' steps strictly increase (observe skips the others, rewind drops those above), so every ds > 0
+        return statistics.median(map(operator.truediv, dts, dss)) if dts else None
 
     def rate(self) -> float | None:
-        intervals = self._intervals()
-        if not intervals:
+        dts, dss = self._columns()
+        if not dts:
             return None
-        typical = statistics.median(dt / ds for dt, ds in intervals)
-        active = [(dt, ds) for dt, ds in intervals if dt / ds <= self.pause_factor * typical]
-        seconds = sum(dt for dt, _ in active)
+        per_step = list(map(operator.truediv, dts, dss))
+        limit = self.pause_factor * statistics.median(per_step)
+        active = [i for i, v in enumerate(per_step) if v <= limit]
+        seconds = sum(map(dts.__getitem__, active))
         if seconds <= 0:
             return None
-        return sum(ds for _, ds in active) / seconds
-
+        return sum(map(dss.__getitem__, active)) / seconds
 
     def pause_overhead(self) -> float:
         """Recurring paused time per second of stepping so far (0.1: evaluations add 10% to the remaining time).

@@ -34,6 +34,7 @@ DEFAULT_BASE_URL = "https://api.wandb.ai"
 API_KEY_ENV = "WANDB_API_KEY"
 RUNS_PER_PAGE = 50
 UNAUTHORIZED_RETRY_AFTER = 300.0  # seconds: a rejected key is not retried in a storm
+_INT_FLOAT = 2**1023  # ints below this in magnitude convert to a float
 MAX_EMPTY_WINDOW_GROWTH = 16  # windows with no rows double, up to pageSize * this (steps logged sparsely)
 MAX_CONFIG_KEYS = 64
 
@@ -440,6 +441,26 @@ class WandbSource:
         out: list[Point] = []
         ts = float(ts)
         allowed = self._allowed
+        # The common row holds only numbers at its top level: one pass, in the order the general walk below
+        # gives (last key first). Anything else (a nested dict, media, text, a huge int) takes that walk.
+        for name, value in reversed(row.items()):
+            kind = type(value)
+            if kind is not float and kind is not int:
+                if name.startswith("_"):
+                    continue
+                break
+            if name.startswith("_"):
+                continue
+            ok = allowed.get(name)
+            if ok is None:
+                ok = allowed[name] = self.keys.allows(name)
+            if ok:
+                if kind is int and not -_INT_FLOAT < value < _INT_FLOAT:
+                    break
+                out.append(Point(name, step, ts, float(value), run))
+        else:
+            return out
+        out = []
         stack: list[tuple[str, Any]] = [(k, v) for k, v in row.items() if not k.startswith("_")]
         while stack:
             name, value = stack.pop()

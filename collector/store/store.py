@@ -185,7 +185,7 @@ class Store:
             try:
                 records = writer.to_records(points, ids)
             except KeyError:
-                missing = {(p[4], p[0]) for p in points} - ids.keys()
+                missing = set(zip(map(writer.RUN, points), map(writer.METRIC, points), strict=True)) - ids.keys()
                 resolved = await writer.resolve_series(conn, uid, source, kind, missing)
                 created = {key: sid for key, (sid, _) in resolved.items()}
                 for sid, max_step in resolved.values():
