@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import copy
 import itertools
 import logging
 import operator
@@ -335,7 +336,10 @@ class Collector:
                     admitted = admit(_storable(self._select(batch.points)), self._clock())
                     points = admitted.points
                     if batch.more:
-                        ahead = self._poll_ahead(source, batch.cursor)
+                        # What is written is fixed before the next poll runs beside the write: a source may reuse
+                        # and change in place what its batch's cursor or run facts refer to.
+                        batch = replace(batch, cursor=copy.deepcopy(batch.cursor), runs=copy.deepcopy(batch.runs))
+                        ahead = self._poll_ahead(source, copy.deepcopy(batch.cursor))
                     outcome = await self._store_call(
                         health, backoff,
                         lambda b=batch, a=admitted, c=cursor: write_isolating(
