@@ -271,22 +271,27 @@ class QianfanSource:
     async def _call(self, creds: Credentials, action: str, body: dict[str, Any]) -> dict[str, Any]:
         """One V2 action; its `result` object, else a SourceError."""
         resp, sent_at = await self._request(creds, action, body)
+        answer, result = self._result(resp, sent_at, action)
+        result["__requestId"] = answer.get("requestId") or answer.get("log_id")
+        return result
+
+    def _result(self, resp: httpx.Response, sent_at: float, op: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """An answer to `op` and its `result` object (V1 and V2 wrap it alike), else a SourceError saying what came."""
         try:
             answer = resp.json()
         except ValueError:
             answer = None
         if not isinstance(answer, dict):
             reason = "HttpError" if resp.status_code >= 400 else "BadResponse"
-            raise SourceError(f"Qianfan answered HTTP {resp.status_code} to {action} with something that is not a "
+            raise SourceError(f"Qianfan answered HTTP {resp.status_code} to {op} with something that is not a "
                               f"JSON object: {resp.text[:200]!r}", reason=reason)
         if answer.get("error_code") not in (None, 0) or (resp.status_code >= 400 and "result" not in answer):
             raise self._api_error(answer, resp, sent_at)
         result = answer.get("result")
         if not isinstance(result, dict):
-            raise SourceError(f"Qianfan's {action} answer has no result object: {str(answer)[:200]}",
+            raise SourceError(f"Qianfan's {op} answer has no result object: {str(answer)[:200]}",
                               reason="BadResponse")
-        result["__requestId"] = answer.get("requestId") or answer.get("log_id")
-        return result
+        return answer, result
 
     async def _newest_task(self, creds: Credentials) -> dict[str, Any] | None:
         """The followed job's newest task (latest createDate; on a tie the later one listed), from every page of
@@ -321,20 +326,7 @@ class QianfanSource:
         if self.version == "v2":
             return await self._poll_v2(creds, cursor)
         resp, sent_at = await self._request(creds)
-        try:
-            answer = resp.json()
-        except ValueError:
-            answer = None
-        if not isinstance(answer, dict):
-            reason = "HttpError" if resp.status_code >= 400 else "BadResponse"
-            raise SourceError(f"Qianfan answered HTTP {resp.status_code} to {self._op} with something that is not a "
-                              f"JSON object: {resp.text[:200]!r}", reason=reason)
-        if answer.get("error_code") not in (None, 0) or (resp.status_code >= 400 and "result" not in answer):
-            raise self._api_error(answer, resp, sent_at)
-        result = answer.get("result")
-        if not isinstance(result, dict):
-            raise SourceError(f"Qianfan's {self._op} answer has no result object: {str(answer)[:200]}",
-                              reason="BadResponse")
+        answer, result = self._result(resp, sent_at, self._op)
         return self._batch(result, cursor, answer.get("log_id"))
 
     async def _poll_v2(self, creds: Credentials, cursor: Cursor | None) -> Batch:
