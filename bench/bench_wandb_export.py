@@ -1,15 +1,13 @@
-"""W&B catch-up through the parquet export against HistoryPage only (the wandb source + the exactly-once writer), and
-the naive way, from the same fake server (bench_wandb.py has the SDK scan + COPY peer).
+"""W&B catch-up through W&B's parquet export against HistoryPage only: the wandb source + the exactly-once writer,
+from the same fake server (bench_wandb.py has the SDK scan + COPY peer and the naive baseline).
 
-Run: python bench/bench_wandb_export.py [--steps 200000 --naive-steps 20000 --rounds 2]
+Run: python bench/bench_wandb_export.py [--steps 200000 --rounds 2]
 A finished run of `--steps` steps with 5 numeric keys, its history exported to parquet as W&B's server does, is
-served by the fake W&B GraphQL server (tests/fakes, real HTTP on 127.0.0.1). Ours: `WandbSource.poll` batches
-(50,000 points) written with `Store.write` (COPY, cursor in the same transaction), in turns (ABAB...) reading the
+served by the fake W&B GraphQL server (tests/fakes, real HTTP on 127.0.0.1). `WandbSource.poll` batches (50,000
+points) are written with `Store.write` (COPY, cursor in the same transaction), in turns (ABAB...) reading the
 history through HistoryPage only and through the parquet export; both stores are checked equal to the run's points
-before figures are printed, with the load average. Naive: the wandb SDK's `run.scan_history()` row by row, one
-autocommitted INSERT per point (on the first `--naive-steps` steps: at a few thousand points/s the whole run would
-take minutes). One process, one
-embedded PostgreSQL (pgserver, temporary directory, default durable settings). Figures are printed, not asserted.
+before figures are printed, with the load average. One process, one embedded PostgreSQL (pgserver, temporary
+directory, default durable settings). Figures are printed, not asserted.
 """
 
 from __future__ import annotations
@@ -38,7 +36,6 @@ from trainscope.collector.store.embedded import start_embedded  # noqa: E402
 from fakes.wandb_server import FakeRun, FakeWandb, row_points, serve  # noqa: E402
 
 KEY = "b" * 40
-NAIVE_DDL = "CREATE TABLE naive_points (run text, metric text, step bigint, ts timestamptz, value float8)"
 
 
 def make_run(steps: int) -> FakeRun:
@@ -86,41 +83,9 @@ async def ours(fake: FakeWandb, dsn: str, uid: str = "bench-uid", parquet: bool 
     return n, elapsed, fake.count() - before
 
 
-def naive(fake: FakeWandb, dsn: str, steps: int) -> tuple[int, float, int]:
-    import wandb
-
-    async def insert_all(rows: list) -> int:
-        conn = await asyncpg.connect(dsn)
-        await conn.execute(NAIVE_DDL)
-        n = 0
-        for row in rows:
-            for k, v in row.items():
-                if not k.startswith("_") and isinstance(v, int | float):
-                    await conn.execute("INSERT INTO naive_points VALUES ($1, $2, $3, to_timestamp($4), $5)",
-                                       "bench", k, row["_step"], row["_timestamp"], float(v))
-                    n += 1
-        await conn.close()
-        return n
-
-    before = fake.count()
-    started = time.perf_counter()
-    api = wandb.Api(overrides={"base_url": fake.url}, api_key=KEY, timeout=60)
-    rows = []
-    for row in api.run("ent/proj/bench").scan_history(max_step=steps, use_cache=False):
-        flat = dict(row)
-        for k, v in row.items():  # flatten one level, as the source does
-            if isinstance(v, dict):
-                flat.pop(k)
-                flat.update({f"{k}/{k2}": v2 for k2, v2 in v.items()})
-        rows.append(flat)
-    n = asyncio.run(insert_all(rows))
-    return n, time.perf_counter() - started, fake.count() - before
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=200_000)
-    parser.add_argument("--naive-steps", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="ts-bench-wb-"))
@@ -148,11 +113,6 @@ def main() -> None:
             hp, pq = statistics.median(times[False]), statistics.median(times[True])
             print(f"median: HistoryPage {n / hp:,.0f} points/s, parquet {n / pq:,.0f} points/s: parquet x{hp / pq:.2f}"
                   f"; load {os.getloadavg()}")
-            secs = pq
-            m, nsecs, nreqs = naive(fake, pg.get_uri(), args.naive_steps)
-            print(f"naive: {m:>9,} points in {nsecs:6.1f}s = {m / nsecs:>9,.0f} points/s, {nreqs} requests "
-                  f"(first {args.naive_steps:,} steps)")
-            print(f"ours is {(n / secs) / (m / nsecs):.1f}x the naive rate")
     finally:
         pg.cleanup()
         shutil.rmtree(tmp, ignore_errors=True)
