@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
-from trainscope.api.models import Workload
+from trainscope.api.models import SSE_EVENT_SCHEMA, Workload
 from trainscope.api.overview import overview_items
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ def install(api: APIRouter, db: Database, settings: ApiSettings, stopping: async
     """Register GET /overview/stream on the API router."""
 
     @api.get("/overview/stream", tags=["workloads"], response_class=StreamingResponse,
-             responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+             responses={200: {"content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}},
                               "description": "Server-Sent Events: `fleet` (every workload and its overview), then "
                                              "`changes` (changed workloads and overview items, removed uids)"}})
     async def overview_stream(

@@ -152,3 +152,9 @@ class Overview(BaseModel):
     points: int
     workloads: list[OverviewItem]
     total_count: int
+
+
+# One Server-Sent Event as OpenAPI (and schemathesis, which checks each event of a text/event-stream answer) read
+# it: the `event` name and its `data` (JSON text), optionally `id` and `retry`.
+SSE_EVENT_SCHEMA: dict = {"type": "object", "required": ["data"], "properties": {
+    "event": {"type": "string"}, "data": {"type": "string"}, "id": {"type": "string"}, "retry": {"type": "integer"}}}

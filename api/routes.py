@@ -13,7 +13,7 @@ from trainscope.api import params, queries, render, stream
 from trainscope.api.datasources import ACCEPTED, data_source_of
 from trainscope.api.downsample import MIN_POINTS, downsample
 from trainscope.api.errors import ApiError, invalid, not_found
-from trainscope.api.models import AvailableMetrics, DataSources, HealthEvents, MetricsData, Runs
+from trainscope.api.models import SSE_EVENT_SCHEMA, AvailableMetrics, DataSources, HealthEvents, MetricsData, Runs
 from trainscope.api.params import INT64_MAX, INT64_MIN, MAX_MS, Filters
 
 if TYPE_CHECKING:
@@ -188,7 +188,7 @@ def _install(api: APIRouter, db: "Database", settings: "ApiSettings", stopping: 
 
     @api.get(f"{prefix}/metrics/stream", tags=["metrics"], operation_id=f"metrics_stream{suffix}",
              response_class=StreamingResponse,
-             responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+             responses={200: {"content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}},
                               "description": "Server-Sent Events: `subscribed`, then `points` (the data shape)"}})
     async def metrics_stream(uid: Uid, metrics: Metrics = None, data_source: DataSource = None, run: Run = None,
                              include: Include = None,

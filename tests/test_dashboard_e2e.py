@@ -427,6 +427,8 @@ def test_list_shows_conditions_and_eta_when_the_api_reports_them(page: Page, ser
                            {"type": "MetricSpike", "status": "False", "reason": "InBand", "message": ""}],
             "created_at": 0, "updated_at": 0, "deleted_at": None}
     page.route("**/api/v1/workloads?*", json.dumps({"workloads": [item], "total_count": 1}))
+    # the fleet stream would bring the real server's fleet (without u1): this API has none, the view polls
+    page.route("**/api/v1/overview/stream*", json.dumps({"code": "NotFound", "message": "no such route"}), status=404)
     page.goto(server.url + "/")
     cells = page.wait("""() => { const r = document.querySelector('tr[data-uid="u1"]');
                         return r && [...r.cells].map((c) => c.textContent.trim()); }""")
