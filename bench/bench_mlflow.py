@@ -30,6 +30,8 @@ import asyncpg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from benchlib import catch_up  # noqa: E402
+
 from trainscope.collector.sources.base import SourceContext  # noqa: E402
 from trainscope.collector.sources.mlflow import MlflowSource  # noqa: E402
 from trainscope.collector.store import Store  # noqa: E402
@@ -67,21 +69,8 @@ def _value(k: int, s: int) -> float:
 
 
 async def ours(url: str, rid: str, dsn: str, uid: str) -> tuple[int, float]:
-    store = await Store.open(dsn)
     src = MlflowSource({"trackingUri": url, "runId": rid}, SourceContext(max_batch_points=50_000))
-    n, cursor = 0, None
-    started = time.perf_counter()
-    while True:
-        batch = await src.poll(cursor)
-        await store.write(uid, "mlflow", "mlflow", batch.points, batch.cursor, batch.runs)
-        n += len(batch.points)
-        cursor = batch.cursor
-        if not batch.more:
-            break
-    elapsed = time.perf_counter() - started
-    await src.aclose()
-    await store.close()
-    return n, elapsed
+    return await catch_up(src, dsn, uid, "mlflow", "mlflow")
 
 
 async def peer(server: MlflowServer, rid: str, dsn: str, table: str) -> tuple[int, float, dict]:

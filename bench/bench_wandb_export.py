@@ -28,9 +28,10 @@ import asyncpg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from benchlib import catch_up  # noqa: E402
+
 from trainscope.collector.sources.base import SourceContext  # noqa: E402
 from trainscope.collector.sources.wandb import WandbSource  # noqa: E402
-from trainscope.collector.store import Store  # noqa: E402
 from trainscope.collector.store.embedded import start_embedded  # noqa: E402
 
 from fakes.wandb_server import FakeRun, FakeWandb, row_points, serve  # noqa: E402
@@ -64,22 +65,11 @@ async def verify(dsn: str, uid: str, run: FakeRun) -> None:
 
 
 async def ours(fake: FakeWandb, dsn: str, uid: str = "bench-uid", parquet: bool = False) -> tuple[int, float, int]:
-    store = await Store.open(dsn)
     src = WandbSource({"baseUrl": fake.url, "entity": "ent", "project": "proj", "runId": "bench"},
                       SourceContext(max_batch_points=50_000))
     src._parquet = parquet  # the path under test: HistoryPage only, or the parquet export where it has the steps
-    before, n, cursor = fake.count(), 0, None
-    started = time.perf_counter()
-    while True:
-        batch = await src.poll(cursor)
-        await store.write(uid, "wandb", "wandb", batch.points, batch.cursor, batch.runs)
-        n += len(batch.points)
-        cursor = batch.cursor
-        if not batch.more:
-            break
-    elapsed = time.perf_counter() - started
-    await src.aclose()
-    await store.close()
+    before = fake.count()
+    n, elapsed = await catch_up(src, dsn, uid, "wandb", "wandb")
     return n, elapsed, fake.count() - before
 
 
