@@ -25,6 +25,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+from benchlib import proc_memory, wait_ready
 
 UID = "bench-uid"
 T0 = 1_704_067_200.0
@@ -77,23 +78,11 @@ class Server:
         self.port = port
         self.proc = subprocess.Popen([sys.executable, __file__, "--serve", url, "--port", str(port)])
         self.base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{self.base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError("the API server did not start")
-            time.sleep(0.1)
+        wait_ready(self.base, self.proc, "the API")
 
     def memory(self, field: str) -> float:
         """VmRSS (now) or VmHWM (peak so far) of the server process, in MB."""
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-        raise KeyError(field)
+        return proc_memory(self.proc.pid, field)
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+from benchlib import proc_memory, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 UID = "bench-limits"
@@ -72,22 +73,10 @@ class Api:
                                       "--port", str(self.port), "--database-url", url],
                                      env=env, cwd="/", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.base = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{self.base}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError(f"{label}: the API server did not start")
-            time.sleep(0.1)
+        wait_ready(self.base, self.proc, label)
 
     def memory(self, field: str = "VmHWM") -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-        raise KeyError(field)
+        return proc_memory(self.proc.pid, field)
 
     def stop(self) -> None:
         self.proc.terminate()

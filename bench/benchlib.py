@@ -1,9 +1,14 @@
-"""What several benches share: one source's catch-up through the real writer, timed."""
+"""What several benches share: one source's catch-up through the real writer, timed; a server child's readiness
+and memory."""
 
 from __future__ import annotations
 
+import subprocess
 import time
+from pathlib import Path
 from typing import Any
+
+import httpx
 
 from trainscope.collector.store import Store
 
@@ -26,3 +31,25 @@ async def catch_up(src: Any, dsn: str, uid: str, name: str, kind: str) -> tuple[
     finally:
         await src.aclose()
         await store.close()
+
+
+def wait_ready(base: str, proc: subprocess.Popen, label: str, timeout: float = 60) -> None:
+    """Block until `base`/readyz answers 200; RuntimeError if `proc` exits or `timeout` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise RuntimeError(f"{label}: the API server did not start")
+        time.sleep(0.1)
+
+
+def proc_memory(pid: int, field: str = "VmHWM") -> float:
+    """VmRSS (now) or VmHWM (peak so far) of process `pid`, in MB, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)

@@ -180,3 +180,15 @@ async def operator(cluster: Any, database_url: str) -> AsyncIterator[Any]:
         yield op
     finally:
         await op.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One headless Chromium per test module (tests/browser.py), for the dashboard's browser tests."""
+    from browser import Browser
+
+    b = Browser()
+    try:
+        yield b
+    finally:
+        b.close()

@@ -71,15 +71,6 @@ def server(seeded: tuple[str, Expected]) -> Iterator[UiServer]:
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    b = Browser()
-    try:
-        yield b
-    finally:
-        b.close()
-
-
-@pytest.fixture(scope="module")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = os.environ.get("TRAINSCOPE_TEST_ARTIFACTS")
     path = Path(base) / "dashboard" if base else tmp_path_factory.mktemp("dashboard-screenshots")

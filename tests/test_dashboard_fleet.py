@@ -48,15 +48,6 @@ def server(fleet: tuple[str, list[FleetMember]]) -> Iterator[UiServer]:
         yield srv
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    b = Browser()
-    try:
-        yield b
-    finally:
-        b.close()
-
-
 @pytest.fixture
 def page(browser: Browser, server: UiServer) -> Iterator[Page]:
     p = browser.page()
