@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 from urllib.parse import quote
 
 import httpx
@@ -42,16 +42,6 @@ _RETRY_BASE = 0.05  # seconds, doubled per attempt
 _NON_FINITE = "Out of range float values"
 _NO_TAG = "has no attribute 'folder'"
 _NO_EXPERIMENT = "Experiment does not exist"
-
-
-class ConsoleParser(Protocol):
-    """Seam for the training-log parsers, whose issue has not landed: nothing calls one yet.
-
-    A `consoleLog` field will feed each console line of a run (/recent_log's `logs`, console/<date>.log in logDir
-    mode) to one parser per run. SwanLab console lines carry no time of their own.
-    """
-
-    def feed(self, line: str, ts: float, run: str, out: list[Point]) -> None: ...
 
 
 def _strings(description: str, item: dict[str, Any]) -> dict[str, Any]:
