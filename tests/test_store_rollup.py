@@ -49,14 +49,22 @@ def _same(a: tuple, b: tuple) -> bool:
 async def check(conn: asyncpg.Connection) -> int:
     """Every block wholly below its series' watermark is exact (one snapshot); returns how many blocks that is."""
     async with conn.transaction(isolation="repeatable_read"):
-        pts = {(r[0], r[1]): r[2] for r in await conn.fetch("SELECT series_id, step, value FROM points")}
+        rows = await conn.fetch("SELECT series_id, step, value, (extract(epoch FROM ts) * 1000000)::bigint "
+                                "FROM points")
         marks = {r[0]: r[1] for r in await conn.fetch("SELECT id, rollup_upto FROM series")}
-        roll = {(r[0], r[1], r[2]): (r[3], (r[4][0], int(r[4][1])), (r[5][0], int(r[5][1])))
-                for r in await conn.fetch("SELECT series_id, shift, block, n, lo, hi FROM rollup")}
+        stored = await conn.fetch("SELECT series_id, shift, block, n, lo, hi FROM rollup")
+    pts = {(r[0], r[1]): r[2] for r in rows}
+    times = {(r[0], r[1]): r[3] for r in rows}
     assert all(u % 4096 == 0 for u in marks.values())
 
     def below(k: tuple[int, int, int]) -> bool:
         return (k[2] + 1) << k[1] <= marks[k[0]]
+
+    roll = {}
+    for sid, shift, block, n, lo, hi in stored:
+        if below((sid, shift, block)):  # each extreme carries its point's time
+            assert (lo[2], hi[2]) == (times[sid, int(lo[1])], times[sid, int(hi[1])])
+            roll[sid, shift, block] = (n, (lo[0], int(lo[1])), (hi[0], int(hi[1])))
 
     want = {k: v for k, v in expected(pts).items() if below(k)}
     got = {k: v for k, v in roll.items() if below(k)}

@@ -66,7 +66,8 @@ _CLEAR = "DELETE FROM rollup WHERE series_id = $1 AND block >= $2::bigint >> shi
 _BUILD = """
 WITH b4 AS (
     SELECT step >> 4 AS block, count(*) AS n,
-           min(ARRAY[value, step::float8]) AS lo, max(ARRAY[value, step::float8]) AS hi
+           min(ARRAY[value, step::float8, (extract(epoch FROM ts) * 1000000)::float8]) AS lo,
+           max(ARRAY[value, step::float8, (extract(epoch FROM ts) * 1000000)::float8]) AS hi
     FROM points WHERE series_id = $1 AND step >= $2 AND step < $3 GROUP BY 1
 ), b8 AS (
     SELECT block >> 4 AS block, sum(n)::bigint AS n, min(lo) AS lo, max(hi) AS hi FROM b4 GROUP BY 1

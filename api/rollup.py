@@ -1,0 +1,194 @@
+"""Downsampling from the store's rollup (collector/store/rollup.py): the same answer as the scan of every point,
+read from about one rollup row per block boundary a bucket has instead of every point.
+
+Per series, below its watermark (`series.rollup_upto`) the rollup's blocks are exact; above it the points are read
+(the newest blocks, and whatever the store has not rolled up yet). A bucket's extremes are found in rounds:
+1. the blocks of a level where every bucket spans at least MIN_BLOCKS blocks, plus the points above the watermark,
+   grouped per bucket in PostgreSQL: blocks wholly inside a bucket give its count and extremes; the few that
+   straddle a bucket boundary (or an end of the range) come back as they are;
+2. a straddling block matters only if its lowest or highest {value, step} could beat what a bucket it touches has
+   found so far; only those are opened: their 16 sub-blocks (or, at the finest level, their points) are read and
+   sorted the same way, until nothing that could matter is left closed.
+The extremes carry their point's time, so the chosen points need no further read. Used only without time filters
+(the rollup has no per-point time ranges) and for steps within +-2^53 (exact in the float8 extremes).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import asyncpg
+
+SHIFTS = (12, 8, 4)  # the rollup's block sizes, coarsest first (2^shift steps)
+FANOUT_SHIFT = 4  # a block holds 16 blocks of the next finer level
+EXACT = 2**53
+INT64_MAX = 2**63 - 1
+MIN_BLOCKS = 4  # blocks per bucket at the level read first (fewer: most blocks would straddle)
+TAIL_MAX = 1 << 18  # steps above the watermark read as points; more (a backlog not rolled up yet): the scan
+
+
+def _key(pair: Sequence[float]) -> tuple[tuple[int, float], float]:
+    """PostgreSQL's order of {value, step, ...} arrays: NaN above every number, then the step."""
+    v = pair[0]
+    return ((1, 0.0) if math.isnan(v) else (0, v)), pair[1]
+
+
+@dataclass(slots=True)
+class Bucket:
+    lo: list[float] | None = None  # {value, step, ts us} of the lowest point (lowest step on ties)
+    hi: list[float] | None = None  # ... of the highest point (highest step on ties)
+
+    def add(self, lo: list[float], hi: list[float]) -> None:
+        if self.lo is None or _key(lo) < _key(self.lo):
+            self.lo = lo
+        if self.hi is None or _key(hi) > _key(self.hi):
+            self.hi = hi
+
+
+@dataclass(slots=True)
+class Plan:
+    """One series' request: its matching step range, watermark and buckets."""
+
+    sid: int
+    lo: int
+    hi: int
+    upto: int
+    nb: int
+    shift: int = 0  # the level read first
+    total: int = 0
+    buckets: dict[int, Bucket] = field(default_factory=dict)
+
+    @property
+    def span(self) -> int:
+        return self.hi - self.lo + 1
+
+    def bucket(self, step: int) -> int:
+        return (step - self.lo) * self.nb // self.span
+
+
+def plan(sid: int, lo: int, hi: int, upto: int, nb: int) -> Plan | None:
+    """The series' plan, or None when the rollup cannot answer it exactly and cheaply."""
+    p = Plan(sid, lo, hi, upto, nb)
+    if lo <= -EXACT or hi >= EXACT or p.span * nb > INT64_MAX:
+        return None
+    if hi - max(lo, upto) + 1 > TAIL_MAX:
+        return None
+    per_bucket = p.span // nb
+    p.shift = next((sh for sh in SHIFTS if (MIN_BLOCKS << sh) <= per_bucket), 0)
+    return p if p.shift or upto <= lo else None
+
+
+# Round 1. Per series: the blocks of its level below the watermark, and the points above it. Blocks wholly inside
+# one bucket (and the points) are grouped per bucket; the others (straddling a boundary or an end of the range)
+# come back one row each, with `b` NULL. OFFSET 0 keeps each LATERAL a range scan of its own.
+_ROUND1 = """
+WITH r AS MATERIALIZED (
+    SELECT * FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[],
+                         $7::bigint[], $8::bigint[])
+    AS r(sid, shift, b0, b1, lo, hi, span, tail)
+), x AS (
+    SELECT r.sid, x.block, x.n, x.lo AS plo, x.hi AS phi, r.shift,
+           CASE WHEN (x.block << r.shift) >= r.lo AND ((x.block + 1) << r.shift) - 1 <= r.hi
+                     AND ((x.block << r.shift) - r.lo) * $9 / r.span
+                         = (((x.block + 1) << r.shift) - 1 - r.lo) * $9 / r.span
+                THEN ((x.block << r.shift) - r.lo) * $9 / r.span END AS b
+    FROM r CROSS JOIN LATERAL (SELECT block, n, lo, hi FROM rollup
+                               WHERE series_id = r.sid AND shift = r.shift AND block >= r.b0 AND block <= r.b1
+                               OFFSET 0) x
+    WHERE r.b0 <= r.b1
+)
+SELECT sid, b, NULL::bigint AS block, 0 AS shift, sum(n)::bigint AS n, min(plo) AS lo, max(phi) AS hi
+FROM x WHERE b IS NOT NULL GROUP BY sid, b
+UNION ALL
+SELECT sid, NULL, block, shift, n, plo, phi FROM x WHERE b IS NULL
+UNION ALL
+SELECT r.sid, (p.step - r.lo) * $9 / r.span, NULL, 0, count(*),
+       min(ARRAY[p.value, p.step::float8, (extract(epoch FROM p.ts) * 1000000)::float8]),
+       max(ARRAY[p.value, p.step::float8, (extract(epoch FROM p.ts) * 1000000)::float8])
+FROM r CROSS JOIN LATERAL (SELECT step, ts, value FROM points
+                           WHERE series_id = r.sid AND step >= r.tail AND step <= r.hi OFFSET 0) p
+GROUP BY 1, 2
+"""
+
+# Opening straddling blocks: the sub-blocks of each (shift > 0), or the points of a finest block (shift 0 here
+# means "the points of block `block` of 16 steps").
+_OPEN = """
+WITH r AS MATERIALIZED (
+    SELECT * FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::bigint[]) AS r(sid, shift, first, last)
+)
+SELECT r.sid, r.shift, x.block, x.n, x.lo, x.hi
+FROM r CROSS JOIN LATERAL (SELECT block, n, lo, hi FROM rollup
+                           WHERE series_id = r.sid AND shift = r.shift AND block >= r.first AND block <= r.last
+                           OFFSET 0) x
+WHERE r.shift > 0
+UNION ALL
+SELECT r.sid, 0, p.step, 1, ARRAY[p.value, p.step::float8, (extract(epoch FROM p.ts) * 1000000)::float8],
+       ARRAY[p.value, p.step::float8, (extract(epoch FROM p.ts) * 1000000)::float8]
+FROM r CROSS JOIN LATERAL (SELECT step, ts, value FROM points
+                           WHERE series_id = r.sid AND step >= r.first AND step <= r.last OFFSET 0) p
+WHERE r.shift = 0
+"""
+
+
+def _matters(p: Plan, first: int, last: int, lo: list[float], hi: list[float]) -> bool:
+    """Whether a block over steps [first, last] must be opened: it reaches outside the range, or its extremes could
+    beat those found so far in a bucket it touches."""
+    if first < p.lo or last > p.hi:
+        return True
+    for b in range(p.bucket(first), p.bucket(last) + 1):
+        have = p.buckets.get(b)
+        if have is None or have.lo is None or have.hi is None:
+            return True
+        if _key(lo) < _key(have.lo) or _key(hi) > _key(have.hi):
+            return True
+    return False
+
+
+async def extremes(conn: asyncpg.Connection, plans: Sequence[Plan]) -> None:
+    """Fill each plan's total and per-bucket extremes (in the caller's snapshot)."""
+    by_sid = {p.sid: p for p in plans}
+    cols: list[list[int]] = [[] for _ in range(8)]
+    for p in plans:
+        below_hi = min(p.hi, p.upto - 1)
+        b0, b1 = (p.lo >> p.shift, below_hi >> p.shift) if p.shift and p.upto > p.lo else (1, 0)
+        for c, v in zip(cols, (p.sid, p.shift, b0, b1, p.lo, p.hi, p.span, max(p.lo, p.upto)), strict=True):
+            c.append(v)
+    nb = plans[0].nb
+    closed: list[tuple[Plan, int, int, int, list[float], list[float]]] = []  # (plan, shift, block, n, lo, hi)
+    for r in await conn.fetch(_ROUND1, *cols, nb):
+        p = by_sid[r["sid"]]
+        if r["b"] is not None:
+            p.total += r["n"]
+            p.buckets.setdefault(r["b"], Bucket()).add(r["lo"], r["hi"])
+        else:
+            closed.append((p, r["shift"], r["block"], r["n"], r["lo"], r["hi"]))
+    while closed:
+        opening: list[tuple[int, int, int, int]] = []
+        for p, shift, block, n, lo, hi in closed:
+            first, last = block << shift, ((block + 1) << shift) - 1
+            if _matters(p, first, last, lo, hi):
+                finer = shift - FANOUT_SHIFT
+                if finer > 0:
+                    opening.append((p.sid, finer, block << FANOUT_SHIFT, ((block + 1) << FANOUT_SHIFT) - 1))
+                else:
+                    opening.append((p.sid, 0, max(first, p.lo), min(last, p.hi)))
+            else:  # wholly inside the range, extremes beaten on both sides: only its count matters
+                p.total += n
+        closed = []
+        if not opening:
+            break
+        for r in await conn.fetch(_OPEN, *(list(c) for c in zip(*opening, strict=True))):
+            p = by_sid[r["sid"]]
+            shift, block = r["shift"], r["block"]
+            if shift == 0:  # a point (inside the range by construction)
+                p.total += 1
+                p.buckets.setdefault(p.bucket(block), Bucket()).add(r["lo"], r["hi"])
+                continue
+            first, last = block << shift, ((block + 1) << shift) - 1
+            if first >= p.lo and last <= p.hi and p.bucket(first) == p.bucket(last):
+                p.total += r["n"]
+                p.buckets.setdefault(p.bucket(first), Bucket()).add(r["lo"], r["hi"])
+            else:
+                closed.append((p, shift, block, r["n"], r["lo"], r["hi"]))
