@@ -7,7 +7,7 @@ Per series, below its watermark (`series.rollup_upto`) the rollup's blocks are e
    grouped per bucket in PostgreSQL: blocks wholly inside a bucket give its count and extremes; the few that
    straddle a bucket boundary (or an end of the range) come back as they are;
 2. a straddling block matters only if its lowest or highest {value, step} could beat what a bucket it touches has
-   found so far; only those are opened: their 16 sub-blocks (or, at the finest level, their points) are read and
+   found so far; only those are opened: their 4 sub-blocks (or, at the finest level, their points) are read and
    sorted the same way, until nothing that could matter is left closed.
 The extremes carry their point's time, so the chosen points need no further read. Used only without time filters
 (the rollup has no per-point time ranges) and for steps within +-2^53 (exact in the float8 extremes).
@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-SHIFTS = (12, 8, 4)  # the rollup's block sizes, coarsest first (2^shift steps)
-FANOUT_SHIFT = 4  # a block holds 16 blocks of the next finer level
+SHIFTS = (12, 10, 8, 6, 4)  # the rollup's block sizes, coarsest first (2^shift steps)
+FANOUT_SHIFT = 2  # a block holds 4 blocks of the next finer level
 EXACT = 2**53
 INT64_MAX = 2**63 - 1
 MIN_BLOCKS = 4  # blocks per bucket at the level read first (fewer: most blocks would straddle)
@@ -112,8 +112,8 @@ FROM r CROSS JOIN LATERAL (SELECT step, ts, value FROM points
 GROUP BY 1, 2
 """
 
-# Opening straddling blocks: the sub-blocks of each (shift > 0), or the points of a finest block (shift 0 here
-# means "the points of block `block` of 16 steps").
+# Opening straddling blocks: the sub-blocks of each (shift > 0: blocks `first`..`last` of that level), or the points
+# of a finest block (shift 0: steps `first`..`last`).
 _OPEN = """
 WITH r AS MATERIALIZED (
     SELECT * FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::bigint[]) AS r(sid, shift, first, last)
@@ -170,7 +170,7 @@ async def extremes(conn: asyncpg.Connection, plans: Sequence[Plan]) -> None:
             first, last = block << shift, ((block + 1) << shift) - 1
             if _matters(p, first, last, lo, hi):
                 finer = shift - FANOUT_SHIFT
-                if finer > 0:
+                if finer >= SHIFTS[-1]:
                     opening.append((p.sid, finer, block << FANOUT_SHIFT, ((block + 1) << FANOUT_SHIFT) - 1))
                 else:
                     opening.append((p.sid, 0, max(first, p.lo), min(last, p.hi)))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -31,7 +32,7 @@ import asyncpg
 
 log = logging.getLogger(__name__)
 
-SHIFTS = (4, 8, 12)  # blocks of 16, 256 and 4,096 steps
+SHIFTS = (4, 6, 8, 10, 12)  # blocks of 16, 64, 256, 1,024 and 4,096 steps
 TOP = SHIFTS[-1]
 NOTHING = -(2**63)  # a watermark below every step: nothing rolled up yet
 CHUNK_POINTS = 65_536  # points aggregated per builder transaction (what a writer may wait for, ~tens of ms)
@@ -62,28 +63,23 @@ _CLAIM = "SELECT rollup_upto FROM series WHERE id = $1 FOR NO KEY UPDATE SKIP LO
 _LAST = "SELECT step FROM points WHERE series_id = $1 ORDER BY step DESC LIMIT 1"
 _NTH = "SELECT step FROM points WHERE series_id = $1 AND step >= $2 ORDER BY step OFFSET $3 LIMIT 1"
 _CLEAR = "DELETE FROM rollup WHERE series_id = $1 AND block >= $2::bigint >> shift AND block < $3::bigint >> shift"
+_TS_US = "(extract(epoch FROM ts) * 1000000)::float8"
 # Blocks of [$2, $3) from the points, then each level from the one below (one statement, one pass over the points).
-_BUILD = """
-WITH b4 AS (
-    SELECT step >> 4 AS block, count(*) AS n,
-           min(ARRAY[value, step::float8, (extract(epoch FROM ts) * 1000000)::float8]) AS lo,
-           max(ARRAY[value, step::float8, (extract(epoch FROM ts) * 1000000)::float8]) AS hi
-    FROM points WHERE series_id = $1 AND step >= $2 AND step < $3 GROUP BY 1
-), b8 AS (
-    SELECT block >> 4 AS block, sum(n)::bigint AS n, min(lo) AS lo, max(hi) AS hi FROM b4 GROUP BY 1
-), b12 AS (
-    SELECT block >> 4 AS block, sum(n)::bigint AS n, min(lo) AS lo, max(hi) AS hi FROM b8 GROUP BY 1
+_BUILD = (
+    f"WITH b{SHIFTS[0]} AS (SELECT step >> {SHIFTS[0]} AS block, count(*) AS n, "
+    f"min(ARRAY[value, step::float8, {_TS_US}]) AS lo, max(ARRAY[value, step::float8, {_TS_US}]) AS hi "
+    "FROM points WHERE series_id = $1 AND step >= $2 AND step < $3 GROUP BY 1)"
+    + "".join(f", b{b} AS (SELECT block >> {b - a} AS block, sum(n)::bigint AS n, min(lo) AS lo, max(hi) AS hi "
+              f"FROM b{a} GROUP BY 1)" for a, b in itertools.pairwise(SHIFTS))
+    + " INSERT INTO rollup (series_id, shift, block, n, lo, hi) "
+    + " UNION ALL ".join(f"SELECT $1, {sh}, block, n, lo, hi FROM b{sh}" for sh in SHIFTS)
 )
-INSERT INTO rollup (series_id, shift, block, n, lo, hi)
-SELECT $1, 4, block, n, lo, hi FROM b4
-UNION ALL SELECT $1, 8, block, n, lo, hi FROM b8
-UNION ALL SELECT $1, 12, block, n, lo, hi FROM b12
-"""
 _RAISE = "UPDATE series SET rollup_upto = $2 WHERE id = $1"
 
 
-async def build_chunk(conn: asyncpg.Connection, sid: int, chunk: int = CHUNK_POINTS) -> str:
-    """Roll up the next closed blocks of one series (at most about `chunk` points) in one transaction.
+async def build_chunk(conn: asyncpg.Connection, sid: int, chunk: int = CHUNK_POINTS, *, whole: bool = False) -> str:
+    """Roll up the next closed blocks of one series (at most about `chunk` points) in one transaction; `whole`:
+    the block of its last step too (a series that stopped growing; an append there lowers the watermark again).
 
     Returns "done" (nothing left to roll up), "more" (call again) or "busy" (a writer holds the series now).
     """
@@ -91,15 +87,18 @@ async def build_chunk(conn: asyncpg.Connection, sid: int, chunk: int = CHUNK_POI
         upto = await conn.fetchval(_CLAIM, sid)
         if upto is None:  # locked by a writer, or the series is gone
             return "busy" if await conn.fetchval("SELECT 1 FROM series WHERE id = $1", sid) else "done"
-        return await build_locked(conn, sid, upto, chunk)
+        return await build_locked(conn, sid, upto, chunk, whole=whole)
 
 
-async def build_locked(conn: asyncpg.Connection, sid: int, upto: int, chunk: int = CHUNK_POINTS) -> str:
+async def build_locked(conn: asyncpg.Connection, sid: int, upto: int, chunk: int = CHUNK_POINTS, *,
+                       whole: bool = False) -> str:
     """The body of build_chunk, inside a transaction that holds the series row's lock (watermark `upto`)."""
     last = await conn.fetchval(_LAST, sid)
     if last is None:
         return "done"
     target = aligned(last)  # blocks wholly below the last step's block: closed, appends land above them
+    if whole and target + (1 << TOP) <= 2**63 - 1:
+        target += 1 << TOP
     if upto >= target:
         return "done"
     end = target
@@ -121,7 +120,7 @@ async def forget(conn: asyncpg.Connection, uid: str) -> None:
 _BEHIND = """
 SELECT s.id FROM series s
 CROSS JOIN LATERAL (SELECT step FROM points WHERE series_id = s.id ORDER BY step DESC LIMIT 1) p
-WHERE s.rollup_upto < (p.step >> 12) << 12
+WHERE s.rollup_upto < (p.step >> 12) << 12 OR ($1 AND s.rollup_upto <= p.step)
 """
 
 
@@ -135,11 +134,15 @@ class Keeper:
     """
 
     def __init__(self, pool: asyncpg.Pool, *, enabled: bool = True, duty: float = 0.1, idle: float = 1.0,
-                 chunk: int = CHUNK_POINTS):
+                 chunk: int = CHUNK_POINTS, quiet: float = 30.0):
         self.enabled = enabled
         self._pool = pool
         self._duty, self._idle, self._chunk = duty, idle, chunk
         self._queue: dict[int, None] = {}  # series to look at, oldest first
+        # series -> when last written: its last, still open block is rolled up once it was not written for `quiet`
+        # seconds (appends would lower the watermark again at once while it grows)
+        self._written: dict[int, float] = {}
+        self._quiet = quiet
         self._wake = asyncio.Event()
         self._last_write = 0.0
         self._task: asyncio.Task[None] | None = None
@@ -155,8 +158,10 @@ class Keeper:
         """Called after a write committed: these series may have closed blocks to roll up."""
         if not self.enabled:
             return
-        self._last_write = time.monotonic()
-        self._queue.update(dict.fromkeys(series_ids))
+        self._last_write = now = time.monotonic()
+        ids = list(series_ids)
+        self._queue.update(dict.fromkeys(ids))
+        self._written.update(dict.fromkeys(ids, now))
         self._wake.set()
         self.start()
 
@@ -170,29 +175,42 @@ class Keeper:
             self._task = None
 
     async def settle(self) -> None:
-        """Roll up everything queued now, without pauses (tests, benches, a quiet moment)."""
-        if self._scan_stored:
-            await self._find_stored()
-        while self._queue:
-            sid = next(iter(self._queue))
-            async with self._pool.acquire() as conn:
-                state = await build_chunk(conn, sid, self._chunk)
-            if state == "done":
-                self._queue.pop(sid, None)
-            elif state == "busy":
-                await asyncio.sleep(0.01)
+        """Roll up every series now, the last blocks too, without pauses (tests, benches, a quiet moment)."""
+        async with self._pool.acquire() as conn:
+            todo = [r["id"] for r in await conn.fetch(_BEHIND, True)]
+        for sid in todo:
+            while True:
+                async with self._pool.acquire() as conn:
+                    state = await build_chunk(conn, sid, self._chunk, whole=True)
+                if state == "done":
+                    break
+                if state == "busy":
+                    await asyncio.sleep(0.01)
+        self._written.clear()
 
     async def _find_stored(self) -> None:
         async with self._pool.acquire() as conn:
-            rows = await conn.fetch(_BEHIND)
+            rows = await conn.fetch(_BEHIND, False)
         self._queue.update(dict.fromkeys(r["id"] for r in rows))
         self._scan_stored = False
 
     async def _run(self) -> None:
         backoff = 1.0
         self._wake.set()
+        whole: set[int] = set()
         while True:
-            await self._wake.wait()
+            if self._written:  # sleep until the next series has been quiet long enough, or a write wakes us
+                wait = min(self._written.values()) + self._quiet - time.monotonic()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), max(wait, 0.0))
+                now = time.monotonic()
+                for sid, at in list(self._written.items()):
+                    if now - at >= self._quiet:
+                        del self._written[sid]
+                        whole.add(sid)
+                        self._queue[sid] = None
+            else:
+                await self._wake.wait()
             self._wake.clear()
             try:
                 if self._scan_stored:
@@ -201,9 +219,11 @@ class Keeper:
                     sid = next(iter(self._queue))
                     started = time.monotonic()
                     async with self._pool.acquire() as conn:
-                        state = await build_chunk(conn, sid, self._chunk)
+                        last = sid in whole and sid not in self._written
+                        state = await build_chunk(conn, sid, self._chunk, whole=last)
                     if state == "done":
                         self._queue.pop(sid, None)
+                        whole.discard(sid)
                     else:  # to the back: other series get their turn
                         self._queue.pop(sid, None)
                         self._queue[sid] = None

@@ -1,5 +1,5 @@
 -- The downsampling rollup (collector/store/rollup.py builds it, the API reads it for downsample=N).
--- Per series, per block of 2^shift steps (shift 4, 8, 12: 16, 256 and 4,096 steps), what downsampling needs of the
+-- Per series, per block of 2^shift steps (shift 4, 6, 8, 10, 12: 16 to 4,096 steps), what downsampling needs of the
 -- block's points: how many, the lowest value with its lowest step, the highest value with its highest step. Each
 -- extreme is a float8 array {value, step, ts in microseconds since 1970}, so min()/max() over them keep
 -- PostgreSQL's float order (NaN above +Infinity), break ties by step (unique in a series: ts never decides), and
