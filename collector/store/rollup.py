@@ -176,6 +176,8 @@ class Keeper:
 
     async def settle(self) -> None:
         """Roll up every series now, the last blocks too, without pauses (tests, benches, a quiet moment)."""
+        if not self.enabled:
+            return
         async with self._pool.acquire() as conn:
             todo = [r["id"] for r in await conn.fetch(_BEHIND, True)]
         for sid in todo:
