@@ -7,8 +7,9 @@ Per series, below its watermark (`series.rollup_upto`) the rollup's blocks are e
    grouped per bucket in PostgreSQL: blocks wholly inside a bucket give its count and extremes; the few that
    straddle a bucket boundary (or an end of the range) come back as they are;
 2. a straddling block matters only if its lowest or highest {value, step} could beat what a bucket it touches has
-   found so far; only those are opened: their 4 sub-blocks (or, at the finest level, their points) are read and
-   sorted the same way, until nothing that could matter is left closed.
+   found so far (at a bucket's edge of a rising or falling curve it usually can); those are opened, all in one
+   query: around the cut each holds, the blocks of every finer level and the points of the finest block holding
+   it, the pieces wholly on one side grouped per bucket in PostgreSQL.
 The extremes carry their point's time, so the chosen points need no further read. Used only without time filters
 (the rollup has no per-point time ranges) and for steps within +-2^53 (exact in the float8 extremes).
 """
@@ -112,23 +113,32 @@ FROM r CROSS JOIN LATERAL (SELECT step, ts, value FROM points
 GROUP BY 1, 2
 """
 
-# Opening straddling blocks: the sub-blocks of each (shift > 0: blocks `first`..`last` of that level), or the points
-# of a finest block (shift 0: steps `first`..`last`).
+# Opening straddling blocks, all in one query: for each, the blocks of every finer level around the cut it holds
+# (shift > 0: blocks `first`..`last` of that level) and the points of the finest block holding the cut (shift 0:
+# steps `first`..`last`). A block still holding the cut, or reaching outside the range, is left out: its parts are
+# among the finer rows. What remains is grouped per bucket in PostgreSQL.
 _OPEN = """
 WITH r AS MATERIALIZED (
-    SELECT * FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::bigint[]) AS r(sid, shift, first, last)
+    SELECT * FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[],
+                         $7::bigint[]) AS r(sid, shift, first, last, lo, hi, span)
+), x AS (
+    SELECT r.sid, x.n, x.lo AS plo, x.hi AS phi, x.block << r.shift AS s0, ((x.block + 1) << r.shift) - 1 AS s1,
+           r.lo, r.hi, r.span
+    FROM r CROSS JOIN LATERAL (SELECT block, n, lo, hi FROM rollup
+                               WHERE series_id = r.sid AND shift = r.shift AND block >= r.first AND block <= r.last
+                               OFFSET 0) x
+    WHERE r.shift > 0
+    UNION ALL
+    SELECT r.sid, 1, ARRAY[p.value, p.step::float8, (extract(epoch FROM p.ts) * 1000000)::float8],
+           ARRAY[p.value, p.step::float8, (extract(epoch FROM p.ts) * 1000000)::float8], p.step, p.step,
+           r.lo, r.hi, r.span
+    FROM r CROSS JOIN LATERAL (SELECT step, ts, value FROM points
+                               WHERE series_id = r.sid AND step >= r.first AND step <= r.last OFFSET 0) p
+    WHERE r.shift = 0
 )
-SELECT r.sid, r.shift, x.block, x.n, x.lo, x.hi
-FROM r CROSS JOIN LATERAL (SELECT block, n, lo, hi FROM rollup
-                           WHERE series_id = r.sid AND shift = r.shift AND block >= r.first AND block <= r.last
-                           OFFSET 0) x
-WHERE r.shift > 0
-UNION ALL
-SELECT r.sid, 0, p.step, 1, ARRAY[p.value, p.step::float8, (extract(epoch FROM p.ts) * 1000000)::float8],
-       ARRAY[p.value, p.step::float8, (extract(epoch FROM p.ts) * 1000000)::float8]
-FROM r CROSS JOIN LATERAL (SELECT step, ts, value FROM points
-                           WHERE series_id = r.sid AND step >= r.first AND step <= r.last OFFSET 0) p
-WHERE r.shift = 0
+SELECT sid, (s0 - lo) * $8 / span AS b, sum(n)::bigint AS n, min(plo) AS lo, max(phi) AS hi
+FROM x WHERE s0 >= lo AND s1 <= hi AND (s0 - lo) * $8 / span = (s1 - lo) * $8 / span
+GROUP BY 1, 2
 """
 
 
@@ -146,6 +156,31 @@ def _matters(p: Plan, first: int, last: int, lo: list[float], hi: list[float]) -
     return False
 
 
+def _cut(p: Plan, first: int, last: int) -> int:
+    """The first step of a straddling block's right part: a range end, or the bucket boundary inside it."""
+    if first < p.lo:
+        return p.lo
+    if last > p.hi:
+        return p.hi + 1
+    b = p.bucket(last)  # the block holds one boundary (a bucket spans 4+ blocks): the first step of bucket b
+    return p.lo + -(-(b * p.span) // p.nb)
+
+
+def _opening(p: Plan, shift: int, block: int) -> list[tuple[int, int, int, int, int, int, int]]:
+    """The pieces that cover a straddling block around its cut, finest last."""
+    first, last = block << shift, ((block + 1) << shift) - 1
+    cut = _cut(p, first, last)
+    out = []
+    parent = block
+    for finer in range(shift - FANOUT_SHIFT, SHIFTS[-1] - 1, -FANOUT_SHIFT):
+        out.append((p.sid, finer, parent << FANOUT_SHIFT, ((parent + 1) << FANOUT_SHIFT) - 1, p.lo, p.hi, p.span))
+        parent = cut >> finer
+        if parent << finer == cut:  # the cut falls on a block boundary: nothing finer straddles it
+            return out
+    out.append((p.sid, 0, parent << SHIFTS[-1], ((parent + 1) << SHIFTS[-1]) - 1, p.lo, p.hi, p.span))
+    return out
+
+
 async def extremes(conn: asyncpg.Connection, plans: Sequence[Plan]) -> None:
     """Fill each plan's total and per-bucket extremes (in the caller's snapshot)."""
     by_sid = {p.sid: p for p in plans}
@@ -156,39 +191,24 @@ async def extremes(conn: asyncpg.Connection, plans: Sequence[Plan]) -> None:
         for c, v in zip(cols, (p.sid, p.shift, b0, b1, p.lo, p.hi, p.span, max(p.lo, p.upto)), strict=True):
             c.append(v)
     nb = plans[0].nb
-    closed: list[tuple[Plan, int, int, int, list[float], list[float]]] = []  # (plan, shift, block, n, lo, hi)
+    straddling: list[asyncpg.Record] = []
     for r in await conn.fetch(_ROUND1, *cols, nb):
         p = by_sid[r["sid"]]
         if r["b"] is not None:
             p.total += r["n"]
             p.buckets.setdefault(r["b"], Bucket()).add(r["lo"], r["hi"])
         else:
-            closed.append((p, r["shift"], r["block"], r["n"], r["lo"], r["hi"]))
-    while closed:
-        opening: list[tuple[int, int, int, int]] = []
-        for p, shift, block, n, lo, hi in closed:
-            first, last = block << shift, ((block + 1) << shift) - 1
-            if _matters(p, first, last, lo, hi):
-                finer = shift - FANOUT_SHIFT
-                if finer >= SHIFTS[-1]:
-                    opening.append((p.sid, finer, block << FANOUT_SHIFT, ((block + 1) << FANOUT_SHIFT) - 1))
-                else:
-                    opening.append((p.sid, 0, max(first, p.lo), min(last, p.hi)))
-            else:  # wholly inside the range, extremes beaten on both sides: only its count matters
-                p.total += n
-        closed = []
-        if not opening:
-            break
-        for r in await conn.fetch(_OPEN, *(list(c) for c in zip(*opening, strict=True))):
+            straddling.append(r)
+    pieces: list[tuple[int, int, int, int, int, int, int]] = []
+    for r in straddling:
+        p, shift, block = by_sid[r["sid"]], r["shift"], r["block"]
+        first, last = block << shift, ((block + 1) << shift) - 1
+        if _matters(p, first, last, r["lo"], r["hi"]):
+            pieces.extend(_opening(p, shift, block))
+        else:  # wholly inside the range, extremes beaten on both sides: only its count matters
+            p.total += r["n"]
+    if pieces:
+        for r in await conn.fetch(_OPEN, *(list(c) for c in zip(*pieces, strict=True)), nb):
             p = by_sid[r["sid"]]
-            shift, block = r["shift"], r["block"]
-            if shift == 0:  # a point (inside the range by construction)
-                p.total += 1
-                p.buckets.setdefault(p.bucket(block), Bucket()).add(r["lo"], r["hi"])
-                continue
-            first, last = block << shift, ((block + 1) << shift) - 1
-            if first >= p.lo and last <= p.hi and p.bucket(first) == p.bucket(last):
-                p.total += r["n"]
-                p.buckets.setdefault(p.bucket(first), Bucket()).add(r["lo"], r["hi"])
-            else:
-                closed.append((p, shift, block, r["n"], r["lo"], r["hi"]))
+            p.total += r["n"]
+            p.buckets.setdefault(r["b"], Bucket()).add(r["lo"], r["hi"])
