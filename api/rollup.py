@@ -10,7 +10,9 @@ Per series, below its watermark (`series.rollup_upto`) the rollup's blocks are e
    found so far (at a bucket's edge of a rising or falling curve it usually can); those are opened, all in one
    query: around the cut each holds, the blocks of every finer level and the points of the finest block holding
    it, the pieces wholly on one side grouped per bucket in PostgreSQL.
-The extremes carry their point's time, so the chosen points need no further read. Used only without time filters
+The rollup's extremes carry their point's time; the points read as such do not (converting every point's time
+costs more than reading the few chosen ones again: their time is NaN here, and the caller reads them by key).
+Used only without time filters
 (the rollup has no per-point time ranges) and for steps within +-2^53 (exact in the float8 extremes).
 """
 
@@ -106,8 +108,8 @@ UNION ALL
 SELECT sid, NULL, block, shift, n, plo, phi FROM x WHERE b IS NULL
 UNION ALL
 SELECT r.sid, (p.step - r.lo) * $9 / r.span, NULL, 0, count(*),
-       min(ARRAY[p.value, p.step::float8, (extract(epoch FROM p.ts) * 1000000)::float8]),
-       max(ARRAY[p.value, p.step::float8, (extract(epoch FROM p.ts) * 1000000)::float8])
+       min(ARRAY[p.value, p.step::float8, 'NaN']),
+       max(ARRAY[p.value, p.step::float8, 'NaN'])
 FROM r CROSS JOIN LATERAL (SELECT step, ts, value FROM points
                            WHERE series_id = r.sid AND step >= r.tail AND step <= r.hi OFFSET 0) p
 GROUP BY 1, 2
@@ -129,8 +131,8 @@ WITH r AS MATERIALIZED (
                                OFFSET 0) x
     WHERE r.shift > 0
     UNION ALL
-    SELECT r.sid, 1, ARRAY[p.value, p.step::float8, (extract(epoch FROM p.ts) * 1000000)::float8],
-           ARRAY[p.value, p.step::float8, (extract(epoch FROM p.ts) * 1000000)::float8], p.step, p.step,
+    SELECT r.sid, 1, ARRAY[p.value, p.step::float8, 'NaN'],
+           ARRAY[p.value, p.step::float8, 'NaN'], p.step, p.step,
            r.lo, r.hi, r.span
     FROM r CROSS JOIN LATERAL (SELECT step, ts, value FROM points
                                WHERE series_id = r.sid AND step >= r.first AND step <= r.last OFFSET 0) p
