@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from trainscope.api import rollup
 from trainscope.api.params import Filters
 from trainscope.api.queries import Row, Series, read_series, step_bounds, ts_clause
 
@@ -83,7 +84,8 @@ class Downsampled:
 
 # Each series' first and last matching point: index probes (the ts filter, if any, is checked on the way).
 _BOUNDS = """
-SELECT s.sid, f.step AS lo, f.ts AS lo_ts, f.value AS lo_value, l.step AS hi, l.ts AS hi_ts, l.value AS hi_value
+SELECT s.sid, f.step AS lo, f.ts AS lo_ts, f.value AS lo_value, l.step AS hi, l.ts AS hi_ts, l.value AS hi_value,
+       (SELECT rollup_upto FROM series WHERE id = s.sid) AS upto
 FROM unnest($1::bigint[], $2::bigint[]) AS s(sid, lo0)
 CROSS JOIN LATERAL (SELECT step, ts, value FROM points
                     WHERE series_id = s.sid AND step >= s.lo0 AND step <= $3 {ts} ORDER BY step LIMIT 1) f
@@ -193,42 +195,12 @@ async def downsample(conn: asyncpg.Connection, series_: Sequence[Series], f: Fil
         sids = [b["sid"] for b in bounds]
         los = [b["lo"] for b in bounds]
         spans = [b["hi"] - b["lo"] + 1 for b in bounds]
-        split = await page_ranges(conn, sids)
-        if len(split) > 1:  # each branch must scan its pages (TID Range Scan), not walk the whole primary key
-            await conn.execute("SET LOCAL enable_indexscan = off; SET LOCAL enable_bitmapscan = off")
-        rows, bucket, args = _rows_sql(f, sids, los, spans, nb, bool(lower))
-        extremes = await conn.fetch(_union(_PASS1, _PASS1_MERGE, split, rows, bucket=bucket), *args)
-
-        totals: dict[int, int] = {}
-        for r in extremes:
-            totals[r["sid"]] = totals.get(r["sid"], 0) + r["n"]
-        big = [i for i, sid in enumerate(sids) if totals.get(sid, 0) > max_points]
-        chosen: dict[int, dict[int, Row | None]] = {}  # sid -> step -> the point (None: to be read)
-        for b in bounds:
-            if totals.get(b["sid"], 0) > max_points:
-                chosen[b["sid"]] = {b["lo"]: (b["lo"], b["lo_ts"], b["lo_value"]),
-                                    b["hi"]: (b["hi"], b["hi_ts"], b["hi_value"])}
-        if big:
-            values = {v for r in extremes if r["sid"] in chosen for v in (r["mn"], r["mx"])}
-            if any(v != v for v in values):  # one NaN is enough (NaN = NaN in PostgreSQL)
-                values = {v for v in values if v == v} | {math.nan}
-            rows, bucket, args = _rows_sql(f, [sids[i] for i in big], [los[i] for i in big],
-                                           [spans[i] for i in big], nb, bool(lower), list(values))
-            found: dict[tuple[int, int], list[asyncpg.Record]] = {}
-            for r in await conn.fetch(_PASS2.format(rows=rows, bucket=bucket), *args):
-                found.setdefault((r["sid"], r["b"]), []).append(r)
-            for r in extremes:
-                keep = chosen.get(r["sid"])
-                if keep is None:
-                    continue
-                groups = found[(r["sid"], r["b"])]
-                low = next(g for g in groups if _same(g["v"], r["mn"]))
-                high = next(g for g in groups if _same(g["v"], r["mx"]))
-                for g, step in ((low, low["first"]), (high, high["last"])):
-                    if keep.get(step) is None:
-                        keep[step] = (step, g["ts"], g["v"]) if g["n"] == 1 else None
-        if len(split) > 1:
-            await conn.execute("SET LOCAL enable_indexscan = on; SET LOCAL enable_bitmapscan = on")
+        plans = [rollup.plan(b["sid"], b["lo"], b["hi"], b["upto"], nb) for b in bounds]
+        if (f.start_ms is None and f.end_ms is None and all(plans)
+                and any(p.shift and p.upto > p.lo for p in plans)):  # type: ignore[union-attr]
+            totals, chosen = await _from_rollup(conn, bounds, plans, max_points)  # type: ignore[arg-type]
+        else:
+            totals, chosen = await _scan(conn, f, bounds, sids, los, spans, nb, max_points, bool(lower))
         result: dict[int, list[Row]] = {}
         for b in bounds:
             sid = b["sid"]
@@ -244,3 +216,74 @@ async def downsample(conn: asyncpg.Connection, series_: Sequence[Series], f: Fil
     out = [(s, result.get(s.id, [])) for s in series_]
     reduced = any(n > max_points for n in totals.values())
     return Downsampled(out, sum(totals.values()), reduced)
+
+
+def _point(pair: Sequence[float]) -> tuple[int, Row | None]:
+    """(step, the point) of a rollup extreme {value, step, ts us}; None when its time is not exact in float8."""
+    step, us = int(pair[1]), pair[2]
+    return step, ((step, int(us) // 1000, pair[0]) if abs(us) < rollup.EXACT else None)
+
+
+async def _from_rollup(conn: asyncpg.Connection, bounds: list[asyncpg.Record], plans: list[rollup.Plan],
+                       max_points: int) -> tuple[dict[int, int], dict[int, dict[int, Row | None]]]:
+    """The same as _scan, from the store's rollup (api/rollup.py)."""
+    await rollup.extremes(conn, plans)
+    totals = {p.sid: p.total for p in plans}
+    chosen: dict[int, dict[int, Row | None]] = {}
+    for b, p in zip(bounds, plans, strict=True):
+        if p.total <= max_points:
+            continue
+        keep: dict[int, Row | None] = {}
+        for bucket in p.buckets.values():
+            for pair in (bucket.lo, bucket.hi):
+                if pair is not None:
+                    step, row = _point(pair)
+                    keep[step] = row
+        keep[b["lo"]] = (b["lo"], b["lo_ts"], b["lo_value"])
+        keep[b["hi"]] = (b["hi"], b["hi_ts"], b["hi_value"])
+        chosen[p.sid] = keep
+    return totals, chosen
+
+
+async def _scan(conn: asyncpg.Connection, f: Filters, bounds: list[asyncpg.Record], sids: list[int], los: list[int],
+                spans: list[int], nb: int, max_points: int,
+                per_series_lo: bool) -> tuple[dict[int, int], dict[int, dict[int, Row | None]]]:
+    """Passes 1 and 2 over the matching points: (series -> matching points, series -> step -> chosen point, None
+    where it is still to be read)."""
+    split = await page_ranges(conn, sids)
+    if len(split) > 1:  # each branch must scan its pages (TID Range Scan), not walk the whole primary key
+        await conn.execute("SET LOCAL enable_indexscan = off; SET LOCAL enable_bitmapscan = off")
+    rows, bucket, args = _rows_sql(f, sids, los, spans, nb, per_series_lo)
+    extremes = await conn.fetch(_union(_PASS1, _PASS1_MERGE, split, rows, bucket=bucket), *args)
+
+    totals: dict[int, int] = {}
+    for r in extremes:
+        totals[r["sid"]] = totals.get(r["sid"], 0) + r["n"]
+    big = [i for i, sid in enumerate(sids) if totals.get(sid, 0) > max_points]
+    chosen: dict[int, dict[int, Row | None]] = {}  # sid -> step -> the point (None: to be read)
+    for b in bounds:
+        if totals.get(b["sid"], 0) > max_points:
+            chosen[b["sid"]] = {b["lo"]: (b["lo"], b["lo_ts"], b["lo_value"]),
+                                b["hi"]: (b["hi"], b["hi_ts"], b["hi_value"])}
+    if big:
+        values = {v for r in extremes if r["sid"] in chosen for v in (r["mn"], r["mx"])}
+        if any(v != v for v in values):  # one NaN is enough (NaN = NaN in PostgreSQL)
+            values = {v for v in values if v == v} | {math.nan}
+        rows, bucket, args = _rows_sql(f, [sids[i] for i in big], [los[i] for i in big],
+                                       [spans[i] for i in big], nb, per_series_lo, list(values))
+        found: dict[tuple[int, int], list[asyncpg.Record]] = {}
+        for r in await conn.fetch(_PASS2.format(rows=rows, bucket=bucket), *args):
+            found.setdefault((r["sid"], r["b"]), []).append(r)
+        for r in extremes:
+            keep = chosen.get(r["sid"])
+            if keep is None:
+                continue
+            groups = found[(r["sid"], r["b"])]
+            low = next(g for g in groups if _same(g["v"], r["mn"]))
+            high = next(g for g in groups if _same(g["v"], r["mx"]))
+            for g, step in ((low, low["first"]), (high, high["last"])):
+                if keep.get(step) is None:
+                    keep[step] = (step, g["ts"], g["v"]) if g["n"] == 1 else None
+    if len(split) > 1:
+        await conn.execute("SET LOCAL enable_indexscan = on; SET LOCAL enable_bitmapscan = on")
+    return totals, chosen

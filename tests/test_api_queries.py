@@ -405,3 +405,77 @@ async def test_the_workload_list_carries_each_health_conditions_newest_status(ap
     assert item["conditions"] == [
         {"type": "MetricSpike", "status": "True", "reason": "SpikeAboveBand", "message": "loss jumped"},
         {"type": "Stalled", "status": "False", "reason": "Progressing", "message": "step 9 0s ago"}]
+
+
+@pytest.mark.parametrize("max_points", [1000, 64, 9])
+async def test_downsample_from_the_rollup_after_replacements(store: Store, database_url: str,
+                                                            monkeypatch: pytest.MonkeyPatch, max_points: int) -> None:
+    """Series whose extremes were re-logged with larger and with smaller values, answered from the rollup: equal to
+    the oracle over the stored points, and to the full scan. Asked right after the replacing write (the watermark
+    lowered, the points above it read as they are) and again once the store has rolled them up."""
+    from trainscope.api import downsample as ds
+    from trainscope.api import rollup
+
+    rnd = random.Random(max_points)
+    truth: dict[str, dict[int, tuple[float, float]]] = {}
+    for metric, steps in (("dense", range(0, 150_000)), ("sparse", range(-3_000, 600_000, 7)),
+                          ("flat", range(5, 100_005))):
+        rows = {s: (T0 + s, 0.25 if metric == "flat" else rnd.gauss(0, 1)) for s in steps}
+        truth[metric] = rows
+        await store.write("rr", "tb", "tensorboard", [Point(metric, s, t, v) for s, (t, v) in rows.items()], None)
+    await store.rollup.settle()
+    used: list[bool] = []
+    extremes = rollup.extremes
+
+    async def spy(conn: asyncpg.Connection, plans: Any) -> None:
+        used.append(True)
+        await extremes(conn, plans)
+
+    monkeypatch.setattr(rollup, "extremes", spy)
+    monkeypatch.setattr(rollup, "TAIL_MAX", 2**62)  # right after the replacements too, not the scan
+
+    async def ask(c: httpx.AsyncClient) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        out = []
+        for params in ({"downsample": max_points}, {"downsample": max_points, "from_step": 1001, "to_step": 99_999},
+                       {"downsample": max_points, "last": 60_000}):
+            out.append((params, (await c.get("/api/v1/workloads/rr/metrics/data", params=params)).json()))
+        return out
+
+    async def check(answers: list[tuple[dict[str, Any], dict[str, Any]]], c: httpx.AsyncClient) -> None:
+        with monkeypatch.context() as m:
+            m.setattr(rollup, "plan", lambda *a: None)  # the scan, for the same questions
+            scans = [(await c.get("/api/v1/workloads/rr/metrics/data", params=p)).json() for p, _ in answers]
+        for (params, out), scan in zip(answers, scans, strict=True):
+            assert out == scan
+            for metric, rows in truth.items():
+                keep = [(s, math.floor(rows[s][0] * 1000), rows[s][1]) for s in sorted(rows)
+                        if params.get("from_step", -(2**63)) <= s <= params.get("to_step", 2**63)]
+                keep = keep[-params["last"]:] if "last" in params else keep
+                want = ds.minmax_reference(keep, max_points)
+                got = [(i["iteration"], i["timestamp"], i["value"]) for i in out["data"] if i["metric_name"] == metric]
+                assert got == [(s, t, v if math.isfinite(v) else None) for s, t, v in want], (metric, params)
+
+    async with client_for(ApiSettings(database_url)) as c:
+        await check(await ask(c), c)
+        assert len(used) == 3
+        # replace many points, extremes among them, by higher and lower values: first in the upper part of each
+        # series (the rollup answers below the lowered watermark, the points above it), then anywhere (the scan)
+        for upper in (True, False):
+            for metric, rows in truth.items():
+                steps = sorted(rows)
+                pool = steps[len(steps) * 2 // 5:] if upper else steps
+                order = sorted(pool, key=lambda s: rows[s][1])
+                hit = sorted({*order[:300], *order[-300:], *rnd.sample(pool, 500)})
+                new = [Point(metric, s, rows[s][0] + 1, rnd.choice([-50.0, 50.0, 0.0, math.nan, math.inf,
+                                                                    rows[s][1]])) for s in hit]
+                for p in new:
+                    rows[p.step] = (p.ts, p.value)
+                await store.write("rr", "tb", "tensorboard", new[::-1], None)
+            before = len(used)
+            await check(await ask(c), c)
+            assert len(used) - before == 3 or not upper
+        before = len(used)
+        await store.rollup.settle()
+        await check(await ask(c), c)
+        assert len(used) - before == 3
+        await c._transport.app.state.db.close()  # type: ignore[attr-defined]

@@ -40,7 +40,7 @@ async def test_migrations_apply_once_in_order(database_url: str) -> None:
     assert [r["name"] for r in rows] == names()
     tables = await fetch(database_url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
     assert {r["tablename"] for r in tables} == {"schema_migrations", "workloads", "series", "points", "cursors", "runs",
-                                                       "health_events", "rejected_points"}
+                                                       "health_events", "rejected_points", "rollup"}
 
 
 async def test_concurrent_migrations_apply_each_file_exactly_once(database_url: str) -> None:

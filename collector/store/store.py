@@ -11,7 +11,7 @@ import asyncpg
 
 from trainscope.collector.health import Condition, HealthEvent
 from trainscope.collector.points import RawPoint
-from trainscope.collector.store import writer
+from trainscope.collector.store import rollup, writer
 from trainscope.collector.store.codecs import init_connection, storable_json
 from trainscope.collector.store.errors import StoreState, unavailable_as_store_error
 from trainscope.collector.store.migrate import run_migrations
@@ -67,8 +67,11 @@ class Store:
     by itself once the server is back.
     """
 
-    def __init__(self, pool: asyncpg.Pool, state: StoreState | None = None, *, timeout: float = COMMAND_TIMEOUT):
+    def __init__(self, pool: asyncpg.Pool, state: StoreState | None = None, *, timeout: float = COMMAND_TIMEOUT,
+                 keep_rollup: bool = True):
         self._pool = pool
+        # The downsampling rollup, built off the write path (store/rollup.py); off only to measure what it costs.
+        self.rollup = rollup.Keeper(pool, enabled=keep_rollup)
         self.state = state or StoreState()
         self._timeout = timeout
         # (uid, source) -> {(run, metric): series id}. Filled only after a commit, so it never names a series
@@ -80,7 +83,7 @@ class Store:
     @classmethod
     async def open(cls, dsn: str, *, min_size: int = 1, max_size: int = 10, migrate: bool = True,
                    state: StoreState | None = None, connect_timeout: float = CONNECT_TIMEOUT,
-                   command_timeout: float = COMMAND_TIMEOUT) -> Store:
+                   command_timeout: float = COMMAND_TIMEOUT, keep_rollup: bool = True) -> Store:
         """Connect a pool to `dsn` (and migrate); raises StoreUnavailable (with its reason) if the database
         cannot be used, and records the outcome in `state`.
 
@@ -95,7 +98,7 @@ class Store:
         except StoreUnavailable as err:
             state.failed(err)
             raise
-        store = cls(pool, state, timeout=command_timeout)
+        store = cls(pool, state, timeout=command_timeout, keep_rollup=keep_rollup)
         if migrate:
             try:
                 await store.migrate()
@@ -103,11 +106,13 @@ class Store:
                 pool.terminate()  # close() would wait for a hung server to answer
                 raise
         state.ok()
+        store.rollup.start()
         return store
 
     async def close(self) -> None:
         """Close every connection of the pool (waits for those in use to be released, at most the command
         timeout: then they are dropped)."""
+        await self.rollup.close()
         try:
             await asyncio.wait_for(self._pool.close(), self._timeout)
         except TimeoutError:
@@ -148,6 +153,7 @@ class Store:
         async with self._connection() as conn, conn.transaction():
             await conn.execute("UPDATE workloads SET deleted_at = now(), updated_at = now() WHERE uid = $1", uid)
             if delete_data:
+                await rollup.forget(conn, uid)
                 await conn.execute(
                     "DELETE FROM points WHERE series_id IN (SELECT id FROM series WHERE workload_uid = $1)", uid)
                 await conn.execute("DELETE FROM series WHERE workload_uid = $1", uid)
@@ -208,12 +214,15 @@ class Store:
             if rest:
                 merged_in, updated = await writer.merge(conn, rest)
                 inserted += merged_in
+            if self.rollup.enabled:
+                await rollup.lower(conn, bounds)
             await writer.save_cursor(conn, uid, source, cursor)
         # Committed: only now may the caches learn about it.
         ids.update(created)
         for sid, (_, hi) in bounds.items():
             if sid not in known or hi > known[sid]:
                 known[sid] = hi
+        self.rollup.written(bounds)
         return WriteResult(inserted, updated)
 
     async def reject(self, uid: str, source: str, kind: str, rejected: Sequence[tuple[RawPoint, str]]) -> None:

@@ -1,0 +1,210 @@
+"""`downsample=N` from the store's rollup against the scan of every matching point (the answer before the rollup),
+single requests and 20 concurrent clients, in turns, answers compared before any figure is printed.
+
+Run: python bench/bench_downsample.py [--series 10 --points 1000000 --clients 20 --seconds 10 --repeat 5]
+One embedded PostgreSQL (pgserver, temporary directory) holding one workload of `--series` series of `--points`
+points each (generated in SQL: random walks with a few NaN and inf), rolled up by the store's own builder
+(collector/store/rollup.py, the same code the collector runs; its build time is printed). Two API servers run as
+their own processes (uvicorn, as `trainscope api`): ours, and the same code with the rollup switched off (the
+scan). For every query shape the two answers are compared first (a difference aborts), then timed in turns
+(ABAB..., medians); under concurrency every request asks another step range (from_step drawn at random), so no
+two questions are the same and nothing can be shared between requests. The load average is printed with every
+figure. Never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+
+UID = "bench-uid"
+
+
+def load() -> str:
+    return "load {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
+
+
+def serve(url: str, port: int, scan: bool) -> None:
+    import uvicorn
+
+    from trainscope.api import rollup
+    from trainscope.api.app import ApiSettings, create_app
+
+    if scan:  # the answer before the rollup: every request scans the matching points
+        rollup.plan = lambda *a: None  # type: ignore[assignment]
+    settings = ApiSettings(url, statement_timeout=300.0, acquire_timeout=300.0)
+    uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+class Server:
+    def __init__(self, url: str, port: int, scan: bool):
+        args = [sys.executable, __file__, "--serve", url, "--port", str(port)] + (["--scan"] if scan else [])
+        self.proc = subprocess.Popen(args)
+        self.base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{self.base}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("the API server did not start")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+async def fill(url: str, points: int, series: int) -> None:
+    from trainscope.collector.store import Store
+
+    store = await Store.open(url)  # migrates
+    await store.rollup.close()  # built below, timed
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("INSERT INTO workloads (uid, namespace, name) VALUES ($1, 'bench', 'bench')", UID)
+        for i in range(series):
+            sid = await conn.fetchval("INSERT INTO series (workload_uid, source, kind, run, metric) "
+                                      "VALUES ($1, 'tb', 'tensorboard', '', $2) RETURNING id", UID, f"metric_{i}")
+            await conn.execute(
+                "INSERT INTO points (series_id, step, ts, value) SELECT $1, s, "
+                "to_timestamp(1704067200 + s * 0.5), CASE WHEN s % 100003 = 7 THEN 'NaN'::float8 "
+                "WHEN s % 200003 = 11 THEN 'Infinity'::float8 ELSE sin(s / 5000.0) + random() END "
+                "FROM generate_series(0, $2 - 1) s", sid, points)
+            store.rollup.written([sid])
+        await conn.execute("VACUUM ANALYZE points")
+        t = time.perf_counter()
+        await store.rollup.settle()
+        await conn.execute("VACUUM ANALYZE rollup")
+        print(f"rollup built by the store in {time.perf_counter() - t:.1f}s ({load()})")
+    finally:
+        await conn.close()
+        await store.close()
+
+
+async def one(client: httpx.AsyncClient, base: str, params: dict[str, Any]) -> tuple[float, Any]:
+    t = time.perf_counter()
+    r = await client.get(f"{base}/api/v1/workloads/{UID}/metrics/data", params=params)
+    r.raise_for_status()
+    return time.perf_counter() - t, r.json()
+
+
+async def concurrent(base: str, params: dict[str, Any], clients: int, seconds: float,
+                     span: int) -> tuple[float, float, float, int]:
+    """(requests/s, p50 s, p99 s, errors) of `clients` clients asking in a loop for `seconds`, each request for
+    another from_step in the first tenth of the series (distinct questions)."""
+    times: list[float] = []
+    errors = 0
+    end = time.perf_counter() + seconds
+    rnd = random.Random(1)
+
+    async def client_loop() -> None:
+        nonlocal errors
+        async with httpx.AsyncClient(timeout=600) as c:
+            while time.perf_counter() < end:
+                try:
+                    times.append((await one(c, base, {**params, "from_step": rnd.randrange(1, span // 10)}))[0])
+                except httpx.HTTPError:
+                    errors += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client_loop() for _ in range(clients)))
+    elapsed = time.perf_counter() - started
+    times.sort()
+    if not times:
+        return 0.0, float("nan"), float("nan"), errors
+    return len(times) / elapsed, times[len(times) // 2], times[min(len(times) - 1, int(len(times) * 0.99))], errors
+
+
+async def measure(args: argparse.Namespace, ours: Server, scan: Server) -> None:
+    n = args.points
+    queries = [(f"all {args.series} series", {"downsample": 1000}),
+               ("one series", {"downsample": 1000, "metrics": "metric_0"}),
+               ("step range", {"downsample": 1000, "from_step": 1000, "to_step": n // 2}),
+               ("last half", {"downsample": 1000, "last": n // 2})]
+    async with httpx.AsyncClient(timeout=600) as c:
+        for name, params in queries:  # verified before any figure
+            a, b = (await one(c, ours.base, params))[1], (await one(c, scan.base, params))[1]
+            if a != b:
+                raise SystemExit(f"{name}: the rollup's answer differs from the scan's")
+            for i in range(3):
+                p = {**params, "from_step": params.get("from_step", 0) + 7919 * (i + 1)}
+                if (await one(c, ours.base, p))[1] != (await one(c, scan.base, p))[1]:
+                    raise SystemExit(f"{name} {p}: the rollup's answer differs from the scan's")
+        print(f"answers identical (ours vs scan) for every query shape; {load()}\n")
+        print(f"{'query':14} {'ours ms':>9} {'scan ms':>9} {'scan/ours':>9}  load")
+        for name, params in queries:
+            ta, tb = [], []
+            for i in range(args.repeat):  # in turns, another from_step each time
+                p = {**params, "from_step": params.get("from_step", 0) + i + 1}
+                ta.append((await one(c, ours.base, p))[0])
+                tb.append((await one(c, scan.base, p))[0])
+            out = (await one(c, ours.base, params))[1]
+            ma, mb = statistics.median(ta), statistics.median(tb)
+            print(f"{name:14} {ma * 1000:>9.1f} {mb * 1000:>9.1f} {mb / ma:>8.1f}x  {load()}  "
+                  f"({len(out['data'])} points of {out['downsample']['source_points']:,})")
+    params = queries[0][1]
+    print(f"\n{args.clients} concurrent clients, in turns, {params}, each request another from_step (distinct "
+          "questions, nothing shared)")
+    for rnd in range(args.rounds):
+        for label, server, secs in (("ours", ours, args.seconds), ("scan", scan, args.scan_seconds)):
+            rps, p50, p99, errors = await concurrent(server.base, params, args.clients, secs, n)
+            print(f"  {label:5} round {rnd + 1}: {rps:7.1f} req/s, p50 {p50 * 1000:7.0f} ms, "
+                  f"p99 {p99 * 1000:7.0f} ms, {errors} errors  {load()}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--points", type=int, default=1_000_000, help="points per series")
+    ap.add_argument("--series", type=int, default=10)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--clients", type=int, default=20)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--scan-seconds", type=float, default=20.0)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--serve", help=argparse.SUPPRESS)
+    ap.add_argument("--scan", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, default=18090)
+    args = ap.parse_args()
+    if args.serve:
+        serve(args.serve, args.port, args.scan)
+        return
+    from trainscope.collector.store.embedded import start_embedded
+
+    tmp = Path(tempfile.mkdtemp(prefix="ts-bench-ds-"))
+    pg = None
+    servers: list[Server] = []
+    try:
+        pg = start_embedded(tmp / "pgdata", cleanup_mode="delete")
+        url = pg.get_uri()
+        t = time.perf_counter()
+        asyncio.run(fill(url, args.points, args.series))
+        print(f"{args.series} series x {args.points:,} points stored and rolled up in {time.perf_counter() - t:.0f}s;"
+              f" {load()}")
+        servers = [Server(url, args.port, False), Server(url, args.port + 1, True)]
+        asyncio.run(measure(args, *servers))
+    finally:
+        for s in servers:
+            s.stop()
+        if pg is not None:
+            pg.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
