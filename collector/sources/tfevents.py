@@ -271,15 +271,25 @@ class EventScanner:
                 continue
             # Fast path: wall_time (tag 0x09), step (0x10, varint), then a known simple_value layout, then the float.
             if length > 15 and payload[0] == 0x09 and payload[9] == 0x10:
-                step = shift = 0
-                q = 10
-                while True:
-                    b = payload[q]
-                    q += 1
-                    step |= (b & 0x7F) << shift
-                    if b < 0x80 or q >= length:
-                        break
-                    shift += 7
+                # the step's varint, its first three bytes (steps below 2,097,152) unrolled
+                step = payload[10]
+                if step < 0x80:
+                    q = 11
+                else:
+                    b = payload[11]
+                    if b < 0x80:
+                        step = step & 0x7F | b << 7
+                        q = 12
+                    else:
+                        step = step & 0x7F | (b & 0x7F) << 7
+                        shift, q = 14, 12
+                        while True:
+                            b = payload[q]
+                            q += 1
+                            step |= (b & 0x7F) << shift
+                            if b < 0x80 or q >= length:
+                                break
+                            shift += 7
                 tag = templates.get(payload[q:-4], _MISSING)
                 if tag is not _MISSING:
                     if tag is not None:
