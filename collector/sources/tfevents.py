@@ -22,6 +22,7 @@ _MASK_DELTA = 0xA282EAD8
 _crc = google_crc32c.value
 _unpack_u64_u32 = struct.Struct("<QI").unpack
 _unpack_u32 = struct.Struct("<I").unpack_from
+_unpack_tail = struct.Struct("<fI").unpack_from  # a record's last 4 payload bytes as a float, then its CRC
 _unpack_f32 = struct.Struct("<f").unpack_from
 _unpack_f64 = struct.Struct("<d").unpack_from
 _unpack_f16 = struct.Struct("<e").unpack_from
@@ -244,7 +245,7 @@ class EventScanner:
         RESYNC: the header at pos is corrupt (its length CRC is wrong).
         """
         headers, templates, crc = self._headers, self._templates, _crc
-        unpack_f32, unpack_f64, unpack_u32 = _unpack_f32, _unpack_f64, _unpack_u32
+        unpack_f64, unpack_tail = _unpack_f64, _unpack_tail
         append, new, point = out.append, _new_point, Point
         n = len(buf)
         while pos + 12 <= n:
@@ -265,28 +266,39 @@ class EventScanner:
                 return pos, NEED, length + 16
             payload = buf[pos + 12:end]
             c = crc(payload)
-            if ((c >> 15 | c << 17) + 0xA282EAD8) & 0xFFFFFFFF != unpack_u32(buf, end)[0]:
+            # one unpack for the stored CRC and the float before it (a simple_value's value on the fast path)
+            last, stored = unpack_tail(buf, end - 4)
+            if ((c >> 15 | c << 17) + 0xA282EAD8) & 0xFFFFFFFF != stored:
                 skipped["bad_crc"] = skipped.get("bad_crc", 0) + 1
                 pos = end + 4
                 continue
             # Fast path: wall_time (tag 0x09), step (0x10, varint), then a known simple_value layout, then the float.
             if length > 15 and payload[0] == 0x09 and payload[9] == 0x10:
-                step = shift = 0
-                q = 10
-                while True:
-                    b = payload[q]
-                    q += 1
-                    step |= (b & 0x7F) << shift
-                    if b < 0x80 or q >= length:
-                        break
-                    shift += 7
+                # the step's varint, its first three bytes (steps below 2,097,152) unrolled
+                step = payload[10]
+                if step < 0x80:
+                    q = 11
+                else:
+                    b = payload[11]
+                    if b < 0x80:
+                        step = step & 0x7F | b << 7
+                        q = 12
+                    else:
+                        step = step & 0x7F | (b & 0x7F) << 7
+                        shift, q = 14, 12
+                        while True:
+                            b = payload[q]
+                            q += 1
+                            step |= (b & 0x7F) << shift
+                            if b < 0x80 or q >= length:
+                                break
+                            shift += 7
                 tag = templates.get(payload[q:-4], _MISSING)
                 if tag is not _MISSING:
                     if tag is not None:
                         if step >> 63:
                             step -= 1 << 64
-                        append(new(point, (tag, step, unpack_f64(payload, 1)[0], unpack_f32(payload, length - 4)[0],
-                                           run)))
+                        append(new(point, (tag, step, unpack_f64(payload, 1)[0], last, run)))
                     pos = end + 4
                     continue
                 cands = self._tensor_templates.get(length - q)

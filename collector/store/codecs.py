@@ -9,23 +9,23 @@ from typing import Any
 import asyncpg
 
 # PostgreSQL counts timestamps in microseconds from 2000-01-01 UTC; infinities are the int64 extremes.
-_PG_EPOCH = 946_684_800
-_PG_EPOCH_US = _PG_EPOCH * 1_000_000
+PG_EPOCH = 946_684_800
+_PG_EPOCH_US = PG_EPOCH * 1_000_000
 _PG_INFINITY = 2**63 - 1
 _PG_NEG_INFINITY = -(2**63)
 
-# Rows that may overlap stored ones go here first, so one INSERT ... ON CONFLICT can merge them.
-# `ord` is the position in the batch: among duplicates with equal ts, the later one wins.
+# Rows that may overlap stored ones go here first (one per (series, step): the writer reduces duplicates), so one
+# INSERT ... ON CONFLICT can merge them. Temporary: no WAL, no index, emptied at commit.
 STAGING_DDL = (
     "CREATE TEMP TABLE IF NOT EXISTS points_stage "
-    "(series_id bigint, step bigint, ts timestamptz, value double precision, ord integer) "
+    "(series_id bigint, step bigint, ts timestamptz, value double precision) "
     "ON COMMIT DELETE ROWS"
 )
 
 
 def encode_ts(ts: float) -> tuple[int]:
     """Epoch seconds -> asyncpg's tuple form of timestamptz; NaN/inf raise ValueError/OverflowError."""
-    return (round((ts - _PG_EPOCH) * 1_000_000),)
+    return (round((ts - PG_EPOCH) * 1_000_000),)
 
 
 def decode_ts(value: tuple[int]) -> float:

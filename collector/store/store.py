@@ -54,6 +54,13 @@ ON CONFLICT (uid) DO UPDATE SET namespace = EXCLUDED.namespace, name = EXCLUDED.
 """
 
 
+async def _release(conn: asyncpg.Connection) -> None:
+    """Reset of a connection going back to the pool: nothing. asyncpg rolls back a transaction left open before
+    calling it; the store sets no session settings, LISTENs, keeps no cursors or advisory locks across a release
+    (the migrator unlocks its own), so asyncpg's default reset (RESET ALL, UNLISTEN, CLOSE ALL, advisory unlock)
+    would only add a round trip to every write."""
+
+
 def storable_text(text: str) -> str:
     """`text` as PostgreSQL text can hold it (no NUL, no lone surrogate)."""
     out = storable_json(text)
@@ -94,7 +101,8 @@ class Store:
         try:
             with unavailable_as_store_error():
                 pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=init_connection,
-                                                 timeout=connect_timeout, command_timeout=command_timeout)
+                                                 reset=_release, timeout=connect_timeout,
+                                                 command_timeout=command_timeout)
         except StoreUnavailable as err:
             state.failed(err)
             raise
@@ -180,6 +188,18 @@ class Store:
         stored value whatever its ts; the same observation again (equal ts and value) is ignored, so a batch
         retried after a lost commit acknowledgement changes nothing.
         """
+        try:
+            return await self._write(uid, source, kind, points, cursor, runs, trust_cache=True)
+        except asyncpg.UniqueViolationError:
+            # The cache said "all new" and a step was stored after all (another writer, data deleted and
+            # rewritten): nothing of the attempt stays; this time every row merges and the cache is refreshed.
+            return await self._write(uid, source, kind, points, cursor, runs, trust_cache=False)
+
+    async def _write(self, uid: str, source: str, kind: str, points: Sequence[RawPoint], cursor: Any,
+                     runs: Mapping[str, Mapping[str, Any]] | None, *, trust_cache: bool) -> WriteResult:
+        """One transaction of `write`. With `trust_cache`, rows past the cached highest step of their series are
+        COPied straight into points; a wrong cache then fails the COPY (unique violation) and the whole
+        transaction, which `write` retries without it."""
         async with self._connection() as conn, conn.transaction():
             if runs:
                 await writer.save_runs(conn, uid, source, runs)
@@ -188,29 +208,36 @@ class Store:
                 return WriteResult(0, 0)
             ids = self._series.setdefault((uid, source), {})
             created: dict[writer.SeriesKey, int] = {}
+            known = self._max_step
             try:
-                records = writer.to_records(points, ids)
+                if not trust_cache:
+                    raise KeyError  # ask the database for every series' id and highest step
+                rows = writer.to_rows(points, ids)
             except KeyError:
-                missing = set(zip(map(writer.RUN, points), map(writer.METRIC, points), strict=True)) - ids.keys()
-                resolved = await writer.resolve_series(conn, uid, source, kind, missing)
+                keys = set(zip(map(writer.RUN, points), map(writer.METRIC, points), strict=True))
+                resolved = await writer.resolve_series(conn, uid, source, kind, keys if not trust_cache
+                                                       else keys - ids.keys())
                 created = {key: sid for key, (sid, _) in resolved.items()}
                 for sid, max_step in resolved.values():
+                    if not trust_cache:  # the database's word replaces the cache's
+                        known.pop(sid, None)
                     if max_step is not None:
-                        self._max_step[sid] = max(max_step, self._max_step.get(sid, max_step))
-                records = writer.to_records(points, {**ids, **created})
-            bounds = writer.step_bounds(records)
-            known = self._max_step
+                        known[sid] = max(max_step, known.get(sid, max_step))
+                rows = writer.to_rows(points, {**ids, **created})
+            bounds = writer.step_bounds(rows)
             # Steps past what this process knows is stored are almost surely new: COPY them (fast) and merge only
-            # the others. The cache is a guess; if it is wrong the COPY's unique violation sends all to merge().
-            if all(sid not in known or lo > known[sid] for sid, (lo, _) in bounds.items()):
-                fresh, rest = records, []
+            # the others. No savepoint around the COPY: if the cache is wrong, its unique violation aborts the
+            # transaction and write() starts again without trusting the cache.
+            if not trust_cache:
+                fresh, rest = None, rows
+            elif all(sid not in known or lo > known[sid] for sid, (lo, _) in bounds.items()):
+                fresh, rest = rows, None
             else:
-                fresh, rest = writer.split_by_known(records, known)
+                fresh, rest = writer.split_by_known(rows, known)
             inserted = updated = 0
-            if fresh and await writer.copy_appending(conn, fresh):
+            if fresh:
+                await writer.copy_rows(conn, "points", fresh)
                 inserted = len(fresh)
-            else:
-                rest = records
             if rest:
                 merged_in, updated = await writer.merge(conn, rest)
                 inserted += merged_in

@@ -5,16 +5,18 @@ from __future__ import annotations
 import itertools
 import operator
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
 from trainscope.collector.points import RawPoint
+from trainscope.collector.store import copybin
 
 SeriesKey = tuple[str, str]  # (run, metric)
 Record = tuple[int, int, float, float]  # (series_id, step, ts, value): a `points` row, in COPY order
 POINT_COLUMNS = ("series_id", "step", "ts", "value")
-_SID = METRIC = operator.itemgetter(0)
+METRIC = operator.itemgetter(0)
 _STEP, _TS, _VALUE, RUN = (operator.itemgetter(i) for i in range(1, 5))
 
 # Creates the missing series and reads the existing ones in one round trip. The SELECT runs on the statement's
@@ -41,21 +43,17 @@ WHERE s.workload_uid = $1 AND s.source = $2
 # possibly from a node whose clock is behind, and its values replace the abandoned branch's. The same observation
 # again (a retried batch, an overlapping re-read) changes nothing; xmax = 0 marks a freshly inserted row.
 # A replaced point takes this transaction's id again (ingest_xid's default), so the API's stream sees the change.
-# ON CONFLICT may touch a row only once per statement, so a batch holding a step twice is first reduced to one
-# row per key (the latest in the batch); a batch without such duplicates skips that sort.
+# The staging table holds one row per key (merge() keeps the latest of a batch's duplicates).
 _MERGE = """
 WITH merged AS (
     INSERT INTO points AS p (series_id, step, ts, value)
-    {rows}
+    SELECT series_id, step, ts, value FROM points_stage
     ON CONFLICT (series_id, step) DO UPDATE SET ts = EXCLUDED.ts, value = EXCLUDED.value, ingest_xid = DEFAULT
     WHERE (p.ts, p.value) IS DISTINCT FROM (EXCLUDED.ts, EXCLUDED.value)
     RETURNING (p.xmax = 0) AS fresh
 )
 SELECT count(*) FILTER (WHERE fresh) AS inserted, count(*) FILTER (WHERE NOT fresh) AS updated FROM merged
 """
-_MERGE_UNIQUE = _MERGE.format(rows="SELECT series_id, step, ts, value FROM points_stage")
-_MERGE_DEDUP = _MERGE.format(rows="""SELECT DISTINCT ON (series_id, step) series_id, step, ts, value FROM points_stage
-    ORDER BY series_id, step, ord DESC""")
 
 _SAVE_CURSOR = """
 INSERT INTO cursors (workload_uid, source, cursor, updated_at) VALUES ($1, $2, $3, now())
@@ -76,18 +74,39 @@ async def resolve_series(conn: asyncpg.Connection, uid: str, source: str, kind: 
     return found
 
 
-def step_bounds(records: Sequence[Record]) -> dict[int, tuple[int, int]]:
+@dataclass(slots=True)
+class Rows:
+    """A batch as `points` columns: parallel lists, one entry per row, in the batch's order."""
+
+    sid: list[int]
+    step: list[int]
+    ts: list[float]
+    value: list[float]
+
+    def __len__(self) -> int:
+        return len(self.sid)
+
+    def take(self, index: Iterable[int]) -> Rows:
+        """The rows at these positions, in that order."""
+        index = list(index)
+        return Rows(*(list(map(col.__getitem__, index)) for col in (self.sid, self.step, self.ts, self.value)))
+
+    def records(self) -> list[Record]:
+        """Row tuples, for asyncpg's per-row COPY encoder."""
+        return list(zip(self.sid, self.step, self.ts, self.value, strict=True))
+
+
+def step_bounds(rows: Rows) -> dict[int, tuple[int, int]]:
     """series id -> (lowest, highest) step in the batch. When the batch's steps never decrease (sources send them
     in order) each series' first and last step are its bounds, found at C speed; otherwise one pass finds them."""
-    steps = list(map(_STEP, records))
+    sids, steps = rows.sid, rows.step
     if all(map(operator.le, steps, itertools.islice(steps, 1, None))):
-        sids = list(map(_SID, records))
         last = dict(zip(sids, steps, strict=True))
         first = dict(zip(reversed(sids), reversed(steps), strict=True))
         return {sid: (first[sid], hi) for sid, hi in last.items()}
     bounds: dict[int, tuple[int, int]] = {}
     get = bounds.get
-    for sid, step, _, _ in records:
+    for sid, step in zip(sids, steps, strict=True):
         b = get(sid)
         if b is None:
             bounds[sid] = (step, step)
@@ -98,40 +117,36 @@ def step_bounds(records: Sequence[Record]) -> dict[int, tuple[int, int]]:
     return bounds
 
 
-def split_by_known(records: Sequence[Record], known: dict[int, int]) -> tuple[list[Record], list[Record]]:
+_BELOW_ANY_STEP = -(2**63) - 1
+
+
+def split_by_known(rows: Rows, known: dict[int, int]) -> tuple[Rows, Rows]:
     """(rows past their series' known highest step, the others): the first part can usually take COPY."""
-    fresh: list[Record] = []
-    rest: list[Record] = []
-    add_fresh, add_rest = fresh.append, rest.append
-    get = known.get
-    for r in records:
-        top = get(r[0])
-        if top is None or r[1] > top:
-            add_fresh(r)
-        else:
-            add_rest(r)
-    return fresh, rest
+    floor = {sid: known.get(sid, _BELOW_ANY_STEP) for sid in set(rows.sid)}
+    past = list(map(operator.gt, rows.step, map(floor.__getitem__, rows.sid)))
+    return rows.take(itertools.compress(range(len(past)), past)), \
+        rows.take(itertools.compress(range(len(past)), map(operator.not_, past)))
 
 
-async def copy_appending(conn: asyncpg.Connection, records: Sequence[Record]) -> bool:
-    """COPY straight into points inside a savepoint; False (and nothing written) if any step already exists."""
-    try:
-        async with conn.transaction():
-            await conn.copy_records_to_table("points", records=records, columns=POINT_COLUMNS)
-    except asyncpg.UniqueViolationError:
-        return False
-    return True
-
-
-async def merge(conn: asyncpg.Connection, records: Sequence[Record]) -> tuple[int, int]:
-    """Upsert via the staging table: (inserted, updated). Handles overlaps, retries and in-batch duplicates."""
-    if len({(sid, step) for sid, step, _, _ in records}) == len(records):
-        await conn.copy_records_to_table("points_stage", records=records, columns=POINT_COLUMNS)
-        row = await conn.fetchrow(_MERGE_UNIQUE)
+async def copy_rows(conn: asyncpg.Connection, table: str, rows: Rows) -> None:
+    """COPY the rows into `table` (points or points_stage) in PostgreSQL's binary format, encoded column-wise
+    (copybin.py); values only the per-row codecs handle (and reject with their errors) go through asyncpg's."""
+    payload = copybin.encode(rows.sid, rows.step, rows.ts, rows.value)
+    if payload is None:
+        await conn.copy_records_to_table(table, records=rows.records(), columns=POINT_COLUMNS)
     else:
-        await conn.copy_records_to_table(
-            "points_stage", records=[(*r, i) for i, r in enumerate(records)], columns=(*POINT_COLUMNS, "ord"))
-        row = await conn.fetchrow(_MERGE_DEDUP)
+        # a memoryview: asyncpg takes bytes for a file name
+        await conn.copy_to_table(table, source=memoryview(payload), columns=POINT_COLUMNS, format="binary")
+
+
+async def merge(conn: asyncpg.Connection, rows: Rows) -> tuple[int, int]:
+    """Upsert via the staging table: (inserted, updated). Handles overlaps, retries and in-batch duplicates: of a
+    (series, step) given twice only the later row is kept (ON CONFLICT may touch a row only once per statement)."""
+    last = dict(zip(zip(rows.sid, rows.step, strict=True), itertools.count()))
+    if len(last) != len(rows):
+        rows = rows.take(sorted(last.values()))
+    await copy_rows(conn, "points_stage", rows)
+    row = await conn.fetchrow(_MERGE)
     return row["inserted"], row["updated"]
 
 
@@ -151,7 +166,7 @@ async def save_cursor(conn: asyncpg.Connection, uid: str, source: str, cursor: o
     await conn.execute(_SAVE_CURSOR, uid, source, cursor)
 
 
-def to_records(points: Sequence[RawPoint], ids: dict[SeriesKey, int]) -> list[Record]:
-    """Points -> `points` rows; KeyError when a series is not in `ids`. Column by column, at C speed."""
-    sids = map(ids.__getitem__, zip(map(RUN, points), map(METRIC, points), strict=True))
-    return list(zip(sids, map(_STEP, points), map(_TS, points), map(_VALUE, points), strict=True))
+def to_rows(points: Sequence[RawPoint], ids: dict[SeriesKey, int]) -> Rows:
+    """Points -> `points` columns; KeyError when a series is not in `ids`. Column by column, at C speed."""
+    sids = list(map(ids.__getitem__, zip(map(RUN, points), map(METRIC, points), strict=True)))
+    return Rows(sids, list(map(_STEP, points)), list(map(_TS, points)), list(map(_VALUE, points)))
