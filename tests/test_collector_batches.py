@@ -74,7 +74,8 @@ def make(spec_extra: dict | None = None) -> Collector:
 
 
 def state(c: Collector, h: SourceHealth) -> tuple:
-    return dict(c._latest), c._max_step, c._max_step_ts, rate_state(c._rate), h.newest_ts, c._primary
+    s = c.seen
+    return dict(s.latest), s.max_step, s.max_step_ts, rate_state(s.rate), h.newest_ts, s.primary
 
 
 def random_batches(rnd: random.Random) -> list[list[tuple]]:
@@ -104,12 +105,12 @@ def test_batch_bookkeeping_equals_point_by_point(seed: int) -> None:
     rnd = random.Random(seed)
     col, ref = make(), make()
     hc, hr = SourceHealth("s", "scripted"), SourceHealth("s", "scripted")
-    ref._rate, col._rate = ReferenceRate(), StepRate()
+    ref.seen.rate, col.seen.rate = ReferenceRate(), StepRate()
     for batch in random_batches(rnd):
         col._absorb(col.spec.sources[0].name, hc, Batch(list(batch)), list(batch), len(batch))
         if batch:  # the oracle: every batch point by point
-            ref._absorb_each(ref.spec.sources[0].name, hr, list(batch), True)
-        ref._health.observe("s", batch, ref._primary)
+            hr.newest_ts = ref.seen.absorb_each(ref.spec.sources[0].name, list(batch), True, hr.newest_ts)
+        ref._health.observe("s", batch, ref.seen.primary)
         assert state(col, hc) == state(ref, hr)
     assert col.snapshot().latest == ref.snapshot().latest
 
