@@ -119,7 +119,10 @@ def note_rejections(health: SourceHealth, notes: list[str], outcome: Outcome) ->
 class Ahead(NamedTuple):
     """A poll started while the previous batch was still being written (catch-up): the next batch is read while
     the database commits the last one. Its cursor follows a batch not yet committed; if that write fails, the
-    poll's batch is dropped and the source reads again from the committed cursor."""
+    poll's batch is dropped and the source reads again from the committed cursor.
+
+    The poll is given the very cursor being written (and the write holds that batch's run facts): no copy, as a
+    source never changes a cursor it was given or returned (the Source protocol, collector/sources/base.py)."""
 
     task: asyncio.Future[Batch]
     started: float  # time.monotonic() at its start

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import logging
 import random
 import time
@@ -249,11 +248,8 @@ class Collector:
                     admitted = admit(storable(select(batch.points, self.spec.metrics, self._allowed)),
                                      self._clock())
                     points = admitted.points
-                    if batch.more:
-                        # What is written is fixed before the next poll runs beside the write: a source may reuse
-                        # and change in place what its batch's cursor or run facts refer to.
-                        batch = replace(batch, cursor=copy.deepcopy(batch.cursor), runs=copy.deepcopy(batch.runs))
-                        ahead = poll_ahead(source, copy.deepcopy(batch.cursor), self._job_ended.is_set())
+                    if batch.more:  # the write and the next poll share the cursor: sources never change one
+                        ahead = poll_ahead(source, batch.cursor, self._job_ended.is_set())
                     outcome = await self._store_call(
                         health, backoff,
                         lambda b=batch, a=admitted, c=cursor: write_isolating(
