@@ -104,6 +104,9 @@ class StepRate:
         self.pause_factor = pause_factor
         self.restart_gap = restart_gap  # longer gaps are restarts: neither pace nor expected pauses
         self.samples: deque[tuple[float, int]] = deque(maxlen=max_samples)
+        # seconds per step between consecutive samples (one fewer than samples, kept with them): the median of
+        # these is refreshed every 64 new steps, so a catch-up must not rebuild them from the samples each time
+        self._gaps: deque[float] = deque(maxlen=max(1, max_samples - 1))
         self.active_seconds = 0.0  # over the whole run seen: time spent stepping...
         self.paused_seconds = 0.0  # ...and in pauses (evaluations, checkpoints)
         self.pauses: deque[float] = deque(maxlen=256)  # each pause's length, for the ETA's share of recurring ones
@@ -132,7 +135,7 @@ class StepRate:
     def _observe_orderly(self, pairs: list[tuple[float, int]]) -> None:
         """`_observe_each` of pairs that are all taken, column-wise between two refreshes of the typical interval
         (every 64 samples); the same sums in the same order, so the same state to the last bit."""
-        samples, window, gap, factor = self.samples, self.window, self.restart_gap, self.pause_factor
+        samples, gaps, window, gap, factor = self.samples, self._gaps, self.window, self.restart_gap, self.pause_factor
         i, n = 0, len(pairs)
         if not samples:
             samples.append(pairs[0])
@@ -151,15 +154,17 @@ class StepRate:
             if max(dts) <= gap and (not typical or max(map(operator.truediv, dts, dss)) <= factor * typical):
                 self.active_seconds = functools.reduce(operator.add, dts, self.active_seconds)
                 self._age += len(chunk)
+                gaps.extend(map(operator.truediv, dts, dss))
                 samples.extend(chunk)
                 while len(samples) > 2 and ts[-1] - samples[0][0] > window:
                     samples.popleft()
+                    gaps.popleft()
             else:  # a pause or a restart in this stretch: pair by pair
                 self._observe_each(chunk)
             i += len(chunk)
 
     def _observe_each(self, pairs: Iterable[tuple[float, int]]) -> None:
-        samples, window, gap, factor = self.samples, self.window, self.restart_gap, self.pause_factor
+        samples, gaps, window, gap, factor = self.samples, self._gaps, self.window, self.restart_gap, self.pause_factor
         typical, age = self._typical, self._age
         isfinite = math.isfinite
         try:
@@ -182,9 +187,11 @@ class StepRate:
                         self.pauses.append(dt - typical * ds)
                     else:
                         self.active_seconds += dt
+                    gaps.append(dt / ds)
                 samples.append((ts, step))
                 while len(samples) > 2 and ts - samples[0][0] > window:
                     samples.popleft()
+                    gaps.popleft()
         finally:
             self._typical, self._age = typical, age
 
@@ -193,8 +200,11 @@ class StepRate:
         measure on from there."""
         while self.samples and self.samples[-1][1] >= step:
             self.samples.pop()
+            if self._gaps:
+                self._gaps.pop()
         if self.samples and ts < self.samples[-1][0]:
             self.samples.clear()  # the resumed node's clock is behind: start the window afresh
+            self._gaps.clear()
         self.observe(ts, step)
 
     def _columns(self) -> tuple[list[float], list[int]]:
@@ -206,9 +216,12 @@ class StepRate:
 
     def step_interval(self) -> float | None:
         """Median seconds per step over the window (the run's own rhythm, for the stall threshold)."""
-        dts, dss = self._columns()
         # samples' steps strictly increase (observe skips the others, rewind drops those above), so every ds > 0
-        return statistics.median(map(operator.truediv, dts, dss)) if dts else None
+        if not self._gaps:
+            return None
+        ordered = sorted(self._gaps)  # statistics.median's arithmetic, without its copy of a deque
+        n = len(ordered)
+        return ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
 
     def rate(self) -> float | None:
         dts, dss = self._columns()

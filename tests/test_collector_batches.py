@@ -5,6 +5,7 @@ branches, several runs, interleaved series and equal steps. Pure functions, no d
 from __future__ import annotations
 
 import math
+import operator
 import random
 import statistics
 from collections import deque
@@ -49,8 +50,15 @@ class ReferenceRate(StepRate):
             self.samples.popleft()
 
 
+    def step_interval(self) -> float | None:
+        dts, dss = self._columns()
+        return statistics.median(map(operator.truediv, dts, dss)) if dts else None
+
+
 def rate_state(r: StepRate) -> tuple:
-    return list(r.samples), r.active_seconds, r.paused_seconds, list(r.pauses), r._typical, r._age
+    # step_interval: from the samples themselves in ReferenceRate, from the gaps kept beside them in StepRate
+    return (list(r.samples), r.active_seconds, r.paused_seconds, list(r.pauses), r._typical, r._age,
+            r.step_interval())
 
 
 @pytest.mark.parametrize("seed", range(40))
