@@ -6,9 +6,11 @@ the previous batch is written (catch-up).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import operator
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -127,15 +129,27 @@ class Ahead(NamedTuple):
     task: asyncio.Future[Batch]
     started: float  # time.monotonic() at its start
     final: bool  # it started after the job ended
-    ended: list[float]  # time.monotonic() when it finished (set by a done callback)
+    ended: list[float]  # time.monotonic() when the poll finished
+    prepared: list[Any]  # what is stored of its batch (`prepare`'s answer), once judged
 
 
-def poll_ahead(source: Source, cursor: Any, final: bool) -> Ahead:
-    """Start the next poll now, from the cursor of the batch about to be written."""
+def poll_ahead(source: Source, cursor: Any, final: bool, prepare: Callable[[Batch], Any]) -> Ahead:
+    """Start the next poll now, from the cursor of the batch about to be written; as soon as it returns, what is
+    stored of its batch is judged (`prepare`: the metric filter, admission), still while the last batch is
+    written, so the next write can start at once."""
     ended: list[float] = []
-    task = asyncio.ensure_future(source.poll(cursor))
-    task.add_done_callback(lambda _: ended.append(time.monotonic()))
-    return Ahead(task, time.monotonic(), final, ended)
+    prepared: list[Any] = []
+
+    async def read() -> Batch:
+        try:
+            batch = await source.poll(cursor)
+        finally:
+            ended.append(time.monotonic())
+        with contextlib.suppress(Exception):  # judged again, and any failure reported, when the batch is taken
+            prepared.append(prepare(batch))
+        return batch
+
+    return Ahead(asyncio.ensure_future(read()), time.monotonic(), final, ended, prepared)
 
 
 async def drop_ahead(ahead: Ahead | None, stopping: asyncio.Event, patience: float, *, wait: bool = True) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from trainscope.collector.admit import admit
+from trainscope.collector.admit import Admitted, admit
 from trainscope.collector.batches import (
     Ahead,
     SourceHealth,
@@ -43,7 +43,7 @@ from trainscope.collector.sources import REGISTRY, Source, SourceContext, Source
 from trainscope.collector.sources.base import PodLogReader, SecretResolver, counts_training_steps
 from trainscope.collector.spec import SourceSpec, WorkloadSpec
 from trainscope.collector.store import Store, StoreHealth, StoreUnavailable
-from trainscope.collector.store.quarantine import write_isolating
+from trainscope.collector.store.quarantine import Outcome, write_isolating
 
 __all__ = ["Collector", "Latest", "Snapshot", "SourceHealth", "SourceState"]
 
@@ -227,10 +227,22 @@ class Collector:
     async def _run_source(self, src: SourceSpec, health: SourceHealth) -> None:
         """Poll, admit and write, in order. While a source has more to give (`batch.more`, a catch-up), its next
         poll starts before the current batch is written, so reading and the database's commit overlap; the cursor
-        is still committed in the same transaction as its points, and at most one batch waits in memory."""
+        is still committed in the same transaction as its points, and at most one batch waits in memory. During
+        a catch-up a stored batch's bookkeeping (latest values, step, pace, health) is taken while the next batch
+        is written, so the database never waits for it."""
         backoff = Backoff(*self._backoff)
         source: Source | None = None
         ahead: Ahead | None = None
+        done: tuple[Batch, list[RawPoint], Outcome, list[str]] | None = None  # stored, not yet taken in
+
+        def settle() -> None:
+            nonlocal done
+            if done is not None:
+                stored, points, outcome, notes = done
+                done = None
+                self._absorb(src.name, health, stored, points, outcome.result.inserted)
+                note_rejections(health, notes, outcome)
+
         try:
             cursor = await self._store_call(health, backoff, lambda: self.store.load_cursor(self.uid, src.name))
             while not self._stopping.is_set():
@@ -239,22 +251,31 @@ class Collector:
                 try:
                     if source is None:
                         source = self._registry[src.kind](src.config, self._ctx)
+                    taken = ahead
                     batch = await self._poll(source, cursor, health, backoff, ahead)
                     ahead = None
                     if batch is None:
+                        settle()
                         if final:
                             return
                         continue
-                    admitted = admit(storable(select(batch.points, self.spec.metrics, self._allowed)),
-                                     self._clock())
-                    points = admitted.points
+                    admitted = taken.prepared[0] if taken is not None and taken.prepared else self._prepare(batch)
                     if batch.more:  # the write and the next poll share the cursor: sources never change one
-                        ahead = poll_ahead(source, batch.cursor, self._job_ended.is_set())
-                    outcome = await self._store_call(
+                        ahead = poll_ahead(source, batch.cursor, self._job_ended.is_set(), self._prepare)
+                    write = asyncio.ensure_future(self._store_call(
                         health, backoff,
                         lambda b=batch, a=admitted, c=cursor: write_isolating(
-                            self.store, self.uid, src.name, src.kind, a.points, c, b.cursor, b.runs, a.rejected))
+                            self.store, self.uid, src.name, src.kind, a.points, c, b.cursor, b.runs, a.rejected)))
+                    if done is not None:
+                        try:
+                            await asyncio.sleep(0)  # the write runs to its first wait on the database...
+                        except BaseException:
+                            write.cancel()
+                            raise
+                        settle()  # ...while the last batch's bookkeeping is taken
+                    outcome = await write
                 except Exception as exc:  # a bad config, a write the database rejects, or a bug: back off
+                    settle()
                     reason = exc.reason if isinstance(exc, SourceError) else f"Internal{type(exc).__name__}"
                     log.exception("source %s/%s: unexpected failure", self.name, src.name)
                     self._fail(health, exc, reason)
@@ -265,12 +286,14 @@ class Collector:
                 if outcome is None:  # stopped while the store was away; nothing committed, nothing lost
                     return
                 cursor = batch.cursor
+                points = admitted.points
                 if outcome.rejected:  # the database refused these alone: they are not part of what was seen
                     refused = {id(p) for p, _ in outcome.rejected}
                     points = [p for p in points if id(p) not in refused]
-                self._absorb(src.name, health, batch, points, outcome.result.inserted)
-                note_rejections(health, admitted.notes, outcome)
+                done = (batch, points, outcome, admitted.notes)
                 backoff.reset()
+                if not batch.more:  # a live run's batch (or a catch-up's last): taken in at once
+                    settle()
                 if final and not batch.more:
                     health.state = SourceState.FINISHED
                     return
@@ -279,12 +302,17 @@ class Collector:
                 else:
                     await asyncio.sleep(0)
         finally:
+            settle()
             if ahead is not None:  # stopping: a poll in a worker thread gets a moment to end before aclose
                 await asyncio.wait({ahead.task}, timeout=2.0)
                 await self._drop(ahead, wait=False)
             if source is not None:
                 with contextlib.suppress(Exception):
                     await source.aclose()
+
+    def _prepare(self, batch: Batch) -> Admitted:
+        """What is stored of a batch: the spec's metric filter, names PostgreSQL can hold, admission."""
+        return admit(storable(select(batch.points, self.spec.metrics, self._allowed)), self._clock())
 
     async def _drop(self, ahead: Ahead | None, *, wait: bool = True) -> None:
         await drop_ahead(ahead, self._stopping, self._poll_timeout, wait=wait)
