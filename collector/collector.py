@@ -7,37 +7,45 @@ the operator reads `snapshot()` and turns it into status and gauges.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
-import copy
-import itertools
 import logging
-import operator
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-from trainscope.collector.admit import admit
+from trainscope.collector.admit import Admitted, admit
+from trainscope.collector.batches import (
+    Ahead,
+    SourceHealth,
+    SourceState,
+    drop_ahead,
+    note_rejections,
+    poll_ahead,
+    select,
+    storable,
+)
 from trainscope.collector.health import STALLED, Condition, HealthEvent, HealthMonitor, transitions
 from trainscope.collector.points import Batch, Point, RawPoint, RunState
 from trainscope.collector.progress import (
     JobPhase,
     JobState,
-    StepRate,
     combine_run_states,
     combine_with_job,
     detect_primary_metric,
     eta_seconds,
 )
 from trainscope.collector.scrub import remember_secret, scrub
+from trainscope.collector.seen import Seen
 from trainscope.collector.sources import REGISTRY, Source, SourceContext, SourceError, SourceFactory
 from trainscope.collector.sources.base import PodLogReader, SecretResolver, counts_training_steps
-from trainscope.collector.spec import MetricFilter, SourceSpec, WorkloadSpec
+from trainscope.collector.spec import SourceSpec, WorkloadSpec
 from trainscope.collector.store import Store, StoreHealth, StoreUnavailable
 from trainscope.collector.store.quarantine import Outcome, write_isolating
+
+__all__ = ["Collector", "Latest", "Snapshot", "SourceHealth", "SourceState"]
 
 log = logging.getLogger(__name__)
 
@@ -45,53 +53,6 @@ log = logging.getLogger(__name__)
 # is meant for rate-limited APIs; behind a 60 s database outage it left collection idle for minutes afterwards.
 STORE_RETRY_MAX = 5.0
 STORE_RETRY_REFUSED = 30.0  # the database refused us (credentials, missing database, privilege)
-
-_METRIC, _STEP, _TS, _RUN = (operator.itemgetter(i) for i in (0, 1, 2, 4))
-
-
-class _Ahead(NamedTuple):
-    """A poll started while the previous batch was still being written (catch-up): the next batch is read while
-    the database commits the last one. Its cursor follows a batch not yet committed; if that write fails, the
-    poll's batch is dropped and the source reads again from the committed cursor."""
-
-    task: asyncio.Future[Batch]
-    started: float  # time.monotonic() at its start
-    final: bool  # it started after the job ended
-    ended: list[float]  # time.monotonic() when it finished (set by a done callback)
-
-
-def _nondecreasing(values: list[int]) -> bool:
-    return all(map(operator.le, values, itertools.islice(values, 1, None)))
-
-
-def _note_rejections(health: SourceHealth, notes: list[str], outcome: Outcome) -> None:
-    """Retimed and quarantined points show in the source's notes (this batch) and skipped counts (cumulative)."""
-    notes = list(notes)
-    refused = [(p, why) for p, why in outcome.rejected if not why.startswith(("NameTooLong", "StepOutOfRange"))]
-    if refused:
-        p, why = refused[0]
-        notes.append(f"the database refused {len(refused)} point(s), quarantined in rejected_points: e.g. "
-                     f"{p[0][:80]!r} step {p[1]}: {why[:200]}")
-    if outcome.runs_dropped:
-        notes.append(f"the database refused the run metadata of this batch: {outcome.runs_dropped[:200]}")
-    for _, why in outcome.rejected:
-        reason = why.split(":", 1)[0] if why.startswith(("NameTooLong", "StepOutOfRange")) else "RejectedByStore"
-        health.skipped[reason] = health.skipped.get(reason, 0) + 1
-    if notes:
-        health.notes = (*health.notes, *(scrub(n) for n in notes))
-        log.warning("source %s: %s", health.name, "; ".join(notes))
-
-
-def _storable(points: list[RawPoint]) -> list[RawPoint]:
-    """Names with a NUL character (legal in a TensorBoard tag) as U+FFFD: PostgreSQL text cannot hold NUL, and one
-    such name made every write of its batch fail, so the source retried the same batch forever."""
-    names = set(map(_METRIC, points))
-    names.update(map(_RUN, points))
-    if not any("\x00" in n for n in names):  # judged per distinct name: a catch-up batch holds 50,000 points
-        return points
-    return [(m.replace("\x00", "\ufffd"), step, ts, value, run.replace("\x00", "\ufffd"))
-            for m, step, ts, value, run in points]
-
 
 def _remembering(resolve: SecretResolver | None) -> SecretResolver | None:
     """The resolver, teaching the scrubber each value it hands out (so no error text can carry it)."""
@@ -104,50 +65,6 @@ def _remembering(resolve: SecretResolver | None) -> SecretResolver | None:
         return value
 
     return resolved
-
-
-class SourceState:
-    """Health states of one source, as shown in status."""
-
-    STARTING = "Starting"
-    HEALTHY = "Healthy"
-    FAILING = "Failing"
-    WAITING = "WaitingForStore"  # the source is fine; the database is not
-    STOPPED = "Stopped"
-    FINISHED = "Finished"  # the job ended and the source had its final poll
-
-
-@dataclass(slots=True)
-class SourceHealth:
-    """What the operator reports per source. Counters are cumulative for this process."""
-
-    name: str
-    kind: str
-    state: str = SourceState.STARTING
-    last_success: float | None = None
-    last_error: str | None = None
-    last_error_reason: str | None = None
-    consecutive_failures: int = 0
-    points: int = 0  # stored points (inserted, from the store at start plus this process's writes)
-    newest_ts: float | None = None
-    run_state: RunState | None = None
-    progress: float | None = None
-    total_steps: int | None = None
-    eta_seconds: float | None = None
-    notes: tuple[str, ...] = ()
-    skipped: dict[str, int] = field(default_factory=dict)
-    errors: dict[str, int] = field(default_factory=dict)  # by reason
-    polls: int = 0
-    poll_seconds: float = 0.0  # sum over polls
-    last_poll_seconds: float | None = None
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def lag(self, now: float) -> float | None:
-        return None if self.newest_ts is None else max(0.0, now - self.newest_ts)
-
-    @property
-    def healthy(self) -> bool:
-        return self.state in (SourceState.HEALTHY, SourceState.STARTING, SourceState.FINISHED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,12 +155,8 @@ class Collector:
         self._health_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self.health: dict[str, SourceHealth] = {}
-        self._latest: dict[tuple[str, str, str], RawPoint] = {}  # (source, run, metric) -> newest point
-        self._max_step: int | None = None
-        self._rate = StepRate()
+        self.seen = Seen(spec.primary_metric)  # latest values, the Workload's step and pace
         self._allowed: dict[str, bool] = {}
-        self._max_step_ts: float | None = None
-        self._primary: str | None = spec.primary_metric
         self._health = HealthMonitor(spec.health)
         self._health_interval = health_interval
         # A whole poll's deadline: HTTP clients time out per read, so a server trickling an endless answer one byte
@@ -296,14 +209,13 @@ class Collector:
         if spec.health != self.spec.health:
             self._health = HealthMonitor(spec.health)
         self.spec = spec
-        self._primary = spec.primary_metric or detect_primary_metric(m for _, _, m in self._latest)
+        self.seen.set_primary(spec.primary_metric)
         self._ctx = replace(self._ctx, selector=spec.selector)
         self._allowed.clear()
         names = {s.name for s in spec.sources}
         for gone in set(self.health) - names:
             del self.health[gone]
-        for key in [k for k in self._latest if k[0] not in names]:
-            del self._latest[key]
+        self.seen.forget_sources(names)
         await self.start()
 
     @property
@@ -315,10 +227,22 @@ class Collector:
     async def _run_source(self, src: SourceSpec, health: SourceHealth) -> None:
         """Poll, admit and write, in order. While a source has more to give (`batch.more`, a catch-up), its next
         poll starts before the current batch is written, so reading and the database's commit overlap; the cursor
-        is still committed in the same transaction as its points, and at most one batch waits in memory."""
+        is still committed in the same transaction as its points, and at most one batch waits in memory. During
+        a catch-up a stored batch's bookkeeping (latest values, step, pace, health) is taken while the next batch
+        is written, so the database never waits for it."""
         backoff = Backoff(*self._backoff)
         source: Source | None = None
-        ahead: _Ahead | None = None
+        ahead: Ahead | None = None
+        done: tuple[Batch, list[RawPoint], Outcome, list[str]] | None = None  # stored, not yet taken in
+
+        def settle() -> None:
+            nonlocal done
+            if done is not None:
+                stored, points, outcome, notes = done
+                done = None
+                self._absorb(src.name, health, stored, points, outcome.result.inserted)
+                note_rejections(health, notes, outcome)
+
         try:
             cursor = await self._store_call(health, backoff, lambda: self.store.load_cursor(self.uid, src.name))
             while not self._stopping.is_set():
@@ -327,39 +251,49 @@ class Collector:
                 try:
                     if source is None:
                         source = self._registry[src.kind](src.config, self._ctx)
+                    taken = ahead
                     batch = await self._poll(source, cursor, health, backoff, ahead)
                     ahead = None
                     if batch is None:
+                        settle()
                         if final:
                             return
                         continue
-                    admitted = admit(_storable(self._select(batch.points)), self._clock())
-                    points = admitted.points
-                    if batch.more:
-                        # What is written is fixed before the next poll runs beside the write: a source may reuse
-                        # and change in place what its batch's cursor or run facts refer to.
-                        batch = replace(batch, cursor=copy.deepcopy(batch.cursor), runs=copy.deepcopy(batch.runs))
-                        ahead = self._poll_ahead(source, copy.deepcopy(batch.cursor))
-                    outcome = await self._store_call(
+                    admitted = taken.prepared[0] if taken is not None and taken.prepared else self._prepare(batch)
+                    if batch.more:  # the write and the next poll share the cursor: sources never change one
+                        ahead = poll_ahead(source, batch.cursor, self._job_ended.is_set(), self._prepare)
+                    write = asyncio.ensure_future(self._store_call(
                         health, backoff,
                         lambda b=batch, a=admitted, c=cursor: write_isolating(
-                            self.store, self.uid, src.name, src.kind, a.points, c, b.cursor, b.runs, a.rejected))
+                            self.store, self.uid, src.name, src.kind, a.points, c, b.cursor, b.runs, a.rejected)))
+                    if done is not None:
+                        try:
+                            await asyncio.sleep(0)  # the write runs to its first wait on the database...
+                        except BaseException:
+                            write.cancel()
+                            raise
+                        settle()  # ...while the last batch's bookkeeping is taken
+                    outcome = await write
                 except Exception as exc:  # a bad config, a write the database rejects, or a bug: back off
+                    settle()
                     reason = exc.reason if isinstance(exc, SourceError) else f"Internal{type(exc).__name__}"
                     log.exception("source %s/%s: unexpected failure", self.name, src.name)
                     self._fail(health, exc, reason)
-                    ahead = await self._drop(ahead)  # it read past a batch that was not stored
+                    await self._drop(ahead)  # it read past a batch that was not stored
+                    ahead = None
                     await self._sleep(backoff.next())
                     continue
                 if outcome is None:  # stopped while the store was away; nothing committed, nothing lost
                     return
                 cursor = batch.cursor
+                points = admitted.points
                 if outcome.rejected:  # the database refused these alone: they are not part of what was seen
                     refused = {id(p) for p, _ in outcome.rejected}
                     points = [p for p in points if id(p) not in refused]
-                self._absorb(src.name, health, batch, points, outcome.result.inserted)
-                _note_rejections(health, admitted.notes, outcome)
+                done = (batch, points, outcome, admitted.notes)
                 backoff.reset()
+                if not batch.more:  # a live run's batch (or a catch-up's last): taken in at once
+                    settle()
                 if final and not batch.more:
                     health.state = SourceState.FINISHED
                     return
@@ -368,6 +302,7 @@ class Collector:
                 else:
                     await asyncio.sleep(0)
         finally:
+            settle()
             if ahead is not None:  # stopping: a poll in a worker thread gets a moment to end before aclose
                 await asyncio.wait({ahead.task}, timeout=2.0)
                 await self._drop(ahead, wait=False)
@@ -375,28 +310,15 @@ class Collector:
                 with contextlib.suppress(Exception):
                     await source.aclose()
 
-    def _poll_ahead(self, source: Source, cursor: Any) -> _Ahead:
-        ended: list[float] = []
-        task = asyncio.ensure_future(source.poll(cursor))
-        task.add_done_callback(lambda _: ended.append(time.monotonic()))
-        return _Ahead(task, time.monotonic(), self._job_ended.is_set(), ended)
+    def _prepare(self, batch: Batch) -> Admitted:
+        """What is stored of a batch: the spec's metric filter, names PostgreSQL can hold, admission."""
+        return admit(storable(select(batch.points, self.spec.metrics, self._allowed)), self._clock())
 
-    async def _drop(self, ahead: _Ahead | None, *, wait: bool = True) -> None:
-        """Abandon a poll started ahead. It is let finish first (unless the collector stops), so the source never
-        runs two polls at once (a poll may be running in a worker thread, which cancelling would not stop)."""
-        if ahead is None:
-            return
-        if wait and not ahead.task.done():
-            stop = asyncio.ensure_future(self._stopping.wait())
-            try:
-                await asyncio.wait({ahead.task, stop}, timeout=self._poll_timeout, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                stop.cancel()
-        ahead.task.cancel()
-        await asyncio.gather(ahead.task, return_exceptions=True)
+    async def _drop(self, ahead: Ahead | None, *, wait: bool = True) -> None:
+        await drop_ahead(ahead, self._stopping, self._poll_timeout, wait=wait)
 
     async def _poll(self, source: Source, cursor: Any, health: SourceHealth, backoff: Backoff,
-                    ahead: _Ahead | None = None) -> Batch | None:
+                    ahead: Ahead | None = None) -> Batch | None:
         """Poll once (or take the poll started ahead), abandoning it if the collector stops (nothing is committed
         during a poll)."""
         if ahead is None:
@@ -471,25 +393,11 @@ class Collector:
 
     # ---- what was seen ----------------------------------------------------------------------------------
 
-    def _select(self, points: list[RawPoint]) -> list[RawPoint]:
-        """Apply spec.metrics include/exclude before storing (judged once per name, then one pass keeps the rest)."""
-        allowed = self._allowed
-        flt: MetricFilter = self.spec.metrics
-        if not flt.include and not flt.exclude:
-            return points
-        names = set(map(_METRIC, points))
-        for metric in names - allowed.keys():
-            allowed[metric] = flt.allows(metric)
-        kept = {m for m in names if allowed[m]}
-        if len(kept) == len(names):
-            return points
-        return [p for p in points if p[0] in kept]
-
     def _absorb(self, source: str, health: SourceHealth, batch: Batch, points: list[RawPoint],
                 inserted: int) -> None:
-        if points:
-            self._absorb_points(source, health, points)
-        self._health.observe(source, points, self._primary)
+        health.newest_ts = self.seen.absorb(source, points, counts_training_steps(self._registry.get(health.kind)),
+                                            health.newest_ts)
+        self._health.observe(source, points, self.seen.primary)
         health.points += inserted
         health.state = SourceState.HEALTHY
         health.consecutive_failures = 0
@@ -508,79 +416,6 @@ class Collector:
             health.skipped[reason] = health.skipped.get(reason, 0) + n
         health.info.update(batch.info)
 
-    def _absorb_points(self, source: str, health: SourceHealth, points: list[RawPoint]) -> None:
-        """Latest values, the Workload's step and pace, the source's newest time. Column-wise when the batch's
-        steps never decrease from the Workload's step on (a catch-up, a live run): no point can then start a
-        resumed branch, so the newest point per series is its last one and each new step's first point feeds
-        the pace. Otherwise point by point."""
-        steps = list(map(_STEP, points))
-        times = list(map(_TS, points))
-        counts = counts_training_steps(self._registry.get(health.kind))
-        max_step = self._max_step
-        if not _nondecreasing(steps) or (counts and max_step is not None and steps[0] < max_step):
-            self._absorb_each(source, health, points, counts)
-            return
-        latest = self._latest
-        last = dict(zip(zip(map(_RUN, points), map(_METRIC, points), strict=True), points, strict=True))
-        new_names = False
-        for (run, metric), p in last.items():
-            key = (source, run, metric)
-            if not new_names and key not in latest:
-                new_names = True
-            latest[key] = p  # the later observation in the source's own order is the newest (docs/store.md)
-        if counts and (max_step is None or steps[-1] > max_step):
-            first = dict(zip(reversed(steps), reversed(times), strict=True))  # step -> time of its 1st point
-            ascending = list(reversed(first))  # inserted in descending order
-            if max_step is not None:
-                ascending = ascending[bisect.bisect_right(ascending, max_step):]
-            self._rate.observe_many(zip(map(first.__getitem__, ascending), ascending, strict=True))
-            max_step = ascending[-1]
-            self._max_step, self._max_step_ts = max_step, first[max_step]
-        newest = max(times)
-        if health.newest_ts is None or newest > health.newest_ts:
-            health.newest_ts = newest
-        if new_names and not self.spec.primary_metric:
-            self._primary = detect_primary_metric(m for _, _, m in latest)
-
-    def _absorb_each(self, source: str, health: SourceHealth, points: list[RawPoint], steps: bool) -> None:
-        latest = self._latest
-        max_step = self._max_step
-        newest_ts = health.newest_ts
-        new_names = False
-        for p in points:
-            metric, step, ts, _, run = p
-            key = (source, run, metric)
-            cur = latest.get(key)
-            if cur is None:
-                new_names = True
-            latest[key] = p  # the later observation in the source's own order is the newest (docs/store.md)
-            if steps:
-                if max_step is None or step > max_step:
-                    max_step = step
-                    self._max_step_ts = ts
-                    self._rate.observe(ts, step)
-                elif step < max_step and self._resumed(key, cur, step, ts):
-                    max_step = step  # the run went back to a checkpoint: follow the resumed branch
-                    self._max_step_ts = ts
-                    self._rate.rewind(ts, step)
-            if newest_ts is None or ts > newest_ts:
-                newest_ts = ts
-        self._max_step = max_step
-        if new_names and not self.spec.primary_metric:
-            self._primary = detect_primary_metric(m for _, _, m in latest)
-        health.newest_ts = newest_ts
-
-    def _resumed(self, key: tuple[str, str, str], cur: RawPoint | None, step: int, ts: float) -> bool:
-        """Whether a point below the Workload's step starts a resumed branch: its series logged a higher step
-        before (re-logged after a restart from a checkpoint), or it is the first point of a run whose metric
-        another run of the same source logged, newer than the step it is below (the job's pod was replaced)."""
-        if cur is not None:
-            return step < cur[1]
-        if self._max_step_ts is None or ts <= self._max_step_ts:
-            return False
-        source, run, metric = key
-        return any(k[0] == source and k[2] == metric and k[1] != run for k in self._latest)
-
     async def _seed_from_store(self) -> None:
         """Latest values and counts from the store, so a restarted operator reports the run as it was."""
         try:
@@ -593,33 +428,31 @@ class Collector:
         for lv in latest:
             if lv.source not in names:
                 continue
-            self._latest[(lv.source, lv.run, lv.metric)] = Point(lv.metric, lv.step, lv.ts, lv.value, lv.run)
+            self.seen.seed(lv.source, Point(lv.metric, lv.step, lv.ts, lv.value, lv.run),
+                           counts_training_steps(self._registry.get(names[lv.source])))
             h = self.health.setdefault(lv.source, SourceHealth(lv.source, names[lv.source]))
             if h.newest_ts is None or lv.ts > h.newest_ts:
                 h.newest_ts = lv.ts
-            if counts_training_steps(self._registry.get(names[lv.source])) and (
-                    self._max_step is None or lv.step > self._max_step):
-                self._max_step, self._max_step_ts = lv.step, lv.ts
         totals: dict[str, int] = {}
         for (source, _metric), n in counts.items():
             totals[source] = totals.get(source, 0) + n
         for source, kind in names.items():  # assigned, not added: a reconfigure seeds again
             self.health.setdefault(source, SourceHealth(source, kind)).points = totals.get(source, 0)
-        if not self.spec.primary_metric:
-            self._primary = detect_primary_metric(m for _, _, m in self._latest)
+        self.seen.seeded()
 
     def snapshot(self) -> Snapshot:
         """A consistent picture for status and gauges (cheap: no I/O)."""
         now = self._clock()
         latest: dict[str, Latest] = {}
-        for (source, run, metric), (_, step, ts, value, _) in self._latest.items():
+        seen = self.seen
+        for (source, run, metric), (_, step, ts, value, _) in seen.latest.items():
             cur = latest.get(metric)
             if cur is None or step > cur.step or (step == cur.step and ts > cur.ts):
                 latest[metric] = Latest(value, step, ts, source, run)
         healths = tuple(replace(h, skipped=dict(h.skipped), errors=dict(h.errors), info=dict(h.info))
                         for h in self.health.values())
         total = self.spec.total_steps or max((h.total_steps for h in healths if h.total_steps), default=None)
-        step = self._max_step
+        step = seen.max_step
         progress: float | None = None
         if total and step is not None:
             progress = min(1.0, max(0.0, step / total))
@@ -630,17 +463,17 @@ class Collector:
         if run_state == RunState.FINISHED:
             progress = 1.0  # the run ended normally: all of it is done, whatever its last step's convention
         ended = self.job is not None and self.job.ended
-        rate = None if ended or run_state in (RunState.FINISHED, RunState.FAILED) else self._rate.rate()
-        primary = self._primary or detect_primary_metric(latest)
+        rate = None if ended or run_state in (RunState.FINISHED, RunState.FAILED) else seen.rate.rate()
+        primary = seen.primary or detect_primary_metric(latest)
         last_ts = max((h.newest_ts for h in healths if h.newest_ts is not None), default=None)
         done = ended or run_state == RunState.FINISHED
-        eta = 0.0 if done else eta_seconds(step, total, rate, self._rate.pause_overhead())
+        eta = 0.0 if done else eta_seconds(step, total, rate, seen.rate.pause_overhead())
         if eta is None and not done:  # no step-based estimate: a source's own, if any
             eta = max((h.eta_seconds for h in healths if h.eta_seconds is not None), default=None)
         return Snapshot(step=step, total_steps=total, progress=progress, throughput=rate, eta_seconds=eta,
                         primary_metric=primary, latest=latest, run_state=run_state, sources=healths,
                         last_point_ts=last_ts, taken_at=now, health=tuple(self._conditions.values()),
-                        step_ts=self._max_step_ts, store=getattr(getattr(self.store, "state", None), "health", None),
+                        step_ts=seen.max_step_ts, store=getattr(getattr(self.store, "state", None), "health", None),
                         job=self.job)
 
     # ---- health ---------------------------------------------------------------------------------------------
@@ -652,8 +485,9 @@ class Collector:
         if self.job is not None and self.job.ended and run_state not in (RunState.FINISHED, RunState.FAILED):
             run_state = RunState.FINISHED  # a deleted job: no more steps will come, so never Stalled
         sources_ok = any(h.state == SourceState.HEALTHY for h in self.health.values())
-        current = self._health.evaluate(now, run_state=run_state, step=self._max_step, step_ts=self._max_step_ts,
-                                        step_interval=self._rate.step_interval(), sources_ok=sources_ok)
+        seen = self.seen
+        current = self._health.evaluate(now, run_state=run_state, step=seen.max_step, step_ts=seen.max_step_ts,
+                                        step_interval=seen.rate.step_interval(), sources_ok=sources_ok)
         if self.job is not None and self.job.phase == JobPhase.SUSPENDED:  # held by a queue: no steps expected
             current[STALLED] = Condition(STALLED, "False", "JobSuspended", "the job is suspended")
         events = transitions(self._conditions, current, now)

@@ -8,10 +8,12 @@ Detectors assume a lower-is-better metric such as a loss; they watch the primary
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import math
 import operator
 import statistics
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +26,15 @@ DIVERGING = "MetricDiverging"
 DISAGREE = "SourcesDisagree"
 CONDITION_TYPES = (STALLED, NON_FINITE, SPIKE, DIVERGING, DISAGREE)
 MAD_TO_SIGMA = 1.4826
-_METRIC = operator.itemgetter(0)
+_METRIC, _STEP, _VALUE, _RUN = (operator.itemgetter(i) for i in (0, 1, 3, 4))
+
+
+def _median(ordered: list[float]) -> float:
+    """statistics.median of an already sorted list (the same arithmetic)."""
+    n = len(ordered)
+    if n % 2:
+        return ordered[n // 2]
+    return (ordered[n // 2 - 1] + ordered[n // 2]) / 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,9 +120,50 @@ class MetricWatch:
         if self.spec.rising_span:
             self._check_rising(step, value)
 
+    def observe_many(self, pairs: Iterable[tuple[int, float]]) -> None:
+        """`observe` of each (step, value) in order, with the per-point work inlined (a catch-up feeds thousands
+        of points per batch); the same state as one `observe` per pair."""
+        spec = self.spec
+        window, size, least = self.window, spec.spike_window, spec.spike_min_points
+        threshold, clear, refresh = spec.spike_threshold, spec.spike_clear_points, max(1, spec.spike_window // 10)
+        rising, rise, judge = spec.rising_span, self.rising, max(1, spec.rising_span // 20)
+        isfinite = math.isfinite
+        last = self.last_step
+        for step, value in pairs:
+            if last is not None and step <= last:
+                continue
+            last = self.last_step = step
+            if not isfinite(value):
+                self.non_finite = (step, value)
+                continue
+            self.non_finite = None
+            if len(window) >= least:  # _check_spike
+                if self.band is None or self.band_age >= refresh:
+                    self.band, self.band_age = self._compute_band(), 0
+                self.band_age += 1
+                med, scale = self.band
+                if value > med + threshold * scale:
+                    med, scale = self.band = self._compute_band()
+                if value > med + threshold * scale:
+                    self.spike, self.calm = (step, value, med, scale), 0
+                elif self.spike is not None:
+                    self.calm += 1
+                    if self.calm >= clear:
+                        self.spike = None
+            window.append(value)
+            if len(window) > size:
+                window.popleft()
+            if rising:  # _check_rising
+                rise.append(value)
+                if len(rise) > rising:
+                    rise.popleft()
+                self.rising_age += 1
+                if len(rise) >= rising and self.rising_age >= judge:
+                    self._judge_rising(step)
+
     def _compute_band(self) -> tuple[float, float]:
-        med = statistics.median(self.window)
-        mad = statistics.median(abs(x - med) for x in self.window) * MAD_TO_SIGMA
+        med = _median(sorted(self.window))
+        mad = _median(sorted(map(abs, map(operator.sub, self.window, itertools.repeat(med))))) * MAD_TO_SIGMA
         return med, max(mad, abs(med) * 1e-3, 1e-12)
 
     def _check_spike(self, step: int, value: float) -> None:
@@ -141,6 +192,10 @@ class MetricWatch:
         self.rising_age += 1
         if len(self.rising) < span or self.rising_age < max(1, span // 20):
             return
+        self._judge_rising(step)
+
+    def _judge_rising(self, step: int) -> None:
+        span = self.spec.rising_span
         self.rising_age = 0
         quarter = span // 4
         values = list(self.rising)
@@ -184,17 +239,36 @@ class HealthMonitor:
         watched = {m for m in names if self.monitors(m, primary)}
         if not watched:
             return
-        if len(watched) < len(names):
+        if len(watched) == 1 < len(names):
+            points = list(itertools.compress(points, map(operator.eq, map(_METRIC, points),
+                                                         itertools.repeat(next(iter(watched))))))
+        elif len(watched) < len(names):
             points = [p for p in points if p[0] in watched]
-        for metric, step, _, value, run in points:
-            key = (source, run, metric)
-            watch = self.watches.get(key)
-            if watch is None:
-                watch = self.watches[key] = MetricWatch(self.spec)
-            watch.observe(step, value)
-            if track:
+        if track:  # the sources' recent values interleave runs: point by point
+            for metric, step, _, value, run in points:
+                key = (source, run, metric)
+                watch = self.watches.get(key)
+                if watch is None:
+                    watch = self.watches[key] = MetricWatch(self.spec)
+                watch.observe(step, value)
                 recent = self._recent.setdefault((metric, source), deque(maxlen=256))
                 recent.append((step, value))
+            return
+        # each series' watch sees its own points in order; series do not affect each other
+        runs = set(map(_RUN, points))
+        series: dict[tuple[str, str], list[tuple[int, float]]]
+        if len(runs) == 1 and len(watched) == 1:
+            series = {(next(iter(runs)), next(iter(watched))): list(zip(map(_STEP, points), map(_VALUE, points),
+                                                                        strict=True))}
+        else:
+            series = {}
+            for metric, step, _, value, run in points:
+                series.setdefault((run, metric), []).append((step, value))
+        for (run, metric), pairs in series.items():
+            watch = self.watches.get((source, run, metric))
+            if watch is None:
+                watch = self.watches[(source, run, metric)] = MetricWatch(self.spec)
+            watch.observe_many(pairs)
 
     def stall_threshold(self, step_interval: float | None) -> float:
         spec = self.spec

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 import operator
 import re
@@ -84,6 +86,10 @@ def combine_with_job(sources: RunState, job: JobState | None) -> RunState:
     return RunState.RUNNING if job.phase == JobPhase.RUNNING or sources != RunState.UNKNOWN else RunState.UNKNOWN
 
 
+_FIRST, _SECOND = operator.itemgetter(0), operator.itemgetter(1)
+_ORDERLY_MIN = 128  # fewer pairs (a live run's poll) go pair by pair
+
+
 class StepRate:
     """Steps per second over a recent window of (source time, step) samples, ignoring pauses.
 
@@ -98,6 +104,9 @@ class StepRate:
         self.pause_factor = pause_factor
         self.restart_gap = restart_gap  # longer gaps are restarts: neither pace nor expected pauses
         self.samples: deque[tuple[float, int]] = deque(maxlen=max_samples)
+        # seconds per step between consecutive samples (one fewer than samples, kept with them): the median of
+        # these is refreshed every 64 new steps, so a catch-up must not rebuild them from the samples each time
+        self._gaps: deque[float] = deque(maxlen=max(1, max_samples - 1))
         self.active_seconds = 0.0  # over the whole run seen: time spent stepping...
         self.paused_seconds = 0.0  # ...and in pauses (evaluations, checkpoints)
         self.pauses: deque[float] = deque(maxlen=256)  # each pause's length, for the ETA's share of recurring ones
@@ -109,7 +118,53 @@ class StepRate:
 
     def observe_many(self, pairs: Iterable[tuple[float, int]]) -> None:
         """`observe` of each (ts, step) in order; a catch-up batch brings thousands of new steps at once."""
-        samples, window, gap, factor = self.samples, self.window, self.restart_gap, self.pause_factor
+        if isinstance(pairs, list) and len(pairs) >= _ORDERLY_MIN and self._orderly(pairs):
+            self._observe_orderly(pairs)
+            return
+        self._observe_each(pairs)
+
+    def _orderly(self, pairs: list[tuple[float, int]]) -> bool:
+        """Whether every pair would be taken: finite times that never go back, steps that always rise."""
+        ts, steps = list(map(_FIRST, pairs)), list(map(_SECOND, pairs))
+        if not math.isfinite(sum(ts)) or not all(map(operator.le, ts, itertools.islice(ts, 1, None))):
+            return False
+        if not all(map(operator.lt, steps, itertools.islice(steps, 1, None))):
+            return False
+        return not self.samples or (steps[0] > self.samples[-1][1] and ts[0] >= self.samples[-1][0])
+
+    def _observe_orderly(self, pairs: list[tuple[float, int]]) -> None:
+        """`_observe_each` of pairs that are all taken, column-wise between two refreshes of the typical interval
+        (every 64 samples); the same sums in the same order, so the same state to the last bit."""
+        samples, gaps, window, gap, factor = self.samples, self._gaps, self.window, self.restart_gap, self.pause_factor
+        i, n = 0, len(pairs)
+        if not samples:
+            samples.append(pairs[0])
+            i = 1
+        while i < n:
+            if self._typical is None or self._age + 1 >= 64:  # the next pair refreshes it: that one alone
+                self._observe_each(pairs[i:i + 1])
+                i += 1
+                continue
+            chunk = pairs[i:i + 63 - self._age]
+            ts, steps = list(map(_FIRST, chunk)), list(map(_SECOND, chunk))
+            last_ts, last_step = samples[-1]
+            dts = list(map(operator.sub, ts, [last_ts, *ts[:-1]]))
+            dss = list(map(operator.sub, steps, [last_step, *steps[:-1]]))
+            typical = self._typical
+            if max(dts) <= gap and (not typical or max(map(operator.truediv, dts, dss)) <= factor * typical):
+                self.active_seconds = functools.reduce(operator.add, dts, self.active_seconds)
+                self._age += len(chunk)
+                gaps.extend(map(operator.truediv, dts, dss))
+                samples.extend(chunk)
+                while len(samples) > 2 and ts[-1] - samples[0][0] > window:
+                    samples.popleft()
+                    gaps.popleft()
+            else:  # a pause or a restart in this stretch: pair by pair
+                self._observe_each(chunk)
+            i += len(chunk)
+
+    def _observe_each(self, pairs: Iterable[tuple[float, int]]) -> None:
+        samples, gaps, window, gap, factor = self.samples, self._gaps, self.window, self.restart_gap, self.pause_factor
         typical, age = self._typical, self._age
         isfinite = math.isfinite
         try:
@@ -132,9 +187,11 @@ class StepRate:
                         self.pauses.append(dt - typical * ds)
                     else:
                         self.active_seconds += dt
+                    gaps.append(dt / ds)
                 samples.append((ts, step))
                 while len(samples) > 2 and ts - samples[0][0] > window:
                     samples.popleft()
+                    gaps.popleft()
         finally:
             self._typical, self._age = typical, age
 
@@ -143,8 +200,11 @@ class StepRate:
         measure on from there."""
         while self.samples and self.samples[-1][1] >= step:
             self.samples.pop()
+            if self._gaps:
+                self._gaps.pop()
         if self.samples and ts < self.samples[-1][0]:
             self.samples.clear()  # the resumed node's clock is behind: start the window afresh
+            self._gaps.clear()
         self.observe(ts, step)
 
     def _columns(self) -> tuple[list[float], list[int]]:
@@ -156,9 +216,12 @@ class StepRate:
 
     def step_interval(self) -> float | None:
         """Median seconds per step over the window (the run's own rhythm, for the stall threshold)."""
-        dts, dss = self._columns()
         # samples' steps strictly increase (observe skips the others, rewind drops those above), so every ds > 0
-        return statistics.median(map(operator.truediv, dts, dss)) if dts else None
+        if not self._gaps:
+            return None
+        ordered = sorted(self._gaps)  # statistics.median's arithmetic, without its copy of a deque
+        n = len(ordered)
+        return ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
 
     def rate(self) -> float | None:
         dts, dss = self._columns()

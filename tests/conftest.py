@@ -192,3 +192,14 @@ def browser() -> Iterator[Any]:
         yield b
     finally:
         b.close()
+
+
+@pytest.fixture(autouse=True)
+def source_contract(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """Every poll of every registered source kind, in every test, is checked against the cursor contract the
+    collector's poll ahead relies on (tests/cursorcontract.py); a change in place fails the test."""
+    from cursorcontract import install
+
+    contract = install(monkeypatch)
+    yield contract
+    assert not contract.broken, "\n".join(contract.broken)

@@ -236,8 +236,8 @@ def test_swanlab_metric_lines_take_anything(lines: list[bytes], tail: bytes) -> 
     with peak_bytes() as peak:
         offset, _newest = reader._read(io.BytesIO(data), 0, len(data), "loss", "run")
     assert offset <= len(data)
-    assert all(isinstance(p.step, int) and isinstance(p.ts, float) and isinstance(p.value, float)
-               for p in reader.points)
+    assert all(type(step) is int and type(ts) is float and type(value) is float
+               for _, step, ts, value, _ in reader.points)
     assert peak[0] <= 256 * KB + 64 * len(data)
 
 

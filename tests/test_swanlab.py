@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from trainscope.collector.collector import Collector
-from trainscope.collector.points import RunState
+from trainscope.collector.points import Point, RunState
 from trainscope.collector.sources import SourceContext, SourceError
 from trainscope.collector.sources.swanlab import HTTP_CAP, SwanLabSource
 from trainscope.collector.spec import parse_spec
@@ -103,7 +103,7 @@ async def drain(src: SwanLabSource, cursor: Any = None) -> tuple[list, Any, list
         assert len(batch.points) <= src.ctx.max_batch_points
         cursor = json.loads(json.dumps(batch.cursor))
         json.dumps(batch.runs, allow_nan=False)
-        points += batch.points
+        points += map(Point._make, batch.points)  # the named form, for the tests' reading
         batches.append(batch)
         if not batch.more:
             return points, cursor, batches
@@ -246,7 +246,7 @@ async def test_experiment_selection(swan: Swan, mode: str):
         ({"names": ["short-b"], "ids": [ids["killed"]]}, {"short-b", "killed"}),
     ]:
         batch = await source(swan, mode, experiments=experiments).poll(None)
-        assert {p.run for p in batch.points} == {swan.run_ids[n] for n in want}, experiments
+        assert {p[4] for p in batch.points} == {swan.run_ids[n] for n in want}, experiments
         assert not [n for n in batch.notes if "not found" in n]
     partly = await source(swan, mode, experiments={"names": ["short-b", "not-yet"]}).poll(None)
     where = swan.logdir if mode == "logDir" else f"the SwanLab dashboard at {swan.url}"

@@ -129,13 +129,13 @@ def test_half_written_lines_wait_and_bad_lines_are_counted(tmp_path: Path):
     reader = files.FileReader(100, [], {}, [])
     new: dict[str, Any] = {}
     reader.read_tag(folder, "r/1", "loss", "r", {}, new)
-    assert [(p.step, p.value) for p in reader.points] == [(0, 0.0), (1, 0.5)]
+    assert [(p[1], p[3]) for p in reader.points] == [(0, 0.0), (1, 0.5)]
     assert reader.skipped == {"bad_line": 1, "non_numeric": 1}
     with open(log, "a") as f:
         f.write(good[2][20:] + "\n" + good[3] + "\n")
     again = files.FileReader(100, [], {}, [])
     again.read_tag(folder, "r/1", "loss", "r", json.loads(json.dumps(new)), new)
-    assert [(p.step, p.value) for p in again.points] == [(2, 1.0), (3, 1.5)]
+    assert [(p[1], p[3]) for p in again.points] == [(2, 1.0), (3, 1.5)]
     assert new["r/1/1000.log"] == [log.stat().st_size, os.stat(log).st_ino]
 
 
@@ -166,3 +166,77 @@ def test_crd_with_the_swanlab_kind_is_structural_and_validates_like_parse_spec()
     assert ok == []
     both, _, _ = cluster_check(workload(spec({"logDir": "/l", "url": "http://h"})), crd)
     assert ("spec.sources[0].swanlab", "set exactly one of logDir or url") in both
+
+
+def line_by_line(data: bytes, metric: str, run: str) -> list[tuple]:
+    """The oracle for the column-wise reader: every complete line through json.loads and parse_record alone."""
+    out = []
+    for line in data[:data.rfind(b"\n")].split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            rec = files.parse_record(json.loads(line))
+        except ValueError:
+            continue
+        if not isinstance(rec, str):
+            out.append((metric, *rec, run))
+    return out
+
+
+def read_all(data: bytes, limit: int = 100_000) -> tuple[list[tuple], int]:
+    import io
+
+    reader = files.FileReader(limit, [], {}, [])
+    points: list[tuple] = []
+    offset = 0
+    while True:
+        offset, _ = reader._read(io.BytesIO(data), offset, len(data), "m", "r")
+        points += reader.points
+        if not reader.full:
+            return points, offset
+        reader = files.FileReader(limit, [], {}, [])
+
+
+REAL = Path(__file__).parent / "data" / "swanlab_old"
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(REAL)) for p in REAL.rglob("*.log") if "logs" in p.parts),
+                         ids=str)
+def test_column_wise_lines_equal_line_by_line_on_real_files(path: str) -> None:
+    """Files written by real swanlab versions (0.7.20's old NaN/INF strings fall back to line by line)."""
+    data = (REAL / path).read_bytes()
+    want = line_by_line(data, "m", "r")
+    for limit in (100_000, 7):  # one batch, and batches cut inside a chunk
+        got, offset = read_all(data, limit)
+        assert [(m, s, t, "nan" if v != v else v, r) for m, s, t, v, r in got] == \
+            [(m, s, t, "nan" if v != v else v, r) for m, s, t, v, r in want]
+        assert offset == data.rfind(b"\n") + 1
+
+
+def rec(i: int, data: Any = None, created: Any = "2026-01-02T03:04:05.123456+00:00") -> bytes:
+    return json.dumps({"index": i, "data": i / 3 if data is None else data, "create_time": created}).encode()
+
+
+@pytest.mark.parametrize("lines", [
+    [rec(i) for i in range(50)],  # the common case: taken column-wise
+    [rec(i, created=f"2026-01-02T03:04:{i % 60:02d}.5") for i in range(20)],  # naive times are UTC
+    [rec(i, created="2026-01-02T11:04:05+08:00") for i in range(5)],  # another offset
+    [rec(i, data=i) for i in range(5)] + [rec(9, data=2**70)],  # ints, one beyond int64
+    [rec(0), b"", rec(1), b"   ", rec(2)],  # blank lines are passed over
+    [rec(0), b"not json", rec(1)],  # a bad line is counted, the others kept
+    [rec(0), rec(1) + b", " + rec(2), rec(3)],  # two values on one line: a bad line, not two points
+    [rec(0), rec(1, data="NaN"), rec(2, data=True), rec(3, data=None)],  # old strings, bool, null
+    [rec(0), json.dumps({"index": True, "data": 1.0, "create_time": "2026-01-02T03:04:05"}).encode()],
+    [rec(0), rec(1, created="yesterday"), rec(2, created=5)],  # bad times
+    [b"[" + rec(0), rec(1) + b"]"],  # brackets that would join lines into one value
+    [b"1", b"\"x\"", b"null", rec(4)],  # not objects
+    [b"\xef\xbb\xbf" + rec(0), rec(1)],  # a byte order mark
+])
+def test_column_wise_lines_equal_line_by_line_on_edge_cases(lines: list[bytes]) -> None:
+    data = b"\n".join(lines) + b"\n" + rec(99)[:10]  # and a half-written last line
+    want = line_by_line(data, "m", "r")
+    for limit in (100_000, 2):
+        got, offset = read_all(data, limit)
+        assert [(m, s, t, "nan" if v != v else v, r) for m, s, t, v, r in got] == \
+            [(m, s, t, "nan" if v != v else v, r) for m, s, t, v, r in want]
+        assert offset == data.rfind(b"\n") + 1

@@ -342,6 +342,10 @@ async def test_http_and_graphql_failures(fake: FakeWandb, fault: dict, reason: s
 @pytest.mark.parametrize(("op", "body", "words"), [
     ("HistoryPage", b'{"data": {"project": {"run": {"history": ["{\\"_step\\": 0, oops"]}}}}', "is not JSON"),
     ("HistoryPage", b'{"data": {"project": {"run": {"history": ["[1]"]}}}}', "is not an object"),
+    # two rows on one line of the page: not two rows (the page is parsed as one array when every row is one)
+    ("HistoryPage", b'{"data": {"project": {"run": {"history": ["{\\"_step\\": 0}", '
+                    b'"{\\"_step\\": 1}, {\\"_step\\": 2}"]}}}}', "is not JSON"),
+    ("HistoryPage", b'{"data": {"project": {"run": {"history": ["{\\"_step\\": 0}", ""]}}}}', "is not JSON"),
     ("HistoryPage", b'{"data": {"project": {"run": {"history": 5}}}}', "is not a list"),
     ("RunHistoryKeys", b'{"data": {"project": {"run": {"historyKeys": {"lastStep": "9"}}}}}', "not an integer"),
     ("Runs", b'{"data": {"project": {"runs": {"edges": 3}}}}', "not a run connection"),

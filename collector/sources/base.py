@@ -88,6 +88,12 @@ class Source(Protocol):
     `poll` returns at most `ctx.max_batch_points` points and sets `Batch.more` when it stopped early, so a run
     with millions of points is caught up in bounded memory. It raises `SourceError` (or any exception) on failure;
     the collector backs off and reports it. `cursor` is None on the first poll.
+
+    A poll never changes the cursor it is given, nor a cursor or `runs` it returned earlier: it builds new ones.
+    During a catch-up the collector writes a batch (its cursor and runs, serialised while the database commits)
+    while the next poll, given that same cursor object, already runs beside the write (in a worker thread for the
+    file sources); a change in place would commit a cursor that does not match the points stored with it.
+    tests/cursorcontract.py checks this around every poll of the test suite.
     """
 
     kind: ClassVar[str]

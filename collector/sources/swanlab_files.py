@@ -9,8 +9,10 @@ Everything here is synchronous and runs in a worker thread.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import operator
 import os
 import sqlite3
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ from urllib.parse import quote
 
 import yaml
 
-from trainscope.collector.points import Point
+from trainscope.collector.points import RawPoint
 from trainscope.collector.sources.base import SourceError
 
 DB_NAME = "runs.swanlab"
@@ -147,7 +149,7 @@ class FileReader:
     """Reads new complete lines of a run's metric files from per-file offsets, up to a point budget."""
 
     limit: int
-    points: list[Point]
+    points: list[RawPoint]  # plain tuples: a catch-up makes millions
     skipped: dict[str, int]
     notes: list[str]
     full: bool = False
@@ -199,8 +201,19 @@ class FileReader:
                     offset = nl + 1
                     continue
                 return offset, newest  # a half-written last line: read it once complete
+            lines = chunk[:end].split(b"\n")
+            fast = _columns(lines[:self.limit - len(points)], metric, run)
+            if fast is not None:  # every line a good record: taken column-wise
+                got, taken, top = fast
+                points += got
+                if newest is None or top > newest:
+                    newest = top
+                offset += taken
+                if len(points) >= self.limit:
+                    self.full = True
+                continue
             pos = 0
-            for line in chunk[:end].split(b"\n"):
+            for line in lines:
                 pos += len(line) + 1
                 if not line.strip():
                     continue
@@ -212,7 +225,7 @@ class FileReader:
                     skipped[rec] = skipped.get(rec, 0) + 1
                     continue
                 step, ts, value = rec
-                points.append(Point(metric, step, ts, value, run))
+                points.append((metric, step, ts, value, run))
                 if newest is None or ts > newest:
                     newest = ts
                 if len(points) >= self.limit:
@@ -220,6 +233,39 @@ class FileReader:
                     break
             offset += pos
         return offset, newest
+
+
+_INDEX, _DATA, _CREATED = (operator.itemgetter(k) for k in ("index", "data", "create_time"))
+_NUMBERS = frozenset({int, float})
+
+
+def _columns(lines: list[bytes], metric: str, run: str) -> tuple[list[RawPoint], int, float] | None:
+    """(points, bytes taken, newest time) of whole lines that are all good records, or None (then line by line).
+
+    Reading a catch-up line by line cost ~6 us a point (json.loads, parse_record, a tuple): here the lines are one
+    JSON array (a comma between lines, so a line that is not exactly one value breaks the count or the parse) and
+    each field is checked and converted per column, giving exactly what `parse_record` gives per line."""
+    if not lines:
+        return None
+    try:
+        recs = json.loads(b"[" + b",".join(lines) + b"]")
+        if len(recs) != len(lines) or set(map(type, recs)) != {dict}:
+            return None
+        steps, data, created = list(map(_INDEX, recs)), list(map(_DATA, recs)), list(map(_CREATED, recs))
+        if set(map(type, steps)) != {int} or not set(map(type, data)) <= _NUMBERS or set(map(type, created)) != {str}:
+            return None
+        stamps = list(map(datetime.fromisoformat, created))
+        if None in set(map(_TZINFO, stamps)):
+            stamps = [d if d.tzinfo is not None else d.replace(tzinfo=UTC) for d in stamps]  # naive: UTC
+        times = list(map(datetime.timestamp, stamps))
+        values = list(map(float, data))
+    except (ValueError, KeyError, TypeError, OverflowError):
+        return None
+    points = list(zip(itertools.repeat(metric), steps, times, values, itertools.repeat(run)))
+    return points, sum(map(len, lines)) + len(lines), max(times)
+
+
+_TZINFO = operator.attrgetter("tzinfo")
 
 
 def _find_newline(f: Any, start: int) -> int | None:
