@@ -133,8 +133,7 @@ class StatusPublisher:
         path = f"/apis/{GROUP}/{VERSION}/namespaces/{w.namespace}/{PLURAL}/{w.name}/status"
         try:
             async with self._slots:
-                obj = await self.kube.request_json("PATCH", path, {"status": changes},
-                                                   content_type="application/merge-patch+json")
+                obj = await self.kube.patch_merge(path, {"status": changes})
         except KubeError as exc:
             w.status = None  # start again from what the watch shows
             if exc.status != 404:  # 404: deleted meanwhile; its daemon ends and unregisters it
