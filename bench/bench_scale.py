@@ -135,6 +135,28 @@ async def drain(url: str, n: int, written: mp.sharedctypes.Synchronized, poll_s:
         await conn.close()
 
 
+async def late_workloads(cluster: CountingCluster, url: str, n: int, op: OperatorProcess) -> str:
+    """Why the Workloads that show no step yet do not: kopf has not taken them up (no finalizer), the collector has
+    not started (not registered in the store), nothing stored yet, or stored but no status written."""
+    late = [f"w{i:04d}" for i in range(n) if f"w{i:04d}" not in cluster.emu.stepped]
+    conn = await asyncpg.connect(url)
+    try:
+        registered = {r["name"] for r in await conn.fetch("SELECT name FROM workloads")}
+        storing = {r["name"] for r in await conn.fetch(
+            "SELECT DISTINCT w.name FROM workloads w JOIN series s ON s.workload_uid = w.uid")}
+    finally:
+        await conn.close()
+    untaken = [name for name in late if not ((await cluster.get(name)) or {}).get("metadata", {}).get("finalizers")]
+    unregistered = [name for name in late if name not in registered and name not in untaken]
+    empty = [name for name in late if name in registered and name not in storing]
+    unstatused = [name for name in late if name in storing]
+    said = [line for line in op.tail(2000).splitlines() if any(name in line for name in late[:50])][-3:]
+    return (f"{len(late)} show no step: {len(untaken)} not taken up by kopf (no finalizer) {untaken[:5]}, "
+            f"{len(unregistered)} collector not started (not in the store) {unregistered[:5]}, {len(empty)} "
+            f"started but nothing stored {empty[:5]}, {len(unstatused)} stored but no status yet {unstatused[:5]}; "
+            f"operator log about them: {said}")
+
+
 def seconds(duration: str) -> float:
     return float(duration.rstrip("s"))
 
@@ -245,6 +267,8 @@ async def run_one(n: int, duration: float, poll: str, status_interval: float, ho
                           f"{time.monotonic() - t_create:.0f}s", file=sys.stderr, flush=True)
                 await asyncio.sleep(1.0)
             warmup = time.monotonic() - t_create
+            if ready < n:
+                print(f"  [{n}] {await late_workloads(cluster, url, n, op)}", file=sys.stderr, flush=True)
             await asyncio.sleep(max(5.0, 2 * status_interval))  # settle after the start-up burst
             drained = await drain(url, n, written, seconds(poll), drain_timeout)
             proc = psutil.Process(op.pid)
