@@ -228,7 +228,8 @@ def profile_shares(path: Path) -> str:
 
 async def run_one(n: int, duration: float, poll: str, status_interval: float, hog: int = 0,
                   drain_timeout: float = 300.0, profile: Path | None = None,
-                  warmup_timeout: float = 900.0, pythonpath: Path | None = None) -> dict[str, float]:
+                  warmup_timeout: float = 900.0, pythonpath: Path | None = None,
+                  env: dict[str, str] | None = None) -> dict[str, float]:
     base = Path(tempfile.mkdtemp(prefix="ts-scale-", dir="/tmp"))
     server, url = await _prepare_pg(base)
     stop = mp.Event()
@@ -240,10 +241,10 @@ async def run_one(n: int, duration: float, poll: str, status_interval: float, ho
         h.start()
     try:
         async with CountingCluster() as cluster:
-            kw: dict[str, object] = {"status_interval": status_interval}
+            kw: dict[str, object] = {"status_interval": status_interval, "extra_env": dict(env or {})}
             if pythonpath is not None:
                 # PYTHONSAFEPATH: the working directory (this tree) is not put before the peer's packages
-                kw["extra_env"] = {"PYTHONPATH": str(pythonpath), "PYTHONSAFEPATH": "1"}
+                kw["extra_env"] = {**(env or {}), "PYTHONPATH": str(pythonpath), "PYTHONSAFEPATH": "1"}
             op = (ProfiledOperator(cluster.kubeconfig(base / "kubeconfig"), url, base / "operator.log",
                                    profile=profile, **kw) if profile else
                   OperatorProcess(cluster.kubeconfig(base / "kubeconfig"), url, base / "operator.log", **kw))
@@ -404,31 +405,36 @@ def main() -> None:
     ap.add_argument("--profile", type=Path, help="also one run of the first N under cProfile, stats to this file "
                     "(with --peer, also one of the peer's, to FILE.peer)")
     ap.add_argument("--peer", help="git revision whose operator runs in turns with this tree's (e.g. main)")
+    ap.add_argument("--also-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="also this tree's operator with this environment variable set, in turns with the others")
     args = ap.parse_args()
-    variants: list[tuple[str, Path | None]] = [("this tree", None)]
+    variants: list[tuple[str, Path | None, dict[str, str]]] = [("this tree", None, {})]
+    for item in args.also_env:
+        key, _, value = item.partition("=")
+        variants.append((f"this tree, {key}={value}", None, {key: value}))
     if args.peer:
         commit, site = peer_tree(args.peer)
-        variants.append((f"peer {commit}", site))
+        variants.append((f"peer {commit}", site, {}))
     print(f"cores: {psutil.cpu_count()}, pollInterval {args.poll}, status interval {args.status_interval}s, "
           f"window {args.duration:.0f}s, hog {args.hog_procs} busy processes, load {os.getloadavg()}")
     print("| Workloads | operator | beside | create s | warm-up s | drain s | operator CPU (cores) | operator RSS MB "
           "| points/s stored | status patches/s | max patches per Workload per min | lag p50 s | lag p95 s "
           "| lag max s | emulator CPU (cores) | load (1 min) |")
     print("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    runs: list[tuple[int, bool, str, tuple[str, Path | None]]] = []
+    runs: list[tuple[int, bool, str, tuple[str, Path | None, dict[str, str]]]] = []
     for rnd in range(args.rounds):
         for n in args.workloads:
             for under in args.under if rnd % 2 == 0 else list(reversed(args.under)):
                 for variant in variants if rnd % 2 == 0 else list(reversed(variants)):
                     runs.append((n, False, under, variant))
     runs += [(n, True, "quiet", variants[0]) for n in args.local]
-    for n, local, under, (which, site) in runs:
+    for n, local, under, (which, site, env) in runs:
         hog = args.hog_procs if under == "hog" else 0
         if local:
             r = asyncio.run(run_local(n, args.duration, args.poll))
         else:
             r = asyncio.run(run_one(n, args.duration, args.poll, args.status_interval, hog, args.drain_timeout,
-                                    warmup_timeout=args.warmup_timeout, pythonpath=site))
+                                    warmup_timeout=args.warmup_timeout, pythonpath=site, env=env))
         label = f"{n} (local mode)" if local else str(n)
         if r["ready"] < n:
             label += f" ({r['ready']} showed a step by the end of warm-up)"
@@ -438,17 +444,18 @@ def main() -> None:
               f"| {r['cpu_cores']:.2f} | {r['rss_mb']:.0f} | {r['points_per_s']:.0f} "
               f"| {r['patches_per_s']:.1f} | {r['max_patches_per_wl_per_min']:.1f} | {r['lag_p50']:.2f} "
               f"| {r['lag_p95']:.2f} | {r['lag_max']:.2f} | {r['emulator_cores']:.2f} | {r['load']:.1f} |", flush=True)
-    for which, site in variants if args.profile else []:
+    for which, site, env in variants if args.profile else []:
         n = args.workloads[0]
-        path = args.profile.resolve() if site is None else args.profile.resolve().with_suffix(".peer")
+        path = args.profile.resolve()
+        path = path.with_suffix(".peer") if site is not None else path.with_suffix(".env") if env else path
         r = asyncio.run(run_one(n, args.duration, args.poll, args.status_interval, 0, args.drain_timeout,
-                                path, warmup_timeout=args.warmup_timeout, pythonpath=site))
+                                path, warmup_timeout=args.warmup_timeout, pythonpath=site, env=env))
         print(f"| {n} (under cProfile) | {which} | - | {r['create_s']:.1f} | {r['warmup_s']:.0f} | {r['drain_s']:.0f} "
               f"| {r['cpu_cores']:.2f} | {r['rss_mb']:.0f} | {r['points_per_s']:.0f} | {r['patches_per_s']:.1f} "
               f"| {r['max_patches_per_wl_per_min']:.1f} | {r['lag_p50']:.2f} | {r['lag_p95']:.2f} "
               f"| {r['lag_max']:.2f} | {r['emulator_cores']:.2f} | {r['load']:.1f} |")
         print(f"{which}: {profile_shares(path)}")
-    for _, site in variants:
+    for _, site, _env in variants:
         if site is not None:
             shutil.rmtree(site.parent, ignore_errors=True)
 

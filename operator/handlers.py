@@ -24,6 +24,9 @@ from trainscope.operator.runtime import Runtime, RuntimeConfig
 GROUP, VERSION, PLURAL = "trainscope.io", "v1alpha1", "workloads"
 # Seconds between two status writes of a Workload (read at import, as tests and benches set it before).
 STATUS_INTERVAL = float(os.environ.get("TRAINSCOPE_STATUS_INTERVAL", "5"))
+# At most this many status writes a second in all (0: no limit): with more Workloads than interval * rate, each is
+# written less often than every interval, so the status path's CPU stops growing with N.
+STATUS_MAX_RATE = float(os.environ.get("TRAINSCOPE_STATUS_MAX_RATE", "100"))
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +48,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     runtime = memo.runtime = Runtime(config)
     await runtime.start()
     if runtime.kube is not None:
-        memo.publisher = StatusPublisher(runtime, runtime.kube, STATUS_INTERVAL)
+        memo.publisher = StatusPublisher(runtime, runtime.kube, STATUS_INTERVAL, max_rate=STATUS_MAX_RATE or None)
         memo.publishing = asyncio.create_task(memo.publisher.run(), name="status-publisher")
     else:
         log.error("no Kubernetes client: Workload status will not be written")

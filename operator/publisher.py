@@ -51,10 +51,15 @@ class Watched:
 class StatusPublisher:
     """Patches `.status` of the registered Workloads every `interval` seconds when it changed."""
 
-    def __init__(self, runtime: Runtime, kube: KubeClient, interval: float, *, concurrency: int = 4):
+    def __init__(self, runtime: Runtime, kube: KubeClient, interval: float, *, concurrency: int = 4,
+                 max_rate: float | None = None):
         self.runtime = runtime
         self.kube = kube
         self.interval = interval
+        # At most this many Workloads a second are looked at (None: no limit): beyond interval * max_rate Workloads
+        # a round takes longer than the interval, so the status path's CPU (patches, and the watch events they
+        # come back as) stops growing with N and collection keeps the CPU it needs.
+        self.max_rate = max_rate
         self.watched: dict[str, Watched] = {}
         self._slots = asyncio.Semaphore(concurrency)
         self._sends: set[asyncio.Task[None]] = set()
@@ -67,28 +72,34 @@ class StatusPublisher:
     def remove(self, uid: str) -> None:
         self.watched.pop(uid, None)
 
+    def round_seconds(self, n: int) -> float:
+        """How long one round over n Workloads takes: the interval, or longer when max_rate limits it."""
+        return max(self.interval, n / self.max_rate) if self.max_rate else self.interval
+
     async def run(self) -> None:
-        """Forever: one round per interval (a round that overruns starts the next at once)."""
+        """Forever: one round after the other (a round that overruns starts the next at once)."""
         while True:
             start = time.monotonic()
+            length = self.round_seconds(len(self.watched))
             try:
-                await self.publish_round(start)
+                await self.publish_round(start, length)
             except Exception:  # a bug must not end status writing for every Workload; it shows in the log
                 log.exception("publishing status failed")
-            await asyncio.sleep(max(0.0, start + self.interval - time.monotonic()))
+            await asyncio.sleep(max(0.0, start + length - time.monotonic()))
 
-    async def publish_round(self, start: float | None = None) -> None:
-        """Every registered Workload once, its share of the interval apart from the next."""
+    async def publish_round(self, start: float | None = None, length: float | None = None) -> None:
+        """Every registered Workload once, evenly spread over the round's `length` (default: the interval)."""
         start = time.monotonic() if start is None else start
+        length = self.interval if length is None else length
         items = list(self.watched.values())
         n = len(items)
-        slices = max(1, min(n, int(self.interval / SLICE)))
+        slices = max(1, min(n, int(length / SLICE)))
         for i in range(slices):
             for w in items[i * n // slices:(i + 1) * n // slices]:
                 if self.watched.get(w.uid) is w and not w.sending:
                     self._publish(w)
             if i + 1 < slices:
-                await asyncio.sleep(max(0.0, start + (i + 1) * self.interval / slices - time.monotonic()))
+                await asyncio.sleep(max(0.0, start + (i + 1) * length / slices - time.monotonic()))
 
     async def flush(self) -> None:
         """Wait for the patches in flight (tests; shutdown)."""

@@ -136,3 +136,14 @@ async def test_patches_in_flight_are_bounded_and_every_workload_gets_its_status(
         await op.stop()
         for run in runs:
             run.close()
+
+
+def test_a_round_stretches_past_the_interval_only_beyond_the_rate_limit() -> None:
+    """interval 5 s, at most 100 Workloads a second: 500 Workloads are each looked at every 5 s, 1,000 every
+    10 s; without a limit always every 5 s."""
+    from trainscope.operator.publisher import StatusPublisher
+
+    limited = StatusPublisher(None, None, 5.0, max_rate=100.0)  # type: ignore[arg-type]
+    assert [limited.round_seconds(n) for n in (0, 10, 500, 1000, 5000)] == [5.0, 5.0, 5.0, 10.0, 50.0]
+    unlimited = StatusPublisher(None, None, 5.0)  # type: ignore[arg-type]
+    assert unlimited.round_seconds(5000) == 5.0
