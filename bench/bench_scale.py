@@ -151,10 +151,16 @@ async def late_workloads(cluster: CountingCluster, url: str, n: int, op: Operato
     empty = [name for name in late if name in registered and name not in storing]
     unstatused = [name for name in late if name in storing]
     said = [line for line in op.tail(2000).splitlines() if any(name in line for name in late[:50])][-3:]
+    states = []  # what the status of the first ones that stored nothing says about their source
+    for name in empty[:3]:
+        st = ((await cluster.get(name)) or {}).get("status") or {}
+        src = (st.get("sources") or [{}])[0]
+        states.append(f"{name}: phase {st.get('phase')}, source {src.get('state')} {src.get('reason') or ''}"
+                      f"{src.get('lastError', '')[:80]}")
     return (f"{len(late)} show no step: {len(untaken)} not taken up by kopf (no finalizer) {untaken[:5]}, "
             f"{len(unregistered)} collector not started (not in the store) {unregistered[:5]}, {len(empty)} "
             f"started but nothing stored {empty[:5]}, {len(unstatused)} stored but no status yet {unstatused[:5]}; "
-            f"operator log about them: {said}")
+            f"their status: {states}; operator log about them: {said}")
 
 
 def seconds(duration: str) -> float:
