@@ -24,6 +24,11 @@ Workloads and stopped after the window), the conditions alternating per round (`
 each row is printed with it. `--profile FILE` runs the operator under cProfile (its own row; slower) and prints the
 share of the operator's CPU in the status timer, the watch-event processing and the collectors.
 
+`--peer REV` runs the operator of another git revision of this repository (e.g. the commit a change started from) in
+turns with this tree's, same N and conditions, the order swapped every round: its packages are laid out from
+`git archive REV` as the editable install maps them and put first on the operator's PYTHONPATH. Each row says
+which operator it measured.
+
 Figures are printed as a markdown table (docs/performance.md), never asserted. The machine is shared: the
 emulator, the writer, PostgreSQL and the operator all run on the same cores.
 """
@@ -130,8 +135,61 @@ async def drain(url: str, n: int, written: mp.sharedctypes.Synchronized, poll_s:
         await conn.close()
 
 
+async def late_workloads(cluster: CountingCluster, url: str, n: int, op: OperatorProcess) -> str:
+    """Why the Workloads that show no step yet do not: kopf has not taken them up (no finalizer), the collector has
+    not started (not registered in the store), nothing stored yet, or stored but no status written."""
+    late = [f"w{i:04d}" for i in range(n) if f"w{i:04d}" not in cluster.emu.stepped]
+    conn = await asyncpg.connect(url)
+    try:
+        registered = {r["name"] for r in await conn.fetch("SELECT name FROM workloads")}
+        storing = {r["name"] for r in await conn.fetch(
+            "SELECT DISTINCT w.name FROM workloads w JOIN series s ON s.workload_uid = w.uid")}
+    finally:
+        await conn.close()
+    untaken = [name for name in late if not ((await cluster.get(name)) or {}).get("metadata", {}).get("finalizers")]
+    unregistered = [name for name in late if name not in registered and name not in untaken]
+    empty = [name for name in late if name in registered and name not in storing]
+    unstatused = [name for name in late if name in storing]
+    said = [line for line in op.tail(2000).splitlines() if any(name in line for name in late[:50])][-3:]
+    states = []  # what the status of the first ones that stored nothing says about their source
+    for name in empty[:3]:
+        st = ((await cluster.get(name)) or {}).get("status") or {}
+        src = (st.get("sources") or [{}])[0]
+        states.append(f"{name}: phase {st.get('phase')}, source {src.get('state')} {src.get('reason') or ''}"
+                      f"{src.get('lastError', '')[:80]}")
+    return (f"{len(late)} show no step: {len(untaken)} not taken up by kopf (no finalizer) {untaken[:5]}, "
+            f"{len(unregistered)} collector not started (not in the store) {unregistered[:5]}, {len(empty)} "
+            f"started but nothing stored {empty[:5]}, {len(unstatused)} stored but no status yet {unstatused[:5]}; "
+            f"their status: {states}; operator log about them: {said}")
+
+
 def seconds(duration: str) -> float:
     return float(duration.rstrip("s"))
+
+
+def peer_tree(rev: str) -> tuple[str, Path]:
+    """The package tree of revision `rev`, laid out as pyproject's package-dir maps it (trainscope.collector =
+    collector/, ...), for PYTHONPATH: (short commit, folder)."""
+    import subprocess
+    import tarfile
+
+    repo = HERE.parent
+    commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", rev], check=True, capture_output=True,
+                            text=True).stdout.strip()
+    root = Path(tempfile.mkdtemp(prefix=f"ts-peer-{commit}-", dir="/tmp"))
+    src = root / "src"
+    src.mkdir()
+    archive = subprocess.run(["git", "-C", str(repo), "archive", "--format=tar", commit], check=True,
+                             capture_output=True).stdout
+    import io
+
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(src, filter="data")
+    site = root / "site" / "trainscope"
+    shutil.copytree(src / "trainscope", site)
+    for name in ("collector", "operator", "api"):
+        shutil.copytree(src / name, site / name)
+    return commit, root / "site"
 
 
 class ProfiledOperator(OperatorProcess):
@@ -163,6 +221,8 @@ def profile_shares(path: Path) -> str:
     busy = st.total_tt - idle  # type: ignore[attr-defined]
     picks = {"kopf timers, i.e. the status timer with its patches (daemons._timer)": "_timer",
              "status handler (write_status)": "write_status", "kopf patch requests (patch_obj)": "patch_obj",
+             "status publisher: building (StatusPublisher._publish)": "_publish",
+             "status publisher: patch requests (StatusPublisher._send)": "_send",
              "kopf watch events (process_resource_event)": "process_resource_event",
              "collectors (Collector._run_source)": "_run_source"}
     out = []
@@ -174,7 +234,8 @@ def profile_shares(path: Path) -> str:
 
 async def run_one(n: int, duration: float, poll: str, status_interval: float, hog: int = 0,
                   drain_timeout: float = 300.0, profile: Path | None = None,
-                  warmup_timeout: float = 900.0) -> dict[str, float]:
+                  warmup_timeout: float = 900.0, pythonpath: Path | None = None,
+                  env: dict[str, str] | None = None) -> dict[str, float]:
     base = Path(tempfile.mkdtemp(prefix="ts-scale-", dir="/tmp"))
     server, url = await _prepare_pg(base)
     stop = mp.Event()
@@ -186,7 +247,10 @@ async def run_one(n: int, duration: float, poll: str, status_interval: float, ho
         h.start()
     try:
         async with CountingCluster() as cluster:
-            kw = {"status_interval": status_interval}
+            kw: dict[str, object] = {"status_interval": status_interval, "extra_env": dict(env or {})}
+            if pythonpath is not None:
+                # PYTHONSAFEPATH: the working directory (this tree) is not put before the peer's packages
+                kw["extra_env"] = {**(env or {}), "PYTHONPATH": str(pythonpath), "PYTHONSAFEPATH": "1"}
             op = (ProfiledOperator(cluster.kubeconfig(base / "kubeconfig"), url, base / "operator.log",
                                    profile=profile, **kw) if profile else
                   OperatorProcess(cluster.kubeconfig(base / "kubeconfig"), url, base / "operator.log", **kw))
@@ -210,6 +274,8 @@ async def run_one(n: int, duration: float, poll: str, status_interval: float, ho
                           f"{time.monotonic() - t_create:.0f}s", file=sys.stderr, flush=True)
                 await asyncio.sleep(1.0)
             warmup = time.monotonic() - t_create
+            if ready < n:
+                print(f"  [{n}] {await late_workloads(cluster, url, n, op)}", file=sys.stderr, flush=True)
             await asyncio.sleep(max(5.0, 2 * status_interval))  # settle after the start-up burst
             drained = await drain(url, n, written, seconds(poll), drain_timeout)
             proc = psutil.Process(op.pid)
@@ -342,45 +408,62 @@ def main() -> None:
     ap.add_argument("--drain-timeout", type=float, default=300.0)
     ap.add_argument("--warmup-timeout", type=float, default=900.0,
                     help="measure anyway after this long; the row then says how many Workloads showed a step")
-    ap.add_argument("--profile", type=Path, help="also one run of the first N under cProfile, stats to this file")
+    ap.add_argument("--profile", type=Path, help="also one run of the first N under cProfile, stats to this file "
+                    "(with --peer, also one of the peer's, to FILE.peer)")
+    ap.add_argument("--peer", help="git revision whose operator runs in turns with this tree's (e.g. main)")
+    ap.add_argument("--also-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="also this tree's operator with this environment variable set, in turns with the others")
     args = ap.parse_args()
+    variants: list[tuple[str, Path | None, dict[str, str]]] = [("this tree", None, {})]
+    for item in args.also_env:
+        key, _, value = item.partition("=")
+        variants.append((f"this tree, {key}={value}", None, {key: value}))
+    if args.peer:
+        commit, site = peer_tree(args.peer)
+        variants.append((f"peer {commit}", site, {}))
     print(f"cores: {psutil.cpu_count()}, pollInterval {args.poll}, status interval {args.status_interval}s, "
           f"window {args.duration:.0f}s, hog {args.hog_procs} busy processes, load {os.getloadavg()}")
-    print("| Workloads | beside | create s | warm-up s | drain s | operator CPU (cores) | operator RSS MB "
+    print("| Workloads | operator | beside | create s | warm-up s | drain s | operator CPU (cores) | operator RSS MB "
           "| points/s stored | status patches/s | max patches per Workload per min | lag p50 s | lag p95 s "
           "| lag max s | emulator CPU (cores) | load (1 min) |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    runs = []
+    print("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    runs: list[tuple[int, bool, str, tuple[str, Path | None, dict[str, str]]]] = []
     for rnd in range(args.rounds):
         for n in args.workloads:
             for under in args.under if rnd % 2 == 0 else list(reversed(args.under)):
-                runs.append((n, False, under))
-    runs += [(n, True, "quiet") for n in args.local]
-    for n, local, under in runs:
+                for variant in variants if rnd % 2 == 0 else list(reversed(variants)):
+                    runs.append((n, False, under, variant))
+    runs += [(n, True, "quiet", variants[0]) for n in args.local]
+    for n, local, under, (which, site, env) in runs:
         hog = args.hog_procs if under == "hog" else 0
         if local:
             r = asyncio.run(run_local(n, args.duration, args.poll))
         else:
             r = asyncio.run(run_one(n, args.duration, args.poll, args.status_interval, hog, args.drain_timeout,
-                                    warmup_timeout=args.warmup_timeout))
+                                    warmup_timeout=args.warmup_timeout, pythonpath=site, env=env))
         label = f"{n} (local mode)" if local else str(n)
         if r["ready"] < n:
             label += f" ({r['ready']} showed a step by the end of warm-up)"
         beside = f"hog ({hog} procs)" if hog else "-"
         drained = f"{r['drain_s']:.0f}" if r["drain_s"] >= 0 else f"not in {-r['drain_s']:.0f}"
-        print(f"| {label} | {beside} | {r['create_s']:.1f} | {r['warmup_s']:.0f} | {drained} | {r['cpu_cores']:.2f} "
-              f"| {r['rss_mb']:.0f} | {r['points_per_s']:.0f} "
+        print(f"| {label} | {which} | {beside} | {r['create_s']:.1f} | {r['warmup_s']:.0f} | {drained} "
+              f"| {r['cpu_cores']:.2f} | {r['rss_mb']:.0f} | {r['points_per_s']:.0f} "
               f"| {r['patches_per_s']:.1f} | {r['max_patches_per_wl_per_min']:.1f} | {r['lag_p50']:.2f} "
               f"| {r['lag_p95']:.2f} | {r['lag_max']:.2f} | {r['emulator_cores']:.2f} | {r['load']:.1f} |", flush=True)
-    if args.profile:
+    for which, site, env in variants if args.profile else []:
         n = args.workloads[0]
+        path = args.profile.resolve()
+        path = path.with_suffix(".peer") if site is not None else path.with_suffix(".env") if env else path
         r = asyncio.run(run_one(n, args.duration, args.poll, args.status_interval, 0, args.drain_timeout,
-                                args.profile.resolve(), warmup_timeout=args.warmup_timeout))
-        print(f"| {n} (under cProfile) | - | {r['create_s']:.1f} | {r['warmup_s']:.0f} | {r['drain_s']:.0f} "
+                                path, warmup_timeout=args.warmup_timeout, pythonpath=site, env=env))
+        print(f"| {n} (under cProfile) | {which} | - | {r['create_s']:.1f} | {r['warmup_s']:.0f} | {r['drain_s']:.0f} "
               f"| {r['cpu_cores']:.2f} | {r['rss_mb']:.0f} | {r['points_per_s']:.0f} | {r['patches_per_s']:.1f} "
               f"| {r['max_patches_per_wl_per_min']:.1f} | {r['lag_p50']:.2f} | {r['lag_p95']:.2f} "
               f"| {r['lag_max']:.2f} | {r['emulator_cores']:.2f} | {r['load']:.1f} |")
-        print(profile_shares(args.profile))
+        print(f"{which}: {profile_shares(path)}")
+    for _, site, _env in variants:
+        if site is not None:
+            shutil.rmtree(site.parent, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,16 @@
-"""kopf glue: a daemon per Workload owns its Collector, a timer writes status, delete keeps or drops data.
+"""kopf glue: a daemon per Workload owns its Collector and registers it with the status publisher; delete keeps
+or drops data.
 
-All logic lives in runtime.py and status.py; these handlers only translate kopf's calls. The process's
+All logic lives in runtime.py, publisher.py and status.py; these handlers only translate kopf's calls. The process's
 settings arrive in `memo.config` (a RuntimeConfig) from `trainscope operator` or a test.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
 import os
-import time
 from typing import Any
 
 import kopf
@@ -16,12 +18,15 @@ import kopf
 from trainscope.collector.scrub import scrub
 from trainscope.operator.gauges import MetricsEndpoint
 from trainscope.operator.kubeauth import load_credentials
+from trainscope.operator.publisher import StatusPublisher, Watched
 from trainscope.operator.runtime import Runtime, RuntimeConfig
-from trainscope.operator.status import health_transitions, job_transitions, status_patch
 
 GROUP, VERSION, PLURAL = "trainscope.io", "v1alpha1", "workloads"
-# kopf fixes a timer's interval when the handler is declared, so it is read from the environment at import.
+# Seconds between two status writes of a Workload (read at import, as tests and benches set it before).
 STATUS_INTERVAL = float(os.environ.get("TRAINSCOPE_STATUS_INTERVAL", "5"))
+# At most this many status writes a second in all (0: no limit): with more Workloads than interval * rate, each is
+# written less often than every interval, so the status path's CPU stops growing with N.
+STATUS_MAX_RATE = float(os.environ.get("TRAINSCOPE_STATUS_MAX_RATE", "100"))
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +47,11 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
             log.warning("no Kubernetes client for Secrets and pod logs: %s", exc)
     runtime = memo.runtime = Runtime(config)
     await runtime.start()
+    if runtime.kube is not None:
+        memo.publisher = StatusPublisher(runtime, runtime.kube, STATUS_INTERVAL, max_rate=STATUS_MAX_RATE or None)
+        memo.publishing = asyncio.create_task(memo.publisher.run(), name="status-publisher")
+    else:
+        log.error("no Kubernetes client: Workload status will not be written")
     memo.metrics = MetricsEndpoint(runtime.exported, config.metrics_port, config.metrics_host,
                                    store_up=runtime.store_up)
 
@@ -62,6 +72,10 @@ def store_probe(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    if memo.get("publishing") is not None:
+        memo.publishing.cancel()
+        await asyncio.gather(memo.publishing, return_exceptions=True)
+        await memo.publisher.close()
     runtime: Runtime | None = memo.get("runtime")
     if runtime is not None:
         await runtime.close()
@@ -81,10 +95,26 @@ async def _apply(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger) -> None:
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=60.0)
 async def collect(stopped: kopf.DaemonStopped, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger,
                   **_: Any) -> None:
-    """Runs for as long as the Workload exists in this operator: starts its Collector, stops it at the end."""
+    """Runs for as long as the Workload exists in this operator: starts its Collector, has its status published
+    (from `body`, kopf's live view of the object), stops it at the end."""
     await _apply(body, memo, logger)
-    await stopped.wait()
-    await memo.runtime.stop(body["metadata"]["uid"])
+    meta = body["metadata"]
+    publisher: StatusPublisher | None = memo.get("publisher")
+    if publisher is not None:
+        # kopf posts events from handlers: the publisher's events and re-applies run in this daemon's context
+        ctx = contextvars.copy_context()
+
+        def post(warning: bool, reason: str, message: str) -> None:
+            ctx.copy().run(kopf.warn if warning else kopf.info, body, reason=reason, message=message)
+
+        publisher.add(Watched(meta["uid"], meta["namespace"], meta["name"], body, post=post,
+                              reapply=lambda: asyncio.create_task(_apply(body, memo, logger), context=ctx.copy())))
+    try:
+        await stopped.wait()
+    finally:
+        if publisher is not None:
+            publisher.remove(meta["uid"])
+    await memo.runtime.stop(meta["uid"])
 
 
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
@@ -97,33 +127,3 @@ async def respec(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any
 async def delete(body: kopf.Body, spec: kopf.Spec, memo: kopf.Memo, **_: Any) -> None:
     """Stop collecting; keep the stored points unless spec.retainData is false."""
     await memo.runtime.forget(body["metadata"]["uid"], delete_data=spec.get("retainData", True) is False)
-
-
-@kopf.timer(GROUP, VERSION, PLURAL, interval=STATUS_INTERVAL, initial_delay=min(1.0, STATUS_INTERVAL))
-async def write_status(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger,
-                       **_: Any) -> None:
-    """Write status from the collector's snapshot, only when it changed (at most once per interval)."""
-    entry = memo.runtime.entries.get(body["metadata"]["uid"])
-    if entry is not None and dict(body.get("spec") or {}) != entry.raw_spec:
-        # An edit that lands before kopf has stored the spec it handled at creation never reaches `respec` (kopf
-        # records the edited spec as already handled), so the daemon's first spec would stay in force for good.
-        await _apply(body, memo, logger)
-    now = time.time()
-    current = dict(status)
-    wanted = memo.runtime.status(body["metadata"]["uid"], previous=current, now=now)
-    if wanted is None:
-        return
-    changes = status_patch(wanted, current, now)
-    if changes:
-        for key, value in changes.items():
-            patch.status[key] = value
-        job = job_transitions(current.get("conditions"), wanted.get("conditions", []))
-        if job is not None:  # JobRunning, JobSucceeded, JobFailed, JobNotFound, JobDeleted...
-            post = kopf.warn if job["reason"] in ("JobFailed", "JobNotFound", "JobDeleted", "JobKindNotServed") \
-                else kopf.info
-            post(body, reason=job["reason"], message=job["message"])
-        for cond in health_transitions(current.get("conditions"), wanted.get("conditions", [])):
-            if cond["status"] == "True":
-                kopf.warn(body, reason=cond["type"], message=scrub(cond["message"]))
-            else:
-                kopf.info(body, reason=f"{cond['type']}Cleared", message=scrub(cond["message"]))

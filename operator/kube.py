@@ -1,7 +1,10 @@
-"""The operator's own small Kubernetes client: Secrets (get only), pods and pod logs, over httpx.
+"""The operator's own small Kubernetes client: Secrets (get only), pods and pod logs over httpx; Workload status
+patches over aiohttp.
 
-kopf talks to the API for Workloads; this client serves the sources (through `PodLogReader` and the secret
-resolver), with credentials that kubernetes_asyncio loads and reloads (kubeauth.py), as kopf's own login does.
+kopf watches Workloads; this client serves the sources (through `PodLogReader` and the secret resolver) and the
+status publisher, with credentials that kubernetes_asyncio loads and reloads (kubeauth.py), as kopf's own login
+does. Status patches go through aiohttp (kopf's own HTTP client): at hundreds of patches a second it costs a third
+of httpx's CPU per request (~0.45 against ~1.4 ms, measured against the emulator).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import kopf
 
@@ -73,6 +77,8 @@ class KubeClient:
         # sends what it has without pausing; a longer silence is a hung connection, ended before the poll deadline
         self._timeout = httpx.Timeout(timeout, read=read_timeout)
         self._http = self._client()
+        self._request_timeout = timeout
+        self._session: aiohttp.ClientSession | None = None  # for patch_merge, made on first use (needs a loop)
         self.requests = 0  # requests sent (a retried one counts twice)
         self.log_bytes = 0  # bytes of pod logs received
 
@@ -84,6 +90,32 @@ class KubeClient:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        if self._session is not None:
+            await self._session.close()
+
+    async def patch_merge(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A JSON merge patch (RFC 7386) of `path`; the object as the API server answers it. A 401 reloads the
+        credentials and sends it once more; an error answer raises KubeError."""
+        for attempt in (0, 1):
+            endpoint = self.creds.endpoint
+            if self._session is None:
+                # trust_env=False: as for httpx, only a configured proxy-url is used
+                self._session = aiohttp.ClientSession(
+                    timeout=aiohttp.ClientTimeout(total=self._request_timeout), trust_env=False)
+            headers = {**await self.creds.headers(), "Accept": "application/json",
+                       "Content-Type": "application/merge-patch+json"}
+            ssl: Any = endpoint.verify if endpoint.verify is not True else None  # None: aiohttp's default checks
+            self.requests += 1
+            async with self._session.patch(endpoint.server + path, data=json.dumps(body), headers=headers, ssl=ssl,
+                                           proxy=endpoint.proxy, server_hostname=endpoint.tls_server_name) as rsp:
+                if rsp.status == 401 and not attempt:
+                    await self._reauthenticate(endpoint)
+                    continue
+                text = await rsp.text()
+                if rsp.status >= 400:
+                    raise KubeError(rsp.status, f"PATCH {path}: HTTP {rsp.status}: {_status_message(text[:300])}")
+                return json.loads(text)
+        raise AssertionError("unreachable")
 
     async def _send(self, path: str, params: dict[str, str] | None, *, stream: bool = False) -> httpx.Response:
         """GET `path`; on 401 the credentials are reloaded and the request is sent once more."""

@@ -268,7 +268,9 @@ def _merge_diff(current: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     for key, value in new.items():
         old = current.get(key)
         if isinstance(value, dict) and isinstance(old, dict):
-            patch[key] = _merge_diff(old, value)
+            nested = _merge_diff(old, value)
+            if nested:  # an unchanged object is left out, not sent as {}
+                patch[key] = nested
         elif old != value or key not in current:
             patch[key] = value
     return patch

@@ -204,6 +204,8 @@ class Emulator(kmock.KubernetesEmulator):
                 meta.setdefault("generation", 1)
                 meta["resourceVersion"] = rv
             elif request.action == kmock.action.UPDATE:
+                if request.subresource == "status":
+                    self._status_only(request)
                 bump = self._next_generation(request)
                 if isinstance(request.data, list):  # application/json-patch+json
                     request.data.append({"op": "add", "path": "/metadata/resourceVersion", "value": rv})
@@ -218,6 +220,24 @@ class Emulator(kmock.KubernetesEmulator):
             return await super()._handle(request)
         except (jsonpatch.JsonPatchTestFailed, jsonpatch.JsonPatchConflict) as exc:
             raise kmock.KubernetesError(status=422, reason="Invalid", message=str(exc)) from exc
+
+    @staticmethod
+    def _status_only(request: kmock.Request) -> None:
+        """A patch of the /status subresource changes the status stanza and nothing else.
+
+        "PUT requests to the /status subresource take a custom resource object and ignore changes to anything
+        except the status stanza" (https://kubernetes.io/docs/tasks/extend-kubernetes/custom-resources/
+        custom-resource-definitions/#status-subresource); the apiserver's status strategies copy spec from the
+        stored object and reset its metadata (apimachinery's metav1.ResetObjectMetaForStatus), so neither spec
+        nor labels, annotations or finalizers change, and generation is not bumped. (The reverse rule, a patch of
+        the main resource leaving status alone, is not applied: tests set pods' and jobs' status that way.)
+        """
+        data = request.data
+        if isinstance(data, dict):
+            for key in [k for k in data if k != "status"]:
+                del data[key]
+        elif isinstance(data, list):  # application/json-patch+json
+            data[:] = [op for op in data if isinstance(op, dict) and str(op.get("path", "")).startswith("/status")]
 
     def _next_generation(self, request: kmock.Request) -> int | None:
         """metadata.generation + 1 when a patch of the main resource (not /status) touches the spec."""

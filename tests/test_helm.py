@@ -521,10 +521,15 @@ _HTTP_NOT_REQUESTS = {"aclose", "close", "send"}  # `send` sends what `build_req
 
 
 def _http_call(node: ast.Call) -> tuple[str, ast.expr] | None:
-    """(method, path expression) of a `self._http.get(path)` / `self._http.stream("GET", path)` call."""
+    """(method, path expression) of a `self._http.get(path)` / `self._http.stream("GET", path)` call, or of an
+    aiohttp `self._session.patch(server + path)` call."""
     fn, owner = node.func, getattr(node.func, "value", None)
-    if not (isinstance(fn, ast.Attribute) and isinstance(owner, ast.Attribute) and owner.attr == "_http"):
+    if not (isinstance(fn, ast.Attribute) and isinstance(owner, ast.Attribute) and owner.attr in ("_http", "_session")):
         return None
+    if owner.attr == "_session" and fn.attr in _HTTP_METHODS:
+        url = node.args[0]
+        assert isinstance(url, ast.BinOp) and isinstance(url.op, ast.Add), ast.unparse(node)  # endpoint.server + path
+        return _HTTP_METHODS[fn.attr], url.right
     if fn.attr in _HTTP_NOT_REQUESTS:
         return None
     if fn.attr in ("request", "build_request") and not isinstance(node.args[0], ast.Constant):
@@ -570,6 +575,31 @@ def kube_py_calls() -> set[Call]:
     return calls
 
 
+def publisher_py_calls() -> set[Call]:
+    """The status publisher's requests: `kube.patch_merge(path, ...)` with `path` an f-string over the module's
+    GROUP/VERSION/PLURAL constants."""
+    from trainscope.operator import publisher
+
+    tree = ast.parse((ROOT / "operator" / "publisher.py").read_text())
+    consts = {"GROUP": publisher.GROUP, "VERSION": publisher.VERSION, "PLURAL": publisher.PLURAL}
+    paths = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.JoinedStr) and len(node.targets) == 1 \
+                and isinstance(node.targets[0], ast.Name):
+            paths[node.targets[0].id] = ast.JoinedStr([
+                ast.Constant(consts[v.value.id]) if isinstance(v, ast.FormattedValue) and isinstance(v.value, ast.Name)
+                and v.value.id in consts else v for v in node.value.values])
+    calls: set[Call] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "patch_merge":
+            arg = node.args[0]
+            assert isinstance(arg, ast.Name) and arg.id in paths, ast.unparse(node)
+            path = _path_template(paths[arg.id])
+            assert path is not None
+            calls.add(_call_of("PATCH", path))
+    return calls
+
+
 def follow_py_calls() -> tuple[set[Call], set[Call]]:
     """The job follower's requests (operator/follow.py's `request_json(METHOD, path)` and `_call(METHOD, path)`):
     (with literal paths: discovery's Workload, ConfigMap, Namespace and Event calls; the job kinds' lists, whose
@@ -611,7 +641,7 @@ def kopf_calls() -> tuple[set[Call], set[Call]]:
     namespaced = {
         (group, plural, "list"), (group, plural, "watch"),  # the watch-stream behind every handler
         (group, plural, "patch"),  # finalizer, progress/diff-base annotations
-        (group, f"{plural}/status", "patch"),  # the status timer's patch
+        (group, f"{plural}/status", "patch"),  # the status publisher's patch (operator/publisher.py)
         ("", "events", "create"),  # kopf.warn() and kopf's own posting (settings.posting)
     }
     # kopf's resource observer watches CRDs cluster-wide (it tolerates a 403 and then only misses CRDs created
@@ -634,6 +664,8 @@ def granted(rules: list[dict]) -> set[Call]:
 
 def test_kube_py_calls_are_read_only_and_known():
     assert kube_py_calls() == {("", "secrets", "get"), ("", "pods", "list"), ("", "pods/log", "get")}
+    assert publisher_py_calls() == {("trainscope.io", "workloads/status", "patch")}
+    assert publisher_py_calls() <= kopf_calls()[0]  # granted in the role with kopf's calls
     discovery, jobs = follow_py_calls()
     assert discovery == {("trainscope.io", "workloads", "list"), ("trainscope.io", "workloads", "create"),
                          ("trainscope.io", "workloads", "patch"), ("trainscope.io", "workloads", "delete"),

@@ -114,6 +114,10 @@ async def test_token_file_rotation_and_401_reload_the_credentials(cluster, tmp_p
         cluster.write_log("p", "step=1 loss=0.5\n", at=1_714_564_800.0)
         body = b"".join([c async for c in kube.stream_log("default", "p", None, follow=False)])
         assert body.endswith(b" step=1 loss=0.5\n") and creds.reloads == 2
+        cluster.rotate_token(token_file, "tok-4")  # the same for a status patch (the publisher's, over aiohttp)
+        await cluster.create("wl", {"sources": [{"tensorboard": {"logDir": "/x"}}]})
+        obj = await kube.patch_merge(cluster.path("wl") + "/status", {"status": {"phase": "Collecting"}})
+        assert obj["status"] == {"phase": "Collecting"} and creds.reloads == 3
         cluster.emu.tokens = {"someone-else"}  # a token that stays refused: one retry, then the 401 is reported
         with pytest.raises(KubeError) as err:
             await kube.get_secret("ml", "wandb")
@@ -157,6 +161,8 @@ async def test_the_api_server_is_reached_without_the_environment_proxy(cluster, 
     kube = KubeClient(creds)
     try:
         assert (await kube.get_secret("ml", "wandb"))["apiKey"] == "k" * 40
+        await cluster.create("wl", {"sources": [{"tensorboard": {"logDir": "/x"}}]})
+        assert (await kube.patch_merge(cluster.path("wl") + "/status", {"status": {"step": 2}}))["status"]["step"] == 2
         assert creds.endpoint.proxy is None
     finally:
         await kube.aclose()

@@ -152,6 +152,7 @@ def test_status_patch_only_when_changed_and_nulls_what_disappeared():
     assert patch["latest"] == {"old": None}  # only the difference; unchanged keys are not resent
     assert patch["stale"] is None and patch["lastUpdateTime"] == "2023-11-14T22:13:20Z"
     assert "step" not in patch
+    assert "primaryMetric" not in patch  # an unchanged object is left out, not sent as {}
 
 
 def test_lag_is_coarse_so_idle_runs_do_not_rewrite_status():
