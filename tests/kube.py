@@ -13,7 +13,7 @@
 - `db_points`: what the database holds for a Workload, by plain SQL.
 
 Import this module before anything imports `trainscope.operator.handlers`: the status timer's interval is
-read from TRAINSCOPE_STATUS_INTERVAL when the handlers are imported.
+read from TRAINSCOPE_STATUS_INTERVAL when the handlers are imported (the status publisher's interval).
 """
 
 from __future__ import annotations

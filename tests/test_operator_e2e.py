@@ -3,7 +3,7 @@ PostgreSQL and real TensorBoard event files written by tensorboardX while the op
 
 Every wait is deadline-based and fails with the last Workload seen; nothing is asserted on timing.
 What KMock cannot show (schema validation by the API server, RBAC, admission, watch bookmarks,
-resourceVersion semantics, /status isolation) is out of reach here; see tests/kube.py.
+resourceVersion semantics) is out of reach here; see tests/kube.py.
 """
 
 from __future__ import annotations
