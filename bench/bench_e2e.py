@@ -40,6 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tests" / "fakes"))
 
+from benchlib import wandb_sandbox  # noqa: E402
+
 from trainscope.collector.points import RawPoint  # noqa: E402
 from trainscope.collector.sources import REGISTRY, SourceContext  # noqa: E402
 from trainscope.collector.store import Store  # noqa: E402
@@ -339,8 +341,7 @@ def main() -> None:
     args = parser.parse_args()
     tune_for_ingest()
     tmp = Path(tempfile.mkdtemp(prefix="ts-bench-e2e-"))
-    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
-        os.environ[var] = str(tmp / var.lower())
+    wandb_sandbox(tmp)
     pg = None
     try:
         dsn = args.dsn

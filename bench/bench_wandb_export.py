@@ -28,7 +28,7 @@ import asyncpg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from benchlib import catch_up  # noqa: E402
+from benchlib import catch_up, wandb_sandbox  # noqa: E402
 
 from trainscope.collector.sources.base import SourceContext  # noqa: E402
 from trainscope.collector.sources.wandb import WandbSource  # noqa: E402
@@ -79,10 +79,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="ts-bench-wb-"))
-    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
-        os.environ[var] = str(tmp / var.lower())
-    os.environ["WANDB_SILENT"] = "true"
-    os.environ["WANDB_API_KEY"] = KEY
+    wandb_sandbox(tmp, KEY)
     pg = start_embedded(tmp / "pgdata", cleanup_mode="delete")
     try:
         fake = FakeWandb(api_keys=(KEY,))

@@ -3,6 +3,7 @@ and memory."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -53,3 +54,13 @@ def proc_memory(pid: int, field: str = "VmHWM") -> float:
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     raise KeyError(field)
+
+
+def wandb_sandbox(tmp: Path, api_key: str | None = None) -> None:
+    """Point the wandb SDK's directories into `tmp` (nothing written to the user's home), silence it, and set the
+    API key the fake server accepts, if given."""
+    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+        os.environ[var] = str(tmp / var.lower())
+    if api_key is not None:
+        os.environ["WANDB_SILENT"] = "true"
+        os.environ["WANDB_API_KEY"] = api_key
