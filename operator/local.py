@@ -27,6 +27,9 @@ from trainscope.operator.status import Phase, phase_of
 
 API_VERSION = "trainscope.io/v1alpha1"
 
+# Signals that end collection cleanly (SIGHUP: the terminal closed, e.g. its tmux session was killed).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
 
 class ManifestError(ValueError):
     """A Workload file that cannot be used; the message names the file and the field."""
@@ -224,14 +227,14 @@ def _start_metrics(runtime: Runtime, config: RuntimeConfig, console: Console) ->
 async def run_local(workloads: list[LocalWorkload], config: RuntimeConfig, *, console: Console | None = None,
                     refresh: float = 1.0, stop: asyncio.Event | None = None,
                     api: LocalApi | None = None) -> dict[str, Snapshot | None]:
-    """Collect until `stop` is set or SIGINT/SIGTERM arrives; returns the last snapshots (for tests and --once).
+    """Collect until `stop` is set or SIGINT/SIGTERM/SIGHUP arrives; returns the last snapshots (for tests and --once).
 
     With `api`, the REST API is served from the same process (on the same database) while collecting.
     """
     console = console or Console()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
     runtime = Runtime(config)
@@ -271,6 +274,6 @@ async def run_local(workloads: list[LocalWorkload], config: RuntimeConfig, *, co
             await api_server.stop()
         metrics.close()
         await runtime.close()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(sig)

@@ -102,7 +102,7 @@ def wait_healthy(url: str, proc: subprocess.Popen[str], timeout: float = 120) ->
 
 # ---- the embedded PostgreSQL on every way out -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_local_mode_stops_its_embedded_postgres_on_a_signal(tmp_path: Path, sig: signal.Signals) -> None:
     data = tmp_path / "data"
     proc = start(["local", "-f", str(manifest(tmp_path / "wl.yaml")), "--data-dir", str(data), "--api-port", "0",

@@ -52,13 +52,14 @@ def setup_logging(verbose: bool, log_format: str) -> None:
 
 
 def _exit_on_sigterm() -> None:
-    """SIGTERM ends the process through SystemExit, so `finally` blocks and atexit hooks run (the embedded
-    PostgreSQL is stopped) instead of the default action killing it on the spot."""
+    """SIGTERM and SIGHUP (the terminal closed) end the process through SystemExit, so `finally` blocks and atexit
+    hooks run (the embedded PostgreSQL is stopped) instead of the default action killing it on the spot."""
     def handler(signum: int, frame: object) -> None:
         raise SystemExit(128 + signum)
 
     with contextlib.suppress(ValueError):  # not the main thread (tests calling main() from a thread)
         signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGHUP, handler)
 
 
 def _database_url(args: argparse.Namespace, *, embedded_ok: bool) -> str:
