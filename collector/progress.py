@@ -112,6 +112,8 @@ class StepRate:
         self.pauses: deque[float] = deque(maxlen=256)  # each pause's length, for the ETA's share of recurring ones
         self._typical: float | None = None
         self._age = 0
+        self._median_key: tuple[int, int, tuple[float, int], tuple[float, int]] | None = None
+        self._median = 0.0
 
     def observe(self, ts: float, step: int) -> None:
         self.observe_many(((ts, step),))
@@ -219,9 +221,18 @@ class StepRate:
         # samples' steps strictly increase (observe skips the others, rewind drops those above), so every ds > 0
         if not self._gaps:
             return None
+        # The health check asks every few seconds whether or not a step came: sorting the window each time was a
+        # tenth of an operator's CPU at 1,000 Workloads. Samples only grow at the end, leave at the front or are
+        # cut back at the end (rewind), so the two ends and the count tell whether the gaps changed.
+        samples = self.samples
+        key = (len(samples), len(self._gaps), samples[0], samples[-1]) if samples else None
+        if key is not None and key == self._median_key:
+            return self._median
         ordered = sorted(self._gaps)  # statistics.median's arithmetic, without its copy of a deque
         n = len(ordered)
-        return ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
+        self._median = ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
+        self._median_key = key
+        return self._median
 
     def rate(self) -> float | None:
         dts, dss = self._columns()

@@ -89,6 +89,27 @@ def test_observe_many_equals_observe_one_by_one(seed: int) -> None:
     assert orderly_rounds >= 5  # the column-wise path was taken
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_step_interval_kept_between_changes_equals_a_fresh_median(seed: int) -> None:
+    """step_interval keeps its median until the samples change: asked after every observe, rewind (cut back to a
+    step, with the same or an earlier clock) and window slide, it equals the median computed afresh."""
+    rnd = random.Random(seed)
+    r = StepRate(window_seconds=200.0, max_samples=32)
+    ts, step = T0, 0
+    for _ in range(600):
+        op = rnd.random()
+        if op < 0.8:
+            ts += rnd.choice([0.5, 1.0, 1.0, 2.0, 30.0])
+            step += rnd.choice([1, 1, 2, 5])
+            r.observe(ts, step)
+        elif r.samples:
+            back = rnd.choice(list(r.samples))
+            ts, step = back[0] + rnd.choice([0.0, 0.0, 0.25, -50.0]), back[1] + rnd.choice([0, 0, 1])
+            r.rewind(ts, step)
+        fresh = ReferenceRate.step_interval(r)
+        assert r.step_interval() == fresh and r.step_interval() == fresh  # computed, then kept
+
+
 def make(spec_extra: dict | None = None) -> Collector:
     spec = parse_spec({"sources": [{"name": "s", "scripted": {"run": "x"}}], **(spec_extra or {})}, SCHEMAS)
     return Collector("uid", spec, store=None, name="wl", registry=REGISTRY)  # type: ignore[arg-type]
