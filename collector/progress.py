@@ -114,6 +114,8 @@ class StepRate:
         self._age = 0
         self._median_key: tuple[int, int, tuple[float, int], tuple[float, int]] | None = None
         self._median = 0.0
+        self._rate_key: tuple[int, int, tuple[float, int], tuple[float, int]] | None = None
+        self._rate: float | None = None
 
     def observe(self, ts: float, step: int) -> None:
         self.observe_many(((ts, step),))
@@ -222,11 +224,9 @@ class StepRate:
         if not self._gaps:
             return None
         # The health check asks every few seconds whether or not a step came: sorting the window each time was a
-        # tenth of an operator's CPU at 1,000 Workloads. Samples only grow at the end, leave at the front or are
-        # cut back at the end (rewind), so the two ends and the count tell whether the gaps changed.
-        samples = self.samples
-        key = (len(samples), len(self._gaps), samples[0], samples[-1]) if samples else None
-        if key is not None and key == self._median_key:
+        # tenth of an operator's CPU at 1,000 Workloads. Kept until the samples change.
+        key = self._key()
+        if key == self._median_key:
             return self._median
         ordered = sorted(self._gaps)  # statistics.median's arithmetic, without its copy of a deque
         n = len(ordered)
@@ -234,7 +234,21 @@ class StepRate:
         self._median_key = key
         return self._median
 
+    def _key(self) -> tuple[int, int, tuple[float, int], tuple[float, int]] | None:
+        """What tells whether the samples changed: they only grow at the end, leave at the front or are cut back
+        at the end (rewind), so their two ends and counts do."""
+        samples = self.samples
+        return (len(samples), len(self._gaps), samples[0], samples[-1]) if samples else None
+
     def rate(self) -> float | None:
+        """Steps per second while stepping (pauses left out); kept until the samples change, as each status
+        publication asks for it."""
+        key = self._key()
+        if key != self._rate_key:
+            self._rate, self._rate_key = self._compute_rate(), key
+        return self._rate
+
+    def _compute_rate(self) -> float | None:
         dts, dss = self._columns()
         if not dts:
             return None

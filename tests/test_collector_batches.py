@@ -91,8 +91,8 @@ def test_observe_many_equals_observe_one_by_one(seed: int) -> None:
 
 @pytest.mark.parametrize("seed", range(20))
 def test_step_interval_kept_between_changes_equals_a_fresh_median(seed: int) -> None:
-    """step_interval keeps its median until the samples change: asked after every observe, rewind (cut back to a
-    step, with the same or an earlier clock) and window slide, it equals the median computed afresh."""
+    """step_interval and rate keep their figures until the samples change: asked after every observe, rewind (cut
+    back to a step, with the same or an earlier clock) and window slide, each equals the figure computed afresh."""
     rnd = random.Random(seed)
     r = StepRate(window_seconds=200.0, max_samples=32)
     ts, step = T0, 0
@@ -108,6 +108,7 @@ def test_step_interval_kept_between_changes_equals_a_fresh_median(seed: int) -> 
             r.rewind(ts, step)
         fresh = ReferenceRate.step_interval(r)
         assert r.step_interval() == fresh and r.step_interval() == fresh  # computed, then kept
+        assert r.rate() == r._compute_rate() and r.rate() == r._compute_rate()
 
 
 def make(spec_extra: dict | None = None) -> Collector:
