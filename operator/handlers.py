@@ -31,11 +31,25 @@ STATUS_MAX_RATE = float(os.environ.get("TRAINSCOPE_STATUS_MAX_RATE", "100"))
 log = logging.getLogger(__name__)
 
 
+class LeanDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """kopf's diff base in an annotation, built from the body without its status.
+
+    kopf deep-copies the whole body for every watch event and then drops the status (kopf/_cogs/configs/
+    diffbase.py, DiffBaseStorage.build); our own status patches come back as watch events, so at 1,000 Workloads
+    that copy of a status kopf never looks at was a third of kopf's event processing. The essence is the same.
+    """
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        if extra_fields or "status" not in body:  # a handler on status fields needs them: kopf's own way
+            return super().build(body=body, extra_fields=extra_fields)
+        return super().build(body=kopf.Body({k: v for k, v in body.items() if k != "status"}))
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.finalizer = "trainscope.io/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="trainscope.io")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="trainscope.io")
+    settings.persistence.diffbase_storage = LeanDiffBaseStorage(prefix="trainscope.io")
     # Events only from explicit kopf.warn/info calls (invalid specs, health transitions), never from log lines.
     settings.posting.loggers = False
     settings.posting.level = logging.INFO
