@@ -222,6 +222,10 @@ class HealthMonitor:
         self._monitored: dict[str, bool] = {}
         self._primary: str | None = None
         self._recent: dict[tuple[str, str], deque[tuple[int, float]]] = {}  # (metric, source) -> (step, value)
+        # Only Stalled changes with time alone; the others change only when points come, so they are judged again
+        # only after an observe (the health loop asks every 2 s of each of up to thousands of Workloads).
+        self._observed = 0
+        self._judged: tuple[int, dict[str, Condition]] | None = None
 
     def monitors(self, metric: str, primary: str | None) -> bool:
         if primary != self._primary:
@@ -234,6 +238,7 @@ class HealthMonitor:
 
     def observe(self, source: str, points: list[RawPoint], primary: str | None) -> None:
         """Feed the monitored metrics' points of one batch (in the order the source gave them)."""
+        self._observed += 1
         track = self.spec.disagreement_tolerance is not None
         names = set(map(_METRIC, points))  # judged per name, not per point: a catch-up batch holds 50,000
         watched = {m for m in names if self.monitors(m, primary)}
@@ -280,7 +285,13 @@ class HealthMonitor:
     def evaluate(self, now: float, *, run_state: RunState, step: int | None, step_ts: float | None,
                  step_interval: float | None, sources_ok: bool) -> dict[str, Condition]:
         """Every condition type, True while its cause lasts and False (or Unknown) otherwise."""
-        out = {STALLED: self._stalled(now, run_state, step, step_ts, step_interval, sources_ok)}
+        if self._judged is None or self._judged[0] != self._observed:
+            self._judged = (self._observed, self._judge())
+        return {STALLED: self._stalled(now, run_state, step, step_ts, step_interval, sources_ok), **self._judged[1]}
+
+    def _judge(self) -> dict[str, Condition]:
+        """The conditions that only points change."""
+        out = {}
         out[NON_FINITE] = self._worst(NON_FINITE, lambda w: w.non_finite, lambda k, v: (
             "NonFiniteValue", f"{k[2]} is {_fmt(v[1])} at step {v[0]} (source {k[0]}, run {k[1]})", v[0], v[1]))
         out[SPIKE] = self._worst(SPIKE, lambda w: w.spike, lambda k, v: (
