@@ -12,6 +12,7 @@ import itertools
 import math
 import operator
 import statistics
+import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -310,13 +311,15 @@ class HealthMonitor:
         if step is None or step_ts is None:
             return Condition(STALLED, "False", "NoData", "no step seen yet")
         threshold = self.stall_threshold(step_interval)
-        age = now - step_ts
-        if age <= threshold:
-            return Condition(STALLED, "False", "Progressing", f"step {step} {_duration(max(age, 0))} ago", step=step)
+        # Messages name the step's time, not its age: a message that changed with the clock would change the
+        # Workload's status, and so cost a status write, every few seconds of every Workload between two steps.
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(step_ts))
+        if now - step_ts <= threshold:
+            return Condition(STALLED, "False", "Progressing", f"step {step} at {at}", step=step)
         if not sources_ok:
             return Condition(STALLED, "Unknown", "SourcesUnavailable",
-                             f"no new step for {_duration(age)}, but no source can be read", step=step)
-        return Condition(STALLED, "True", "NoNewStep", f"no new step since step {step} for {_duration(age)} "
+                             f"no new step since {at}, but no source can be read", step=step)
+        return Condition(STALLED, "True", "NoNewStep", f"no new step since step {step} at {at} "
                          f"(threshold {_duration(threshold)}) while the run is {run_state}", step=step)
 
     def _worst(self, ctype: str, state: Any, describe: Any) -> Condition:

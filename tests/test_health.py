@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 
 import pytest
 
@@ -61,7 +62,13 @@ def test_stall_fires_after_the_threshold_and_clears_with_a_new_step():
     assert judge(m, now=last + 590, step=500, step_ts=last)[STALLED].status == "False"
     stalled = judge(m, now=last + 601, step=500, step_ts=last)[STALLED]
     assert (stalled.status, stalled.reason, stalled.step) == ("True", "NoNewStep", 500)
-    assert "no new step since step 500 for 10m01s" in stalled.message
+    at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last))
+    assert stalled.message == f"no new step since step 500 at {at} (threshold 10m00s) while the run is running"
+    # the messages name the step's time, never its age: they stay the same (so does the status) until a new step
+    assert judge(m, now=last + 900, step=500, step_ts=last)[STALLED] == stalled
+    progressing = judge(m, now=last + 10, step=500, step_ts=last)[STALLED]
+    later = judge(m, now=last + 50, step=500, step_ts=last)[STALLED]
+    assert progressing.message == f"step 500 at {at}" == later.message
     assert judge(m, now=last + 700, step=501, step_ts=last + 690)[STALLED].status == "False"
     assert judge(m, now=last + 5000, step=500, step_ts=last, state=RunState.FINISHED)[STALLED].reason == "RunEnded"
     assert judge(m, now=last + 5000, step=500, step_ts=last, sources_ok=False)[STALLED].status == "Unknown"
