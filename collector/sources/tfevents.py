@@ -8,15 +8,22 @@ hand, and the exact byte layout tensorboardX and TensorFlow write for `simple_va
 from __future__ import annotations
 
 import struct
+from bisect import bisect_left
 from collections.abc import Callable
+from itertools import repeat
 from typing import BinaryIO
 
 import google_crc32c
+import numpy as np
 
 from trainscope.collector.points import Point
 
 CHUNK_BYTES = 4 << 20  # read files in pieces of this size, never whole
 MAX_RECORD_BYTES = 64 << 20  # a bigger record (a huge image) is skipped without being read
+BLOCK_RECORDS = 32768  # records framed, then checked and decoded together (bounds the block's arrays)
+FIRST_BLOCK_RECORDS = 512  # a scan's first block (then 4x larger each): small reads stay cheap, layouts get learnt
+VECTOR_MAX_BYTES = 512  # longer payloads are checked with one CRC call each and decoded one by one
+_ONE_BY_ONE, _FILTERED = -2, -1  # a record's tag index in a block when it makes no point there
 _MASK_DELTA = 0xA282EAD8
 
 _crc = google_crc32c.value
@@ -30,6 +37,51 @@ _new_point = tuple.__new__  # Point(...) without the NamedTuple's Python-level _
 
 DT_FLOAT, DT_DOUBLE, DT_BFLOAT16, DT_HALF = 1, 2, 14, 19
 _MISSING = object()
+
+
+def _rows(u8: np.ndarray, at: np.ndarray, width: int) -> np.ndarray:
+    """The `width` bytes at each offset of `at` as rows of a (len(at), width) array (offsets past the end are
+    clamped: callers mask those rows out)."""
+    win = np.lib.stride_tricks.sliding_window_view(u8, width)
+    return win[np.minimum(at, len(u8) - width)]
+
+
+def _crc_tables(size: int) -> np.ndarray:
+    """Row d: the CRC32C state (reflected, no init) that a byte leaves after d more zero bytes, per byte value."""
+    poly = 0x82F63B78
+    t = np.arange(256, dtype=np.uint32)
+    for _ in range(8):
+        t = (t >> 1) ^ np.where(t & 1, np.uint32(poly), np.uint32(0))
+    tables = np.empty((size, 256), np.uint32)
+    tables[0] = t
+    for d in range(1, size):
+        s = tables[d - 1]
+        tables[d] = t[s & 0xFF] ^ (s >> 8)
+    return tables
+
+
+_CRC_TABLES = _crc_tables(VECTOR_MAX_BYTES)
+_ZEROS_CRC = [0] + [google_crc32c.value(bytes(n)) for n in range(1, VECTOR_MAX_BYTES + 1)]
+
+
+def _crc_rows(rows: np.ndarray) -> np.ndarray:
+    """CRC32C of every row of a uint8 matrix at once, equal to google_crc32c.value(row).
+
+    CRC is linear: a row's CRC is the CRC of as many zero bytes xor each byte's own contribution at its distance
+    from the end, which one table lookup per column gives for all rows.
+    """
+    size = rows.shape[1]
+    tables = _CRC_TABLES[size - 1::-1] if size else _CRC_TABLES[:0]
+    acc = np.full(len(rows), _ZEROS_CRC[size], np.uint32)
+    for j in range(size):
+        acc ^= tables[j][rows[:, j]]
+    return acc
+
+
+def _masked(crc: np.ndarray) -> np.ndarray:
+    """masked_crc() of many CRCs (uint32)."""
+    c = crc.astype(np.uint32)
+    return ((c >> np.uint32(15)) | (c << np.uint32(17))) + np.uint32(_MASK_DELTA)
 
 
 def masked_crc(data: bytes) -> int:
@@ -228,6 +280,8 @@ class EventScanner:
         self._tensor_templates: dict[int, list[tuple[bytes, bytes, int, Callable, str | None]]] = {}
         self._tensor_attempts: dict[str, int] = {}
         self._allowed: dict[str, bool] = {}
+        self._tag_ids: dict[str, int] = {}  # tags of learnt simple_value layouts, numbered for the block decode
+        self._tag_names: list[str] = []
         self.foreign: set[tuple[str, str]] = set()
 
     def _allow(self, tag: str) -> bool:
@@ -243,83 +297,219 @@ class EventScanner:
         outcome None: buf is exhausted at pos (a record boundary). NEED: the record at pos needs n bytes in all.
         FULL: `limit` points reached. OVERSIZED: the record at pos is n bytes long in all, too big to read.
         RESYNC: the header at pos is corrupt (its length CRC is wrong).
+
+        Records are framed one by one (one dict lookup of the header each), then checked and decoded a block at a
+        time with numpy; blocks start small (a file's first records teach the layouts) and grow.
         """
-        headers, templates, crc = self._headers, self._templates, _crc
-        unpack_f64, unpack_tail = _unpack_f64, _unpack_tail
-        append, new, point = out.append, _new_point, Point
         n = len(buf)
-        while pos + 12 <= n:
+        block = FIRST_BLOCK_RECORDS
+        while True:
+            if pos + 12 > n:
+                return pos, None, 0
             if len(out) >= limit:
                 return pos, FULL, 0
-            hdr = buf[pos:pos + 12]
-            length = headers.get(hdr)
+            starts, pos, outcome, need = self._frame(buf, pos, min(limit - len(out), block))
+            if starts:
+                starts.append(pos)
+                stop, full = self._decode(buf, starts, run, out, limit, skipped)
+                if full:
+                    return stop, (FULL if stop + 12 <= n else None), 0
+            if outcome is not None:
+                return pos, outcome, need
+            block = min(block * 4, BLOCK_RECORDS)
+
+    def _frame(self, buf: bytes, pos: int, room: int) -> tuple[list[int], int, str | None, int]:
+        """Start offsets of up to `room` complete records from pos whose headers verify; then where framing stopped
+        and why (None: room reached or buf exhausted, else the outcome scan() reports for that position)."""
+        headers = self._headers
+        get = headers.get
+        starts: list[int] = []
+        append = starts.append
+        n = len(buf)
+        for _ in range(room):
+            if pos + 12 > n:
+                break
+            length = get(buf[pos:pos + 12])
             if length is None:
+                hdr = buf[pos:pos + 12]
                 length, lcrc = _unpack_u64_u32(hdr)
                 if masked_crc(hdr[:8]) != lcrc:
-                    return pos, RESYNC, 0
+                    return starts, pos, RESYNC, 0
                 if length > MAX_RECORD_BYTES:
-                    return pos, OVERSIZED, length + 16
+                    return starts, pos, OVERSIZED, length + 16
                 if len(headers) < 65536:
                     headers[hdr] = length
-            end = pos + 12 + length
-            if end + 4 > n:
-                return pos, NEED, length + 16
-            payload = buf[pos + 12:end]
-            c = crc(payload)
-            # one unpack for the stored CRC and the float before it (a simple_value's value on the fast path)
-            last, stored = unpack_tail(buf, end - 4)
-            if ((c >> 15 | c << 17) + 0xA282EAD8) & 0xFFFFFFFF != stored:
-                skipped["bad_crc"] = skipped.get("bad_crc", 0) + 1
-                pos = end + 4
+            nxt = pos + length + 16
+            if nxt > n:
+                return starts, pos, NEED, length + 16
+            append(pos)
+            pos = nxt
+        return starts, pos, None, 0
+
+    def _decode(self, buf: bytes, starts: list[int], run: str, out: list[Point], limit: int,
+                skipped: dict[str, int]) -> tuple[int, bool]:
+        """Check and decode the framed records starting at starts[:-1] (starts[-1] is where the last one ends);
+        return (offset reached, stopped because `out` reached `limit`).
+
+        Records are grouped by payload length: each group's payloads become the rows of one byte matrix whose
+        CRCs, wall times, steps, learnt simple_value layouts and values are computed column by column for all
+        rows at once. What is not such a layout (or fails its CRC) is handled one by one, in file order.
+        """
+        u8 = np.frombuffer(buf, np.uint8)
+        bounds = np.array(starts, np.int64)
+        first = bounds[:-1] + 12  # payload starts
+        end = bounds[1:] - 4  # payload ends (its CRC follows)
+        length = end - first
+        k = len(first)
+        stored = _rows(u8, end, 4).view("<u4").ravel()
+        ok = np.zeros(k, bool)
+        tid = np.full(k, _ONE_BY_ONE, np.intp)  # per record: a tag index, _FILTERED or _ONE_BY_ONE
+        step = np.zeros(k, np.int64)
+        wall = np.zeros(k)
+        value = np.zeros(k)
+        sizes, inverse = np.unique(length, return_inverse=True)
+        for g, size in enumerate(sizes.tolist()):
+            sel = np.flatnonzero(inverse == g) if len(sizes) > 1 else np.arange(k)
+            if size > VECTOR_MAX_BYTES:  # images, histograms, text: one C call each, then one by one
+                crcs = np.fromiter(map(_crc, map(buf.__getitem__, map(slice, first[sel].tolist(),
+                                                                      end[sel].tolist()))), np.uint32, len(sel))
+                ok[sel] = _masked(crcs) == stored[sel]
                 continue
-            # Fast path: wall_time (tag 0x09), step (0x10, varint), then a known simple_value layout, then the float.
-            if length > 15 and payload[0] == 0x09 and payload[9] == 0x10:
-                # the step's varint, its first three bytes (steps below 2,097,152) unrolled
-                step = payload[10]
-                if step < 0x80:
-                    q = 11
-                else:
-                    b = payload[11]
-                    if b < 0x80:
-                        step = step & 0x7F | b << 7
-                        q = 12
-                    else:
-                        step = step & 0x7F | (b & 0x7F) << 7
-                        shift, q = 14, 12
-                        while True:
-                            b = payload[q]
-                            q += 1
-                            step |= (b & 0x7F) << shift
-                            if b < 0x80 or q >= length:
-                                break
-                            shift += 7
-                tag = templates.get(payload[q:-4], _MISSING)
-                if tag is not _MISSING:
+            rows = _rows(u8, first[sel], size)
+            good = _masked(_crc_rows(rows)) == stored[sel]
+            ok[sel] = good
+            if size > 15:
+                self._decode_rows(rows, good, sel, tid, step, wall, value)
+        special = np.flatnonzero(tid == _ONE_BY_ONE).tolist()
+        rec = np.flatnonzero(tid >= 0)  # records that make a point, in file order
+        names = list(map(self._tag_names.__getitem__, tid[rec].tolist()))
+        steps, walls, values = step[rec].tolist(), wall[rec].tolist(), value[rec].tolist()
+        if not special:
+            out.extend(map(_new_point, repeat(Point), zip(names, steps, walls, values, repeat(run))))
+            return starts[-1], False
+        rec_l = rec.tolist()
+        first_l, end_l = first.tolist(), end.tolist()
+        done = at = 0  # points of `rec` in out; the first record not handled yet
+        for r in special:
+            upto = bisect_left(rec_l, r, done)
+            if upto > done:
+                if len(out) + upto - done > limit:
+                    break
+                out.extend(map(_new_point, repeat(Point), zip(names[done:upto], steps[done:upto], walls[done:upto],
+                                                              values[done:upto], repeat(run))))
+                done, at = upto, rec_l[upto - 1] + 1
+            if len(out) >= limit:
+                return starts[at], True
+            if not ok[r]:
+                skipped["bad_crc"] = skipped.get("bad_crc", 0) + 1
+            elif not self._one(buf[first_l[r]:end_l[r]], run, out, limit, skipped):
+                return starts[r], True
+            at = r + 1
+        room = limit - len(out)
+        if len(rec_l) - done > room:  # only after events of several values: stop after the point that fills out
+            upto = done + max(room, 0)
+            out.extend(map(_new_point, repeat(Point), zip(names[done:upto], steps[done:upto], walls[done:upto],
+                                                          values[done:upto], repeat(run))))
+            return starts[rec_l[upto - 1] + 1 if upto > done else at], True
+        out.extend(map(_new_point, repeat(Point), zip(names[done:], steps[done:], walls[done:], values[done:],
+                                                      repeat(run))))
+        return starts[-1], False
+
+    def _decode_rows(self, rows: np.ndarray, good: np.ndarray, sel: np.ndarray, tid: np.ndarray, step: np.ndarray,
+                     wall: np.ndarray, value: np.ndarray) -> None:
+        """Decode payloads of one length (the rows) that are a wall_time, a step varint, a learnt simple_value layout
+        and the float; fill tid/step/wall/value at their records (`sel`). Other rows keep tid _ONE_BY_ONE."""
+        size = rows.shape[1]
+        fast = good & (rows[:, 0] == 0x09) & (rows[:, 9] == 0x10)
+        # the step's varint, all rows at once (at most 9 bytes, steps below 2**63, and a layout byte after it)
+        steps = np.zeros(len(rows), np.uint64)
+        width = np.zeros(len(rows), np.intp)
+        alive = fast.copy()
+        for i in range(min(9, size - 15)):
+            b = rows[:, 10 + i]
+            steps |= np.where(alive, (b & 0x7F).astype(np.uint64) << np.uint64(7 * i), np.uint64(0))
+            width += alive
+            alive &= b >= 0x80
+            if not alive.any():
+                break
+        fast &= ~alive
+        if not fast.any():
+            return
+        widths = np.unique(width[fast]).tolist()
+        for w in widths:
+            hit = np.flatnonzero(fast & (width == w)) if len(widths) > 1 else np.flatnonzero(fast)
+            ids = self._layout_ids(rows[hit, 10 + w:size - 4])
+            known = ids != _ONE_BY_ONE
+            hit, ids = hit[known], ids[known]
+            at = sel[hit]
+            tid[at] = ids
+            step[at] = steps[hit].view(np.int64)
+            wall[at] = np.ascontiguousarray(rows[hit, 1:9]).view("<f8").ravel()
+            value[at] = np.ascontiguousarray(rows[hit, size - 4:]).view("<f4").ravel()
+
+    def _layout_ids(self, layouts: np.ndarray) -> np.ndarray:
+        """For rows of simple_value layout bytes (all one length): the tag index of each learnt layout, _FILTERED
+        for a learnt layout of a filtered-out tag, _ONE_BY_ONE for one not learnt yet.
+
+        Rows equal to the first remaining row are peeled off a few times (files repeat few layouts of one length);
+        more distinct layouts are grouped by a hash of their bytes, every row then compared with its group's first.
+        """
+        ids = np.full(len(layouts), _ONE_BY_ONE, np.intp)
+        rest = np.arange(len(layouts))
+        for _ in range(4):
+            if not len(rest):
+                return ids
+            same = (layouts[rest] == layouts[rest[0]]).all(axis=1)
+            ids[rest[same]] = self._layout_id(layouts[rest[0]].tobytes())
+            rest = rest[~same]
+        if len(rest):
+            part = layouts[rest]
+            h = np.zeros(len(rest), np.uint64)
+            for j in range(part.shape[1]):
+                h = h * np.uint64(0x100000001B3) ^ part[:, j]
+            _, head, group = np.unique(h, return_index=True, return_inverse=True)
+            same = (part == part[head[group]]).all(axis=1)  # a hash collision stays _ONE_BY_ONE: exact either way
+            cand = np.array([self._layout_id(part[i].tobytes()) for i in head.tolist()], np.intp)
+            ids[rest[same]] = cand[group[same]]
+        return ids
+
+    def _layout_id(self, layout: bytes) -> int:
+        tag = self._templates.get(layout, _MISSING)
+        if tag is _MISSING:
+            return _ONE_BY_ONE
+        if tag is None:
+            return _FILTERED
+        i = self._tag_ids.get(tag)
+        if i is None:
+            i = self._tag_ids[tag] = len(self._tag_names)
+            self._tag_names.append(tag)
+        return i
+
+    def _one(self, payload: bytes, run: str, out: list[Point], limit: int, skipped: dict[str, int]) -> bool:
+        """One verified record that the block decode did not take: a layout learnt within this block, a learnt
+        scalar-tensor layout, or the slow path. False when its points would overflow a non-empty batch."""
+        length = len(payload)
+        if length > 15 and payload[0] == 0x09 and payload[9] == 0x10:
+            try:
+                step, q = _varint(payload, 10)
+            except DecodeError:
+                return self._slow(payload, run, out, limit, skipped)
+            if step >> 63:
+                step -= 1 << 64
+            tag = self._templates.get(payload[q:-4], _MISSING)
+            if tag is not _MISSING:
+                if tag is not None:
+                    out.append(_new_point(Point, (tag, step, _unpack_f64(payload, 1)[0], _unpack_f32(payload,
+                                                                                                      length - 4)[0],
+                                                  run)))
+                return True
+            for before, after, off, unpack, tag in self._tensor_templates.get(length - q, ()):
+                if payload.startswith(before, q) and payload.endswith(after):
                     if tag is not None:
-                        if step >> 63:
-                            step -= 1 << 64
-                        append(new(point, (tag, step, unpack_f64(payload, 1)[0], last, run)))
-                    pos = end + 4
-                    continue
-                cands = self._tensor_templates.get(length - q)
-                if cands:
-                    for before, after, off, unpack, tag in cands:
-                        if payload.startswith(before, q) and payload.endswith(after):
-                            if tag is not None:
-                                if step >> 63:
-                                    step -= 1 << 64
-                                append(new(point, (tag, step, unpack_f64(payload, 1)[0], unpack(payload, q + off)[0],
-                                                   run)))
-                            break
-                    else:
-                        cands = None
-                    if cands:
-                        pos = end + 4
-                        continue
-            if not self._slow(payload, run, out, limit, skipped):
-                return pos, FULL, 0
-            pos = end + 4
-        return pos, None, 0
+                        out.append(_new_point(Point, (tag, step, _unpack_f64(payload, 1)[0],
+                                                      unpack(payload, q + off)[0], run)))
+                    return True
+        return self._slow(payload, run, out, limit, skipped)
 
     def _slow(self, payload: bytes, run: str, out: list[Point], limit: int, skipped: dict[str, int]) -> bool:
         """Decode one Event the general way; False when its points would overflow a non-empty batch."""
