@@ -7,6 +7,7 @@ hand, and the exact byte layout tensorboardX and TensorFlow write for `simple_va
 
 from __future__ import annotations
 
+import itertools
 import struct
 from bisect import bisect_left
 from collections.abc import Callable
@@ -23,7 +24,9 @@ MAX_RECORD_BYTES = 64 << 20  # a bigger record (a huge image) is skipped without
 BLOCK_RECORDS = 32768  # records framed, then checked and decoded together (bounds the block's arrays)
 FIRST_BLOCK_RECORDS = 512  # a scan's first block (then 4x larger each): small reads stay cheap, layouts get learnt
 VECTOR_MAX_BYTES = 512  # longer payloads are checked with one CRC call each and decoded one by one
-_ONE_BY_ONE, _FILTERED = -2, -1  # a record's tag index in a block when it makes no point there
+_MAX_PERIOD = 64  # longest repeating pattern of record lengths looked for (tags logged per step)
+_ONE_BY_ONE, _FILTERED = -2, -1
+_NO_RECORDS = np.zeros(0, np.int64)  # a record's tag index in a block when it makes no point there
 _MASK_DELTA = 0xA282EAD8
 
 _crc = google_crc32c.value
@@ -82,6 +85,12 @@ def _masked(crc: np.ndarray) -> np.ndarray:
     """masked_crc() of many CRCs (uint32)."""
     c = crc.astype(np.uint32)
     return ((c >> np.uint32(15)) | (c << np.uint32(17))) + np.uint32(_MASK_DELTA)
+
+
+def _header(length: int) -> bytes:
+    """A record's 12-byte header for a payload of `length` bytes."""
+    head = struct.pack("<Q", length)
+    return head + struct.pack("<I", masked_crc(head))
 
 
 def masked_crc(data: bytes) -> int:
@@ -308,47 +317,118 @@ class EventScanner:
                 return pos, None, 0
             if len(out) >= limit:
                 return pos, FULL, 0
-            starts, pos, outcome, need = self._frame(buf, pos, min(limit - len(out), block))
-            if starts:
-                starts.append(pos)
-                stop, full = self._decode(buf, starts, run, out, limit, skipped)
+            bounds, pos, outcome, need = self._frame(buf, pos, min(limit - len(out), block))
+            if len(bounds):
+                stop, full = self._decode(buf, bounds, run, out, limit, skipped)
                 if full:
                     return stop, (FULL if stop + 12 <= n else None), 0
             if outcome is not None:
                 return pos, outcome, need
             block = min(block * 4, BLOCK_RECORDS)
 
-    def _frame(self, buf: bytes, pos: int, room: int) -> tuple[list[int], int, str | None, int]:
-        """Start offsets of up to `room` complete records from pos whose headers verify; then where framing stopped
-        and why (None: room reached or buf exhausted, else the outcome scan() reports for that position)."""
+    def _frame(self, buf: bytes, pos: int, room: int) -> tuple[np.ndarray, int, str | None, int]:
+        """Frame up to `room` complete records from pos whose headers verify: their start offsets followed by the
+        end of the last (empty when none), then where framing stopped and why (None: room reached or buf
+        exhausted, else the outcome scan() reports for that position).
+
+        Records are framed one by one until their lengths repeat with a period (a run logs the same tags in the
+        same order, step after step); then the pattern's next headers are checked all at once (`_repeat`).
+        """
         headers = self._headers
         get = headers.get
+        pieces: list[np.ndarray] = []
         starts: list[int] = []
         append = starts.append
         n = len(buf)
-        for _ in range(room):
-            if pos + 12 > n:
-                break
-            length = get(buf[pos:pos + 12])
-            if length is None:
-                hdr = buf[pos:pos + 12]
-                length, lcrc = _unpack_u64_u32(hdr)
-                if masked_crc(hdr[:8]) != lcrc:
-                    return starts, pos, RESYNC, 0
-                if length > MAX_RECORD_BYTES:
-                    return starts, pos, OVERSIZED, length + 16
-                if len(headers) < 65536:
-                    headers[hdr] = length
-            nxt = pos + length + 16
-            if nxt > n:
-                return starts, pos, NEED, length + 16
-            append(pos)
-            pos = nxt
-        return starts, pos, None, 0
+        count = 0  # records in pieces
+        probe = 2 * _MAX_PERIOD
+        outcome, need = None, 0
+        while outcome is None:
+            for _ in range(min(room - count - len(starts), probe)):
+                if pos + 12 > n:
+                    break
+                length = get(buf[pos:pos + 12])
+                if length is None:
+                    hdr = buf[pos:pos + 12]
+                    length, lcrc = _unpack_u64_u32(hdr)
+                    if masked_crc(hdr[:8]) != lcrc:
+                        outcome = RESYNC
+                        break
+                    if length > MAX_RECORD_BYTES:
+                        outcome, need = OVERSIZED, length + 16
+                        break
+                    if len(headers) < 65536:
+                        headers[hdr] = length
+                nxt = pos + length + 16
+                if nxt > n:
+                    outcome, need = NEED, length + 16
+                    break
+                append(pos)
+                pos = nxt
+            else:
+                if count + len(starts) < room:
+                    framed = count + len(starts)
+                    pos, run = self._repeat(buf, pos, starts, room - framed)
+                    if run is not None:
+                        pieces += [np.array(starts, np.int64), run]
+                        count += len(starts) + len(run)
+                        starts = []
+                        append = starts.append
+                    # little repetition: frame longer one by one before trying again (a file without any pays
+                    # little for the attempts)
+                    probe = 2 * _MAX_PERIOD if count + len(starts) - framed >= 4 * _MAX_PERIOD else \
+                        min(probe * 2, 8192)
+                    continue
+            break
+        if not count and not starts:
+            return _NO_RECORDS, pos, outcome, need
+        starts.append(pos)
+        pieces.append(np.array(starts, np.int64))
+        return np.concatenate(pieces) if len(pieces) > 1 else pieces[0], pos, outcome, need
 
-    def _decode(self, buf: bytes, starts: list[int], run: str, out: list[Point], limit: int,
+    def _repeat(self, buf: bytes, pos: int, starts: list[int], room: int) -> tuple[int, np.ndarray | None]:
+        """If the sizes of the last records framed (`starts`, then pos) repeat with a period, frame on at pos as
+        long as the headers follow that pattern, checking all predicted headers at once: return the position
+        reached and the start offsets of the records framed so (None: no period).
+
+        Each accepted header equals a verified one and sits where the previous accepted record ends, so the chain
+        is exactly what framing one by one would find.
+        """
+        tail = [*starts[-2 * _MAX_PERIOD:], pos]
+        sizes = [b - a for a, b in itertools.pairwise(tail)]  # record sizes (length + 16)
+        for period in range(1, len(sizes) // 2 + 1):
+            if sizes[-period:] == sizes[-2 * period:-period]:
+                break
+        else:
+            return pos, None
+        pattern = sizes[-period:]
+        span = sum(pattern)
+        expect = np.frombuffer(b"".join(_header(s - 16) for s in pattern), np.uint32).reshape(period, 3)
+        offsets = np.array([0, *pattern[:-1]], np.int64).cumsum()
+        u8 = np.frombuffer(buf, np.uint8)
+        n = len(buf)
+        found: list[np.ndarray] = []
+        framed = 0
+        periods = 64
+        while True:
+            m = min((n - pos) // span, (room - framed) // period, periods)
+            if m < 1:
+                break
+            at = (pos + span * np.arange(m, dtype=np.int64)[:, None] + offsets).ravel()
+            same = (_rows(u8, at, 12).view(np.uint32).reshape(m, period, 3) == expect).all(axis=2).ravel()
+            ok = len(same) if same.all() else int(same.argmin())
+            found.append(at[:ok])
+            framed += ok
+            if ok < len(same):
+                pos = int(at[ok])
+                break
+            pos += span * m
+            periods *= 4
+        return pos, (np.concatenate(found) if len(found) > 1 else found[0]) if found else None
+
+    def _decode(self, buf: bytes, bounds: np.ndarray, run: str, out: list[Point], limit: int,
                 skipped: dict[str, int]) -> tuple[int, bool]:
-        """Check and decode the framed records starting at starts[:-1] (starts[-1] is where the last one ends);
+        """Check and decode the framed records starting at bounds[:-1] (bounds[-1] is where the last one ends);
         return (offset reached, stopped because `out` reached `limit`).
 
         Records are grouped by payload length: each group's payloads become the rows of one byte matrix whose
@@ -356,7 +436,6 @@ class EventScanner:
         rows at once. What is not such a layout (or fails its CRC) is handled one by one, in file order.
         """
         u8 = np.frombuffer(buf, np.uint8)
-        bounds = np.array(starts, np.int64)
         first = bounds[:-1] + 12  # payload starts
         end = bounds[1:] - 4  # payload ends (its CRC follows)
         length = end - first
@@ -367,9 +446,14 @@ class EventScanner:
         step = np.zeros(k, np.int64)
         wall = np.zeros(k)
         value = np.zeros(k)
-        sizes, inverse = np.unique(length, return_inverse=True)
-        for g, size in enumerate(sizes.tolist()):
-            sel = np.flatnonzero(inverse == g) if len(sizes) > 1 else np.arange(k)
+        if (length == length[0]).all():  # one length (the usual case in a block of scalars)
+            groups = [(int(length[0]), np.arange(k))]
+        else:
+            sizes, inverse = np.unique(length, return_inverse=True)
+            order = np.argsort(inverse, kind="stable")
+            cuts = np.cumsum(np.bincount(inverse))[:-1]
+            groups = list(zip(sizes.tolist(), np.split(order, cuts), strict=True))
+        for size, sel in groups:
             if size > VECTOR_MAX_BYTES:  # images, histograms, text: one C call each, then one by one
                 crcs = np.fromiter(map(_crc, map(buf.__getitem__, map(slice, first[sel].tolist(),
                                                                       end[sel].tolist()))), np.uint32, len(sel))
@@ -386,7 +470,8 @@ class EventScanner:
         steps, walls, values = step[rec].tolist(), wall[rec].tolist(), value[rec].tolist()
         if not special:
             out.extend(map(_new_point, repeat(Point), zip(names, steps, walls, values, repeat(run))))
-            return starts[-1], False
+            return int(bounds[-1]), False
+        starts = bounds.tolist()
         rec_l = rec.tolist()
         first_l, end_l = first.tolist(), end.tolist()
         done = at = 0  # points of `rec` in out; the first record not handled yet
@@ -435,17 +520,27 @@ class EventScanner:
         fast &= ~alive
         if not fast.any():
             return
+        if fast.all() and (width == width[0]).all():  # the usual block: no copies of rows
+            ids = self._layout_ids(rows[:, 10 + int(width[0]):size - 4])
+            known = ids != _ONE_BY_ONE
+            if known.all():
+                tid[sel] = ids
+                step[sel] = steps.view(np.int64)
+                wall[sel] = rows[:, 1:9].copy().view("<f8").ravel()
+                value[sel] = rows[:, size - 4:].copy().view("<f4").ravel()
+                return
+            fast &= known
         widths = np.unique(width[fast]).tolist()
         for w in widths:
-            hit = np.flatnonzero(fast & (width == w)) if len(widths) > 1 else np.flatnonzero(fast)
+            hit = np.flatnonzero(fast & (width == w))
             ids = self._layout_ids(rows[hit, 10 + w:size - 4])
             known = ids != _ONE_BY_ONE
             hit, ids = hit[known], ids[known]
             at = sel[hit]
             tid[at] = ids
             step[at] = steps[hit].view(np.int64)
-            wall[at] = np.ascontiguousarray(rows[hit, 1:9]).view("<f8").ravel()
-            value[at] = np.ascontiguousarray(rows[hit, size - 4:]).view("<f4").ravel()
+            wall[at] = rows[hit, 1:9].copy().view("<f8").ravel()
+            value[at] = rows[hit, size - 4:].copy().view("<f4").ravel()
 
     def _layout_ids(self, layouts: np.ndarray) -> np.ndarray:
         """For rows of simple_value layout bytes (all one length): the tag index of each learnt layout, _FILTERED
@@ -455,8 +550,12 @@ class EventScanner:
         more distinct layouts are grouped by a hash of their bytes, every row then compared with its group's first.
         """
         ids = np.full(len(layouts), _ONE_BY_ONE, np.intp)
-        rest = np.arange(len(layouts))
-        for _ in range(4):
+        if not len(layouts):
+            return ids
+        same = (layouts == layouts[0]).all(axis=1)
+        ids[same] = self._layout_id(layouts[0].tobytes())
+        rest = np.flatnonzero(~same)
+        for _ in range(3):
             if not len(rest):
                 return ids
             same = (layouts[rest] == layouts[rest[0]]).all(axis=1)
