@@ -18,7 +18,9 @@ import google_crc32c
 import numpy as np
 import pytest
 from tensorboardX.proto.event_pb2 import Event
-from tensorboardX.proto.summary_pb2 import HistogramProto, Summary
+from tensorboardX.proto.summary_pb2 import HistogramProto, Summary, SummaryMetadata
+from tensorboardX.proto.tensor_pb2 import TensorProto
+from tensorboardX.proto.types_pb2 import DataType
 
 from trainscope.collector.sources import tfevents
 from trainscope.collector.sources.tfevents import EventScanner, frame, read_file
@@ -151,3 +153,55 @@ def test_damage_inside_a_long_regular_run_loses_only_that_record(where: str):
     lost = [p for p in WANT if _key(p) not in got]
     assert len(lost) == 1 and len(points) == len(WANT) - 1
     assert skipped.get("bad_crc" if where == "payload" else "bad_length_crc") == 1
+
+
+def _tensor_file(steps: int) -> tuple[bytes, list[Row]]:
+    """TF2-style scalars: tensors whose scalars-plugin metadata comes with a tag's first event only, in float_val,
+    double_val and tensor_content, three tags per step."""
+    data = bytearray(frame(Event(wall_time=1.0, step=0, file_version="brain.Event:2").SerializeToString()))
+    want: list[Row] = []
+    kinds = [("f32", "DT_FLOAT", False), ("f64", "DT_DOUBLE", False), ("content", "DT_FLOAT", True)]
+    for step in range(steps):
+        wall = 1_700_000_000.0 + step
+        for tag, dtype, content in kinds:
+            value = 1.0 / (step + 3) + len(tag)
+            if dtype == "DT_FLOAT":
+                value = f32(value)
+            summary = tensor_summary(tag, dtype, value, content=content, shape=(1,) if content else (),
+                                     metadata=step == 0)
+            data.extend(frame(Event(wall_time=wall, step=step, summary=summary).SerializeToString()))
+            want.append((tag, step, wall, value))
+    return bytes(data), want
+
+
+def test_tensor_scalars_without_metadata_after_the_first_are_read_by_layout():
+    data, want = _tensor_file(3000)
+    sc, out, skipped = scanner(), [], {}
+    offset, _ = read_file(io.BytesIO(data), 0, len(data), sc, "r", out, 10**9, skipped)
+    assert offset == len(data) and skipped == {}
+    assert [(p.metric, p.step, p.ts, p.value) for p in out] == want
+    assert {e[5] for entries in sc._tensor_templates.values() for e in entries} == {"f32", "f64", "content"}
+
+
+def test_a_learnt_bare_tensor_layout_yields_to_another_plugins_metadata():
+    """A metadata-less tensor is a scalar until an event says its tag belongs to another plugin (here `text`),
+    in that run only: the layout learnt from the early events must not read the later ones."""
+    text_md = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="text"))
+    text = Summary(value=[Summary.Value(tag="t", metadata=text_md,
+                                        tensor=TensorProto(dtype=DataType.DT_STRING, string_val=[b"hi"]))])
+
+    def bare(step: int) -> bytes:
+        return frame(Event(wall_time=float(step), step=step,
+                           summary=tensor_summary("t", "DT_FLOAT", 0.5, metadata=False)).SerializeToString())
+
+    before = b"".join(bare(s) for s in range(1, 3000))
+    after = b"".join(bare(s) for s in range(3000, 6000))
+    marker = frame(Event(wall_time=1.0, step=1, summary=text).SerializeToString())
+    sc = scanner()
+    for run, data, n_points, n_skipped in (("a", before, 2999, 0), ("a", marker + after, 0, 3001),
+                                           ("b", before, 2999, 0)):
+        out: list = []
+        skipped: dict[str, int] = {}
+        read_file(io.BytesIO(data), 0, len(data), sc, run, out, 10**9, skipped)
+        assert len(out) == n_points and sum(skipped.values()) == n_skipped, (run, skipped)
+        assert skipped.get("non_scalar", 0) == n_skipped

@@ -285,9 +285,12 @@ class EventScanner:
         self.tag_ok = tag_ok
         self._headers: dict[bytes, int] = {}  # verified 12-byte record headers -> length (lengths repeat a lot)
         self._templates: dict[bytes, str | None] = {}  # simple_value layout -> tag (None: filtered out)
-        # scalar-tensor layouts by body length: (bytes before the value, bytes after it, value offset, unpack, tag)
-        self._tensor_templates: dict[int, list[tuple[bytes, bytes, int, Callable, str | None]]] = {}
-        self._tensor_attempts: dict[str, int] = {}
+        # scalar-tensor layouts by body length (the bytes after the step): bytes before the value, bytes after it,
+        # value offset, unpack, tag (None: filtered out), the tag itself, the run of a layout learnt from a tensor
+        # without metadata (used in that run only, while the tag is not another plugin's) or None, value dtype
+        self._tensor_templates: dict[int, list[tuple[bytes, bytes, int, Callable, str | None, str, str | None,
+                                                     np.dtype]]] = {}
+        self._tensor_attempts: dict[tuple[str, str | None], int] = {}
         self._allowed: dict[str, bool] = {}
         self._tag_ids: dict[str, int] = {}  # tags of learnt simple_value layouts, numbered for the block decode
         self._tag_names: list[str] = []
@@ -322,6 +325,9 @@ class EventScanner:
                 stop, full = self._decode(buf, bounds, run, out, limit, skipped)
                 if full:
                     return stop, (FULL if stop + 12 <= n else None), 0
+                if stop != pos:
+                    pos = stop  # stopped early to decode the rest again (see _decode)
+                    continue
             if outcome is not None:
                 return pos, outcome, need
             block = min(block * 4, BLOCK_RECORDS)
@@ -433,7 +439,9 @@ class EventScanner:
 
         Records are grouped by payload length: each group's payloads become the rows of one byte matrix whose
         CRCs, wall times, steps, learnt simple_value layouts and values are computed column by column for all
-        rows at once. What is not such a layout (or fails its CRC) is handled one by one, in file order.
+        rows at once. What is not such a layout (or fails its CRC) is handled one by one, in file order; when
+        that marks a tag as another plugin's, the records after it are left to be decoded again (the offset
+        returned is then before bounds[-1]).
         """
         u8 = np.frombuffer(buf, np.uint8)
         first = bounds[:-1] + 12  # payload starts
@@ -463,7 +471,7 @@ class EventScanner:
             good = _masked(_crc_rows(rows)) == stored[sel]
             ok[sel] = good
             if size > 15:
-                self._decode_rows(rows, good, sel, tid, step, wall, value)
+                self._decode_rows(rows, good, sel, run, tid, step, wall, value)
         special = np.flatnonzero(tid == _ONE_BY_ONE).tolist()
         rec = np.flatnonzero(tid >= 0)  # records that make a point, in file order
         names = list(map(self._tag_names.__getitem__, tid[rec].tolist()))
@@ -475,6 +483,7 @@ class EventScanner:
         rec_l = rec.tolist()
         first_l, end_l = first.tolist(), end.tolist()
         done = at = 0  # points of `rec` in out; the first record not handled yet
+        foreign = len(self.foreign)
         for r in special:
             upto = bisect_left(rec_l, r, done)
             if upto > done:
@@ -490,6 +499,8 @@ class EventScanner:
             elif not self._one(buf[first_l[r]:end_l[r]], run, out, limit, skipped):
                 return starts[r], True
             at = r + 1
+            if len(self.foreign) != foreign:
+                return starts[at], False  # a tag became another plugin's: the rest is decoded again knowing it
         room = limit - len(out)
         if len(rec_l) - done > room:  # only after events of several values: stop after the point that fills out
             upto = done + max(room, 0)
@@ -500,10 +511,11 @@ class EventScanner:
                                                       repeat(run))))
         return starts[-1], False
 
-    def _decode_rows(self, rows: np.ndarray, good: np.ndarray, sel: np.ndarray, tid: np.ndarray, step: np.ndarray,
-                     wall: np.ndarray, value: np.ndarray) -> None:
-        """Decode payloads of one length (the rows) that are a wall_time, a step varint, a learnt simple_value layout
-        and the float; fill tid/step/wall/value at their records (`sel`). Other rows keep tid _ONE_BY_ONE."""
+    def _decode_rows(self, rows: np.ndarray, good: np.ndarray, sel: np.ndarray, run: str, tid: np.ndarray,
+                     step: np.ndarray, wall: np.ndarray, value: np.ndarray) -> None:
+        """Decode payloads of one length (the rows) that are a wall_time, a step varint, then a learnt simple_value
+        layout and the float, or a learnt scalar-tensor layout around its value; fill tid/step/wall/value at their
+        records (`sel`). Other rows keep tid _ONE_BY_ONE."""
         size = rows.shape[1]
         fast = good & (rows[:, 0] == 0x09) & (rows[:, 9] == 0x10)
         # the step's varint, all rows at once (at most 9 bytes, steps below 2**63, and a layout byte after it)
@@ -520,27 +532,49 @@ class EventScanner:
         fast &= ~alive
         if not fast.any():
             return
-        if fast.all() and (width == width[0]).all():  # the usual block: no copies of rows
-            ids = self._layout_ids(rows[:, 10 + int(width[0]):size - 4])
+        every = bool(fast.all()) and bool((width == width[0]).all())  # the usual block: no copies of rows
+        for w in [int(width[0])] if every else np.unique(width[fast]).tolist():
+            hit = None if every else np.flatnonzero(fast & (width == w))
+            part = rows if hit is None else rows[hit]
+            ids = self._layout_ids(part[:, 10 + w:size - 4])
+            vals = part[:, size - 4:].copy().view("<f4").ravel().astype(np.float64)
+            miss = np.flatnonzero(ids == _ONE_BY_ONE)
+            if len(miss) and self._tensor_templates:
+                ids[miss], vals[miss] = self._tensor_ids(part[miss, 10 + w:], run)
             known = ids != _ONE_BY_ONE
             if known.all():
-                tid[sel] = ids
-                step[sel] = steps.view(np.int64)
-                wall[sel] = rows[:, 1:9].copy().view("<f8").ravel()
-                value[sel] = rows[:, size - 4:].copy().view("<f4").ravel()
-                return
-            fast &= known
-        widths = np.unique(width[fast]).tolist()
-        for w in widths:
-            hit = np.flatnonzero(fast & (width == w))
-            ids = self._layout_ids(rows[hit, 10 + w:size - 4])
-            known = ids != _ONE_BY_ONE
-            hit, ids = hit[known], ids[known]
-            at = sel[hit]
+                take: slice | np.ndarray = slice(None) if hit is None else hit
+                at = sel if hit is None else sel[hit]
+            else:
+                idx = np.flatnonzero(known)
+                take = idx if hit is None else hit[idx]
+                at = sel[take]
+                ids, vals = ids[idx], vals[idx]
             tid[at] = ids
-            step[at] = steps[hit].view(np.int64)
-            wall[at] = rows[hit, 1:9].copy().view("<f8").ravel()
-            value[at] = rows[hit, size - 4:].copy().view("<f4").ravel()
+            step[at] = steps[take].view(np.int64)
+            wall[at] = rows[take, 1:9].copy().view("<f8").ravel()
+            value[at] = vals
+
+    def _tensor_ids(self, bodies: np.ndarray, run: str) -> tuple[np.ndarray, np.ndarray]:
+        """For rows of event bytes after the step (all one length): the tag index (or _FILTERED) and value of each
+        row that matches a learnt scalar-tensor layout, _ONE_BY_ONE for the others."""
+        ids = np.full(len(bodies), _ONE_BY_ONE, np.intp)
+        vals = np.zeros(len(bodies))
+        rest = np.arange(len(bodies))
+        for before, after, off, _, tag, name, bare_run, dtype in self._tensor_templates.get(bodies.shape[1], ()):
+            if not len(rest):
+                break
+            if bare_run is not None and (bare_run != run or (run, name) in self.foreign):
+                continue
+            end = off + dtype.itemsize
+            part = bodies[rest]
+            same = (part[:, :off] == np.frombuffer(before, np.uint8)).all(axis=1) & \
+                (part[:, end:] == np.frombuffer(after, np.uint8)).all(axis=1)
+            if same.any():
+                ids[rest[same]] = self._tag_index(tag)
+                vals[rest[same]] = part[same, off:end].copy().view(dtype).ravel()
+                rest = rest[~same]
+        return ids, vals
 
     def _layout_ids(self, layouts: np.ndarray) -> np.ndarray:
         """For rows of simple_value layout bytes (all one length): the tag index of each learnt layout, _FILTERED
@@ -574,8 +608,10 @@ class EventScanner:
 
     def _layout_id(self, layout: bytes) -> int:
         tag = self._templates.get(layout, _MISSING)
-        if tag is _MISSING:
-            return _ONE_BY_ONE
+        return _ONE_BY_ONE if tag is _MISSING else self._tag_index(tag)
+
+    def _tag_index(self, tag: str | None) -> int:
+        """A tag's index in the block decode's names (_FILTERED for None: a tag the filter drops)."""
         if tag is None:
             return _FILTERED
         i = self._tag_ids.get(tag)
@@ -602,7 +638,9 @@ class EventScanner:
                                                                                                       length - 4)[0],
                                                   run)))
                 return True
-            for before, after, off, unpack, tag in self._tensor_templates.get(length - q, ()):
+            for before, after, off, unpack, tag, name, bare_run, _ in self._tensor_templates.get(length - q, ()):
+                if bare_run is not None and (bare_run != run or (run, name) in self.foreign):
+                    continue
                 if payload.startswith(before, q) and payload.endswith(after):
                     if tag is not None:
                         out.append(_new_point(Point, (tag, step, _unpack_f64(payload, 1)[0],
@@ -638,21 +676,26 @@ class EventScanner:
             _, q = _varint(payload, 10)
             if payload[q:-4] == simple_value_template(values[0][0]):
                 self._templates[payload[q:-4]] = values[0][0] if self._allow(values[0][0]) else None
-        elif len(values) == 1 and values[0][2] == "tensor" and payload[0] == 0x09 and payload[9] == 0x10:
-            self._learn_tensor_layout(payload, wall, step, values[0][0], values[0][1])
+        elif len(values) == 1 and payload[0] == 0x09 and payload[9] == 0x10:
+            tag, value, kind = values[0]
+            if kind == "tensor" or (kind == "bare_tensor" and (run, tag) not in self.foreign):
+                self._learn_tensor_layout(payload, wall, step, tag, value, run if kind == "bare_tensor" else None)
         return True
 
-    def _learn_tensor_layout(self, payload: bytes, wall: float, step: int, tag: str, value: float | None) -> None:
+    def _learn_tensor_layout(self, payload: bytes, wall: float, step: int, tag: str, value: float | None,
+                             bare_run: str | None) -> None:
         """Remember where a one-value scalar tensor event keeps its float, so later events skip the slow path.
 
         The value's bytes must occur once in the event, and writing a probe value there must decode to exactly
         that probe: then every other byte is layout, and an event equal outside those bytes holds its value there.
-        Only fixed-width encodings (float_val, double_val, tensor_content) qualify; half_val is a varint.
+        Only fixed-width encodings (float_val, double_val, tensor_content) qualify; half_val is a varint. A tensor
+        without metadata (TF2 writes the scalars plugin's metadata on a tag's first event only) gives a layout for
+        its run (`bare_run`) that holds only while no event marks the tag as another plugin's.
         """
-        attempts = self._tensor_attempts.get(tag, 0)
+        attempts = self._tensor_attempts.get((tag, bare_run), 0)
         if attempts >= 4 or len(self._tensor_templates) >= 4096 or value is None:
             return
-        self._tensor_attempts[tag] = attempts + 1
+        self._tensor_attempts[(tag, bare_run)] = attempts + 1
         _, q = _varint(payload, 10)
         body = payload[q:]
         for fmt in ("<f", "<d"):
@@ -670,9 +713,9 @@ class EventScanner:
                 got = decode_event(payload[:q + off] + probe + payload[q + off + len(enc):])
             except (DecodeError, struct.error, IndexError):
                 continue
-            if got == (wall, step, [(tag, 1234.5, "tensor")]):
+            if got == (wall, step, [(tag, 1234.5, "tensor" if bare_run is None else "bare_tensor")]):
                 entry = (body[:off], body[off + len(enc):], off, struct.Struct(fmt).unpack_from,
-                         tag if self._allow(tag) else None)
+                         tag if self._allow(tag) else None, tag, bare_run, np.dtype(f"<f{len(enc)}"))
                 self._tensor_templates.setdefault(len(body), []).append(entry)
                 return
 
