@@ -10,9 +10,10 @@ times, in turns (ABAB..., medians), every way reading that file to completion:
   process through its gRPC API as TensorBoard's GrpcDataProvider asks for it (ListScalars, then ReadScalars with
   downsample = all points). Spawn to last point; its own "Finished load cycle" time is printed too. By default
   it checks a record's CRC only when parsing fails (`--no-checksum`); "peer --checksum" checks every record, as
-  ours does.
+  ours does. Its CPU seconds are its process's (all its threads) plus this process's gRPC client.
 - ours, poll: TensorBoardSource.poll() in logDir mode with max_batch_points above the file's count (the public
-  path: directory walk, 4 MiB chunk reads, CRC checks, decoding, Point objects, in a worker thread).
+  path: directory walk, 4 MiB chunk reads, every record's CRC checked, decoding, Point objects, in a worker
+  thread).
 - ours, reader: tfevents.read_file alone (no thread, no walk).
 - old baseline: tensorboard's EventAccumulator (size_guidance scalars=0), Reload() plus reading every scalar.
 
@@ -235,11 +236,12 @@ def main() -> None:
         print(f"\n{n:,} events ({steps:,} steps x {tags} tags), {args.repeat} rounds in turns, every run verified "
               f"point for point; gc thresholds {daemon_gc} (the collecting processes');\n"
               f"1-min load per round: {', '.join(f'{x:.2f}' for x in loads)}")
-        print(f"{'way':<34}{'median s':>10}{'events/s':>12}{'CPU s':>8}{'x peer':>8}")
+        print(f"{'way':<34}{'median s':>10}{'events/s':>12}{'CPU s':>8}{'x peer':>8}{'x peer CPU':>12}")
         peer = statistics.median(times["peer: rustboard (gRPC)"])
+        peer_cpu = statistics.median(cpu["peer: rustboard (gRPC)"])
         for way in ways:
-            med = statistics.median(times[way])
-            print(f"{way:<34}{med:>10.3f}{n / med:>12,.0f}{statistics.median(cpu[way]):>8.3f}{peer / med:>8.2f}")
+            med, med_cpu = statistics.median(times[way]), statistics.median(cpu[way])
+            print(f"{way:<34}{med:>10.3f}{n / med:>12,.0f}{med_cpu:>8.3f}{peer / med:>8.2f}{peer_cpu / med_cpu:>12.2f}")
         cycles = [c for _, c in extra[False] if c is not None]
         if cycles:
             print(f"rustboard's own 'Finished load cycle' (load only, no gRPC): "
