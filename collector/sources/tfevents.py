@@ -22,6 +22,7 @@ from trainscope.collector.points import Point
 CHUNK_BYTES = 4 << 20  # read files in pieces of this size, never whole
 MAX_RECORD_BYTES = 64 << 20  # a bigger record (a huge image) is skipped without being read
 BLOCK_RECORDS = 32768  # records framed, then checked and decoded together (bounds the block's arrays)
+SMALL_BLOCK_RECORDS = 32  # blocks of at most this many records are decoded one by one
 FIRST_BLOCK_RECORDS = 512  # a scan's first block (then 4x larger each): small reads stay cheap, layouts get learnt
 VECTOR_MAX_BYTES = 512  # longer payloads are checked with one CRC call each and decoded one by one
 _MAX_PERIOD = 64  # longest repeating pattern of record lengths looked for (tags logged per step)
@@ -443,6 +444,8 @@ class EventScanner:
         that marks a tag as another plugin's, the records after it are left to be decoded again (the offset
         returned is then before bounds[-1]).
         """
+        if len(bounds) <= SMALL_BLOCK_RECORDS:
+            return self._decode_each(buf, bounds.tolist(), run, out, limit, skipped)
         u8 = np.frombuffer(buf, np.uint8)
         first = bounds[:-1] + 12  # payload starts
         end = bounds[1:] - 4  # payload ends (its CRC follows)
@@ -509,6 +512,21 @@ class EventScanner:
             return starts[rec_l[upto - 1] + 1 if upto > done else at], True
         out.extend(map(_new_point, repeat(Point), zip(names[done:], steps[done:], walls[done:], values[done:],
                                                       repeat(run))))
+        return starts[-1], False
+
+    def _decode_each(self, buf: bytes, starts: list[int], run: str, out: list[Point], limit: int,
+                     skipped: dict[str, int]) -> tuple[int, bool]:
+        """_decode for a few records (a live run's new events): one by one, cheaper than setting up arrays."""
+        for i in range(len(starts) - 1):
+            if len(out) >= limit:
+                return starts[i], True
+            end = starts[i + 1] - 4
+            payload = buf[starts[i] + 12:end]
+            c = _crc(payload)
+            if ((c >> 15 | c << 17) + _MASK_DELTA) & 0xFFFFFFFF != _unpack_u32(buf, end)[0]:
+                skipped["bad_crc"] = skipped.get("bad_crc", 0) + 1
+            elif not self._one(payload, run, out, limit, skipped):
+                return starts[i], True
         return starts[-1], False
 
     def _decode_rows(self, rows: np.ndarray, good: np.ndarray, sel: np.ndarray, run: str, tid: np.ndarray,
