@@ -1,8 +1,9 @@
 """Reading a TensorBoard event file: the tensorboard source's reader against TensorBoard's own, in turns, verified.
 
 Run: python bench/bench_eventfiles.py [--steps 100000 --tags 2 --repeat 5]
-Writes one event file of steps x tags scalar events with tensorboardX (add_scalar, the simple_value layout), then
-times, in turns (ABAB..., medians), every way reading that file to completion:
+Writes one event file of steps x tags scalar events with tensorboardX (add_scalar, the simple_value layout; with
+--layout tf2 the float32 scalar tensors TF2 writes, metadata on a tag's first event only), then times, in turns
+(ABAB..., medians), every way reading that file to completion:
 
 - peer: rustboard, the Rust `tensorboard-data-server` installed with tensorboard, started as TensorBoard starts
   it (tensorboard/data/server_ingester.py: --logdir, --port 0 --port-file, --die-after-stdin, here --reload once
@@ -15,7 +16,8 @@ times, in turns (ABAB..., medians), every way reading that file to completion:
   path: directory walk, 4 MiB chunk reads, every record's CRC checked, decoding, Point objects, in a worker
   thread).
 - ours, reader: tfevents.read_file alone (no thread, no walk).
-- old baseline: tensorboard's EventAccumulator (size_guidance scalars=0), Reload() plus reading every scalar.
+- old baseline: tensorboard's EventAccumulator (size_guidance scalars=0, tensors=0), Reload() plus reading every
+  scalar (and every tensor, for --layout tf2).
 
 This process runs under the garbage-collector thresholds the collecting processes set (trainscope.gc_tuning, as
 `trainscope operator` and `trainscope local` do); "ours, poll @gc700" repeats the poll under CPython's default
@@ -47,8 +49,12 @@ import grpc
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.data.proto import data_provider_pb2
 from tensorboard.data.proto.data_provider_pb2_grpc import TensorBoardDataProviderStub
+from tensorboard.util import tensor_util
 from tensorboard_data_server import server_binary
 from tensorboardX import SummaryWriter
+from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
+from tensorboardX.proto.tensor_pb2 import TensorProto
+from tensorboardX.proto.tensor_shape_pb2 import TensorShapeProto
 
 from trainscope.collector.sources.base import SourceContext
 from trainscope.collector.sources.tensorboard import TensorBoardSource
@@ -56,13 +62,21 @@ from trainscope.collector.sources.tfevents import EventScanner, read_file
 from trainscope.gc_tuning import tune_for_ingest
 
 Rows = list[tuple[str, int, float, float]]  # (tag, step, wall_time, value), sorted
+_SCALARS_METADATA = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="scalars"))
 
 
-def write_file(logdir: Path, steps: int, tags: int) -> Path:
+def write_file(logdir: Path, steps: int, tags: int, layout: str) -> Path:
     with SummaryWriter(str(logdir), max_queue=10_000, flush_secs=3600) as w:
         for step in range(steps):
             for t in range(tags):
-                w.add_scalar(f"train/metric_{t}", 1.0 / (step + t + 1), step)
+                if layout == "simple":
+                    w.add_scalar(f"train/metric_{t}", 1.0 / (step + t + 1), step)
+                else:  # TF2's tf.summary.scalar: a float32 rank-0 tensor, the plugin's metadata on the first event
+                    tensor = TensorProto(dtype="DT_FLOAT", tensor_shape=TensorShapeProto(),
+                                         float_val=[1.0 / (step + t + 1)])
+                    value = Summary.Value(tag=f"train/metric_{t}", tensor=tensor,
+                                          metadata=_SCALARS_METADATA if step == 0 else None)
+                    w._get_file_writer().add_summary(Summary(value=[value]), step)
     (path,) = logdir.glob("*tfevents*")
     return path
 
@@ -72,9 +86,11 @@ def f32(x: float) -> float:
 
 
 def event_accumulator(path: Path) -> Rows:
-    acc = EventAccumulator(str(path), size_guidance={"scalars": 0})
+    acc = EventAccumulator(str(path), size_guidance={"scalars": 0, "tensors": 0})
     acc.Reload()
-    return [(tag, e.step, e.wall_time, e.value) for tag in acc.Tags()["scalars"] for e in acc.Scalars(tag)]
+    return [(tag, e.step, e.wall_time, e.value) for tag in acc.Tags()["scalars"] for e in acc.Scalars(tag)] + \
+        [(tag, e.step, e.wall_time, float(tensor_util.make_ndarray(e.tensor_proto)))
+         for tag in acc.Tags()["tensors"] for e in acc.Tensors(tag)]
 
 
 async def _poll(path: Path, out: list) -> int:
@@ -177,6 +193,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--tags", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--layout", choices=["simple", "tf2"], default="simple",
+                        help="simple: tensorboardX add_scalar (simple_value); tf2: float32 scalar tensors with the "
+                             "scalars plugin's metadata on each tag's first event only, as TF2 writes them")
     args = parser.parse_args()
     steps, tags = args.steps, args.tags
     daemon_gc = tune_for_ingest()
@@ -184,12 +203,13 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-tfevents-"))
     try:
         t0 = time.perf_counter()
-        path = write_file(tmp, steps, tags)
+        path = write_file(tmp, steps, tags, args.layout)
         n = steps * tags
         truth = sorted(event_accumulator(path))
         written = sorted((f"train/metric_{t}", s, f32(1.0 / (s + t + 1))) for s in range(steps) for t in range(tags))
         assert [(tag, s, v) for tag, s, _, v in truth] == written, "EventAccumulator does not read what was written"
-        print(f"wrote {n:,} scalar events, {path.stat().st_size / 1e6:.1f} MB, in {time.perf_counter() - t0:.1f}s; "
+        print(f"wrote {n:,} scalar events ({args.layout} layout), "
+              f"{path.stat().st_size / 1e6:.1f} MB, in {time.perf_counter() - t0:.1f}s; "
               f"truth: {len(truth):,} points")
 
         def rustboard(checksum: bool) -> Callable[[Path], Rows]:
