@@ -22,7 +22,7 @@ from tensorboardX.proto.summary_pb2 import HistogramProto, Summary, SummaryMetad
 from tensorboardX.proto.tensor_pb2 import TensorProto
 from tensorboardX.proto.types_pb2 import DataType
 
-from trainscope.collector.sources import tfevents
+from trainscope.collector.sources import crc32c_rows, tfevents
 from trainscope.collector.sources.tfevents import EventScanner, frame, read_file
 
 from tbfixtures import tensor_summary
@@ -107,11 +107,11 @@ def read_batches(data: bytes, limit: int, chunk: int | None = None) -> tuple[lis
 
 def test_crc_rows_equal_crc32c_for_every_length():
     rng = np.random.default_rng(3)
-    for size in range(tfevents.VECTOR_MAX_BYTES + 1):
+    for size in range(crc32c_rows.MAX_ROW_BYTES + 1):
         rows = rng.integers(0, 256, (5, size), dtype=np.uint8)
-        got = tfevents._crc_rows(rows)
+        got = crc32c_rows.crc32c_rows(rows)
         assert got.tolist() == [google_crc32c.value(r.tobytes()) for r in rows], size
-        assert tfevents._masked(got).tolist() == [tfevents.masked_crc(r.tobytes()) for r in rows]
+        assert crc32c_rows.masked_crcs(got).tolist() == [tfevents.masked_crc(r.tobytes()) for r in rows]
 
 
 def test_one_read_gives_every_point_in_file_order():

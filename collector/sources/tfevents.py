@@ -1,8 +1,9 @@
-"""Reading scalars straight from TensorBoard event files: TFRecord framing plus a minimal Event decoder.
+"""Reading scalars straight from TensorBoard event files: TFRecord framing, every record's CRC, Event decoding.
 
-No TensorFlow and no protobuf runtime: the few Event/Summary/TensorProto fields that carry scalars are decoded by
-hand, and the exact byte layout tensorboardX and TensorFlow write for `simple_value` scalars takes a fast path
-(one slice, one dict lookup, one unpack per event), which is what makes catching up a long run cheap.
+No TensorFlow and no protobuf runtime (tfevents_proto.py decodes the few fields that carry scalars). A catch-up is
+cheap because writers repeat a few byte layouts: once a layout is learnt from one event, the records that follow
+it are framed, CRC-checked and decoded a block at a time with numpy (crc32c_rows.py), no Python work per record
+but the Point it becomes.
 """
 
 from __future__ import annotations
@@ -18,74 +19,34 @@ import google_crc32c
 import numpy as np
 
 from trainscope.collector.points import Point
+from trainscope.collector.sources.crc32c_rows import MAX_ROW_BYTES, crc32c_rows, masked_crcs, rows_at
+from trainscope.collector.sources.tfevents_proto import (
+    DecodeError,
+    _varint,
+    decode_event,
+    simple_value_template,
+)
+
+__all__ = ["DecodeError", "EventScanner", "decode_event", "frame", "masked_crc", "read_file", "resync"]
 
 CHUNK_BYTES = 4 << 20  # read files in pieces of this size, never whole
 MAX_RECORD_BYTES = 64 << 20  # a bigger record (a huge image) is skipped without being read
 BLOCK_RECORDS = 32768  # records framed, then checked and decoded together (bounds the block's arrays)
 SMALL_BLOCK_RECORDS = 32  # blocks of at most this many records are decoded one by one
 FIRST_BLOCK_RECORDS = 512  # a scan's first block (then 4x larger each): small reads stay cheap, layouts get learnt
-VECTOR_MAX_BYTES = 512  # longer payloads are checked with one CRC call each and decoded one by one
+VECTOR_MAX_BYTES = MAX_ROW_BYTES  # longer payloads are checked with one CRC call each and decoded one by one
 _MAX_PERIOD = 64  # longest repeating pattern of record lengths looked for (tags logged per step)
-_ONE_BY_ONE, _FILTERED = -2, -1
-_NO_RECORDS = np.zeros(0, np.int64)  # a record's tag index in a block when it makes no point there
+_ONE_BY_ONE, _FILTERED = -2, -1  # a record's tag index in a block when it makes no point there
+_NO_RECORDS = np.zeros(0, np.int64)
 _MASK_DELTA = 0xA282EAD8
 
 _crc = google_crc32c.value
 _unpack_u64_u32 = struct.Struct("<QI").unpack
 _unpack_u32 = struct.Struct("<I").unpack_from
-_unpack_tail = struct.Struct("<fI").unpack_from  # a record's last 4 payload bytes as a float, then its CRC
 _unpack_f32 = struct.Struct("<f").unpack_from
 _unpack_f64 = struct.Struct("<d").unpack_from
-_unpack_f16 = struct.Struct("<e").unpack_from
 _new_point = tuple.__new__  # Point(...) without the NamedTuple's Python-level __new__
-
-DT_FLOAT, DT_DOUBLE, DT_BFLOAT16, DT_HALF = 1, 2, 14, 19
 _MISSING = object()
-
-
-def _rows(u8: np.ndarray, at: np.ndarray, width: int) -> np.ndarray:
-    """The `width` bytes at each offset of `at` as rows of a (len(at), width) array (offsets past the end are
-    clamped: callers mask those rows out)."""
-    win = np.lib.stride_tricks.sliding_window_view(u8, width)
-    return win[np.minimum(at, len(u8) - width)]
-
-
-def _crc_tables(size: int) -> np.ndarray:
-    """Row d: the CRC32C state (reflected, no init) that a byte leaves after d more zero bytes, per byte value."""
-    poly = 0x82F63B78
-    t = np.arange(256, dtype=np.uint32)
-    for _ in range(8):
-        t = (t >> 1) ^ np.where(t & 1, np.uint32(poly), np.uint32(0))
-    tables = np.empty((size, 256), np.uint32)
-    tables[0] = t
-    for d in range(1, size):
-        s = tables[d - 1]
-        tables[d] = t[s & 0xFF] ^ (s >> 8)
-    return tables
-
-
-_CRC_TABLES = _crc_tables(VECTOR_MAX_BYTES)
-_ZEROS_CRC = [0] + [google_crc32c.value(bytes(n)) for n in range(1, VECTOR_MAX_BYTES + 1)]
-
-
-def _crc_rows(rows: np.ndarray) -> np.ndarray:
-    """CRC32C of every row of a uint8 matrix at once, equal to google_crc32c.value(row).
-
-    CRC is linear: a row's CRC is the CRC of as many zero bytes xor each byte's own contribution at its distance
-    from the end, which one table lookup per column gives for all rows.
-    """
-    size = rows.shape[1]
-    tables = _CRC_TABLES[size - 1::-1] if size else _CRC_TABLES[:0]
-    acc = np.full(len(rows), _ZEROS_CRC[size], np.uint32)
-    for j in range(size):
-        acc ^= tables[j][rows[:, j]]
-    return acc
-
-
-def _masked(crc: np.ndarray) -> np.ndarray:
-    """masked_crc() of many CRCs (uint32)."""
-    c = crc.astype(np.uint32)
-    return ((c >> np.uint32(15)) | (c << np.uint32(17))) + np.uint32(_MASK_DELTA)
 
 
 def _header(length: int) -> bytes:
@@ -104,171 +65,6 @@ def frame(payload: bytes) -> bytes:
     """One TFRecord: length, masked CRC of the length, payload, masked CRC of the payload (used by tests)."""
     head = struct.pack("<Q", len(payload))
     return head + struct.pack("<I", masked_crc(head)) + payload + struct.pack("<I", masked_crc(payload))
-
-
-class DecodeError(ValueError):
-    """A payload whose CRC is right but whose protobuf is not an Event we understand."""
-
-
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(buf) or shift > 63:
-            raise DecodeError("truncated varint")
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, pos
-        shift += 7
-
-
-def _fields(buf: bytes):
-    """Yield (field number, wire type, value) of one message; LEN values are bytes, others ints or raw bytes."""
-    pos, end = 0, len(buf)
-    while pos < end:
-        key, pos = _varint(buf, pos)
-        num, wt = key >> 3, key & 7
-        if wt == 0:
-            val, pos = _varint(buf, pos)
-        elif wt == 1:
-            val, pos = buf[pos:pos + 8], pos + 8
-        elif wt == 2:
-            n, pos = _varint(buf, pos)
-            val, pos = buf[pos:pos + n], pos + n
-        elif wt == 5:
-            val, pos = buf[pos:pos + 4], pos + 4
-        else:
-            raise DecodeError(f"unsupported wire type {wt}")
-        if pos > end:
-            raise DecodeError("field runs past the end of its message")
-        yield num, wt, val
-
-
-def _encode_varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def simple_value_template(tag: str) -> bytes:
-    """The bytes between an Event's step and its float for a lone `simple_value`, exactly as writers lay them out."""
-    t = tag.encode()
-    value = b"\x0a" + _encode_varint(len(t)) + t + b"\x15"  # Value{tag=1, simple_value=2 (4 bytes follow)}
-    summary = b"\x0a" + _encode_varint(len(value) + 4) + value
-    return b"\x2a" + _encode_varint(len(summary) + 4) + summary  # Event.summary=5
-
-
-def _plugin_name(metadata: bytes) -> str:
-    for num, wt, val in _fields(metadata):
-        if num == 1 and wt == 2:  # SummaryMetadata.plugin_data
-            for n2, w2, v2 in _fields(val):
-                if n2 == 1 and w2 == 2:
-                    return v2.decode("utf-8", "replace")
-    return ""
-
-
-def _half(bits: int, dtype: int) -> float:
-    if dtype == DT_BFLOAT16:  # the top half of a float32
-        return _unpack_f32(struct.pack("<I", (bits & 0xFFFF) << 16))[0]
-    return _unpack_f16(struct.pack("<H", bits & 0xFFFF))[0]
-
-
-def tensor_scalar(tensor: bytes) -> float | None:
-    """The value of a one-element float/double/half/bfloat16 TensorProto, or None when it is not such a tensor."""
-    dtype = 0
-    elements = 1
-    content = None
-    values: list[float] = []
-    for num, wt, val in _fields(tensor):
-        if num == 1 and wt == 0:
-            dtype = val
-        elif num == 2 and wt == 2:  # TensorShapeProto{dim=2 {size=1}, unknown_rank=3}
-            for n2, w2, v2 in _fields(val):
-                if n2 == 2 and w2 == 2:
-                    size = 0
-                    for n3, w3, v3 in _fields(v2):
-                        if n3 == 1 and w3 == 0:
-                            size = v3 - (1 << 64) if v3 >> 63 else v3
-                    elements *= size
-                elif n2 == 3 and w2 == 0 and v2:
-                    return None
-        elif num == 4 and wt == 2:
-            content = val
-        elif num == 5:  # float_val, packed (LEN) or not (I32)
-            values += [v for (v,) in struct.iter_unpack("<f", val)] if wt in (2, 5) and len(val) % 4 == 0 else []
-        elif num == 6:
-            values += [v for (v,) in struct.iter_unpack("<d", val)] if wt in (1, 2) and len(val) % 8 == 0 else []
-        elif num == 13:  # half_val: float16/bfloat16 bit patterns as int32 varints
-            if wt == 0:
-                values.append(_half(val, dtype))
-            elif wt == 2:
-                pos = 0
-                while pos < len(val):
-                    bits, pos = _varint(val, pos)
-                    values.append(_half(bits, dtype))
-    if elements != 1 or dtype not in (DT_FLOAT, DT_DOUBLE, DT_HALF, DT_BFLOAT16):
-        return None
-    if content is not None:
-        if dtype == DT_FLOAT and len(content) == 4:
-            return _unpack_f32(content)[0]
-        if dtype == DT_DOUBLE and len(content) == 8:
-            return _unpack_f64(content)[0]
-        if len(content) == 2 and dtype in (DT_HALF, DT_BFLOAT16):
-            return _half(int.from_bytes(content, "little"), dtype)
-        return None
-    return values[0] if values else 0.0  # TensorFlow's convention: no values means zeros
-
-
-def decode_event(payload: bytes) -> tuple[float, int, list[tuple[str, float | None, str]]]:
-    """Slow path: (wall_time, step, [(tag, value or None, kind)]) of one Event.
-
-    kind is "simple" for simple_value, "tensor" for a scalar tensor whose metadata names the scalars plugin,
-    "bare_tensor" for one without plugin metadata, a plugin name for a tensor of another plugin, or
-    "image"/"audio"/"histogram"/"non_scalar" for values that carry no scalar (value None).
-    """
-    wall, step, summary = 0.0, 0, None
-    for num, wt, val in _fields(payload):
-        if num == 1 and wt == 1:
-            wall = _unpack_f64(val)[0]
-        elif num == 2 and wt == 0:
-            step = val - (1 << 64) if val >> 63 else val
-        elif num == 5 and wt == 2:
-            summary = val
-    values: list[tuple[str, float | None, str]] = []
-    if summary is None:
-        return wall, step, values
-    for num, wt, val in _fields(summary):
-        if num != 1 or wt != 2:
-            continue
-        tag, simple, tensor, plugin, kind = "", None, None, "", "non_scalar"
-        for n2, w2, v2 in _fields(val):
-            if n2 == 1 and w2 == 2:
-                tag = v2.decode("utf-8", "replace")
-            elif n2 == 2 and w2 == 5:
-                simple = _unpack_f32(v2)[0]
-            elif n2 == 8 and w2 == 2:
-                tensor = v2
-            elif n2 == 9 and w2 == 2:
-                plugin = _plugin_name(v2)
-            elif n2 == 4:
-                kind = "image"
-            elif n2 == 6:
-                kind = "audio"
-            elif n2 in (3, 5):
-                kind = "histogram"
-        if simple is not None:
-            values.append((tag, simple, "simple"))
-        elif tensor is not None and plugin in ("", "scalars"):
-            scalar = tensor_scalar(tensor)
-            kind = "tensor" if plugin else "bare_tensor"
-            values.append((tag, scalar, kind) if scalar is not None else (tag, None, "non_scalar"))
-        else:
-            values.append((tag, None, plugin if tensor is not None else kind))
-    return wall, step, values
 
 
 # scan() outcomes besides "records exhausted in this buffer"
@@ -422,7 +218,7 @@ class EventScanner:
             if m < 1:
                 break
             at = (pos + span * np.arange(m, dtype=np.int64)[:, None] + offsets).ravel()
-            same = (_rows(u8, at, 12).view(np.uint32).reshape(m, period, 3) == expect).all(axis=2).ravel()
+            same = (rows_at(u8, at, 12).view(np.uint32).reshape(m, period, 3) == expect).all(axis=2).ravel()
             ok = len(same) if same.all() else int(same.argmin())
             found.append(at[:ok])
             framed += ok
@@ -451,7 +247,7 @@ class EventScanner:
         end = bounds[1:] - 4  # payload ends (its CRC follows)
         length = end - first
         k = len(first)
-        stored = _rows(u8, end, 4).view("<u4").ravel()
+        stored = rows_at(u8, end, 4).view("<u4").ravel()
         ok = np.zeros(k, bool)
         tid = np.full(k, _ONE_BY_ONE, np.intp)  # per record: a tag index, _FILTERED or _ONE_BY_ONE
         step = np.zeros(k, np.int64)
@@ -468,10 +264,10 @@ class EventScanner:
             if size > VECTOR_MAX_BYTES:  # images, histograms, text: one C call each, then one by one
                 crcs = np.fromiter(map(_crc, map(buf.__getitem__, map(slice, first[sel].tolist(),
                                                                       end[sel].tolist()))), np.uint32, len(sel))
-                ok[sel] = _masked(crcs) == stored[sel]
+                ok[sel] = masked_crcs(crcs) == stored[sel]
                 continue
-            rows = _rows(u8, first[sel], size)
-            good = _masked(_crc_rows(rows)) == stored[sel]
+            rows = rows_at(u8, first[sel], size)
+            good = masked_crcs(crc32c_rows(rows)) == stored[sel]
             ok[sel] = good
             if size > 15:
                 self._decode_rows(rows, good, sel, run, tid, step, wall, value)
