@@ -65,7 +65,7 @@ Rows = list[tuple[str, int, float, float]]  # (tag, step, wall_time, value), sor
 _SCALARS_METADATA = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="scalars"))
 
 
-def write_file(logdir: Path, steps: int, tags: int, layout: str) -> Path:
+def write_file(logdir: Path, steps: int, tags: int, layout: str = "simple") -> Path:
     with SummaryWriter(str(logdir), max_queue=10_000, flush_secs=3600) as w:
         for step in range(steps):
             for t in range(tags):
