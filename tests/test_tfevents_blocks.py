@@ -205,3 +205,24 @@ def test_a_learnt_bare_tensor_layout_yields_to_another_plugins_metadata():
         read_file(io.BytesIO(data), 0, len(data), sc, run, out, 10**9, skipped)
         assert len(out) == n_points and sum(skipped.values()) == n_skipped, (run, skipped)
         assert skipped.get("non_scalar", 0) == n_skipped
+
+
+def test_empty_and_oversized_layout_records_between_scalars_are_stepped_over():
+    """Records of no payload and records longer than the block decoder's rows (a 2 KB text event) sit between
+    scalar events: the scalars all arrive, the text is counted as non-scalar."""
+    text = Summary(value=[Summary.Value(tag="notes", metadata=SummaryMetadata(
+        plugin_data=SummaryMetadata.PluginData(plugin_name="text")),
+        tensor=TensorProto(dtype=DataType.DT_STRING, string_val=[b"x" * 2000]))])
+    data = frame(b"") * 40
+    want = []
+    for step in range(1, 200):
+        data += frame(Event(wall_time=float(step), step=step,
+                            summary=Summary(value=[Summary.Value(tag="a", simple_value=0.5)])).SerializeToString())
+        want.append(("a", step, float(step), 0.5))
+        if step % 10 == 0:
+            data += frame(b"") + frame(Event(wall_time=1.0, step=step, summary=text).SerializeToString())
+    out: list = []
+    skipped: dict[str, int] = {}
+    offset, _ = read_file(io.BytesIO(data), 0, len(data), scanner(), "r", out, 10**9, skipped)
+    assert offset == len(data) and [(p.metric, p.step, p.ts, p.value) for p in out] == want
+    assert skipped == {"non_scalar": 19}
