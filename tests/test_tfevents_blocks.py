@@ -226,3 +226,36 @@ def test_empty_and_oversized_layout_records_between_scalars_are_stepped_over():
     offset, _ = read_file(io.BytesIO(data), 0, len(data), scanner(), "r", out, 10**9, skipped)
     assert offset == len(data) and [(p.metric, p.step, p.ts, p.value) for p in out] == want
     assert skipped == {"non_scalar": 19}
+
+
+@pytest.mark.parametrize("limit", [7, 10**9])
+def test_a_column_sink_holds_exactly_what_a_list_of_points_does(limit: int):
+    """Read into ColumnSinks batch by batch (blocks as arrays, one-by-one events as Points): the same points,
+    order, offsets and skip counts as reading into lists."""
+    for data in (DATA, _tensor_file(500)[0]):
+        ways = []
+        for sink in (list, tfevents.ColumnSink):
+            sc, offset, batches, skipped = scanner(), 0, [], {}
+            while True:
+                out = sink()
+                offset, full = read_file(io.BytesIO(data), offset, len(data), sc, "r", out, limit, skipped)
+                points = out if isinstance(out, list) else out.points()
+                assert len(points) == len(out) <= max(limit, 2)
+                batches.append((offset, [_key(p) for p in points]))
+                if not full:
+                    break
+            ways.append((batches, skipped))
+        assert ways[0] == ways[1]
+        keys, key, step, wall, value = tfevents.ColumnSink().columns()
+        assert keys == [] and len(key) == len(step) == len(wall) == len(value) == 0
+
+
+def test_column_sink_columns_name_each_series_once():
+    sink = tfevents.ColumnSink()
+    read_file(io.BytesIO(DATA), 0, len(DATA), scanner(), "r", sink, 10**9, {})
+    keys, key, step, wall, value = sink.columns()
+    assert sorted(keys) == sorted({("r", tag) for tag, *_ in WANT}) and len(set(keys)) == len(keys)
+    assert key.dtype == np.intp and step.dtype == np.int64 and wall.dtype == value.dtype == np.float64
+    assert [_key((keys[k][1], s, w, v)) for k, s, w, v in zip(key.tolist(), step.tolist(), wall.tolist(),
+                                                             value.tolist(), strict=True)] == \
+        [_key(p) for p in WANT]

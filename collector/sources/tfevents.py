@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import struct
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from itertools import repeat
 from typing import BinaryIO
 
@@ -27,7 +27,7 @@ from trainscope.collector.sources.tfevents_proto import (
     simple_value_template,
 )
 
-__all__ = ["DecodeError", "EventScanner", "decode_event", "frame", "masked_crc", "read_file", "resync"]
+__all__ = ["ColumnSink", "DecodeError", "EventScanner", "decode_event", "frame", "masked_crc", "read_file", "resync"]
 
 CHUNK_BYTES = 4 << 20  # read files in pieces of this size, never whole
 MAX_RECORD_BYTES = 64 << 20  # a bigger record (a huge image) is skipped without being read
@@ -71,6 +71,78 @@ def frame(payload: bytes) -> bytes:
 NEED, FULL, OVERSIZED, RESYNC = "need", "full", "oversized", "resync"
 
 
+class ColumnSink:
+    """Where scan() and read_file() can put scalars column by column instead of as a list of Points: a catch-up
+    then builds no Python object per point. It behaves as the list `out` does for the scanner (len, append,
+    extend: events decoded one by one still arrive as Points) and takes decoded blocks as arrays (add).
+
+    columns() gives the series (run, tag) once and per point its series index, step, wall time and value.
+    """
+
+    def __init__(self) -> None:
+        self._keys: dict[tuple[str, str], int] = {}
+        self._chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self._points: list[Point] = []  # points that came one by one, not in a chunk yet (kept in order)
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def append(self, point: Point) -> None:
+        self._points.append(point)
+        self._n += 1
+
+    def extend(self, points: Iterable[Point]) -> None:
+        before = len(self._points)
+        self._points.extend(points)
+        self._n += len(self._points) - before
+
+    def add(self, run: str, names: list[str], tid: np.ndarray, step: np.ndarray, wall: np.ndarray,
+            value: np.ndarray) -> None:
+        """Points of one run whose tags are names[tid[i]]."""
+        if not len(tid):
+            return
+        self._flush()
+        used = np.unique(tid)
+        lut = np.zeros(int(used[-1]) + 1, np.intp)
+        lut[used] = [self._key(run, names[i]) for i in used.tolist()]
+        self._chunks.append((lut[tid], step, wall, value))
+        self._n += len(tid)
+
+    def _key(self, run: str, tag: str) -> int:
+        k = self._keys.get((run, tag))
+        if k is None:
+            k = self._keys[(run, tag)] = len(self._keys)
+        return k
+
+    def _flush(self) -> None:
+        if self._points:
+            pts, self._points = self._points, []
+            self._chunks.append((np.array([self._key(p[4], p[0]) for p in pts], np.intp),
+                                 np.array([p[1] for p in pts], np.int64), np.array([p[2] for p in pts], np.float64),
+                                 np.array([p[3] for p in pts], np.float64)))
+
+    def columns(self) -> tuple[list[tuple[str, str]], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(series as (run, tag), per point: series index, step int64, wall time float64, value float64)."""
+        self._flush()
+        if not self._chunks:
+            return [], np.zeros(0, np.intp), np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
+        key, step, wall, value = (np.concatenate(c) for c in zip(*self._chunks, strict=True))
+        return list(self._keys), key, step, wall, value
+
+    def points(self) -> list[Point]:
+        """The same points as Points, in order (tests, and consumers that need them one by one)."""
+        keys, key, step, wall, value = self.columns()
+        runs = [r for r, _ in keys]
+        tags = [t for _, t in keys]
+        k = key.tolist()
+        return list(map(_new_point, repeat(Point), zip(map(tags.__getitem__, k), step.tolist(), wall.tolist(),
+                                                       value.tolist(), map(runs.__getitem__, k), strict=True)))
+
+
+Out = list[Point] | ColumnSink  # where the scanner puts what it decodes
+
+
 class EventScanner:
     """Turns TFRecord-framed Event bytes into Points, remembering per-source caches between calls.
 
@@ -99,7 +171,7 @@ class EventScanner:
             ok = self._allowed[tag] = bool(self.tag_ok(tag))
         return ok
 
-    def scan(self, buf: bytes, pos: int, run: str, out: list[Point], limit: int,
+    def scan(self, buf: bytes, pos: int, run: str, out: Out, limit: int,
              skipped: dict[str, int]) -> tuple[int, str | None, int]:
         """Decode complete records of buf from pos; return (pos, outcome, n).
 
@@ -229,7 +301,7 @@ class EventScanner:
             periods *= 4
         return pos, (np.concatenate(found) if len(found) > 1 else found[0]) if found else None
 
-    def _decode(self, buf: bytes, bounds: np.ndarray, run: str, out: list[Point], limit: int,
+    def _decode(self, buf: bytes, bounds: np.ndarray, run: str, out: Out, limit: int,
                 skipped: dict[str, int]) -> tuple[int, bool]:
         """Check and decode the framed records starting at bounds[:-1] (bounds[-1] is where the last one ends);
         return (offset reached, stopped because `out` reached `limit`).
@@ -273,10 +345,9 @@ class EventScanner:
                 self._decode_rows(rows, good, sel, run, tid, step, wall, value)
         special = np.flatnonzero(tid == _ONE_BY_ONE).tolist()
         rec = np.flatnonzero(tid >= 0)  # records that make a point, in file order
-        names = list(map(self._tag_names.__getitem__, tid[rec].tolist()))
-        steps, walls, values = step[rec].tolist(), wall[rec].tolist(), value[rec].tolist()
+        emit = self._emitter(out, run, tid[rec], step[rec], wall[rec], value[rec])
         if not special:
-            out.extend(map(_new_point, repeat(Point), zip(names, steps, walls, values, repeat(run))))
+            emit(0, len(rec))
             return int(bounds[-1]), False
         starts = bounds.tolist()
         rec_l = rec.tolist()
@@ -288,8 +359,7 @@ class EventScanner:
             if upto > done:
                 if len(out) + upto - done > limit:
                     break
-                out.extend(map(_new_point, repeat(Point), zip(names[done:upto], steps[done:upto], walls[done:upto],
-                                                              values[done:upto], repeat(run))))
+                emit(done, upto)
                 done, at = upto, rec_l[upto - 1] + 1
             if len(out) >= limit:
                 return starts[at], True
@@ -303,14 +373,29 @@ class EventScanner:
         room = limit - len(out)
         if len(rec_l) - done > room:  # only after events of several values: stop after the point that fills out
             upto = done + max(room, 0)
-            out.extend(map(_new_point, repeat(Point), zip(names[done:upto], steps[done:upto], walls[done:upto],
-                                                          values[done:upto], repeat(run))))
+            emit(done, upto)
             return starts[rec_l[upto - 1] + 1 if upto > done else at], True
-        out.extend(map(_new_point, repeat(Point), zip(names[done:], steps[done:], walls[done:], values[done:],
-                                                      repeat(run))))
+        emit(done, len(rec_l))
         return starts[-1], False
 
-    def _decode_each(self, buf: bytes, starts: list[int], run: str, out: list[Point], limit: int,
+    def _emitter(self, out: Out, run: str, tid: np.ndarray, step: np.ndarray,
+                 wall: np.ndarray, value: np.ndarray) -> Callable[[int, int], None]:
+        """emit(a, b) puts the block's points a..b into out: as Points into a list, as arrays into a ColumnSink."""
+        if isinstance(out, ColumnSink):
+            names = self._tag_names
+
+            def columns(a: int, b: int) -> None:
+                out.add(run, names, tid[a:b], step[a:b], wall[a:b], value[a:b])
+            return columns
+        tags = list(map(self._tag_names.__getitem__, tid.tolist()))
+        steps, walls, values = step.tolist(), wall.tolist(), value.tolist()
+
+        def points(a: int, b: int) -> None:
+            out.extend(map(_new_point, repeat(Point), zip(tags[a:b], steps[a:b], walls[a:b], values[a:b],
+                                                          repeat(run))))
+        return points
+
+    def _decode_each(self, buf: bytes, starts: list[int], run: str, out: Out, limit: int,
                      skipped: dict[str, int]) -> tuple[int, bool]:
         """_decode for a few records (a live run's new events): one by one, cheaper than setting up arrays."""
         for i in range(len(starts) - 1):
@@ -434,7 +519,7 @@ class EventScanner:
             self._tag_names.append(tag)
         return i
 
-    def _one(self, payload: bytes, run: str, out: list[Point], limit: int, skipped: dict[str, int]) -> bool:
+    def _one(self, payload: bytes, run: str, out: Out, limit: int, skipped: dict[str, int]) -> bool:
         """One verified record that the block decode did not take: a layout learnt within this block, a learnt
         scalar-tensor layout, or the slow path. False when its points would overflow a non-empty batch."""
         length = len(payload)
@@ -462,7 +547,7 @@ class EventScanner:
                     return True
         return self._slow(payload, run, out, limit, skipped)
 
-    def _slow(self, payload: bytes, run: str, out: list[Point], limit: int, skipped: dict[str, int]) -> bool:
+    def _slow(self, payload: bytes, run: str, out: Out, limit: int, skipped: dict[str, int]) -> bool:
         """Decode one Event the general way; False when its points would overflow a non-empty batch."""
         try:
             wall, step, values = decode_event(payload)
@@ -562,7 +647,7 @@ def resync(buf: bytes, start: int) -> int | None:
     return None
 
 
-def read_file(f: BinaryIO, offset: int, size: int, scanner: EventScanner, run: str, out: list[Point], limit: int,
+def read_file(f: BinaryIO, offset: int, size: int, scanner: EventScanner, run: str, out: Out, limit: int,
               skipped: dict[str, int]) -> tuple[int, bool]:
     """Read records of an open event file from `offset` up to `size` bytes; return (next offset, stopped at limit).
 
