@@ -15,7 +15,8 @@ Writes one event file of steps x tags scalar events with tensorboardX (add_scala
 - ours, poll: TensorBoardSource.poll() in logDir mode with max_batch_points above the file's count (the public
   path: directory walk, 4 MiB chunk reads, every record's CRC checked, decoding, Point objects, in a worker
   thread).
-- ours, reader: tfevents.read_file alone (no thread, no walk).
+- ours, reader: tfevents.read_file alone (no thread, no walk); "into columns": the same into a ColumnSink
+  (numpy arrays, no Point per scalar: what a columnar catch-up batch can take).
 - old baseline: tensorboard's EventAccumulator (size_guidance scalars=0, tensors=0), Reload() plus reading every
   scalar (and every tensor, for --layout tf2).
 
@@ -58,7 +59,7 @@ from tensorboardX.proto.tensor_shape_pb2 import TensorShapeProto
 
 from trainscope.collector.sources.base import SourceContext
 from trainscope.collector.sources.tensorboard import TensorBoardSource
-from trainscope.collector.sources.tfevents import EventScanner, read_file
+from trainscope.collector.sources.tfevents import ColumnSink, EventScanner, read_file
 from trainscope.gc_tuning import tune_for_ingest
 
 Rows = list[tuple[str, int, float, float]]  # (tag, step, wall_time, value), sorted
@@ -125,6 +126,14 @@ def reader_only(path: Path) -> list:
     with path.open("rb") as f:
         read_file(f, 0, path.stat().st_size, EventScanner(lambda tag: True), ".", out, 10**8, {})
     return out
+
+
+def reader_columns(path: Path) -> ColumnSink:
+    sink = ColumnSink()
+    with path.open("rb") as f:
+        read_file(f, 0, path.stat().st_size, EventScanner(lambda tag: True), ".", sink, 10**8, {})
+    sink.columns()  # the arrays a columnar batch would hand on
+    return sink
 
 
 def points_rows(points: list) -> Rows:
@@ -227,6 +236,7 @@ def main() -> None:
             "peer: rustboard --checksum": (rustboard(True), lambda r: r),
             "ours: TensorBoardSource.poll": (source_poll, points_rows),
             "ours: tfevents.read_file": (reader_only, points_rows),
+            "ours: read_file into columns": (reader_columns, lambda sink: points_rows(sink.points())),
             "ours: poll @gc700": (under_default_gc(source_poll), points_rows),
             "old baseline: EventAccumulator": (event_accumulator, lambda r: r),
         }
