@@ -179,8 +179,8 @@ class EventScanner:
         FULL: `limit` points reached. OVERSIZED: the record at pos is n bytes long in all, too big to read.
         RESYNC: the header at pos is corrupt (its length CRC is wrong).
 
-        Records are framed one by one (one dict lookup of the header each), then checked and decoded a block at a
-        time with numpy; blocks start small (a file's first records teach the layouts) and grow.
+        Records are framed (_frame), then checked and decoded a block at a time with numpy (_decode); blocks start
+        small (a file's first records teach the layouts) and grow. `out` is a list of Points or a ColumnSink.
         """
         n = len(buf)
         block = FIRST_BLOCK_RECORDS
