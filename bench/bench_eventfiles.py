@@ -1,8 +1,9 @@
 """Reading a TensorBoard event file: the tensorboard source's reader against TensorBoard's own, in turns, verified.
 
 Run: python bench/bench_eventfiles.py [--steps 100000 --tags 2 --repeat 5]
-Writes one event file of steps x tags scalar events with tensorboardX (add_scalar, the simple_value layout), then
-times, in turns (ABAB..., medians), every way reading that file to completion:
+Writes one event file of steps x tags scalar events with tensorboardX (add_scalar, the simple_value layout; with
+--layout tf2 the float32 scalar tensors TF2 writes, metadata on a tag's first event only), then times, in turns
+(ABAB..., medians), every way reading that file to completion:
 
 - peer: rustboard, the Rust `tensorboard-data-server` installed with tensorboard, started as TensorBoard starts
   it (tensorboard/data/server_ingester.py: --logdir, --port 0 --port-file, --die-after-stdin, here --reload once
@@ -10,11 +11,14 @@ times, in turns (ABAB..., medians), every way reading that file to completion:
   process through its gRPC API as TensorBoard's GrpcDataProvider asks for it (ListScalars, then ReadScalars with
   downsample = all points). Spawn to last point; its own "Finished load cycle" time is printed too. By default
   it checks a record's CRC only when parsing fails (`--no-checksum`); "peer --checksum" checks every record, as
-  ours does.
+  ours does. Its CPU seconds are its process's (all its threads) plus this process's gRPC client.
 - ours, poll: TensorBoardSource.poll() in logDir mode with max_batch_points above the file's count (the public
-  path: directory walk, 4 MiB chunk reads, CRC checks, decoding, Point objects, in a worker thread).
-- ours, reader: tfevents.read_file alone (no thread, no walk).
-- old baseline: tensorboard's EventAccumulator (size_guidance scalars=0), Reload() plus reading every scalar.
+  path: directory walk, 4 MiB chunk reads, every record's CRC checked, decoding, Point objects, in a worker
+  thread).
+- ours, reader: tfevents.read_file alone (no thread, no walk); "into columns": the same into a ColumnSink
+  (numpy arrays, no Point per scalar: what a columnar catch-up batch can take).
+- old baseline: tensorboard's EventAccumulator (size_guidance scalars=0, tensors=0), Reload() plus reading every
+  scalar (and every tensor, for --layout tf2).
 
 This process runs under the garbage-collector thresholds the collecting processes set (trainscope.gc_tuning, as
 `trainscope operator` and `trainscope local` do); "ours, poll @gc700" repeats the poll under CPython's default
@@ -46,22 +50,34 @@ import grpc
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.data.proto import data_provider_pb2
 from tensorboard.data.proto.data_provider_pb2_grpc import TensorBoardDataProviderStub
+from tensorboard.util import tensor_util
 from tensorboard_data_server import server_binary
 from tensorboardX import SummaryWriter
+from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
+from tensorboardX.proto.tensor_pb2 import TensorProto
+from tensorboardX.proto.tensor_shape_pb2 import TensorShapeProto
 
 from trainscope.collector.sources.base import SourceContext
 from trainscope.collector.sources.tensorboard import TensorBoardSource
-from trainscope.collector.sources.tfevents import EventScanner, read_file
+from trainscope.collector.sources.tfevents import ColumnSink, EventScanner, read_file
 from trainscope.gc_tuning import tune_for_ingest
 
 Rows = list[tuple[str, int, float, float]]  # (tag, step, wall_time, value), sorted
+_SCALARS_METADATA = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="scalars"))
 
 
-def write_file(logdir: Path, steps: int, tags: int) -> Path:
+def write_file(logdir: Path, steps: int, tags: int, layout: str = "simple") -> Path:
     with SummaryWriter(str(logdir), max_queue=10_000, flush_secs=3600) as w:
         for step in range(steps):
             for t in range(tags):
-                w.add_scalar(f"train/metric_{t}", 1.0 / (step + t + 1), step)
+                if layout == "simple":
+                    w.add_scalar(f"train/metric_{t}", 1.0 / (step + t + 1), step)
+                else:  # TF2's tf.summary.scalar: a float32 rank-0 tensor, the plugin's metadata on the first event
+                    tensor = TensorProto(dtype="DT_FLOAT", tensor_shape=TensorShapeProto(),
+                                         float_val=[1.0 / (step + t + 1)])
+                    value = Summary.Value(tag=f"train/metric_{t}", tensor=tensor,
+                                          metadata=_SCALARS_METADATA if step == 0 else None)
+                    w._get_file_writer().add_summary(Summary(value=[value]), step)
     (path,) = logdir.glob("*tfevents*")
     return path
 
@@ -71,9 +87,11 @@ def f32(x: float) -> float:
 
 
 def event_accumulator(path: Path) -> Rows:
-    acc = EventAccumulator(str(path), size_guidance={"scalars": 0})
+    acc = EventAccumulator(str(path), size_guidance={"scalars": 0, "tensors": 0})
     acc.Reload()
-    return [(tag, e.step, e.wall_time, e.value) for tag in acc.Tags()["scalars"] for e in acc.Scalars(tag)]
+    return [(tag, e.step, e.wall_time, e.value) for tag in acc.Tags()["scalars"] for e in acc.Scalars(tag)] + \
+        [(tag, e.step, e.wall_time, float(tensor_util.make_ndarray(e.tensor_proto)))
+         for tag in acc.Tags()["tensors"] for e in acc.Tensors(tag)]
 
 
 async def _poll(path: Path, out: list) -> int:
@@ -108,6 +126,14 @@ def reader_only(path: Path) -> list:
     with path.open("rb") as f:
         read_file(f, 0, path.stat().st_size, EventScanner(lambda tag: True), ".", out, 10**8, {})
     return out
+
+
+def reader_columns(path: Path) -> ColumnSink:
+    sink = ColumnSink()
+    with path.open("rb") as f:
+        read_file(f, 0, path.stat().st_size, EventScanner(lambda tag: True), ".", sink, 10**8, {})
+    sink.columns()  # the arrays a columnar batch would hand on
+    return sink
 
 
 def points_rows(points: list) -> Rows:
@@ -176,6 +202,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--tags", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--layout", choices=["simple", "tf2"], default="simple",
+                        help="simple: tensorboardX add_scalar (simple_value); tf2: float32 scalar tensors with the "
+                             "scalars plugin's metadata on each tag's first event only, as TF2 writes them")
     args = parser.parse_args()
     steps, tags = args.steps, args.tags
     daemon_gc = tune_for_ingest()
@@ -183,12 +212,13 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-tfevents-"))
     try:
         t0 = time.perf_counter()
-        path = write_file(tmp, steps, tags)
+        path = write_file(tmp, steps, tags, args.layout)
         n = steps * tags
         truth = sorted(event_accumulator(path))
         written = sorted((f"train/metric_{t}", s, f32(1.0 / (s + t + 1))) for s in range(steps) for t in range(tags))
         assert [(tag, s, v) for tag, s, _, v in truth] == written, "EventAccumulator does not read what was written"
-        print(f"wrote {n:,} scalar events, {path.stat().st_size / 1e6:.1f} MB, in {time.perf_counter() - t0:.1f}s; "
+        print(f"wrote {n:,} scalar events ({args.layout} layout), "
+              f"{path.stat().st_size / 1e6:.1f} MB, in {time.perf_counter() - t0:.1f}s; "
               f"truth: {len(truth):,} points")
 
         def rustboard(checksum: bool) -> Callable[[Path], Rows]:
@@ -206,6 +236,7 @@ def main() -> None:
             "peer: rustboard --checksum": (rustboard(True), lambda r: r),
             "ours: TensorBoardSource.poll": (source_poll, points_rows),
             "ours: tfevents.read_file": (reader_only, points_rows),
+            "ours: read_file into columns": (reader_columns, lambda sink: points_rows(sink.points())),
             "ours: poll @gc700": (under_default_gc(source_poll), points_rows),
             "old baseline: EventAccumulator": (event_accumulator, lambda r: r),
         }
@@ -235,11 +266,12 @@ def main() -> None:
         print(f"\n{n:,} events ({steps:,} steps x {tags} tags), {args.repeat} rounds in turns, every run verified "
               f"point for point; gc thresholds {daemon_gc} (the collecting processes');\n"
               f"1-min load per round: {', '.join(f'{x:.2f}' for x in loads)}")
-        print(f"{'way':<34}{'median s':>10}{'events/s':>12}{'CPU s':>8}{'x peer':>8}")
+        print(f"{'way':<34}{'median s':>10}{'events/s':>12}{'CPU s':>8}{'x peer':>8}{'x peer CPU':>12}")
         peer = statistics.median(times["peer: rustboard (gRPC)"])
+        peer_cpu = statistics.median(cpu["peer: rustboard (gRPC)"])
         for way in ways:
-            med = statistics.median(times[way])
-            print(f"{way:<34}{med:>10.3f}{n / med:>12,.0f}{statistics.median(cpu[way]):>8.3f}{peer / med:>8.2f}")
+            med, med_cpu = statistics.median(times[way]), statistics.median(cpu[way])
+            print(f"{way:<34}{med:>10.3f}{n / med:>12,.0f}{med_cpu:>8.3f}{peer / med:>8.2f}{peer_cpu / med_cpu:>12.2f}")
         cycles = [c for _, c in extra[False] if c is not None]
         if cycles:
             print(f"rustboard's own 'Finished load cycle' (load only, no gRPC): "

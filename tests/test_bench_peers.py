@@ -37,9 +37,10 @@ def test_log_peer_regex_gives_our_points(tmp_path: Path, fmt: str, noise: bool) 
     assert len(ours) == data_lines * len(bench_logs.PEER[fmt][2])
 
 
-def test_rustboard_peer_reads_every_scalar_as_written(tmp_path: Path) -> None:
+@pytest.mark.parametrize("layout", ["simple", "tf2"])
+def test_rustboard_peer_reads_every_scalar_as_written(tmp_path: Path, layout: str) -> None:
     steps, tags = 300, 2
-    path = bench_eventfiles.write_file(tmp_path, steps, tags)
+    path = bench_eventfiles.write_file(tmp_path, steps, tags, layout)
     truth = sorted(bench_eventfiles.event_accumulator(path))
     assert [(t, s, v) for t, s, _, v in truth] == sorted(
         (f"train/metric_{t}", s, bench_eventfiles.f32(1.0 / (s + t + 1))) for s in range(steps) for t in range(tags))

@@ -1,35 +1,58 @@
-"""Reading scalars straight from TensorBoard event files: TFRecord framing plus a minimal Event decoder.
+"""Reading scalars straight from TensorBoard event files: TFRecord framing, every record's CRC, Event decoding.
 
-No TensorFlow and no protobuf runtime: the few Event/Summary/TensorProto fields that carry scalars are decoded by
-hand, and the exact byte layout tensorboardX and TensorFlow write for `simple_value` scalars takes a fast path
-(one slice, one dict lookup, one unpack per event), which is what makes catching up a long run cheap.
+No TensorFlow and no protobuf runtime (tfevents_proto.py decodes the few fields that carry scalars). A catch-up is
+cheap because writers repeat a few byte layouts: once a layout is learnt from one event, the records that follow
+it are framed, CRC-checked and decoded a block at a time with numpy (crc32c_rows.py), no Python work per record
+but the Point it becomes.
 """
 
 from __future__ import annotations
 
+import itertools
 import struct
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Callable, Iterable
+from itertools import repeat
 from typing import BinaryIO
 
 import google_crc32c
+import numpy as np
 
 from trainscope.collector.points import Point
+from trainscope.collector.sources.crc32c_rows import MAX_ROW_BYTES, crc32c_rows, masked_crcs, rows_at
+from trainscope.collector.sources.tfevents_proto import (
+    DecodeError,
+    _varint,
+    decode_event,
+    simple_value_template,
+)
+
+__all__ = ["ColumnSink", "DecodeError", "EventScanner", "decode_event", "frame", "masked_crc", "read_file", "resync"]
 
 CHUNK_BYTES = 4 << 20  # read files in pieces of this size, never whole
 MAX_RECORD_BYTES = 64 << 20  # a bigger record (a huge image) is skipped without being read
+BLOCK_RECORDS = 32768  # records framed, then checked and decoded together (bounds the block's arrays)
+SMALL_BLOCK_RECORDS = 32  # blocks of at most this many records are decoded one by one
+FIRST_BLOCK_RECORDS = 512  # a scan's first block (then 4x larger each): small reads stay cheap, layouts get learnt
+VECTOR_MAX_BYTES = MAX_ROW_BYTES  # longer payloads are checked with one CRC call each and decoded one by one
+_MAX_PERIOD = 64  # longest repeating pattern of record lengths looked for (tags logged per step)
+_ONE_BY_ONE, _FILTERED = -2, -1  # a record's tag index in a block when it makes no point there
+_NO_RECORDS = np.zeros(0, np.int64)
 _MASK_DELTA = 0xA282EAD8
 
 _crc = google_crc32c.value
 _unpack_u64_u32 = struct.Struct("<QI").unpack
 _unpack_u32 = struct.Struct("<I").unpack_from
-_unpack_tail = struct.Struct("<fI").unpack_from  # a record's last 4 payload bytes as a float, then its CRC
 _unpack_f32 = struct.Struct("<f").unpack_from
 _unpack_f64 = struct.Struct("<d").unpack_from
-_unpack_f16 = struct.Struct("<e").unpack_from
 _new_point = tuple.__new__  # Point(...) without the NamedTuple's Python-level __new__
-
-DT_FLOAT, DT_DOUBLE, DT_BFLOAT16, DT_HALF = 1, 2, 14, 19
 _MISSING = object()
+
+
+def _header(length: int) -> bytes:
+    """A record's 12-byte header for a payload of `length` bytes."""
+    head = struct.pack("<Q", length)
+    return head + struct.pack("<I", masked_crc(head))
 
 
 def masked_crc(data: bytes) -> int:
@@ -44,173 +67,80 @@ def frame(payload: bytes) -> bytes:
     return head + struct.pack("<I", masked_crc(head)) + payload + struct.pack("<I", masked_crc(payload))
 
 
-class DecodeError(ValueError):
-    """A payload whose CRC is right but whose protobuf is not an Event we understand."""
-
-
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(buf) or shift > 63:
-            raise DecodeError("truncated varint")
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, pos
-        shift += 7
-
-
-def _fields(buf: bytes):
-    """Yield (field number, wire type, value) of one message; LEN values are bytes, others ints or raw bytes."""
-    pos, end = 0, len(buf)
-    while pos < end:
-        key, pos = _varint(buf, pos)
-        num, wt = key >> 3, key & 7
-        if wt == 0:
-            val, pos = _varint(buf, pos)
-        elif wt == 1:
-            val, pos = buf[pos:pos + 8], pos + 8
-        elif wt == 2:
-            n, pos = _varint(buf, pos)
-            val, pos = buf[pos:pos + n], pos + n
-        elif wt == 5:
-            val, pos = buf[pos:pos + 4], pos + 4
-        else:
-            raise DecodeError(f"unsupported wire type {wt}")
-        if pos > end:
-            raise DecodeError("field runs past the end of its message")
-        yield num, wt, val
-
-
-def _encode_varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def simple_value_template(tag: str) -> bytes:
-    """The bytes between an Event's step and its float for a lone `simple_value`, exactly as writers lay them out."""
-    t = tag.encode()
-    value = b"\x0a" + _encode_varint(len(t)) + t + b"\x15"  # Value{tag=1, simple_value=2 (4 bytes follow)}
-    summary = b"\x0a" + _encode_varint(len(value) + 4) + value
-    return b"\x2a" + _encode_varint(len(summary) + 4) + summary  # Event.summary=5
-
-
-def _plugin_name(metadata: bytes) -> str:
-    for num, wt, val in _fields(metadata):
-        if num == 1 and wt == 2:  # SummaryMetadata.plugin_data
-            for n2, w2, v2 in _fields(val):
-                if n2 == 1 and w2 == 2:
-                    return v2.decode("utf-8", "replace")
-    return ""
-
-
-def _half(bits: int, dtype: int) -> float:
-    if dtype == DT_BFLOAT16:  # the top half of a float32
-        return _unpack_f32(struct.pack("<I", (bits & 0xFFFF) << 16))[0]
-    return _unpack_f16(struct.pack("<H", bits & 0xFFFF))[0]
-
-
-def tensor_scalar(tensor: bytes) -> float | None:
-    """The value of a one-element float/double/half/bfloat16 TensorProto, or None when it is not such a tensor."""
-    dtype = 0
-    elements = 1
-    content = None
-    values: list[float] = []
-    for num, wt, val in _fields(tensor):
-        if num == 1 and wt == 0:
-            dtype = val
-        elif num == 2 and wt == 2:  # TensorShapeProto{dim=2 {size=1}, unknown_rank=3}
-            for n2, w2, v2 in _fields(val):
-                if n2 == 2 and w2 == 2:
-                    size = 0
-                    for n3, w3, v3 in _fields(v2):
-                        if n3 == 1 and w3 == 0:
-                            size = v3 - (1 << 64) if v3 >> 63 else v3
-                    elements *= size
-                elif n2 == 3 and w2 == 0 and v2:
-                    return None
-        elif num == 4 and wt == 2:
-            content = val
-        elif num == 5:  # float_val, packed (LEN) or not (I32)
-            values += [v for (v,) in struct.iter_unpack("<f", val)] if wt in (2, 5) and len(val) % 4 == 0 else []
-        elif num == 6:
-            values += [v for (v,) in struct.iter_unpack("<d", val)] if wt in (1, 2) and len(val) % 8 == 0 else []
-        elif num == 13:  # half_val: float16/bfloat16 bit patterns as int32 varints
-            if wt == 0:
-                values.append(_half(val, dtype))
-            elif wt == 2:
-                pos = 0
-                while pos < len(val):
-                    bits, pos = _varint(val, pos)
-                    values.append(_half(bits, dtype))
-    if elements != 1 or dtype not in (DT_FLOAT, DT_DOUBLE, DT_HALF, DT_BFLOAT16):
-        return None
-    if content is not None:
-        if dtype == DT_FLOAT and len(content) == 4:
-            return _unpack_f32(content)[0]
-        if dtype == DT_DOUBLE and len(content) == 8:
-            return _unpack_f64(content)[0]
-        if len(content) == 2 and dtype in (DT_HALF, DT_BFLOAT16):
-            return _half(int.from_bytes(content, "little"), dtype)
-        return None
-    return values[0] if values else 0.0  # TensorFlow's convention: no values means zeros
-
-
-def decode_event(payload: bytes) -> tuple[float, int, list[tuple[str, float | None, str]]]:
-    """Slow path: (wall_time, step, [(tag, value or None, kind)]) of one Event.
-
-    kind is "simple" for simple_value, "tensor" for a scalar tensor whose metadata names the scalars plugin,
-    "bare_tensor" for one without plugin metadata, a plugin name for a tensor of another plugin, or
-    "image"/"audio"/"histogram"/"non_scalar" for values that carry no scalar (value None).
-    """
-    wall, step, summary = 0.0, 0, None
-    for num, wt, val in _fields(payload):
-        if num == 1 and wt == 1:
-            wall = _unpack_f64(val)[0]
-        elif num == 2 and wt == 0:
-            step = val - (1 << 64) if val >> 63 else val
-        elif num == 5 and wt == 2:
-            summary = val
-    values: list[tuple[str, float | None, str]] = []
-    if summary is None:
-        return wall, step, values
-    for num, wt, val in _fields(summary):
-        if num != 1 or wt != 2:
-            continue
-        tag, simple, tensor, plugin, kind = "", None, None, "", "non_scalar"
-        for n2, w2, v2 in _fields(val):
-            if n2 == 1 and w2 == 2:
-                tag = v2.decode("utf-8", "replace")
-            elif n2 == 2 and w2 == 5:
-                simple = _unpack_f32(v2)[0]
-            elif n2 == 8 and w2 == 2:
-                tensor = v2
-            elif n2 == 9 and w2 == 2:
-                plugin = _plugin_name(v2)
-            elif n2 == 4:
-                kind = "image"
-            elif n2 == 6:
-                kind = "audio"
-            elif n2 in (3, 5):
-                kind = "histogram"
-        if simple is not None:
-            values.append((tag, simple, "simple"))
-        elif tensor is not None and plugin in ("", "scalars"):
-            scalar = tensor_scalar(tensor)
-            kind = "tensor" if plugin else "bare_tensor"
-            values.append((tag, scalar, kind) if scalar is not None else (tag, None, "non_scalar"))
-        else:
-            values.append((tag, None, plugin if tensor is not None else kind))
-    return wall, step, values
-
-
 # scan() outcomes besides "records exhausted in this buffer"
 NEED, FULL, OVERSIZED, RESYNC = "need", "full", "oversized", "resync"
+
+
+class ColumnSink:
+    """Where scan() and read_file() can put scalars column by column instead of as a list of Points: a catch-up
+    then builds no Python object per point. It behaves as the list `out` does for the scanner (len, append,
+    extend: events decoded one by one still arrive as Points) and takes decoded blocks as arrays (add).
+
+    columns() gives the series (run, tag) once and per point its series index, step, wall time and value.
+    """
+
+    def __init__(self) -> None:
+        self._keys: dict[tuple[str, str], int] = {}
+        self._chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self._points: list[Point] = []  # points that came one by one, not in a chunk yet (kept in order)
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def append(self, point: Point) -> None:
+        self._points.append(point)
+        self._n += 1
+
+    def extend(self, points: Iterable[Point]) -> None:
+        before = len(self._points)
+        self._points.extend(points)
+        self._n += len(self._points) - before
+
+    def add(self, run: str, names: list[str], tid: np.ndarray, step: np.ndarray, wall: np.ndarray,
+            value: np.ndarray) -> None:
+        """Points of one run whose tags are names[tid[i]]."""
+        if not len(tid):
+            return
+        self._flush()
+        used = np.unique(tid)
+        lut = np.zeros(int(used[-1]) + 1, np.intp)
+        lut[used] = [self._key(run, names[i]) for i in used.tolist()]
+        self._chunks.append((lut[tid], step, wall, value))
+        self._n += len(tid)
+
+    def _key(self, run: str, tag: str) -> int:
+        k = self._keys.get((run, tag))
+        if k is None:
+            k = self._keys[(run, tag)] = len(self._keys)
+        return k
+
+    def _flush(self) -> None:
+        if self._points:
+            pts, self._points = self._points, []
+            self._chunks.append((np.array([self._key(p[4], p[0]) for p in pts], np.intp),
+                                 np.array([p[1] for p in pts], np.int64), np.array([p[2] for p in pts], np.float64),
+                                 np.array([p[3] for p in pts], np.float64)))
+
+    def columns(self) -> tuple[list[tuple[str, str]], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(series as (run, tag), per point: series index, step int64, wall time float64, value float64)."""
+        self._flush()
+        if not self._chunks:
+            return [], np.zeros(0, np.intp), np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
+        key, step, wall, value = (np.concatenate(c) for c in zip(*self._chunks, strict=True))
+        return list(self._keys), key, step, wall, value
+
+    def points(self) -> list[Point]:
+        """The same points as Points, in order (tests, and consumers that need them one by one)."""
+        keys, key, step, wall, value = self.columns()
+        runs = [r for r, _ in keys]
+        tags = [t for _, t in keys]
+        k = key.tolist()
+        return list(map(_new_point, repeat(Point), zip(map(tags.__getitem__, k), step.tolist(), wall.tolist(),
+                                                       value.tolist(), map(runs.__getitem__, k), strict=True)))
+
+
+Out = list[Point] | ColumnSink  # where the scanner puts what it decodes
 
 
 class EventScanner:
@@ -224,10 +154,15 @@ class EventScanner:
         self.tag_ok = tag_ok
         self._headers: dict[bytes, int] = {}  # verified 12-byte record headers -> length (lengths repeat a lot)
         self._templates: dict[bytes, str | None] = {}  # simple_value layout -> tag (None: filtered out)
-        # scalar-tensor layouts by body length: (bytes before the value, bytes after it, value offset, unpack, tag)
-        self._tensor_templates: dict[int, list[tuple[bytes, bytes, int, Callable, str | None]]] = {}
-        self._tensor_attempts: dict[str, int] = {}
+        # scalar-tensor layouts by body length (the bytes after the step): bytes before the value, bytes after it,
+        # value offset, unpack, tag (None: filtered out), the tag itself, the run of a layout learnt from a tensor
+        # without metadata (used in that run only, while the tag is not another plugin's) or None, value dtype
+        self._tensor_templates: dict[int, list[tuple[bytes, bytes, int, Callable, str | None, str, str | None,
+                                                     np.dtype]]] = {}
+        self._tensor_attempts: dict[tuple[str, str | None], int] = {}
         self._allowed: dict[str, bool] = {}
+        self._tag_ids: dict[str, int] = {}  # tags of learnt simple_value layouts, numbered for the block decode
+        self._tag_names: list[str] = []
         self.foreign: set[tuple[str, str]] = set()
 
     def _allow(self, tag: str) -> bool:
@@ -236,92 +171,383 @@ class EventScanner:
             ok = self._allowed[tag] = bool(self.tag_ok(tag))
         return ok
 
-    def scan(self, buf: bytes, pos: int, run: str, out: list[Point], limit: int,
+    def scan(self, buf: bytes, pos: int, run: str, out: Out, limit: int,
              skipped: dict[str, int]) -> tuple[int, str | None, int]:
         """Decode complete records of buf from pos; return (pos, outcome, n).
 
         outcome None: buf is exhausted at pos (a record boundary). NEED: the record at pos needs n bytes in all.
         FULL: `limit` points reached. OVERSIZED: the record at pos is n bytes long in all, too big to read.
         RESYNC: the header at pos is corrupt (its length CRC is wrong).
+
+        Records are framed (_frame), then checked and decoded a block at a time with numpy (_decode); blocks start
+        small (a file's first records teach the layouts) and grow. `out` is a list of Points or a ColumnSink.
         """
-        headers, templates, crc = self._headers, self._templates, _crc
-        unpack_f64, unpack_tail = _unpack_f64, _unpack_tail
-        append, new, point = out.append, _new_point, Point
         n = len(buf)
-        while pos + 12 <= n:
+        block = FIRST_BLOCK_RECORDS
+        while True:
+            if pos + 12 > n:
+                return pos, None, 0
             if len(out) >= limit:
                 return pos, FULL, 0
-            hdr = buf[pos:pos + 12]
-            length = headers.get(hdr)
-            if length is None:
-                length, lcrc = _unpack_u64_u32(hdr)
-                if masked_crc(hdr[:8]) != lcrc:
-                    return pos, RESYNC, 0
-                if length > MAX_RECORD_BYTES:
-                    return pos, OVERSIZED, length + 16
-                if len(headers) < 65536:
-                    headers[hdr] = length
-            end = pos + 12 + length
-            if end + 4 > n:
-                return pos, NEED, length + 16
-            payload = buf[pos + 12:end]
-            c = crc(payload)
-            # one unpack for the stored CRC and the float before it (a simple_value's value on the fast path)
-            last, stored = unpack_tail(buf, end - 4)
-            if ((c >> 15 | c << 17) + 0xA282EAD8) & 0xFFFFFFFF != stored:
-                skipped["bad_crc"] = skipped.get("bad_crc", 0) + 1
-                pos = end + 4
-                continue
-            # Fast path: wall_time (tag 0x09), step (0x10, varint), then a known simple_value layout, then the float.
-            if length > 15 and payload[0] == 0x09 and payload[9] == 0x10:
-                # the step's varint, its first three bytes (steps below 2,097,152) unrolled
-                step = payload[10]
-                if step < 0x80:
-                    q = 11
-                else:
-                    b = payload[11]
-                    if b < 0x80:
-                        step = step & 0x7F | b << 7
-                        q = 12
-                    else:
-                        step = step & 0x7F | (b & 0x7F) << 7
-                        shift, q = 14, 12
-                        while True:
-                            b = payload[q]
-                            q += 1
-                            step |= (b & 0x7F) << shift
-                            if b < 0x80 or q >= length:
-                                break
-                            shift += 7
-                tag = templates.get(payload[q:-4], _MISSING)
-                if tag is not _MISSING:
-                    if tag is not None:
-                        if step >> 63:
-                            step -= 1 << 64
-                        append(new(point, (tag, step, unpack_f64(payload, 1)[0], last, run)))
-                    pos = end + 4
+            bounds, pos, outcome, need = self._frame(buf, pos, min(limit - len(out), block))
+            if len(bounds):
+                stop, full = self._decode(buf, bounds, run, out, limit, skipped)
+                if full:
+                    return stop, (FULL if stop + 12 <= n else None), 0
+                if stop != pos:
+                    pos = stop  # stopped early to decode the rest again (see _decode)
                     continue
-                cands = self._tensor_templates.get(length - q)
-                if cands:
-                    for before, after, off, unpack, tag in cands:
-                        if payload.startswith(before, q) and payload.endswith(after):
-                            if tag is not None:
-                                if step >> 63:
-                                    step -= 1 << 64
-                                append(new(point, (tag, step, unpack_f64(payload, 1)[0], unpack(payload, q + off)[0],
-                                                   run)))
-                            break
-                    else:
-                        cands = None
-                    if cands:
-                        pos = end + 4
-                        continue
-            if not self._slow(payload, run, out, limit, skipped):
-                return pos, FULL, 0
-            pos = end + 4
-        return pos, None, 0
+            if outcome is not None:
+                return pos, outcome, need
+            block = min(block * 4, BLOCK_RECORDS)
 
-    def _slow(self, payload: bytes, run: str, out: list[Point], limit: int, skipped: dict[str, int]) -> bool:
+    def _frame(self, buf: bytes, pos: int, room: int) -> tuple[np.ndarray, int, str | None, int]:
+        """Frame up to `room` complete records from pos whose headers verify: their start offsets followed by the
+        end of the last (empty when none), then where framing stopped and why (None: room reached or buf
+        exhausted, else the outcome scan() reports for that position).
+
+        Records are framed one by one until their lengths repeat with a period (a run logs the same tags in the
+        same order, step after step); then the pattern's next headers are checked all at once (`_repeat`).
+        """
+        headers = self._headers
+        get = headers.get
+        pieces: list[np.ndarray] = []
+        starts: list[int] = []
+        append = starts.append
+        n = len(buf)
+        count = 0  # records in pieces
+        probe = 2 * _MAX_PERIOD
+        outcome, need = None, 0
+        while outcome is None:
+            for _ in range(min(room - count - len(starts), probe)):
+                if pos + 12 > n:
+                    break
+                length = get(buf[pos:pos + 12])
+                if length is None:
+                    hdr = buf[pos:pos + 12]
+                    length, lcrc = _unpack_u64_u32(hdr)
+                    if masked_crc(hdr[:8]) != lcrc:
+                        outcome = RESYNC
+                        break
+                    if length > MAX_RECORD_BYTES:
+                        outcome, need = OVERSIZED, length + 16
+                        break
+                    if len(headers) < 65536:
+                        headers[hdr] = length
+                nxt = pos + length + 16
+                if nxt > n:
+                    outcome, need = NEED, length + 16
+                    break
+                append(pos)
+                pos = nxt
+            else:
+                if count + len(starts) < room:
+                    framed = count + len(starts)
+                    pos, run = self._repeat(buf, pos, starts, room - framed)
+                    if run is not None:
+                        pieces += [np.array(starts, np.int64), run]
+                        count += len(starts) + len(run)
+                        starts = []
+                        append = starts.append
+                    # little repetition: frame longer one by one before trying again (a file without any pays
+                    # little for the attempts)
+                    probe = 2 * _MAX_PERIOD if count + len(starts) - framed >= 4 * _MAX_PERIOD else \
+                        min(probe * 2, 8192)
+                    continue
+            break
+        if not count and not starts:
+            return _NO_RECORDS, pos, outcome, need
+        starts.append(pos)
+        pieces.append(np.array(starts, np.int64))
+        return np.concatenate(pieces) if len(pieces) > 1 else pieces[0], pos, outcome, need
+
+    def _repeat(self, buf: bytes, pos: int, starts: list[int], room: int) -> tuple[int, np.ndarray | None]:
+        """If the sizes of the last records framed (`starts`, then pos) repeat with a period, frame on at pos as
+        long as the headers follow that pattern, checking all predicted headers at once: return the position
+        reached and the start offsets of the records framed so (None: no period).
+
+        Each accepted header equals a verified one and sits where the previous accepted record ends, so the chain
+        is exactly what framing one by one would find.
+        """
+        tail = [*starts[-2 * _MAX_PERIOD:], pos]
+        sizes = [b - a for a, b in itertools.pairwise(tail)]  # record sizes (length + 16)
+        for period in range(1, len(sizes) // 2 + 1):
+            if sizes[-period:] == sizes[-2 * period:-period]:
+                break
+        else:
+            return pos, None
+        pattern = sizes[-period:]
+        span = sum(pattern)
+        expect = np.frombuffer(b"".join(_header(s - 16) for s in pattern), np.uint32).reshape(period, 3)
+        offsets = np.array([0, *pattern[:-1]], np.int64).cumsum()
+        u8 = np.frombuffer(buf, np.uint8)
+        n = len(buf)
+        found: list[np.ndarray] = []
+        framed = 0
+        periods = 64
+        while True:
+            m = min((n - pos) // span, (room - framed) // period, periods)
+            if m < 1:
+                break
+            at = (pos + span * np.arange(m, dtype=np.int64)[:, None] + offsets).ravel()
+            same = (rows_at(u8, at, 12).view(np.uint32).reshape(m, period, 3) == expect).all(axis=2).ravel()
+            ok = len(same) if same.all() else int(same.argmin())
+            found.append(at[:ok])
+            framed += ok
+            if ok < len(same):
+                pos = int(at[ok])
+                break
+            pos += span * m
+            periods *= 4
+        return pos, (np.concatenate(found) if len(found) > 1 else found[0]) if found else None
+
+    def _decode(self, buf: bytes, bounds: np.ndarray, run: str, out: Out, limit: int,
+                skipped: dict[str, int]) -> tuple[int, bool]:
+        """Check and decode the framed records starting at bounds[:-1] (bounds[-1] is where the last one ends);
+        return (offset reached, stopped because `out` reached `limit`).
+
+        Records are grouped by payload length: each group's payloads become the rows of one byte matrix whose
+        CRCs, wall times, steps, learnt simple_value layouts and values are computed column by column for all
+        rows at once. What is not such a layout (or fails its CRC) is handled one by one, in file order; when
+        that marks a tag as another plugin's, the records after it are left to be decoded again (the offset
+        returned is then before bounds[-1]).
+        """
+        if len(bounds) <= SMALL_BLOCK_RECORDS:
+            return self._decode_each(buf, bounds.tolist(), run, out, limit, skipped)
+        u8 = np.frombuffer(buf, np.uint8)
+        first = bounds[:-1] + 12  # payload starts
+        end = bounds[1:] - 4  # payload ends (its CRC follows)
+        length = end - first
+        k = len(first)
+        stored = rows_at(u8, end, 4).view("<u4").ravel()
+        ok = np.zeros(k, bool)
+        tid = np.full(k, _ONE_BY_ONE, np.intp)  # per record: a tag index, _FILTERED or _ONE_BY_ONE
+        step = np.zeros(k, np.int64)
+        wall = np.zeros(k)
+        value = np.zeros(k)
+        if (length == length[0]).all():  # one length (the usual case in a block of scalars)
+            groups = [(int(length[0]), np.arange(k))]
+        else:
+            sizes, inverse = np.unique(length, return_inverse=True)
+            order = np.argsort(inverse, kind="stable")
+            cuts = np.cumsum(np.bincount(inverse))[:-1]
+            groups = list(zip(sizes.tolist(), np.split(order, cuts), strict=True))
+        for size, sel in groups:
+            if size > VECTOR_MAX_BYTES:  # images, histograms, text: one C call each, then one by one
+                crcs = np.fromiter(map(_crc, map(buf.__getitem__, map(slice, first[sel].tolist(),
+                                                                      end[sel].tolist()))), np.uint32, len(sel))
+                ok[sel] = masked_crcs(crcs) == stored[sel]
+                continue
+            rows = rows_at(u8, first[sel], size)
+            good = masked_crcs(crc32c_rows(rows)) == stored[sel]
+            ok[sel] = good
+            if size > 15:
+                self._decode_rows(rows, good, sel, run, tid, step, wall, value)
+        special = np.flatnonzero(tid == _ONE_BY_ONE).tolist()
+        rec = np.flatnonzero(tid >= 0)  # records that make a point, in file order
+        emit = self._emitter(out, run, tid[rec], step[rec], wall[rec], value[rec])
+        if not special:
+            emit(0, len(rec))
+            return int(bounds[-1]), False
+        starts = bounds.tolist()
+        rec_l = rec.tolist()
+        first_l, end_l = first.tolist(), end.tolist()
+        done = at = 0  # points of `rec` in out; the first record not handled yet
+        foreign = len(self.foreign)
+        for r in special:
+            upto = bisect_left(rec_l, r, done)
+            if upto > done:
+                if len(out) + upto - done > limit:
+                    break
+                emit(done, upto)
+                done, at = upto, rec_l[upto - 1] + 1
+            if len(out) >= limit:
+                return starts[at], True
+            if not ok[r]:
+                skipped["bad_crc"] = skipped.get("bad_crc", 0) + 1
+            elif not self._one(buf[first_l[r]:end_l[r]], run, out, limit, skipped):
+                return starts[r], True
+            at = r + 1
+            if len(self.foreign) != foreign:
+                return starts[at], False  # a tag became another plugin's: the rest is decoded again knowing it
+        room = limit - len(out)
+        if len(rec_l) - done > room:  # only after events of several values: stop after the point that fills out
+            upto = done + max(room, 0)
+            emit(done, upto)
+            return starts[rec_l[upto - 1] + 1 if upto > done else at], True
+        emit(done, len(rec_l))
+        return starts[-1], False
+
+    def _emitter(self, out: Out, run: str, tid: np.ndarray, step: np.ndarray,
+                 wall: np.ndarray, value: np.ndarray) -> Callable[[int, int], None]:
+        """emit(a, b) puts the block's points a..b into out: as Points into a list, as arrays into a ColumnSink."""
+        if isinstance(out, ColumnSink):
+            names = self._tag_names
+
+            def columns(a: int, b: int) -> None:
+                out.add(run, names, tid[a:b], step[a:b], wall[a:b], value[a:b])
+            return columns
+        tags = list(map(self._tag_names.__getitem__, tid.tolist()))
+        steps, walls, values = step.tolist(), wall.tolist(), value.tolist()
+
+        def points(a: int, b: int) -> None:
+            out.extend(map(_new_point, repeat(Point), zip(tags[a:b], steps[a:b], walls[a:b], values[a:b],
+                                                          repeat(run))))
+        return points
+
+    def _decode_each(self, buf: bytes, starts: list[int], run: str, out: Out, limit: int,
+                     skipped: dict[str, int]) -> tuple[int, bool]:
+        """_decode for a few records (a live run's new events): one by one, cheaper than setting up arrays."""
+        for i in range(len(starts) - 1):
+            if len(out) >= limit:
+                return starts[i], True
+            end = starts[i + 1] - 4
+            payload = buf[starts[i] + 12:end]
+            c = _crc(payload)
+            if ((c >> 15 | c << 17) + _MASK_DELTA) & 0xFFFFFFFF != _unpack_u32(buf, end)[0]:
+                skipped["bad_crc"] = skipped.get("bad_crc", 0) + 1
+            elif not self._one(payload, run, out, limit, skipped):
+                return starts[i], True
+        return starts[-1], False
+
+    def _decode_rows(self, rows: np.ndarray, good: np.ndarray, sel: np.ndarray, run: str, tid: np.ndarray,
+                     step: np.ndarray, wall: np.ndarray, value: np.ndarray) -> None:
+        """Decode payloads of one length (the rows) that are a wall_time, a step varint, then a learnt simple_value
+        layout and the float, or a learnt scalar-tensor layout around its value; fill tid/step/wall/value at their
+        records (`sel`). Other rows keep tid _ONE_BY_ONE."""
+        size = rows.shape[1]
+        fast = good & (rows[:, 0] == 0x09) & (rows[:, 9] == 0x10)
+        # the step's varint, all rows at once (at most 9 bytes, steps below 2**63, and a layout byte after it)
+        steps = np.zeros(len(rows), np.uint64)
+        width = np.zeros(len(rows), np.intp)
+        alive = fast.copy()
+        for i in range(min(9, size - 15)):
+            b = rows[:, 10 + i]
+            steps |= np.where(alive, (b & 0x7F).astype(np.uint64) << np.uint64(7 * i), np.uint64(0))
+            width += alive
+            alive &= b >= 0x80
+            if not alive.any():
+                break
+        fast &= ~alive
+        if not fast.any():
+            return
+        every = bool(fast.all()) and bool((width == width[0]).all())  # the usual block: no copies of rows
+        for w in [int(width[0])] if every else np.unique(width[fast]).tolist():
+            hit = None if every else np.flatnonzero(fast & (width == w))
+            part = rows if hit is None else rows[hit]
+            ids = self._layout_ids(part[:, 10 + w:size - 4])
+            vals = part[:, size - 4:].copy().view("<f4").ravel().astype(np.float64)
+            miss = np.flatnonzero(ids == _ONE_BY_ONE)
+            if len(miss) and self._tensor_templates:
+                ids[miss], vals[miss] = self._tensor_ids(part[miss, 10 + w:], run)
+            known = ids != _ONE_BY_ONE
+            if known.all():
+                take: slice | np.ndarray = slice(None) if hit is None else hit
+                at = sel if hit is None else sel[hit]
+            else:
+                idx = np.flatnonzero(known)
+                take = idx if hit is None else hit[idx]
+                at = sel[take]
+                ids, vals = ids[idx], vals[idx]
+            tid[at] = ids
+            step[at] = steps[take].view(np.int64)
+            wall[at] = rows[take, 1:9].copy().view("<f8").ravel()
+            value[at] = vals
+
+    def _tensor_ids(self, bodies: np.ndarray, run: str) -> tuple[np.ndarray, np.ndarray]:
+        """For rows of event bytes after the step (all one length): the tag index (or _FILTERED) and value of each
+        row that matches a learnt scalar-tensor layout, _ONE_BY_ONE for the others."""
+        ids = np.full(len(bodies), _ONE_BY_ONE, np.intp)
+        vals = np.zeros(len(bodies))
+        rest = np.arange(len(bodies))
+        for before, after, off, _, tag, name, bare_run, dtype in self._tensor_templates.get(bodies.shape[1], ()):
+            if not len(rest):
+                break
+            if bare_run is not None and (bare_run != run or (run, name) in self.foreign):
+                continue
+            end = off + dtype.itemsize
+            part = bodies[rest]
+            same = (part[:, :off] == np.frombuffer(before, np.uint8)).all(axis=1) & \
+                (part[:, end:] == np.frombuffer(after, np.uint8)).all(axis=1)
+            if same.any():
+                ids[rest[same]] = self._tag_index(tag)
+                vals[rest[same]] = part[same, off:end].copy().view(dtype).ravel()
+                rest = rest[~same]
+        return ids, vals
+
+    def _layout_ids(self, layouts: np.ndarray) -> np.ndarray:
+        """For rows of simple_value layout bytes (all one length): the tag index of each learnt layout, _FILTERED
+        for a learnt layout of a filtered-out tag, _ONE_BY_ONE for one not learnt yet.
+
+        Rows equal to the first remaining row are peeled off a few times (files repeat few layouts of one length);
+        more distinct layouts are grouped by a hash of their bytes, every row then compared with its group's first.
+        """
+        ids = np.full(len(layouts), _ONE_BY_ONE, np.intp)
+        if not len(layouts):
+            return ids
+        same = (layouts == layouts[0]).all(axis=1)
+        ids[same] = self._layout_id(layouts[0].tobytes())
+        rest = np.flatnonzero(~same)
+        for _ in range(3):
+            if not len(rest):
+                return ids
+            same = (layouts[rest] == layouts[rest[0]]).all(axis=1)
+            ids[rest[same]] = self._layout_id(layouts[rest[0]].tobytes())
+            rest = rest[~same]
+        if len(rest):
+            part = layouts[rest]
+            h = np.zeros(len(rest), np.uint64)
+            for j in range(part.shape[1]):
+                h = h * np.uint64(0x100000001B3) ^ part[:, j]
+            _, head, group = np.unique(h, return_index=True, return_inverse=True)
+            same = (part == part[head[group]]).all(axis=1)  # a hash collision stays _ONE_BY_ONE: exact either way
+            cand = np.array([self._layout_id(part[i].tobytes()) for i in head.tolist()], np.intp)
+            ids[rest[same]] = cand[group[same]]
+        return ids
+
+    def _layout_id(self, layout: bytes) -> int:
+        tag = self._templates.get(layout, _MISSING)
+        return _ONE_BY_ONE if tag is _MISSING else self._tag_index(tag)
+
+    def _tag_index(self, tag: str | None) -> int:
+        """A tag's index in the block decode's names (_FILTERED for None: a tag the filter drops)."""
+        if tag is None:
+            return _FILTERED
+        i = self._tag_ids.get(tag)
+        if i is None:
+            i = self._tag_ids[tag] = len(self._tag_names)
+            self._tag_names.append(tag)
+        return i
+
+    def _one(self, payload: bytes, run: str, out: Out, limit: int, skipped: dict[str, int]) -> bool:
+        """One verified record that the block decode did not take: a layout learnt within this block, a learnt
+        scalar-tensor layout, or the slow path. False when its points would overflow a non-empty batch."""
+        length = len(payload)
+        if length > 15 and payload[0] == 0x09 and payload[9] == 0x10:
+            try:
+                step, q = _varint(payload, 10)
+            except DecodeError:
+                return self._slow(payload, run, out, limit, skipped)
+            if step >> 63:
+                step -= 1 << 64
+            tag = self._templates.get(payload[q:-4], _MISSING)
+            if tag is not _MISSING:
+                if tag is not None:
+                    out.append(_new_point(Point, (tag, step, _unpack_f64(payload, 1)[0], _unpack_f32(payload,
+                                                                                                      length - 4)[0],
+                                                  run)))
+                return True
+            for before, after, off, unpack, tag, name, bare_run, _ in self._tensor_templates.get(length - q, ()):
+                if bare_run is not None and (bare_run != run or (run, name) in self.foreign):
+                    continue
+                if payload.startswith(before, q) and payload.endswith(after):
+                    if tag is not None:
+                        out.append(_new_point(Point, (tag, step, _unpack_f64(payload, 1)[0],
+                                                      unpack(payload, q + off)[0], run)))
+                    return True
+        return self._slow(payload, run, out, limit, skipped)
+
+    def _slow(self, payload: bytes, run: str, out: Out, limit: int, skipped: dict[str, int]) -> bool:
         """Decode one Event the general way; False when its points would overflow a non-empty batch."""
         try:
             wall, step, values = decode_event(payload)
@@ -349,21 +575,26 @@ class EventScanner:
             _, q = _varint(payload, 10)
             if payload[q:-4] == simple_value_template(values[0][0]):
                 self._templates[payload[q:-4]] = values[0][0] if self._allow(values[0][0]) else None
-        elif len(values) == 1 and values[0][2] == "tensor" and payload[0] == 0x09 and payload[9] == 0x10:
-            self._learn_tensor_layout(payload, wall, step, values[0][0], values[0][1])
+        elif len(values) == 1 and payload[0] == 0x09 and payload[9] == 0x10:
+            tag, value, kind = values[0]
+            if kind == "tensor" or (kind == "bare_tensor" and (run, tag) not in self.foreign):
+                self._learn_tensor_layout(payload, wall, step, tag, value, run if kind == "bare_tensor" else None)
         return True
 
-    def _learn_tensor_layout(self, payload: bytes, wall: float, step: int, tag: str, value: float | None) -> None:
+    def _learn_tensor_layout(self, payload: bytes, wall: float, step: int, tag: str, value: float | None,
+                             bare_run: str | None) -> None:
         """Remember where a one-value scalar tensor event keeps its float, so later events skip the slow path.
 
         The value's bytes must occur once in the event, and writing a probe value there must decode to exactly
         that probe: then every other byte is layout, and an event equal outside those bytes holds its value there.
-        Only fixed-width encodings (float_val, double_val, tensor_content) qualify; half_val is a varint.
+        Only fixed-width encodings (float_val, double_val, tensor_content) qualify; half_val is a varint. A tensor
+        without metadata (TF2 writes the scalars plugin's metadata on a tag's first event only) gives a layout for
+        its run (`bare_run`) that holds only while no event marks the tag as another plugin's.
         """
-        attempts = self._tensor_attempts.get(tag, 0)
+        attempts = self._tensor_attempts.get((tag, bare_run), 0)
         if attempts >= 4 or len(self._tensor_templates) >= 4096 or value is None:
             return
-        self._tensor_attempts[tag] = attempts + 1
+        self._tensor_attempts[(tag, bare_run)] = attempts + 1
         _, q = _varint(payload, 10)
         body = payload[q:]
         for fmt in ("<f", "<d"):
@@ -381,9 +612,9 @@ class EventScanner:
                 got = decode_event(payload[:q + off] + probe + payload[q + off + len(enc):])
             except (DecodeError, struct.error, IndexError):
                 continue
-            if got == (wall, step, [(tag, 1234.5, "tensor")]):
+            if got == (wall, step, [(tag, 1234.5, "tensor" if bare_run is None else "bare_tensor")]):
                 entry = (body[:off], body[off + len(enc):], off, struct.Struct(fmt).unpack_from,
-                         tag if self._allow(tag) else None)
+                         tag if self._allow(tag) else None, tag, bare_run, np.dtype(f"<f{len(enc)}"))
                 self._tensor_templates.setdefault(len(body), []).append(entry)
                 return
 
@@ -416,7 +647,7 @@ def resync(buf: bytes, start: int) -> int | None:
     return None
 
 
-def read_file(f: BinaryIO, offset: int, size: int, scanner: EventScanner, run: str, out: list[Point], limit: int,
+def read_file(f: BinaryIO, offset: int, size: int, scanner: EventScanner, run: str, out: Out, limit: int,
               skipped: dict[str, int]) -> tuple[int, bool]:
     """Read records of an open event file from `offset` up to `size` bytes; return (next offset, stopped at limit).
 
