@@ -26,9 +26,10 @@ from trainscope.collector.batches import (
     poll_ahead,
     select,
     storable,
+    unrefused,
 )
 from trainscope.collector.health import STALLED, Condition, HealthEvent, HealthMonitor, transitions
-from trainscope.collector.points import Batch, Point, RawPoint, RunState
+from trainscope.collector.points import Batch, Columns, Point, RawPoint, RunState
 from trainscope.collector.progress import (
     JobPhase,
     JobState,
@@ -53,6 +54,9 @@ log = logging.getLogger(__name__)
 # is meant for rate-limited APIs; behind a 60 s database outage it left collection idle for minutes afterwards.
 STORE_RETRY_MAX = 5.0
 STORE_RETRY_REFUSED = 30.0  # the database refused us (credentials, missing database, privilege)
+# A batch of at least this many points is handled as columns: below it, numpy's fixed cost per call outweighs the
+# per-point work it saves (a live run's poll brings a handful of points).
+COLUMNS_FROM = 64
 
 def _remembering(resolve: SecretResolver | None) -> SecretResolver | None:
     """The resolver, teaching the scrubber each value it hands out (so no error text can carry it)."""
@@ -233,7 +237,7 @@ class Collector:
         backoff = Backoff(*self._backoff)
         source: Source | None = None
         ahead: Ahead | None = None
-        done: tuple[Batch, list[RawPoint], Outcome, list[str]] | None = None  # stored, not yet taken in
+        done: tuple[Batch, list[RawPoint] | Columns, Outcome, list[str]] | None = None  # stored, not taken in
 
         def settle() -> None:
             nonlocal done
@@ -288,8 +292,7 @@ class Collector:
                 cursor = batch.cursor
                 points = admitted.points
                 if outcome.rejected:  # the database refused these alone: they are not part of what was seen
-                    refused = {id(p) for p, _ in outcome.rejected}
-                    points = [p for p in points if id(p) not in refused]
+                    points = unrefused(points, outcome)
                 done = (batch, points, outcome, admitted.notes)
                 backoff.reset()
                 if not batch.more:  # a live run's batch (or a catch-up's last): taken in at once
@@ -311,8 +314,12 @@ class Collector:
                     await source.aclose()
 
     def _prepare(self, batch: Batch) -> Admitted:
-        """What is stored of a batch: the spec's metric filter, names PostgreSQL can hold, admission."""
-        return admit(storable(select(batch.points, self.spec.metrics, self._allowed)), self._clock())
+        """What is stored of a batch: the spec's metric filter, names PostgreSQL can hold, admission. A batch of
+        many points goes on as columns (one numpy array per field) to the COPY; a few points stay tuples."""
+        points = batch.points
+        if not isinstance(points, Columns) and len(points) >= COLUMNS_FROM:
+            points = Columns.from_points(points) or points
+        return admit(storable(select(points, self.spec.metrics, self._allowed)), self._clock())
 
     async def _drop(self, ahead: Ahead | None, *, wait: bool = True) -> None:
         await drop_ahead(ahead, self._stopping, self._poll_timeout, wait=wait)
@@ -393,7 +400,7 @@ class Collector:
 
     # ---- what was seen ----------------------------------------------------------------------------------
 
-    def _absorb(self, source: str, health: SourceHealth, batch: Batch, points: list[RawPoint],
+    def _absorb(self, source: str, health: SourceHealth, batch: Batch, points: list[RawPoint] | Columns,
                 inserted: int) -> None:
         health.newest_ts = self.seen.absorb(source, points, counts_training_steps(self._registry.get(health.kind)),
                                             health.newest_ts)

@@ -17,7 +17,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainscope.collector.points import RawPoint, RunState
+import numpy as np
+
+from trainscope.collector.points import Columns, RawPoint, RunState
 
 STALLED = "Stalled"
 NON_FINITE = "NonFiniteMetric"
@@ -232,9 +234,26 @@ class HealthMonitor:
             verdict = self._monitored[metric] = any(fnmatch.fnmatchcase(metric, g) for g in globs)
         return verdict
 
-    def observe(self, source: str, points: list[RawPoint], primary: str | None) -> None:
+    def observe(self, source: str, points: list[RawPoint] | Columns, primary: str | None) -> None:
         """Feed the monitored metrics' points of one batch (in the order the source gave them)."""
         track = self.spec.disagreement_tolerance is not None
+        if isinstance(points, Columns):
+            watched_keys = [k for k, (_, metric) in enumerate(points.keys) if self.monitors(metric, primary)]
+            if not watched_keys:
+                return
+            if track or len(watched_keys) > 1:  # interleaved series (or the recent values across runs): in order
+                if len(watched_keys) < len(points.keys):
+                    points = points.take(np.isin(points.key, watched_keys))
+                points = points.points()
+            else:  # one series: its (step, value) pairs straight from the columns
+                (k,) = watched_keys
+                run, metric = points.keys[k]
+                sel = points.key == k if len(points.keys) > 1 else slice(None)
+                watch = self.watches.get((source, run, metric))
+                if watch is None:
+                    watch = self.watches[(source, run, metric)] = MetricWatch(self.spec)
+                watch.observe_many(zip(points.step[sel].tolist(), points.value[sel].tolist(), strict=True))
+                return
         names = set(map(_METRIC, points))  # judged per name, not per point: a catch-up batch holds 50,000
         watched = {m for m in names if self.monitors(m, primary)}
         if not watched:
