@@ -131,6 +131,11 @@ class MetricWatch:
         rising, rise, judge = spec.rising_span, self.rising, max(1, spec.rising_span // 20)
         isfinite = math.isfinite
         last = self.last_step
+        # Each divergence judgement replaces the one before it, so of a batch's judgements only the last one counts:
+        # it is made once, after the loop, on the values the window held then (`taken` are the values it received).
+        before, taken = list(rise), []
+        add = taken.append
+        judged: tuple[int, int] | None = None  # (step, len(taken)) at the last judgement
         for step, value in pairs:
             if last is not None and step <= last:
                 continue
@@ -159,9 +164,14 @@ class MetricWatch:
                 rise.append(value)
                 if len(rise) > rising:
                     rise.popleft()
+                add(value)
                 self.rising_age += 1
                 if len(rise) >= rising and self.rising_age >= judge:
-                    self._judge_rising(step)
+                    self.rising_age = 0
+                    judged = (step, len(taken))
+        if judged is not None:
+            step, n = judged
+            self._diverging(step, taken[n - rising:n] if n >= rising else (before + taken[:n])[-rising:])
 
     def _compute_band(self) -> tuple[float, float]:
         med = _median(sorted(self.window))
@@ -197,10 +207,13 @@ class MetricWatch:
         self._judge_rising(step)
 
     def _judge_rising(self, step: int) -> None:
-        span = self.spec.rising_span
         self.rising_age = 0
+        self._diverging(step, list(self.rising))
+
+    def _diverging(self, step: int, values: list[float]) -> None:
+        """Judge whether the divergence window `values` rises quarter after quarter."""
+        span = self.spec.rising_span
         quarter = span // 4
-        values = list(self.rising)
         q = [statistics.median(values[i * quarter:(i + 1) * quarter]) for i in range(4)]
         rising = q[0] < q[1] < q[2] < q[3] and q[3] - q[0] > self.spec.rising_min_increase * max(abs(q[0]), 1e-12)
         self.diverging = (step, q[0], q[3]) if rising else None
