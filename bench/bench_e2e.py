@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT / "tests" / "fakes"))
 
 from benchlib import wandb_sandbox  # noqa: E402
 
+from trainscope.collector.batches import DEFAULT_BATCH_BYTES, batch_points  # noqa: E402
 from trainscope.collector.points import Columns  # noqa: E402
 from trainscope.collector.sources import REGISTRY, SourceContext  # noqa: E402
 from trainscope.collector.store import Store  # noqa: E402
@@ -258,7 +259,8 @@ async def writer_alone(store: Store, inp: Input, batches: list, uid: str) -> flo
 
 
 async def bench(args: argparse.Namespace, dsn: str, tmp: Path) -> None:
-    runtime = Runtime(RuntimeConfig(database_url=dsn, metrics_port=None, max_batch_points=args.batch))
+    runtime = Runtime(RuntimeConfig(database_url=dsn, metrics_port=None, max_batch_points=args.batch,
+                                    max_batch_bytes=int(args.batch_mb * 2**20)))
     await runtime.start()
     store = await runtime.wait_store()
     print(f"{'source':12} {'points':>10} {'e2e pts/s':>11} {'writer pts/s':>13} {'e2e/writer':>10}  load")
@@ -267,7 +269,7 @@ async def bench(args: argparse.Namespace, dsn: str, tmp: Path) -> None:
         inp = MAKERS[kind](tmp, args.points)
         made = time.perf_counter() - t
         t = time.perf_counter()
-        batches, read_cpu = await read_all(inp, args.batch)
+        batches, read_cpu = await read_all(inp, batch_points(int(args.batch_mb * 2**20), args.batch))
         read_s = time.perf_counter() - t
         e2e_s, w_s = [], []
         for r in range(args.repeat):
@@ -299,10 +301,11 @@ async def bench(args: argparse.Namespace, dsn: str, tmp: Path) -> None:
     await runtime.close()
 
 
-async def memory_child(kind: str, n: int, dsn: str, tmp: Path, batch: int) -> None:
+async def memory_child(kind: str, n: int, dsn: str, tmp: Path, batch: int | None, batch_bytes: int) -> None:
     inp = MAKERS[kind](tmp, n)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    runtime = Runtime(RuntimeConfig(database_url=dsn, metrics_port=None, max_batch_points=batch))
+    runtime = Runtime(RuntimeConfig(database_url=dsn, metrics_port=None, max_batch_points=batch,
+                                    max_batch_bytes=batch_bytes))
     await runtime.start()
     store = await runtime.wait_store()
     import gc
@@ -338,7 +341,9 @@ def main() -> None:
     parser.add_argument("--sources", nargs="+", default=["tensorboard", "logs", "swanlab", "wandb"],
                         choices=sorted(MAKERS))
     parser.add_argument("--points", type=int, default=1_000_000)
-    parser.add_argument("--batch", type=int, default=50_000)
+    parser.add_argument("--batch", type=int, default=None, help="points per batch at most (default: by --batch-mb)")
+    parser.add_argument("--batch-mb", type=float, default=DEFAULT_BATCH_BYTES / 2**20,
+                        help="memory per batch, as `trainscope local --batch-mb`")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--memory", choices=sorted(MAKERS))
     parser.add_argument("--dsn")
@@ -354,7 +359,7 @@ def main() -> None:
             dsn = pg.get_uri()
         print(f"{load()} at start")
         if args.memory:
-            asyncio.run(memory_child(args.memory, args.points, dsn, tmp, args.batch))
+            asyncio.run(memory_child(args.memory, args.points, dsn, tmp, args.batch, int(args.batch_mb * 2**20)))
         else:
             asyncio.run(bench(args, dsn, tmp))
     finally:

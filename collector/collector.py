@@ -18,9 +18,11 @@ from typing import Any
 
 from trainscope.collector.admit import Admitted, admit
 from trainscope.collector.batches import (
+    DEFAULT_BATCH_BYTES,
     Ahead,
     SourceHealth,
     SourceState,
+    batch_points,
     drop_ahead,
     note_rejections,
     poll_ahead,
@@ -138,7 +140,8 @@ class Collector:
         base_dir: Path | None = None,
         resolve_secret: SecretResolver | None = None,
         pods: PodLogReader | None = None,
-        max_batch_points: int = 50_000,
+        max_batch_points: int | None = None,
+        max_batch_bytes: int = DEFAULT_BATCH_BYTES,
         registry: Mapping[str, SourceFactory] | None = None,
         backoff_base: float = 1.0,
         backoff_cap: float = 300.0,
@@ -150,7 +153,8 @@ class Collector:
         self.spec = spec
         self.store = store
         self._ctx = SourceContext(namespace=namespace, workload=name, selector=spec.selector,
-                                  base_dir=base_dir or Path.cwd(), max_batch_points=max_batch_points,
+                                  base_dir=base_dir or Path.cwd(),
+                                  max_batch_points=batch_points(max_batch_bytes, max_batch_points),
                                   resolve_secret=_remembering(resolve_secret), pods=pods)
         self._registry = REGISTRY if registry is None else registry
         self._backoff = (backoff_base, backoff_cap)
@@ -264,6 +268,8 @@ class Collector:
                             return
                         continue
                     admitted = taken.prepared[0] if taken is not None and taken.prepared else self._prepare(batch)
+                    if isinstance(admitted.points, Columns):
+                        batch.points = []  # the columns hold them now: the tuples go (two batches are in flight)
                     if batch.more:  # the write and the next poll share the cursor: sources never change one
                         ahead = poll_ahead(source, batch.cursor, self._job_ended.is_set(), self._prepare)
                     write = asyncio.ensure_future(self._store_call(
