@@ -213,3 +213,20 @@ async def test_the_writer_stores_columns_as_it_stores_points(store: Any, databas
     stored = await stored_points(database_url, "by-columns")
     assert len(stored) == len({(p[4], p[0], p[1]) for p in points})
     assert _rows_by(stored) == _rows_by(await stored_points(database_url, "by-points"))
+
+
+def test_batches_are_sized_by_memory() -> None:
+    """A batch holds about --batch-mb of memory: the point count follows from what a point holds on its way, never
+    below 1,000 points, and a given point cap still bounds it (tests, benches)."""
+    from trainscope.collector.batches import POINT_BYTES, batch_points
+    from trainscope.collector.collector import Collector
+    from trainscope.collector.spec import parse_spec
+
+    assert batch_points(32 << 20) == (32 << 20) // POINT_BYTES
+    assert 100_000 < batch_points(32 << 20) < 120_000
+    assert batch_points(64 << 20) == 2 * batch_points(32 << 20)
+    assert batch_points(1) == 1000
+    assert batch_points(32 << 20, 7) == 7
+    spec = parse_spec({"sources": [{"name": "a", "logs": {"path": "x.log"}}]})
+    collector = Collector("uid", spec, None, max_batch_bytes=8 << 20)  # type: ignore[arg-type]
+    assert collector._ctx.max_batch_points == (8 << 20) // POINT_BYTES
