@@ -230,3 +230,30 @@ def test_batches_are_sized_by_memory() -> None:
     spec = parse_spec({"sources": [{"name": "a", "logs": {"path": "x.log"}}]})
     collector = Collector("uid", spec, None, max_batch_bytes=8 << 20)  # type: ignore[arg-type]
     assert collector._ctx.max_batch_points == (8 << 20) // POINT_BYTES
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_long_runs_of_a_series_judged_at_their_end_as_point_by_point(seed: int) -> None:
+    """observe_many judges spikes of a long run of points only from its last band refreshes on: every field of
+    the watch (window, band and its age, spike and calm, divergence) ends as feeding the points one by one, with
+    spikes anywhere (the last points too), NaN/inf, re-logged steps and runs of every length."""
+    from test_collector_batches import ReferenceWatch, loss_curve, watch_state
+
+    from trainscope.collector.health import MetricWatch
+
+    rng = random.Random(seed)
+    spec = HealthSpec(spike_window=rng.choice((20, 50)), spike_clear_points=rng.choice((3, 10)),
+                      rising_span=rng.choice((0, 40, 400)))
+    fast, oracle = MetricWatch(spec), ReferenceWatch(spec)
+    curve = loss_curve(rng, 6000)
+    for _ in range(rng.randint(0, 5)):  # spikes in the last points of the run
+        at = len(curve) - rng.randint(1, 15)
+        curve[at] = (curve[at][0], curve[at][1] * 50)
+    i = 0
+    while i < len(curve):
+        part = curve[i:i + rng.choice((5, 100, 300, 1000, 3000))]
+        fast.observe_many(part)
+        for step, value in part:
+            oracle.observe(step, value)
+        assert watch_state(fast) == watch_state(oracle)
+        i += len(part)
