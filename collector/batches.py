@@ -77,7 +77,7 @@ class SourceHealth:
 # and training-log batches: the source's tuple with its floats (~176 bytes), its columns (32) and its binary COPY
 # row (50, and the joined stream once more while it is sent).
 POINT_BYTES = 310
-DEFAULT_BATCH_BYTES = 32 << 20  # ~108,000 points a batch; two batches are in flight during a catch-up
+DEFAULT_BATCH_BYTES = 16 << 20  # ~54,000 points a batch; two batches are in flight during a catch-up
 MIN_BATCH_POINTS = 1000
 
 

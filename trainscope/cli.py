@@ -237,9 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="allow browser requests from this origin (repeatable; '*' for any)")
 
     def batch_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--batch-mb", type=_positive_mb, default=os.environ.get("TRAINSCOPE_BATCH_MB", "32"),
-                       help="memory of one catch-up batch in MiB (env TRAINSCOPE_BATCH_MB; default 32, about "
-                            "100,000 points); two batches are in flight per source while catching up")
+        p.add_argument("--batch-mb", type=_positive_mb, default=os.environ.get("TRAINSCOPE_BATCH_MB", "16"),
+                       help="memory of one catch-up batch in MiB (env TRAINSCOPE_BATCH_MB; default 16, about "
+                            "54,000 points); two batches are in flight per source while catching up")
 
     def log_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--log-format", choices=("text", "json"),
