@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import itertools
 import operator
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -74,6 +75,19 @@ class Batch:
 _METRIC, _STEP, _TS, _VALUE, _RUN = (operator.itemgetter(i) for i in range(5))
 
 
+def _key_column(names: list[Any], index: dict[Any, int], n: int) -> np.ndarray:
+    """Each point's series index. A catch-up batch repeats one pattern (every metric of a step, step after step)
+    or holds each series in one stretch (read metric by metric): both are recognised with C-level comparisons of
+    the names and laid out by numpy; otherwise one lookup per point."""
+    k = len(index)
+    if n % k == 0 and names[:k] * (n // k) == names:  # the same k names, in the same order, again and again
+        return np.tile(np.fromiter(map(index.__getitem__, names[:k]), np.intp, k), n // k)
+    starts = [0, *itertools.compress(range(1, n), map(operator.ne, itertools.islice(names, 1, None), names))]
+    if len(starts) == k:  # each series in one stretch
+        return np.repeat(np.arange(k, dtype=np.intp), np.diff([*starts, n]))
+    return np.fromiter(map(index.__getitem__, names), np.intp, n)
+
+
 class Columns:
     """A batch's points column by column: the distinct series (run, metric) once, then per point its series'
     index, step, time and value as numpy arrays, in the source's order. What a catch-up batch is from the
@@ -107,6 +121,7 @@ class Columns:
             names = list(zip(map(_RUN, points), map(_METRIC, points), strict=True))
             index = {k: i for i, k in enumerate(dict.fromkeys(names))}
             keys = list(index)
+        key = _key_column(names, index, n)
         step = np.array(list(map(_STEP, points)))  # not fromiter: it would truncate a float step silently
         if step.dtype != np.int64 or step.ndim != 1 or len(step) != n:
             return None
@@ -115,7 +130,7 @@ class Columns:
             value = np.fromiter(map(_VALUE, points), np.float64, n)
         except (TypeError, ValueError, OverflowError):
             return None
-        return cls(keys, np.fromiter(map(index.__getitem__, names), np.intp, n), step, ts, value)
+        return cls(keys, key, step, ts, value)
 
     def __len__(self) -> int:
         return len(self.key)
