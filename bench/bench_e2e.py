@@ -2,6 +2,7 @@
 the writer alone storing the same points, in turns, on one embedded PostgreSQL.
 
 Run: python bench/bench_e2e.py [--sources tensorboard logs swanlab wandb] [--points 1000000] [--repeat 3]
+                                [--batch-mb 16 | --batch POINTS]
      python bench/bench_e2e.py --memory logs --points 10000000   (peak RSS during one catch-up)
 
 Per source: the input is made once (a tensorboardX event file; an HF Trainer log; a run logged by the swanlab SDK
@@ -10,12 +11,14 @@ files and SwanLab runs are cached between invocations, their writers being slow)
 (ABAB...):
 - e2e: Runtime.apply of a fresh Workload naming the source; timed from apply until the collector's stored count
   equals the source's point count; the Workload is then stopped;
-- writer: Store.write of the same points (read once beforehand, in the source's batches) under a fresh uid.
+- writer: Store.write of the same points (read once beforehand, in the source's batches, turned into the columns the
+  collector hands the writer) under a fresh uid.
 Each run's stored points are checked against the source's generator (count, sum of steps, sum of values, in SQL)
 and the e2e rows against the writer's rows point for point (run, metric, step, ts, value; EXCEPT both ways) before
 a figure is printed; a mismatch aborts. Medians are printed with the load average, and this process's CPU seconds
 per million points (every thread: reading, the collector's bookkeeping and the writer's encoding; PostgreSQL's own
-work is not in it), which the machine's load disturbs far less than the rates. Never asserted.
+work is not in it), which the machine's load disturbs far less than the rates, beside the CPU seconds the source
+alone took to read the batches. Never asserted.
 """
 
 from __future__ import annotations
