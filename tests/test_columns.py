@@ -17,6 +17,7 @@ from trainscope.collector.health import HealthMonitor, HealthSpec
 from trainscope.collector.points import Columns, RawPoint
 from trainscope.collector.seen import Seen
 from trainscope.collector.spec import MetricFilter
+from trainscope.collector.store import Store
 
 T0 = 1_700_000_000.0
 METRICS = ["loss", "lr", "grad_norm", "acc"]
@@ -257,3 +258,27 @@ def test_long_runs_of_a_series_judged_at_their_end_as_point_by_point(seed: int) 
             oracle.observe(step, value)
         assert watch_state(fast) == watch_state(oracle)
         i += len(part)
+
+
+async def test_rows_the_database_refuses_in_columns_are_isolated_as_in_tuples(store: Store, database_url: str) -> None:
+    """Columns the database refuses in part (a NaN time its encoder rejects, a name beyond PostgreSQL's index row
+    limit, both unchecked by admission here) are split like tuples: the rest and the cursor stored, those two
+    quarantined, and what the collector then takes in as seen is exactly the stored rest."""
+    import secrets
+
+    from test_store_write import stored_points
+
+    from trainscope.collector.batches import unrefused
+    from trainscope.collector.store.quarantine import write_isolating
+
+    long_name = secrets.token_hex(1400)
+    good = [("loss", s, T0 + s, 1.0 / s, "") for s in range(1, 101)]
+    batch = [*good[:30], ("loss", 500, math.nan, 0.5, ""), *good[30:70], (long_name, 7, T0, 7.0, ""), *good[70:]]
+    cols = _columns(batch)
+    outcome = await write_isolating(store, "cols", "tb", "tensorboard", cols, None, {"offset": 101}, None)
+    assert (outcome.result.inserted, outcome.result.updated) == (100, 0)
+    assert {(p[0][:8], p[1]) for p, _ in outcome.rejected} == {("loss", 500), (long_name[:8], 7)}
+    assert await store.load_cursor("cols", "tb") == {"offset": 101}
+    want = {("tb", "", "loss", s): (T0 + s, 1.0 / s) for s in range(1, 101)}
+    assert await stored_points(database_url, "cols") == want
+    assert unrefused(cols, outcome) == good
