@@ -2,6 +2,7 @@
 the writer alone storing the same points, in turns, on one embedded PostgreSQL.
 
 Run: python bench/bench_e2e.py [--sources tensorboard logs swanlab wandb] [--points 1000000] [--repeat 3]
+                                [--batch-mb 16 | --batch POINTS]
      python bench/bench_e2e.py --memory logs --points 10000000   (peak RSS during one catch-up)
 
 Per source: the input is made once (a tensorboardX event file; an HF Trainer log; a run logged by the swanlab SDK
@@ -10,12 +11,14 @@ files and SwanLab runs are cached between invocations, their writers being slow)
 (ABAB...):
 - e2e: Runtime.apply of a fresh Workload naming the source; timed from apply until the collector's stored count
   equals the source's point count; the Workload is then stopped;
-- writer: Store.write of the same points (read once beforehand, in the source's batches) under a fresh uid.
+- writer: Store.write of the same points (read once beforehand, in the source's batches, turned into the columns the
+  collector hands the writer) under a fresh uid.
 Each run's stored points are checked against the source's generator (count, sum of steps, sum of values, in SQL)
 and the e2e rows against the writer's rows point for point (run, metric, step, ts, value; EXCEPT both ways) before
 a figure is printed; a mismatch aborts. Medians are printed with the load average, and this process's CPU seconds
 per million points (every thread: reading, the collector's bookkeeping and the writer's encoding; PostgreSQL's own
-work is not in it), which the machine's load disturbs far less than the rates. Never asserted.
+work is not in it), which the machine's load disturbs far less than the rates, beside the CPU seconds the source
+alone took to read the batches. Never asserted.
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ sys.path.insert(0, str(ROOT / "tests" / "fakes"))
 
 from benchlib import wandb_sandbox  # noqa: E402
 
-from trainscope.collector.points import RawPoint  # noqa: E402
+from trainscope.collector.batches import DEFAULT_BATCH_BYTES, batch_points  # noqa: E402
+from trainscope.collector.points import Columns  # noqa: E402
 from trainscope.collector.sources import REGISTRY, SourceContext  # noqa: E402
 from trainscope.collector.store import Store  # noqa: E402
 from trainscope.collector.store.embedded import start_embedded  # noqa: E402
@@ -178,18 +182,21 @@ def make_swanlab(tmp: Path, n: int) -> Input:
 MAKERS = {"tensorboard": make_tensorboard, "logs": make_logs, "swanlab": make_swanlab, "wandb": make_wandb}
 
 
-async def read_all(inp: Input, batch: int) -> list[tuple[list[RawPoint], Any, dict]]:
-    """The source's batches, as the collector would poll them (read once, outside the timings)."""
+async def read_all(inp: Input, batch: int) -> tuple[list[tuple[Columns, Any, dict]], float]:
+    """The source's batches, as the collector would poll them (read once, outside the timings), as the columns
+    the collector hands the writer; and the CPU seconds the reading took."""
     src = REGISTRY[inp.kind](inp.config, SourceContext(max_batch_points=batch, base_dir=Path.cwd()))
     out, cursor = [], None
+    cpu = time.process_time()
     while True:
         b = await src.poll(cursor)
         out.append((b.points, b.cursor, b.runs))
         cursor = b.cursor
         if not b.more:
             break
+    cpu = time.process_time() - cpu
     await src.aclose()
-    return out
+    return [(p if isinstance(p, Columns) else Columns.from_points(p) or p, c, r) for p, c, r in out], cpu
 
 
 async def check(store: Store, uid: str, inp: Input, what: str) -> None:
@@ -255,7 +262,8 @@ async def writer_alone(store: Store, inp: Input, batches: list, uid: str) -> flo
 
 
 async def bench(args: argparse.Namespace, dsn: str, tmp: Path) -> None:
-    runtime = Runtime(RuntimeConfig(database_url=dsn, metrics_port=None, max_batch_points=args.batch))
+    runtime = Runtime(RuntimeConfig(database_url=dsn, metrics_port=None, max_batch_points=args.batch,
+                                    max_batch_bytes=int(args.batch_mb * 2**20)))
     await runtime.start()
     store = await runtime.wait_store()
     print(f"{'source':12} {'points':>10} {'e2e pts/s':>11} {'writer pts/s':>13} {'e2e/writer':>10}  load")
@@ -264,7 +272,7 @@ async def bench(args: argparse.Namespace, dsn: str, tmp: Path) -> None:
         inp = MAKERS[kind](tmp, args.points)
         made = time.perf_counter() - t
         t = time.perf_counter()
-        batches = await read_all(inp, args.batch)
+        batches, read_cpu = await read_all(inp, batch_points(int(args.batch_mb * 2**20), args.batch))
         read_s = time.perf_counter() - t
         e2e_s, w_s = [], []
         for r in range(args.repeat):
@@ -286,7 +294,8 @@ async def bench(args: argparse.Namespace, dsn: str, tmp: Path) -> None:
               f"e2e runs {[round(x, 2) for x in e2e_s]} s, "
               f"writer {[round(x, 2) for x in w_s]} s; this process's CPU seconds per million points: e2e "
               f"{statistics.median(CPU['e2e']) * 1e6 / inp.points:.2f}, writer "
-              f"{statistics.median(CPU['writer']) * 1e6 / inp.points:.2f})")
+              f"{statistics.median(CPU['writer']) * 1e6 / inp.points:.2f}, source alone "
+              f"{read_cpu * 1e6 / inp.points:.2f})")
         CPU["e2e"].clear()
         CPU["writer"].clear()
         del batches
@@ -295,10 +304,11 @@ async def bench(args: argparse.Namespace, dsn: str, tmp: Path) -> None:
     await runtime.close()
 
 
-async def memory_child(kind: str, n: int, dsn: str, tmp: Path, batch: int) -> None:
+async def memory_child(kind: str, n: int, dsn: str, tmp: Path, batch: int | None, batch_bytes: int) -> None:
     inp = MAKERS[kind](tmp, n)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    runtime = Runtime(RuntimeConfig(database_url=dsn, metrics_port=None, max_batch_points=batch))
+    runtime = Runtime(RuntimeConfig(database_url=dsn, metrics_port=None, max_batch_points=batch,
+                                    max_batch_bytes=batch_bytes))
     await runtime.start()
     store = await runtime.wait_store()
     import gc
@@ -334,7 +344,9 @@ def main() -> None:
     parser.add_argument("--sources", nargs="+", default=["tensorboard", "logs", "swanlab", "wandb"],
                         choices=sorted(MAKERS))
     parser.add_argument("--points", type=int, default=1_000_000)
-    parser.add_argument("--batch", type=int, default=50_000)
+    parser.add_argument("--batch", type=int, default=None, help="points per batch at most (default: by --batch-mb)")
+    parser.add_argument("--batch-mb", type=float, default=DEFAULT_BATCH_BYTES / 2**20,
+                        help="memory per batch, as `trainscope local --batch-mb`")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--memory", choices=sorted(MAKERS))
     parser.add_argument("--dsn")
@@ -350,7 +362,7 @@ def main() -> None:
             dsn = pg.get_uri()
         print(f"{load()} at start")
         if args.memory:
-            asyncio.run(memory_child(args.memory, args.points, dsn, tmp, args.batch))
+            asyncio.run(memory_child(args.memory, args.points, dsn, tmp, args.batch, int(args.batch_mb * 2**20)))
         else:
             asyncio.run(bench(args, dsn, tmp))
     finally:

@@ -12,7 +12,9 @@ import math
 from dataclasses import dataclass, field
 from operator import itemgetter
 
-from trainscope.collector.points import RawPoint
+import numpy as np
+
+from trainscope.collector.points import Columns, RawPoint
 
 # Names are part of the series key, a btree entry of at most ~2.7 KB; with both at most 1 KiB (UTF-8) the key fits
 # whatever the other columns hold and whether or not PostgreSQL could compress it.
@@ -28,25 +30,30 @@ _METRIC, _STEP, _TS, _RUN = itemgetter(0), itemgetter(1), itemgetter(2), itemget
 class Admitted:
     """The points to store, those set aside (point, reason), and notes for the source's health."""
 
-    points: list[RawPoint]
+    points: list[RawPoint] | Columns
     rejected: list[tuple[RawPoint, str]] = field(default_factory=list)
     retimed: int = 0
     notes: list[str] = field(default_factory=list)
 
 
-def admit(points: list[RawPoint], now: float) -> Admitted:
-    """Check every point; the common case (all good) costs a few C-level passes (~7 ms per 50,000 points) and
-    returns the same list."""
+def admit(points: list[RawPoint] | Columns, now: float) -> Admitted:
+    """Check every point; the common case (all good) costs a few C-level passes (~7 ms per 50,000 points; a few
+    numpy reductions for columns) and returns the same points."""
     if not points:
         return Admitted(points)
+    if isinstance(points, Columns):
+        ts = points.ts
+        if (np.isfinite(ts).all() and ts.min() >= MIN_TS and ts.max() <= MAX_TS
+                and not any(_too_long(n) for key in points.keys for n in key)):
+            return Admitted(points)  # steps fit by construction (int64)
+        points = points.points()  # something to fix or set aside: point by point, with each reason
     times = list(map(_TS, points))
     total = sum(times)  # NaN or +-inf anywhere makes it non-finite (as does an overflowing sum: then look closer)
     ts_ok = math.isfinite(total) and min(times) >= MIN_TS and max(times) <= MAX_TS
     steps = list(map(_STEP, points))
     steps_ok = min(steps) >= _STEP_MIN and max(steps) <= _STEP_MAX
     names = set(map(_METRIC, points)) | set(map(_RUN, points))
-    long_names = {n for n in names if len(n) * 4 > MAX_NAME_BYTES and len(n.encode("utf-8", "surrogatepass"))
-                  > MAX_NAME_BYTES}
+    long_names = {n for n in names if _too_long(n)}
     if ts_ok and steps_ok and not long_names:
         return Admitted(points)
     bad_ts = [] if ts_ok else [i for i, t in enumerate(times) if not MIN_TS <= t <= MAX_TS]
@@ -83,6 +90,10 @@ def admit(points: list[RawPoint], now: float) -> Admitted:
         out.notes.append(f"{len(out.rejected)} point(s) cannot be stored and were quarantined (rejected_points), "
                          f"e.g. {p[0][:80]!r} step {p[1]}: {reason}")
     return out
+
+
+def _too_long(name: str) -> bool:
+    return len(name) * 4 > MAX_NAME_BYTES and len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES
 
 
 def _show(ts: float) -> str:

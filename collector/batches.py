@@ -14,7 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from trainscope.collector.points import Batch, RawPoint, RunState
+import numpy as np
+
+from trainscope.collector.points import Batch, Columns, RawPoint, RunState
 from trainscope.collector.scrub import scrub
 from trainscope.collector.sources import Source
 from trainscope.collector.spec import MetricFilter
@@ -69,14 +71,38 @@ class SourceHealth:
         return self.state in (SourceState.HEALTHY, SourceState.STARTING, SourceState.FINISHED)
 
 
+# ---- how big a batch is -------------------------------------------------------------------------------------
+
+# What one point of a catch-up batch holds in memory at most on its way, measured with tracemalloc on TensorBoard
+# and training-log batches: the source's tuple with its floats (~176 bytes), its columns (32) and its binary COPY
+# row (50, and the joined stream once more while it is sent).
+POINT_BYTES = 310
+DEFAULT_BATCH_BYTES = 16 << 20  # ~54,000 points a batch; two batches are in flight during a catch-up
+MIN_BATCH_POINTS = 1000
+
+
+def batch_points(max_batch_bytes: int, max_batch_points: int | None = None) -> int:
+    """How many points a source may put in one batch so that the batch holds about `max_batch_bytes` of memory
+    (never fewer than 1,000), capped by `max_batch_points` when given."""
+    by_bytes = max(MIN_BATCH_POINTS, max_batch_bytes // POINT_BYTES)
+    return by_bytes if max_batch_points is None else min(by_bytes, max_batch_points)
+
+
 # ---- what is stored of a batch ------------------------------------------------------------------------------------
 
 
-def select(points: list[RawPoint], flt: MetricFilter, allowed: dict[str, bool]) -> list[RawPoint]:
+def select(points: list[RawPoint] | Columns, flt: MetricFilter,
+           allowed: dict[str, bool]) -> list[RawPoint] | Columns:
     """Apply spec.metrics include/exclude before storing (judged once per name, remembered in `allowed`, then one
     pass keeps the rest)."""
     if not flt.include and not flt.exclude:
         return points
+    if isinstance(points, Columns):
+        for _, metric in points.keys:
+            if metric not in allowed:
+                allowed[metric] = flt.allows(metric)
+        keep = [allowed[m] for _, m in points.keys]
+        return points if all(keep) else points.take(np.array(keep)[points.key])
     names = set(map(_METRIC, points))
     for metric in names - allowed.keys():
         allowed[metric] = flt.allows(metric)
@@ -86,9 +112,13 @@ def select(points: list[RawPoint], flt: MetricFilter, allowed: dict[str, bool]) 
     return [p for p in points if p[0] in kept]
 
 
-def storable(points: list[RawPoint]) -> list[RawPoint]:
+def storable(points: list[RawPoint] | Columns) -> list[RawPoint] | Columns:
     """Names with a NUL character (legal in a TensorBoard tag) as U+FFFD: PostgreSQL text cannot hold NUL, and one
     such name made every write of its batch fail, so the source retried the same batch forever."""
+    if isinstance(points, Columns):
+        if not any("\x00" in n for key in points.keys for n in key):
+            return points
+        return points.with_keys([(r.replace("\x00", "\ufffd"), m.replace("\x00", "\ufffd")) for r, m in points.keys])
     names = set(map(_METRIC, points))
     names.update(map(_RUN, points))
     if not any("\x00" in n for n in names):  # judged per distinct name: a catch-up batch holds 50,000 points
@@ -113,6 +143,15 @@ def note_rejections(health: SourceHealth, notes: list[str], outcome: Outcome) ->
     if notes:
         health.notes = (*health.notes, *(scrub(n) for n in notes))
         log.warning("source %s: %s", health.name, "; ".join(notes))
+
+
+def unrefused(points: list[RawPoint] | Columns, outcome: Outcome) -> list[RawPoint]:
+    """The points of a batch the database stored, without those it refused (quarantined)."""
+    if isinstance(points, Columns):  # its refused points are tuples made from it: matched by series and step
+        refused_at = {(p[4], p[0], p[1]) for p, _ in outcome.rejected}
+        return [p for p in points if (p[4], p[0], p[1]) not in refused_at]
+    refused = {id(p) for p, _ in outcome.rejected}
+    return [p for p in points if id(p) not in refused]
 
 
 # ---- the poll started ahead -----------------------------------------------------------------------------------

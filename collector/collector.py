@@ -18,17 +18,20 @@ from typing import Any
 
 from trainscope.collector.admit import Admitted, admit
 from trainscope.collector.batches import (
+    DEFAULT_BATCH_BYTES,
     Ahead,
     SourceHealth,
     SourceState,
+    batch_points,
     drop_ahead,
     note_rejections,
     poll_ahead,
     select,
     storable,
+    unrefused,
 )
 from trainscope.collector.health import STALLED, Condition, HealthEvent, HealthMonitor, transitions
-from trainscope.collector.points import Batch, Point, RawPoint, RunState
+from trainscope.collector.points import Batch, Columns, Point, RawPoint, RunState
 from trainscope.collector.progress import (
     JobPhase,
     JobState,
@@ -53,6 +56,9 @@ log = logging.getLogger(__name__)
 # is meant for rate-limited APIs; behind a 60 s database outage it left collection idle for minutes afterwards.
 STORE_RETRY_MAX = 5.0
 STORE_RETRY_REFUSED = 30.0  # the database refused us (credentials, missing database, privilege)
+# A batch of at least this many points is handled as columns: below it, numpy's fixed cost per call outweighs the
+# per-point work it saves (a live run's poll brings a handful of points).
+COLUMNS_FROM = 64
 
 def _wake(fut: asyncio.Future[None]) -> None:
     if not fut.done():
@@ -139,7 +145,8 @@ class Collector:
         base_dir: Path | None = None,
         resolve_secret: SecretResolver | None = None,
         pods: PodLogReader | None = None,
-        max_batch_points: int = 50_000,
+        max_batch_points: int | None = None,
+        max_batch_bytes: int = DEFAULT_BATCH_BYTES,
         registry: Mapping[str, SourceFactory] | None = None,
         backoff_base: float = 1.0,
         backoff_cap: float = 300.0,
@@ -151,7 +158,8 @@ class Collector:
         self.spec = spec
         self.store = store
         self._ctx = SourceContext(namespace=namespace, workload=name, selector=spec.selector,
-                                  base_dir=base_dir or Path.cwd(), max_batch_points=max_batch_points,
+                                  base_dir=base_dir or Path.cwd(),
+                                  max_batch_points=batch_points(max_batch_bytes, max_batch_points),
                                   resolve_secret=_remembering(resolve_secret), pods=pods)
         self._registry = REGISTRY if registry is None else registry
         self._backoff = (backoff_base, backoff_cap)
@@ -241,7 +249,7 @@ class Collector:
         backoff = Backoff(*self._backoff)
         source: Source | None = None
         ahead: Ahead | None = None
-        done: tuple[Batch, list[RawPoint], Outcome, list[str]] | None = None  # stored, not yet taken in
+        done: tuple[Batch, list[RawPoint] | Columns, Outcome, list[str]] | None = None  # stored, not taken in
 
         def settle() -> None:
             nonlocal done
@@ -268,6 +276,8 @@ class Collector:
                             return
                         continue
                     admitted = taken.prepared[0] if taken is not None and taken.prepared else self._prepare(batch)
+                    if isinstance(admitted.points, Columns):
+                        batch.points = []  # the columns hold them now: the tuples go (two batches are in flight)
                     if batch.more:  # the write and the next poll share the cursor: sources never change one
                         ahead = poll_ahead(source, batch.cursor, self._job_ended.is_set(), self._prepare)
                     write = asyncio.ensure_future(self._store_call(
@@ -296,8 +306,7 @@ class Collector:
                 cursor = batch.cursor
                 points = admitted.points
                 if outcome.rejected:  # the database refused these alone: they are not part of what was seen
-                    refused = {id(p) for p, _ in outcome.rejected}
-                    points = [p for p in points if id(p) not in refused]
+                    points = unrefused(points, outcome)
                 done = (batch, points, outcome, admitted.notes)
                 backoff.reset()
                 if not batch.more:  # a live run's batch (or a catch-up's last): taken in at once
@@ -319,8 +328,12 @@ class Collector:
                     await source.aclose()
 
     def _prepare(self, batch: Batch) -> Admitted:
-        """What is stored of a batch: the spec's metric filter, names PostgreSQL can hold, admission."""
-        return admit(storable(select(batch.points, self.spec.metrics, self._allowed)), self._clock())
+        """What is stored of a batch: the spec's metric filter, names PostgreSQL can hold, admission. A batch of
+        many points goes on as columns (one numpy array per field) to the COPY; a few points stay tuples."""
+        points = batch.points
+        if not isinstance(points, Columns) and len(points) >= COLUMNS_FROM:
+            points = Columns.from_points(points) or points
+        return admit(storable(select(points, self.spec.metrics, self._allowed)), self._clock())
 
     async def _drop(self, ahead: Ahead | None, *, wait: bool = True) -> None:
         await drop_ahead(ahead, self._stopping, self._poll_timeout, wait=wait)
@@ -411,7 +424,7 @@ class Collector:
 
     # ---- what was seen ----------------------------------------------------------------------------------
 
-    def _absorb(self, source: str, health: SourceHealth, batch: Batch, points: list[RawPoint],
+    def _absorb(self, source: str, health: SourceHealth, batch: Batch, points: list[RawPoint] | Columns,
                 inserted: int) -> None:
         health.newest_ts = self.seen.absorb(source, points, counts_training_steps(self._registry.get(health.kind)),
                                             health.newest_ts)

@@ -18,7 +18,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainscope.collector.points import RawPoint, RunState
+import numpy as np
+
+from trainscope.collector.points import Columns, RawPoint, RunState
 
 STALLED = "Stalled"
 NON_FINITE = "NonFiniteMetric"
@@ -122,14 +124,119 @@ class MetricWatch:
             self._check_rising(step, value)
 
     def observe_many(self, pairs: Iterable[tuple[int, float]]) -> None:
-        """`observe` of each (step, value) in order, with the per-point work inlined (a catch-up feeds thousands
-        of points per batch); the same state as one `observe` per pair."""
+        """`observe` of each (step, value) in order; the same state as one `observe` per pair.
+
+        A long run of pairs (a catch-up batch) is judged for spikes only at its end: a spike state is made by the
+        last spike and the points after it, and a spike judgement depends only on the window and the band, which
+        is recomputed from the window every tenth of it. So the pairs are first taken in without judging (window,
+        divergence, counters), then the spike judgement runs again from the last band refresh that leaves at least
+        `spike_clear_points` judged points behind it: a spike there sets the state as it would have; none there
+        means any earlier spike has cleared."""
+        pairs = pairs if isinstance(pairs, list) else list(pairs)
+        spec = self.spec
+        if len(pairs) < 4 * (spec.spike_clear_points + spec.spike_window) or not self._take_in(pairs):
+            self._observe_each(pairs)
+
+    def _take_in(self, pairs: list[tuple[int, float]]) -> bool:
+        """`observe_many` judging spikes only at the end (see there); False, with nothing changed, when fewer
+        than `spike_clear_points` judged points follow the last band refresh."""
+        spec = self.spec
+        size, least = spec.spike_window, spec.spike_min_points
+        clear, refresh = spec.spike_clear_points, max(1, spec.spike_window // 10)
+        rising, judge = spec.rising_span, max(1, spec.rising_span // 20)
+        isfinite = math.isfinite
+        last, non_finite = self.last_step, self.non_finite
+        band_age, have_band, judged_points = self.band_age, self.band is not None, 0
+        wlen, rlen, rising_age = len(self.window), len(self.rising), self.rising_age
+        values: list[float] = []  # the finite values taken, in order
+        add = values.append
+        refreshes: list[tuple[int, int, int | None, int]] = []  # (pair index, len(values), last step, judged)
+        judged: tuple[int, int] | None = None  # the last divergence judgement: (step, len(values))
+        for i, (step, value) in enumerate(pairs):
+            if last is not None and step <= last:
+                continue
+            before, last = last, step
+            if not isfinite(value):
+                non_finite = (step, value)
+                continue
+            non_finite = None
+            if wlen >= least:
+                if not have_band or band_age >= refresh:
+                    have_band, band_age = True, 0
+                    refreshes.append((i, len(values), before, judged_points))
+                band_age += 1
+                judged_points += 1
+            add(value)
+            if wlen < size:
+                wlen += 1
+            if rising:
+                if rlen < rising:
+                    rlen += 1
+                rising_age += 1
+                if rlen >= rising and rising_age >= judge:
+                    rising_age, judged = 0, (step, len(values))
+        start = next((r for r in reversed(refreshes) if judged_points - r[3] >= clear), None)
+        if start is None:
+            return False
+        i, n, before, _ = start
+        window = deque(_last(list(self.window), values, n, size))
+        spike, calm, band, _ = self._judge_spikes(pairs, i, before, window)  # its band age is band_age
+        self.spike, self.calm, self.band, self.band_age = spike, calm, band, band_age
+        self.last_step, self.non_finite, self.rising_age = last, non_finite, rising_age
+        self.window = deque(_last(list(self.window), values, len(values), size))
+        if rising:
+            rise = _last(list(self.rising), values, len(values), rising)
+            if judged is not None:
+                self._diverging(judged[0], _last(list(self.rising), values, judged[1], rising))
+            self.rising = deque(rise)
+        return True
+
+    def _judge_spikes(self, pairs: list[tuple[int, float]], start: int, last: int | None,
+                      window: deque[float]) -> tuple[Any, int, Any, int]:
+        """Spike judgement of pairs[start:] from no spike, `window` before pairs[start] (a band refresh):
+        (spike, calm, band, band age) at the end."""
+        spec = self.spec
+        size, least, threshold = spec.spike_window, spec.spike_min_points, spec.spike_threshold
+        clear, refresh = spec.spike_clear_points, max(1, spec.spike_window // 10)
+        spike, calm, band, age = None, 0, None, 0
+        isfinite = math.isfinite
+        for step, value in itertools.islice(pairs, start, None):
+            if last is not None and step <= last:
+                continue
+            last = step
+            if not isfinite(value):
+                continue
+            if len(window) >= least:
+                if band is None or age >= refresh:
+                    band, age = _band(window), 0
+                age += 1
+                med, scale = band
+                if value > med + threshold * scale:
+                    med, scale = band = _band(window)
+                if value > med + threshold * scale:
+                    spike, calm = (step, value, med, scale), 0
+                elif spike is not None:
+                    calm += 1
+                    if calm >= clear:
+                        spike, calm = None, 0
+            window.append(value)
+            if len(window) > size:
+                window.popleft()
+        return spike, calm, band, age
+
+    def _observe_each(self, pairs: list[tuple[int, float]]) -> None:
+        """`observe` of each pair, with the per-point work inlined."""
         spec = self.spec
         window, size, least = self.window, spec.spike_window, spec.spike_min_points
         threshold, clear, refresh = spec.spike_threshold, spec.spike_clear_points, max(1, spec.spike_window // 10)
         rising, rise, judge = spec.rising_span, self.rising, max(1, spec.rising_span // 20)
         isfinite = math.isfinite
         last = self.last_step
+        # Each divergence judgement replaces the one before it, so of a batch's judgements only the last one counts:
+        # it is made once, after the loop, on the values the window held then (`taken` are the values it received).
+        before, taken = list(rise), []
+        add = taken.append
+        judged: tuple[int, int] | None = None  # (step, len(taken)) at the last judgement
         for step, value in pairs:
             if last is not None and step <= last:
                 continue
@@ -150,7 +257,7 @@ class MetricWatch:
                 elif self.spike is not None:
                     self.calm += 1
                     if self.calm >= clear:
-                        self.spike = None
+                        self.spike, self.calm = None, 0
             window.append(value)
             if len(window) > size:
                 window.popleft()
@@ -158,14 +265,17 @@ class MetricWatch:
                 rise.append(value)
                 if len(rise) > rising:
                     rise.popleft()
+                add(value)
                 self.rising_age += 1
                 if len(rise) >= rising and self.rising_age >= judge:
-                    self._judge_rising(step)
+                    self.rising_age = 0
+                    judged = (step, len(taken))
+        if judged is not None:
+            step, n = judged
+            self._diverging(step, taken[n - rising:n] if n >= rising else (before + taken[:n])[-rising:])
 
     def _compute_band(self) -> tuple[float, float]:
-        med = _median(sorted(self.window))
-        mad = _median(sorted(map(abs, map(operator.sub, self.window, itertools.repeat(med))))) * MAD_TO_SIGMA
-        return med, max(mad, abs(med) * 1e-3, 1e-12)
+        return _band(self.window)
 
     def _check_spike(self, step: int, value: float) -> None:
         spec = self.spec
@@ -183,7 +293,7 @@ class MetricWatch:
         elif self.spike is not None:
             self.calm += 1
             if self.calm >= spec.spike_clear_points:
-                self.spike = None
+                self.spike, self.calm = None, 0  # calm counts only while a spike stands
 
     def _check_rising(self, step: int, value: float) -> None:
         span = self.spec.rising_span
@@ -196,13 +306,28 @@ class MetricWatch:
         self._judge_rising(step)
 
     def _judge_rising(self, step: int) -> None:
-        span = self.spec.rising_span
         self.rising_age = 0
+        self._diverging(step, list(self.rising))
+
+    def _diverging(self, step: int, values: list[float]) -> None:
+        """Judge whether the divergence window `values` rises quarter after quarter."""
+        span = self.spec.rising_span
         quarter = span // 4
-        values = list(self.rising)
         q = [statistics.median(values[i * quarter:(i + 1) * quarter]) for i in range(4)]
         rising = q[0] < q[1] < q[2] < q[3] and q[3] - q[0] > self.spec.rising_min_increase * max(abs(q[0]), 1e-12)
         self.diverging = (step, q[0], q[3]) if rising else None
+
+
+def _band(window: Iterable[float]) -> tuple[float, float]:
+    """(median, robust scale) of a spike window."""
+    med = _median(sorted(window))
+    mad = _median(sorted(map(abs, map(operator.sub, window, itertools.repeat(med))))) * MAD_TO_SIGMA
+    return med, max(mad, abs(med) * 1e-3, 1e-12)
+
+
+def _last(before: list[float], values: list[float], n: int, size: int) -> list[float]:
+    """The last `size` of `before` followed by values[:n]: a window after n more values."""
+    return values[n - size:n] if n >= size else (before + values[:n])[-size:]
 
 
 def _fmt(value: float) -> str:
@@ -237,10 +362,27 @@ class HealthMonitor:
             verdict = self._monitored[metric] = any(fnmatch.fnmatchcase(metric, g) for g in globs)
         return verdict
 
-    def observe(self, source: str, points: list[RawPoint], primary: str | None) -> None:
+    def observe(self, source: str, points: list[RawPoint] | Columns, primary: str | None) -> None:
         """Feed the monitored metrics' points of one batch (in the order the source gave them)."""
         self._observed += 1
         track = self.spec.disagreement_tolerance is not None
+        if isinstance(points, Columns):
+            watched_keys = [k for k, (_, metric) in enumerate(points.keys) if self.monitors(metric, primary)]
+            if not watched_keys:
+                return
+            if track or len(watched_keys) > 1:  # interleaved series (or the recent values across runs): in order
+                if len(watched_keys) < len(points.keys):
+                    points = points.take(np.isin(points.key, watched_keys))
+                points = points.points()
+            else:  # one series: its (step, value) pairs straight from the columns
+                (k,) = watched_keys
+                run, metric = points.keys[k]
+                sel = points.key == k if len(points.keys) > 1 else slice(None)
+                watch = self.watches.get((source, run, metric))
+                if watch is None:
+                    watch = self.watches[(source, run, metric)] = MetricWatch(self.spec)
+                watch.observe_many(zip(points.step[sel].tolist(), points.value[sel].tolist(), strict=True))
+                return
         names = set(map(_METRIC, points))  # judged per name, not per point: a catch-up batch holds 50,000
         watched = {m for m in names if self.monitors(m, primary)}
         if not watched:

@@ -11,7 +11,9 @@ import operator
 from collections.abc import Iterable
 from typing import Any
 
-from trainscope.collector.points import Point, RawPoint
+import numpy as np
+
+from trainscope.collector.points import Columns, Point, RawPoint
 from trainscope.collector.progress import StepRate, detect_primary_metric
 
 _METRIC, _STEP, _TS, _RUN = (operator.itemgetter(i) for i in (0, 1, 2, 4))
@@ -64,7 +66,8 @@ class Seen:
         if not self.fixed_primary:
             self.primary = detect_primary_metric(m for _, _, m in self.latest)
 
-    def absorb(self, source: str, points: list[RawPoint], counts: bool, newest_ts: float | None) -> float | None:
+    def absorb(self, source: str, points: list[RawPoint] | Columns, counts: bool,
+               newest_ts: float | None) -> float | None:
         """Take in a stored batch of `source`; returns the source's newest time.
 
         Column-wise when no point of the batch can start a resumed branch: the batch is one or more stretches of
@@ -76,6 +79,8 @@ class Seen:
         per series and stretch."""
         if not points:
             return newest_ts
+        if isinstance(points, Columns):
+            return self._absorb_columns(source, points, counts, newest_ts)
         runs = set(map(_RUN, points))
         one_run = next(iter(runs)) if len(runs) == 1 else None
         # series keys within the batch: the metric alone when the batch holds one run (no tuple per point)
@@ -105,6 +110,90 @@ class Seen:
         if new_names and not self.fixed_primary:
             self.primary = detect_primary_metric(m for _, _, m in latest)
         return newest_ts
+
+    def _absorb_columns(self, source: str, cols: Columns, counts: bool, newest_ts: float | None) -> float | None:
+        """`absorb` of columns: the same judgement with numpy passes over the columns, Python per series and per
+        raised step; point by point (`absorb_each`) where `absorb` would go so."""
+        n, nkeys = len(cols), len(cols.keys)
+        key, steps, times = cols.key, cols.step, cols.ts
+        positions = np.arange(n)
+        last = np.full(nkeys, -1, np.intp)
+        np.maximum.at(last, key, positions)  # each series' newest point: its last one
+        raised: list[tuple[float, int]] = []
+        if counts:
+            drops = (np.flatnonzero(steps[1:] < steps[:-1]) + 1).tolist()
+            if drops:
+                changes = int(np.count_nonzero(key[1:] != key[:-1]))
+                at = np.array(drops)
+                if len(drops) >= n // 2 or (key[at] == key[at - 1]).any() or changes + 1 != nkeys:
+                    return self.absorb_each(source, cols.points(), counts, newest_ts)  # as `_stretches` judges
+            stretches = [0, *drops]
+            first = np.full(nkeys, n, np.intp)
+            np.minimum.at(first, key, positions)
+            if not self._no_branch_columns(source, cols, stretches, first.tolist()):
+                return self.absorb_each(source, cols.points(), counts, newest_ts)
+            raised = self._raising_columns(steps, times, stretches)
+        latest = self.latest
+        new_names = False
+        for (run, metric), step, ts, value in zip(cols.keys, steps[last].tolist(), times[last].tolist(),
+                                                  cols.value[last].tolist(), strict=True):
+            k = (source, run, metric)
+            if not new_names and k not in latest:
+                new_names = True
+            latest[k] = (metric, step, ts, value, run)  # the later observation in the source's order is the newest
+        if raised:
+            self.rate.observe_many(raised)
+            self.max_step_ts, self.max_step = raised[-1]
+        newest = float(times.max())
+        if newest_ts is None or newest > newest_ts:
+            newest_ts = newest
+        if new_names and not self.fixed_primary:
+            self.primary = detect_primary_metric(m for _, _, m in latest)
+        return newest_ts
+
+    def _raising_columns(self, steps: np.ndarray, times: np.ndarray, stretches: list[int]) -> list[tuple[float, int]]:
+        """`_raising` of columns."""
+        top = self.max_step
+        out: list[tuple[float, int]] = []
+        ends = [*stretches[1:], len(steps)]
+        for a, b in zip(stretches, ends, strict=True):
+            end_step = int(steps[b - 1])
+            if top is not None and end_step <= top:
+                continue
+            lo = a if top is None else a + int(np.searchsorted(steps[a:b], top, side="right"))
+            s, t = steps[lo:b], times[lo:b]
+            firsts = np.empty(len(s), bool)  # the first point of each step (equal steps lie together)
+            firsts[:1] = True
+            np.not_equal(s[1:], s[:-1], out=firsts[1:])
+            out += zip(t[firsts].tolist(), s[firsts].tolist(), strict=True)
+            top = end_step
+        return out
+
+    def _no_branch_columns(self, source: str, cols: Columns, stretches: list[int], first: list[int]) -> bool:
+        """`_no_branch` of columns (`first`: each series' first position)."""
+        max_step = self.max_step
+        steps = cols.step
+        if max_step is None or (len(stretches) == 1 and int(steps[0]) >= max_step):
+            return True
+        tops = itertools.accumulate((int(steps[b - 1]) for b in stretches[1:]), max, initial=max_step)
+        stretch_top = dict(zip(stretches, tops, strict=True))
+        latest = self.latest
+        runs: set[str] | None = None
+        for (run, metric), i in zip(cols.keys, first, strict=True):
+            step = int(steps[i])
+            cur = latest.get((source, run, metric))
+            if cur is not None:
+                if step < cur[1]:
+                    return False
+                continue
+            start = stretches[bisect.bisect_right(stretches, i) - 1]
+            below = max(stretch_top[start], int(steps[i - 1])) if i > start else stretch_top[start]
+            if step < below:
+                if runs is None:
+                    runs = {key[1] for key in latest if key[0] == source} | {r for r, _ in cols.keys}
+                if len(runs) > 1:
+                    return False
+        return True
 
     def _raising(self, steps: list[int], times: list[float], stretches: list[int]) -> list[tuple[float, int]]:
         """(time, step) of the points that raise the Workload's step, in order: in each nondecreasing stretch, the

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from trainscope.collector.batches import DEFAULT_BATCH_BYTES
 from trainscope.collector.collector import Collector, Snapshot
 from trainscope.collector.progress import JobState
 from trainscope.collector.scrub import install_log_scrubber
@@ -37,7 +38,8 @@ class RuntimeConfig:
     metrics_port: int | None = 9090  # None: no Prometheus endpoint
     metrics_host: str = "0.0.0.0"
     base_dir: Path | None = None  # where relative paths in specs start (local mode: the YAML's folder)
-    max_batch_points: int = 50_000
+    max_batch_bytes: int = DEFAULT_BATCH_BYTES  # a catch-up batch's memory (collector/batches.py batch_points)
+    max_batch_points: int | None = None  # a cap on top of the bytes (tests, benches)
     backoff_base: float = 1.0
     backoff_cap: float = 300.0
     poll_timeout: float = 300.0  # a poll running longer is abandoned and counted as a failure (PollTimeout)
@@ -188,7 +190,8 @@ class Runtime:
             return
         cfg = self.config
         collector = Collector(entry.uid, entry.spec, store, namespace=entry.namespace, name=entry.name,
-                              base_dir=entry.base_dir, max_batch_points=cfg.max_batch_points, pods=self.kube,
+                              base_dir=entry.base_dir, max_batch_points=cfg.max_batch_points,
+                              max_batch_bytes=cfg.max_batch_bytes, pods=self.kube,
                               resolve_secret=secret_resolver(entry.namespace, self.kube, cfg.secrets_dir),
                               backoff_base=cfg.backoff_base, backoff_cap=cfg.backoff_cap,
                               poll_timeout=cfg.poll_timeout)

@@ -62,6 +62,22 @@ def _exit_on_sigterm() -> None:
         signal.signal(signal.SIGHUP, handler)
 
 
+def _positive_mb(text: str) -> float:
+    """--batch-mb / TRAINSCOPE_BATCH_MB: a positive number of MiB."""
+    try:
+        mb = float(text)
+    except ValueError:
+        mb = 0.0
+    if not 0 < mb <= 4096:
+        raise argparse.ArgumentTypeError(f"batch size {text!r} (--batch-mb or TRAINSCOPE_BATCH_MB): give MiB "
+                                         "above 0 and at most 4096, e.g. 32")
+    return mb
+
+
+def _batch_bytes(mb: float) -> int:
+    return int(mb * 2**20)
+
+
 def _database_url(args: argparse.Namespace, *, embedded_ok: bool) -> str:
     from trainscope.collector.store import resolve_database_url
 
@@ -88,7 +104,8 @@ def cmd_operator(args: argparse.Namespace) -> int:
     _tune_gc()
     config = RuntimeConfig(database_url=_database_url(args, embedded_ok=False),
                            metrics_port=args.metrics_port or None, discover_jobs=args.discover_jobs,
-                           job_interval=args.job_interval, namespaces=tuple(args.namespace or ()))
+                           job_interval=args.job_interval, namespaces=tuple(args.namespace or ()),
+                           max_batch_bytes=_batch_bytes(args.batch_mb))
     # INFO would log every status-timer run of every Workload (~200 lines/s at 1,000): warnings unless -v.
     # kopf's handler replaces ours (one handler: every line once), in kopf's JSON format with --log-format json.
     logging.getLogger().handlers.clear()
@@ -129,7 +146,7 @@ def cmd_local(args: argparse.Namespace) -> int:
         return 2
     config = RuntimeConfig(database_url=_database_url(args, embedded_ok=True),
                            metrics_port=args.metrics_port or None, metrics_host=args.metrics_host,
-                           backoff_cap=30.0, secrets_dir=secrets_dir)
+                           backoff_cap=30.0, secrets_dir=secrets_dir, max_batch_bytes=_batch_bytes(args.batch_mb))
     api = None
     if args.api_port:
         from trainscope.api.server import read_token
@@ -219,6 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
                        default=[o for o in os.environ.get("TRAINSCOPE_API_CORS_ORIGINS", "").split(",") if o],
                        help="allow browser requests from this origin (repeatable; '*' for any)")
 
+    def batch_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--batch-mb", type=_positive_mb, default=os.environ.get("TRAINSCOPE_BATCH_MB", "16"),
+                       help="memory of one catch-up batch in MiB (env TRAINSCOPE_BATCH_MB; default 16, about "
+                            "54,000 points); two batches are in flight per source while catching up")
+
     def log_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--log-format", choices=("text", "json"),
                        default=os.environ.get("TRAINSCOPE_LOG_FORMAT", "text"),
@@ -227,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     op = sub.add_parser("operator", help="run the Kubernetes operator")
     db_options(op)
     log_options(op)
+    batch_options(op)
     op.add_argument("-n", "--namespace", action="append", help="watch only these namespaces (repeatable)")
     op.add_argument("--metrics-port", type=int, default=int(os.environ.get("TRAINSCOPE_METRICS_PORT", "9090")),
                     help="Prometheus /metrics port (0: off)")
@@ -242,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     lo = sub.add_parser("local", help="collect for Workload YAML files with no cluster, with a live table")
     db_options(lo)
+    batch_options(lo)
     lo.add_argument("-f", "--file", action="append", required=True, help="Workload manifest (repeatable)")
     lo.add_argument("--demo", action="store_true",
                     help="also run a simulated training job that writes the example's TensorBoard files")

@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 
 from trainscope.collector.health import Condition, HealthEvent
-from trainscope.collector.points import RawPoint
+from trainscope.collector.points import Columns, RawPoint
 from trainscope.collector.store import rollup, writer
 from trainscope.collector.store.codecs import init_connection, storable_json
 from trainscope.collector.store.errors import StoreState, unavailable_as_store_error
@@ -180,7 +180,7 @@ class Store:
             return await conn.fetchval(
                 "SELECT cursor FROM cursors WHERE workload_uid = $1 AND source = $2", uid, source)
 
-    async def write(self, uid: str, source: str, kind: str, points: Sequence[RawPoint], cursor: Any,
+    async def write(self, uid: str, source: str, kind: str, points: Sequence[RawPoint] | Columns, cursor: Any,
                     runs: Mapping[str, Mapping[str, Any]] | None = None) -> WriteResult:
         """Store a batch, its cursor and its runs' metadata in one transaction: all of it or nothing.
 
@@ -195,7 +195,7 @@ class Store:
             # rewritten): nothing of the attempt stays; this time every row merges and the cache is refreshed.
             return await self._write(uid, source, kind, points, cursor, runs, trust_cache=False)
 
-    async def _write(self, uid: str, source: str, kind: str, points: Sequence[RawPoint], cursor: Any,
+    async def _write(self, uid: str, source: str, kind: str, points: Sequence[RawPoint] | Columns, cursor: Any,
                      runs: Mapping[str, Mapping[str, Any]] | None, *, trust_cache: bool) -> WriteResult:
         """One transaction of `write`. With `trust_cache`, rows past the cached highest step of their series are
         COPied straight into points; a wrong cache then fails the COPY (unique violation) and the whole
@@ -214,7 +214,7 @@ class Store:
                     raise KeyError  # ask the database for every series' id and highest step
                 rows = writer.to_rows(points, ids)
             except KeyError:
-                keys = set(zip(map(writer.RUN, points), map(writer.METRIC, points), strict=True))
+                keys = writer.series_keys(points)
                 resolved = await writer.resolve_series(conn, uid, source, kind, keys if not trust_cache
                                                        else keys - ids.keys())
                 created = {key: sid for key, (sid, _) in resolved.items()}

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import numpy as np
 
-from trainscope.collector.points import RawPoint
+from trainscope.collector.points import Columns, RawPoint
 from trainscope.collector.store import copybin
 
 SeriesKey = tuple[str, str]  # (run, metric)
@@ -76,29 +77,70 @@ async def resolve_series(conn: asyncpg.Connection, uid: str, source: str, kind: 
 
 @dataclass(slots=True)
 class Rows:
-    """A batch as `points` columns: parallel lists, one entry per row, in the batch's order."""
+    """A batch as `points` columns: parallel lists (a batch of tuples) or numpy arrays (a batch of `Columns`),
+    one entry per row, in the batch's order."""
 
-    sid: list[int]
-    step: list[int]
-    ts: list[float]
-    value: list[float]
+    sid: Any  # list[int] | np.ndarray (int64)
+    step: Any  # list[int] | np.ndarray (int64)
+    ts: Any  # list[float] | np.ndarray (float64)
+    value: Any  # list[float] | np.ndarray (float64)
+    # columnar rows made from `Columns`: each row's series index and each index's id (no sort to find the series)
+    key: np.ndarray | None = None
+    key_sid: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.sid)
 
+    @property
+    def columnar(self) -> bool:
+        return isinstance(self.sid, np.ndarray)
+
     def take(self, index: Iterable[int]) -> Rows:
         """The rows at these positions, in that order."""
+        if self.columnar:
+            at = index if isinstance(index, np.ndarray) else np.fromiter(index, np.intp)
+            return Rows(self.sid[at], self.step[at], self.ts[at], self.value[at])
         index = list(index)
         return Rows(*(list(map(col.__getitem__, index)) for col in (self.sid, self.step, self.ts, self.value)))
 
     def records(self) -> list[Record]:
         """Row tuples, for asyncpg's per-row COPY encoder."""
+        if self.columnar:
+            return list(zip(self.sid.tolist(), self.step.tolist(), self.ts.tolist(), self.value.tolist(),
+                            strict=True))
         return list(zip(self.sid, self.step, self.ts, self.value, strict=True))
+
+
+def _series_index(rows: Rows) -> tuple[list[int], np.ndarray]:
+    """(the series ids, each row's index into them) of columnar rows."""
+    if rows.key is not None and rows.key_sid is not None:
+        return rows.key_sid, rows.key
+    ids, inverse = np.unique(rows.sid, return_inverse=True)
+    return ids.tolist(), inverse
+
+
+def _column_bounds(rows: Rows) -> dict[int, tuple[int, int]]:
+    """`step_bounds` of columnar rows: a few numpy passes, Python only per series."""
+    ids, index = _series_index(rows)
+    lo = np.full(len(ids), np.iinfo(np.int64).max)
+    hi = np.full(len(ids), np.iinfo(np.int64).min)
+    np.minimum.at(lo, index, rows.step)
+    np.maximum.at(hi, index, rows.step)
+    bounds: dict[int, tuple[int, int]] = {}
+    for sid, a, b in zip(ids, lo.tolist(), hi.tolist(), strict=True):
+        if a > b:
+            continue  # a series index without rows
+        if sid in bounds:  # two names stored as one series (see batches.storable)
+            a, b = min(a, bounds[sid][0]), max(b, bounds[sid][1])
+        bounds[sid] = (a, b)
+    return bounds
 
 
 def step_bounds(rows: Rows) -> dict[int, tuple[int, int]]:
     """series id -> (lowest, highest) step in the batch. When the batch's steps never decrease (sources send them
     in order) each series' first and last step are its bounds, found at C speed; otherwise one pass finds them."""
+    if rows.columnar:
+        return _column_bounds(rows)
     sids, steps = rows.sid, rows.step
     if all(map(operator.le, steps, itertools.islice(steps, 1, None))):
         last = dict(zip(sids, steps, strict=True))
@@ -122,6 +164,13 @@ _BELOW_ANY_STEP = -(2**63) - 1
 
 def split_by_known(rows: Rows, known: dict[int, int]) -> tuple[Rows, Rows]:
     """(rows past their series' known highest step, the others): the first part can usually take COPY."""
+    if rows.columnar:
+        ids, inverse = _series_index(rows)
+        floor = np.array([known.get(sid, 0) for sid in ids], np.int64)
+        unknown = np.array([sid not in known for sid in ids], bool)
+        past = unknown[inverse] | (rows.step > floor[inverse])
+        return Rows(*(c[past] for c in (rows.sid, rows.step, rows.ts, rows.value))), \
+            Rows(*(c[~past] for c in (rows.sid, rows.step, rows.ts, rows.value)))
     floor = {sid: known.get(sid, _BELOW_ANY_STEP) for sid in set(rows.sid)}
     past = list(map(operator.gt, rows.step, map(floor.__getitem__, rows.sid)))
     return rows.take(itertools.compress(range(len(past)), past)), \
@@ -142,9 +191,16 @@ async def copy_rows(conn: asyncpg.Connection, table: str, rows: Rows) -> None:
 async def merge(conn: asyncpg.Connection, rows: Rows) -> tuple[int, int]:
     """Upsert via the staging table: (inserted, updated). Handles overlaps, retries and in-batch duplicates: of a
     (series, step) given twice only the later row is kept (ON CONFLICT may touch a row only once per statement)."""
-    last = dict(zip(zip(rows.sid, rows.step, strict=True), itertools.count()))
-    if len(last) != len(rows):
-        rows = rows.take(sorted(last.values()))
+    if rows.columnar:
+        order = np.lexsort((rows.step, rows.sid))  # stable: equal keys stay in the batch's order
+        s, t = rows.sid[order], rows.step[order]
+        later = (s[1:] == s[:-1]) & (t[1:] == t[:-1])  # the row is followed by a later one of the same key
+        if later.any():
+            rows = rows.take(np.sort(order[np.flatnonzero(~np.append(later, False))]))
+    else:
+        last = dict(zip(zip(rows.sid, rows.step, strict=True), itertools.count()))
+        if len(last) != len(rows):
+            rows = rows.take(sorted(last.values()))
     await copy_rows(conn, "points_stage", rows)
     row = await conn.fetchrow(_MERGE)
     return row["inserted"], row["updated"]
@@ -166,7 +222,19 @@ async def save_cursor(conn: asyncpg.Connection, uid: str, source: str, cursor: o
     await conn.execute(_SAVE_CURSOR, uid, source, cursor)
 
 
-def to_rows(points: Sequence[RawPoint], ids: dict[SeriesKey, int]) -> Rows:
-    """Points -> `points` columns; KeyError when a series is not in `ids`. Column by column, at C speed."""
+def series_keys(points: Sequence[RawPoint] | Columns) -> set[SeriesKey]:
+    """The (run, metric) of every series in a batch."""
+    if isinstance(points, Columns):
+        return set(points.keys)
+    return set(zip(map(RUN, points), map(METRIC, points), strict=True))
+
+
+def to_rows(points: Sequence[RawPoint] | Columns, ids: dict[SeriesKey, int]) -> Rows:
+    """Points -> `points` columns; KeyError when a series is not in `ids`. Column by column, at C speed (numpy
+    arrays taken as they are from `Columns`)."""
+    if isinstance(points, Columns):
+        key_sid = [ids[k] for k in points.keys]
+        return Rows(np.array(key_sid, np.int64)[points.key], points.step, points.ts, points.value, points.key,
+                    key_sid)
     sids = list(map(ids.__getitem__, zip(map(RUN, points), map(METRIC, points), strict=True)))
     return Rows(sids, list(map(_STEP, points)), list(map(_TS, points)), list(map(_VALUE, points)))
