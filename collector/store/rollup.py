@@ -6,7 +6,8 @@ multiple of 4,096): every block wholly below it is exact in `rollup`; the API an
 from the points above it. Two parties keep that true:
 
 - a write that stores a step below the watermark lowers it, in the write's own transaction (`lower`: one statement
-  that locks the write's series rows, a second one only when a step landed below). Appends never land below it;
+  that locks the write's series rows and lowers the watermarks, sent with the cursor upsert). Appends never land
+  below it;
 - the builder (`build_chunk`, run in the background by `Keeper`) aggregates the points between the watermark and
   the series' last closed 4,096-step block, at most CHUNK_POINTS points per transaction, and raises the watermark
   in the same transaction.
@@ -43,20 +44,31 @@ def aligned(step: int) -> int:
     return (step >> TOP) << TOP
 
 
-_LOCK = "SELECT id, rollup_upto FROM series WHERE id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE"
-_LOWER = ("UPDATE series s SET rollup_upto = t.upto FROM unnest($1::bigint[], $2::bigint[]) AS t(sid, upto) "
-          "WHERE s.id = t.sid")
+# One statement, one round trip: lock the write's series rows in id order (so two writers of the same series
+# cannot deadlock; MATERIALIZED keeps the locking query whole), then lower the watermark of each series whose lowest
+# written step lies below the LOCKED row's watermark. Waiting for the lock, READ COMMITTED returns the row as the
+# builder committed it; the UPDATE, whose scan still sees the older version, re-checks the join against the locked
+# values (EvalPlanQual), so the decision is always taken on the newest watermark. `{also}`: another data-modifying
+# statement of the write run as a CTE in the same round trip (the cursor upsert), parameters from $3.
+_LOWER = """
+WITH also AS ({also}), locked AS MATERIALIZED (
+    SELECT id, rollup_upto FROM series WHERE id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE
+), written AS (
+    SELECT sid, lo FROM unnest($1::bigint[], $2::bigint[]) AS t(sid, lo)
+)
+UPDATE series s SET rollup_upto = (w.lo >> {top}) << {top}
+FROM locked l JOIN written w ON w.sid = l.id
+WHERE s.id = l.id AND w.lo < l.rollup_upto
+"""
 
 
-async def lower(conn: asyncpg.Connection, bounds: Mapping[int, tuple[int, int]]) -> None:
-    """In a write's transaction, after its points: lock the series rows (in id order, so two writers of the same
-    series cannot deadlock) and lower the watermark of each series whose lowest written step lies below it."""
-    if not bounds:
-        return
-    rows = await conn.fetch(_LOCK, list(bounds))
-    below = [(r["id"], aligned(bounds[r["id"]][0])) for r in rows if bounds[r["id"]][0] < r["rollup_upto"]]
-    if below:
-        await conn.execute(_LOWER, [sid for sid, _ in below], [u for _, u in below])
+async def lower(conn: asyncpg.Connection, bounds: Mapping[int, tuple[int, int]], also: str = "SELECT",
+                *args: object) -> None:
+    """In a write's transaction, after its points: lock the series rows and lower the watermark of each series
+    whose lowest written step lies below it (aligned to its 4,096-step block); `also` (a statement taking `args` as
+    $3...) runs in the same round trip."""
+    sids = list(bounds)
+    await conn.execute(_LOWER.format(also=also, top=TOP), sids, [bounds[sid][0] for sid in sids], *args)
 
 
 _CLAIM = "SELECT rollup_upto FROM series WHERE id = $1 FOR NO KEY UPDATE SKIP LOCKED"

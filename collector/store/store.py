@@ -241,9 +241,10 @@ class Store:
             if rest:
                 merged_in, updated = await writer.merge(conn, rest)
                 inserted += merged_in
-            if self.rollup.enabled:
-                await rollup.lower(conn, bounds)
-            await writer.save_cursor(conn, uid, source, cursor)
+            if self.rollup.enabled:  # with the cursor, in one round trip
+                await rollup.lower(conn, bounds, writer.save_cursor_sql(3), uid, source, cursor)
+            else:
+                await writer.save_cursor(conn, uid, source, cursor)
         # Committed: only now may the caches learn about it.
         ids.update(created)
         for sid, (_, hi) in bounds.items():
