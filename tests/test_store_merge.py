@@ -3,11 +3,13 @@ cursor in one statement), against a real PostgreSQL: stored rows point for point
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 
 import asyncpg
 import pytest
+from test_store_rollup import check
 
 from trainscope.collector.points import Point
 from trainscope.collector.store import Store, WriteResult, rollup, writer
@@ -164,5 +166,42 @@ async def test_watermark_and_cursor_in_one_statement(store: Store, database_url:
         assert await conn.fetchval("SELECT rollup_upto FROM series WHERE workload_uid = 'wm' AND metric = 'a'") \
             == 4096
         assert await store.load_cursor("wm", "tb") == {"n": 2}
+    finally:
+        await conn.close()
+
+
+async def test_a_series_rewritten_below_its_watermark_is_rebuilt_once_writes_pause(store: Store,
+                                                                                    database_url: str) -> None:
+    """A resumed run's catch-up re-logs steps below the watermark batch after batch: the builder leaves that series
+    alone while the writes keep coming (each would undo its build) and builds it once they pause; a series only
+    appended meanwhile stays queued as before. The rollup below the watermark is exact throughout."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await store.write("re", "tb", "tensorboard", [Point(m, s, T0 + s, float(s % 101)) for s in range(20_000)
+                                                      for m in ("resumed", "other")], 1)
+        await store.rollup.settle()
+        sids = {r["metric"]: r["id"] for r in await conn.fetch("SELECT id, metric FROM series")}
+        top = rollup.aligned(19_999) + 4096
+        assert await conn.fetchval("SELECT min(rollup_upto) FROM series") == top
+        keeper = store.rollup
+        await store.write("re", "tb", "tensorboard", [Point("resumed", s, T0, -1.0) for s in range(5000, 6000)]
+                          + [Point("other", s, T0 + s, 1.0) for s in range(top, top + 100)], 2)
+        assert await conn.fetchval("SELECT rollup_upto FROM series WHERE id = $1", sids["resumed"]) == 4096
+        assert sids["resumed"] in keeper._deferred and sids["resumed"] not in keeper._queue
+        assert sids["other"] not in keeper._deferred
+        await check(conn)
+        # An append to the resumed series (its branch passed the old top) queues it again at once.
+        await store.write("re", "tb", "tensorboard", [Point("resumed", top + 5, T0, 2.0)], 3)
+        assert sids["resumed"] not in keeper._deferred and sids["resumed"] in keeper._queue
+        await store.write("re", "tb", "tensorboard", [Point("resumed", 100, T0, -2.0)], 4)  # lowered again
+        assert sids["resumed"] in keeper._deferred
+        for _ in range(400):  # writes have paused: the builder takes the series up again (within ~1 s)
+            if await conn.fetchval("SELECT rollup_upto FROM series WHERE id = $1", sids["resumed"]) == top:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the lowered series was never rebuilt")
+        assert not keeper._deferred
+        assert await check(conn) > 2 * 16_384 // 16
     finally:
         await conn.close()

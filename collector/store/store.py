@@ -241,8 +241,9 @@ class Store:
             if rest:
                 merged_in, updated = await writer.merge(conn, rest)
                 inserted += merged_in
+            lowered: set[int] = set()
             if self.rollup.enabled:  # with the cursor, in one round trip
-                await rollup.lower(conn, bounds, writer.save_cursor_sql(3), uid, source, cursor)
+                lowered = await rollup.lower(conn, bounds, writer.save_cursor_sql(3), uid, source, cursor)
             else:
                 await writer.save_cursor(conn, uid, source, cursor)
         # Committed: only now may the caches learn about it.
@@ -250,7 +251,7 @@ class Store:
         for sid, (_, hi) in bounds.items():
             if sid not in known or hi > known[sid]:
                 known[sid] = hi
-        self.rollup.written(bounds)
+        self.rollup.written(bounds, lowered)
         return WriteResult(inserted, updated)
 
     async def reject(self, uid: str, source: str, kind: str, rejected: Sequence[tuple[RawPoint, str]]) -> None:
