@@ -45,17 +45,28 @@ async def test_a_re_sent_batch_writes_no_row(store: Store, database_url: str) ->
     pts = [Point(f"m{m}", s, T0 + s, s + m / 10) for s in range(2000) for m in range(3)]
     pts += [Point("nan", s, T0 + s, math.nan) for s in range(2000)]  # NaN is the same observation as NaN
     await store.write("re", "tb", "tensorboard", pts, {"at": 1})
+    await store.rollup.settle()
     conn = await asyncpg.connect(database_url)
     try:
         await init_connection(conn)
         before = await rows_of(conn, "re")
         assert {row[3] for row in before.values()} == {0}
+        marks = {r["metric"]: r["rollup_upto"] for r in await conn.fetch("SELECT metric, rollup_upto FROM series")}
+        assert set(marks.values()) == {4096}
         resent = pts[len(pts) // 2:]  # below the stored highest step: the merge path, not the COPY one
-        more = [Point("m0", s, T0 + s, 1.0) for s in range(2000, 2010)]
+        more = [Point("m0", s, T0 + s, 1.0) for s in range(4096, 4106)]
+        store.rollup._queue.clear()  # what the first write queued (already built by settle)
         assert await store.write("re", "tb", "tensorboard", resent + more, {"at": 2}) == WriteResult(10, 0)
         after = await rows_of(conn, "re")
         assert {k: v for k, v in after.items() if k[1] < 2000} == before
         assert await store.load_cursor("re", "tb") == {"at": 2}
+        # Nothing changed below the watermarks: none is lowered, no block is queued for building again; only the
+        # series appended to is queued (for its new block).
+        assert {r["metric"]: r["rollup_upto"] for r in await conn.fetch(
+            "SELECT metric, rollup_upto FROM series")} == marks
+        queued = {r["metric"] for r in await conn.fetch("SELECT metric FROM series WHERE id = ANY($1::bigint[])",
+                                                         list(store.rollup._queue) + list(store.rollup._deferred))}
+        assert queued <= {"m0"}
     finally:
         await conn.close()
 
@@ -133,7 +144,7 @@ async def test_a_fresh_process_merges_without_scanning_the_table(store: Store, d
             plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + writer._MERGE))
             assert "Seq Scan on points " in free  # the case the settings are for does arise here
             assert "Seq Scan on points " not in plan and "Index Scan using points_pkey" in plan
-            assert tuple(await conn.fetchrow(writer._MERGE)) == (0, 5000)
+            assert [tuple(r) for r in await conn.fetch(writer._MERGE)] == [(sid, 0, 4999, 0, 5000)]
     finally:
         await conn.close()
 

@@ -60,16 +60,18 @@ WITH differ AS MATERIALIZED (
     FROM differ d
     WHERE NOT d.missing AND p.series_id = d.series_id AND p.step = d.step
       AND (p.ts, p.value) IS DISTINCT FROM (d.ts, d.value)
-    RETURNING 1
+    RETURNING p.series_id, p.step
 ), added AS (
     INSERT INTO points AS p (series_id, step, ts, value)
     SELECT series_id, step, ts, value FROM differ WHERE missing
     ON CONFLICT (series_id, step) DO UPDATE SET ts = EXCLUDED.ts, value = EXCLUDED.value, ingest_xid = DEFAULT
     WHERE (p.ts, p.value) IS DISTINCT FROM (EXCLUDED.ts, EXCLUDED.value)
-    RETURNING (p.xmax = 0) AS fresh
+    RETURNING p.series_id, p.step, (p.xmax = 0) AS fresh
 )
-SELECT (SELECT count(*) FILTER (WHERE fresh) FROM added) AS inserted,
-       (SELECT count(*) FROM replaced) + (SELECT count(*) FILTER (WHERE NOT fresh) FROM added) AS updated
+SELECT series_id, min(step) AS lo, max(step) AS hi, count(*) FILTER (WHERE fresh) AS inserted,
+       count(*) FILTER (WHERE NOT fresh) AS updated
+FROM (SELECT series_id, step, false AS fresh FROM replaced UNION ALL SELECT series_id, step, fresh FROM added) w
+GROUP BY series_id
 """
 # The staging table has no statistics, so the planner would join it to points by hashing the whole points table
 # (a scan of every stored point per batch); each staged row is one primary-key probe instead. For this transaction
@@ -168,16 +170,18 @@ async def copy_rows(conn: asyncpg.Connection, table: str, rows: Rows) -> None:
         await conn.copy_to_table(table, source=memoryview(payload), columns=POINT_COLUMNS, format="binary")
 
 
-async def merge(conn: asyncpg.Connection, rows: Rows) -> tuple[int, int]:
-    """Upsert via the staging table: (inserted, updated). Handles overlaps, retries and in-batch duplicates: of a
-    (series, step) given twice only the later row is kept (ON CONFLICT may touch a row only once per statement)."""
+async def merge(conn: asyncpg.Connection, rows: Rows) -> tuple[int, int, dict[int, tuple[int, int]]]:
+    """Upsert via the staging table: (inserted, updated, series id -> (lowest, highest) step of the rows it
+    inserted or replaced; rows equal to the stored ones are not among them). Handles overlaps, retries and in-batch
+    duplicates: of a (series, step) given twice only the later row is kept (a statement may change a row once)."""
     last = dict(zip(zip(rows.sid, rows.step, strict=True), itertools.count()))
     if len(last) != len(rows):
         rows = rows.take(sorted(last.values()))
     await copy_rows(conn, "points_stage", rows)
     await conn.execute(_PROBE_BY_KEY)
-    row = await conn.fetchrow(_MERGE)
-    return row["inserted"], row["updated"]
+    out = await conn.fetch(_MERGE)
+    return (sum(r["inserted"] for r in out), sum(r["updated"] for r in out),
+            {r["series_id"]: (r["lo"], r["hi"]) for r in out})
 
 
 _SAVE_RUN = """
