@@ -67,6 +67,10 @@ async def test_a_re_sent_batch_writes_no_row(store: Store, database_url: str) ->
         queued = {r["metric"] for r in await conn.fetch("SELECT metric FROM series WHERE id = ANY($1::bigint[])",
                                                          list(store.rollup._queue) + list(store.rollup._deferred))}
         assert queued <= {"m0"}
+        # A batch that changes nothing at all still moves its cursor, in the same statement as the (empty) lowering.
+        assert await store.write("re", "tb", "tensorboard", resent, {"at": 3}) == WriteResult(0, 0)
+        assert await store.load_cursor("re", "tb") == {"at": 3}
+        assert await rows_of(conn, "re") == after
     finally:
         await conn.close()
 
