@@ -6,7 +6,8 @@ multiple of 4,096): every block wholly below it is exact in `rollup`; the API an
 from the points above it. Two parties keep that true:
 
 - a write that stores a step below the watermark lowers it, in the write's own transaction (`lower`: one statement
-  that locks the write's series rows, a second one only when a step landed below). Appends never land below it;
+  that locks the write's series rows and lowers the watermarks, sent with the cursor upsert). Appends never land
+  below it;
 - the builder (`build_chunk`, run in the background by `Keeper`) aggregates the points between the watermark and
   the series' last closed 4,096-step block, at most CHUNK_POINTS points per transaction, and raises the watermark
   in the same transaction.
@@ -43,20 +44,33 @@ def aligned(step: int) -> int:
     return (step >> TOP) << TOP
 
 
-_LOCK = "SELECT id, rollup_upto FROM series WHERE id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE"
-_LOWER = ("UPDATE series s SET rollup_upto = t.upto FROM unnest($1::bigint[], $2::bigint[]) AS t(sid, upto) "
-          "WHERE s.id = t.sid")
+# One statement, one round trip: lock the write's series rows in id order (so two writers of the same series
+# cannot deadlock; MATERIALIZED keeps the locking query whole), then lower the watermark of each series whose lowest
+# written step lies below the LOCKED row's watermark. Waiting for the lock, READ COMMITTED returns the row as the
+# builder committed it; the UPDATE, whose scan still sees the older version, re-checks the join against the locked
+# values (EvalPlanQual), so the decision is always taken on the newest watermark. `{also}`: another data-modifying
+# statement of the write run as a CTE in the same round trip (the cursor upsert), parameters from $3.
+_LOWER = """
+WITH also AS ({also}), locked AS MATERIALIZED (
+    SELECT id, rollup_upto FROM series WHERE id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE
+), written AS (
+    SELECT sid, lo FROM unnest($1::bigint[], $2::bigint[]) AS t(sid, lo)
+)
+UPDATE series s SET rollup_upto = (w.lo >> {top}) << {top}
+FROM locked l JOIN written w ON w.sid = l.id
+WHERE s.id = l.id AND w.lo < l.rollup_upto
+RETURNING s.id
+"""
 
 
-async def lower(conn: asyncpg.Connection, bounds: Mapping[int, tuple[int, int]]) -> None:
-    """In a write's transaction, after its points: lock the series rows (in id order, so two writers of the same
-    series cannot deadlock) and lower the watermark of each series whose lowest written step lies below it."""
-    if not bounds:
-        return
-    rows = await conn.fetch(_LOCK, list(bounds))
-    below = [(r["id"], aligned(bounds[r["id"]][0])) for r in rows if bounds[r["id"]][0] < r["rollup_upto"]]
-    if below:
-        await conn.execute(_LOWER, [sid for sid, _ in below], [u for _, u in below])
+async def lower(conn: asyncpg.Connection, bounds: Mapping[int, tuple[int, int]], also: str = "SELECT",
+                *args: object) -> set[int]:
+    """In a write's transaction, after its points: lock the series rows and lower the watermark of each series
+    whose lowest written step lies below it (aligned to its 4,096-step block); returns the series lowered. `also`
+    (a statement taking `args` as $3...) runs in the same round trip."""
+    sids = list(bounds)
+    rows = await conn.fetch(_LOWER.format(also=also, top=TOP), sids, [bounds[sid][0] for sid in sids], *args)
+    return {r["id"] for r in rows}
 
 
 _CLAIM = "SELECT rollup_upto FROM series WHERE id = $1 FOR NO KEY UPDATE SKIP LOCKED"
@@ -128,7 +142,9 @@ class Keeper:
     """Builds the rollup of the series a Store writes, in the background and off the write path.
 
     While writes keep coming it builds at most `duty` of the time (a chunk, then a pause `1/duty - 1` times as
-    long), so a catch-up keeps its pace; once no write came for `idle` seconds it builds without pauses. A database
+    long), so a catch-up keeps its pace; once no write came for `idle` seconds it builds without pauses. A series
+    whose watermark a write lowered (steps re-logged below it) waits for that pause: while a resumed run's
+    catch-up keeps re-logging it, each batch would lower the watermark again and undo the build. A database
     error leaves the series queued and is retried with a back-off: the points are safe in `points`, and the API
     answers from them above the watermark meanwhile.
     """
@@ -139,6 +155,7 @@ class Keeper:
         self._pool = pool
         self._duty, self._idle, self._chunk = duty, idle, chunk
         self._queue: dict[int, None] = {}  # series to look at, oldest first
+        self._deferred: set[int] = set()  # series lowered by a write: built once writes pause for `idle`
         # series -> when last written: its last, still open block is rolled up once it was not written for `quiet`
         # seconds (appends would lower the watermark again at once while it grows)
         self._written: dict[int, float] = {}
@@ -154,13 +171,21 @@ class Keeper:
         if self.enabled and self._task is None and not self._closed:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="rollup-keeper")
 
-    def written(self, series_ids: Iterable[int]) -> None:
-        """Called after a write committed: these series may have closed blocks to roll up."""
+    def written(self, series_ids: Iterable[int], lowered: Iterable[int] = ()) -> None:
+        """Called after a write committed: these series may have closed blocks to roll up; `lowered`: those whose
+        watermark the write lowered."""
         if not self.enabled:
             return
         self._last_write = now = time.monotonic()
         ids = list(series_ids)
-        self._queue.update(dict.fromkeys(ids))
+        low = set(lowered)
+        for sid in ids:
+            if sid in low:
+                self._deferred.add(sid)
+                self._queue.pop(sid, None)
+            else:
+                self._deferred.discard(sid)
+                self._queue[sid] = None
         self._written.update(dict.fromkeys(ids, now))
         self._wake.set()
         self.start()
@@ -189,6 +214,7 @@ class Keeper:
                 if state == "busy":
                     await asyncio.sleep(0.01)
         self._written.clear()
+        self._deferred.clear()
 
     async def _find_stored(self) -> None:
         async with self._pool.acquire() as conn:
@@ -201,11 +227,18 @@ class Keeper:
         self._wake.set()
         whole: set[int] = set()
         while True:
-            if self._written:  # sleep until the next series has been quiet long enough, or a write wakes us
-                wait = min(self._written.values()) + self._quiet - time.monotonic()
+            # sleep until the next series has been quiet long enough, writes paused for the deferred ones, or a
+            # write wakes us
+            deadlines = [min(self._written.values()) + self._quiet] if self._written else []
+            if self._deferred:
+                deadlines.append(self._last_write + self._idle)
+            if deadlines:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), max(wait, 0.0))
+                    await asyncio.wait_for(self._wake.wait(), max(min(deadlines) - time.monotonic(), 0.0))
                 now = time.monotonic()
+                if self._deferred and now - self._last_write >= self._idle:
+                    self._queue.update(dict.fromkeys(self._deferred))
+                    self._deferred.clear()
                 for sid, at in list(self._written.items()):
                     if now - at >= self._quiet:
                         del self._written[sid]

@@ -235,21 +235,29 @@ class Store:
             else:
                 fresh, rest = writer.split_by_known(rows, known)
             inserted = updated = 0
+            # what the write changed, per series: the rollup's watermark and builder need to know no more
+            changed = bounds if rest is None else writer.step_bounds(fresh) if fresh else {}
             if fresh:
                 await writer.copy_rows(conn, "points", fresh)
                 inserted = len(fresh)
             if rest:
-                merged_in, updated = await writer.merge(conn, rest)
+                merged_in, updated, merged = await writer.merge(conn, rest)
                 inserted += merged_in
-            if self.rollup.enabled:
-                await rollup.lower(conn, bounds)
-            await writer.save_cursor(conn, uid, source, cursor)
+                for sid, (lo, hi) in merged.items():
+                    was = changed.get(sid)
+                    changed[sid] = (lo, hi) if was is None else (min(lo, was[0]), max(hi, was[1]))
+            lowered: set[int] = set()
+            if self.rollup.enabled:  # with the cursor, in one round trip
+                lowered = await rollup.lower(conn, changed, writer.save_cursor_sql(3), uid, source, cursor)
+            else:
+                await writer.save_cursor(conn, uid, source, cursor)
         # Committed: only now may the caches learn about it.
         ids.update(created)
         for sid, (_, hi) in bounds.items():
             if sid not in known or hi > known[sid]:
                 known[sid] = hi
-        self.rollup.written(bounds)
+        if changed:
+            self.rollup.written(changed, lowered)
         return WriteResult(inserted, updated)
 
     async def reject(self, uid: str, source: str, kind: str, rejected: Sequence[tuple[RawPoint, str]]) -> None:

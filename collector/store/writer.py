@@ -42,24 +42,55 @@ WHERE s.workload_uid = $1 AND s.source = $2
 # The later observation in the source's own order wins (batches arrive in that order: file offset, log line
 # order, W&B/TensorBoard write order), not the newer wall-clock ts: a run resumed from a checkpoint re-logs steps,
 # possibly from a node whose clock is behind, and its values replace the abandoned branch's. The same observation
-# again (a retried batch, an overlapping re-read) changes nothing; xmax = 0 marks a freshly inserted row.
+# again (a retried batch, an overlapping re-read) changes nothing and writes nothing: the staged rows are first
+# compared with the stored ones (one index probe each, no lock), then only the rows that differ are updated and
+# only the missing ones inserted. An INSERT ... ON CONFLICT DO UPDATE over all of them would lock every conflicting
+# row even when its WHERE then skips it: a WAL record per identical row, and a full-page image for each page first
+# touched after a checkpoint. Under READ COMMITTED the UPDATE re-checks a row another transaction changed meanwhile
+# (EvalPlanQual) and the INSERT keeps ON CONFLICT for a row inserted meanwhile, so concurrent writers of the same
+# point still end with the later commit's value, as before.
 # A replaced point takes this transaction's id again (ingest_xid's default), so the API's stream sees the change.
 # The staging table holds one row per key (merge() keeps the latest of a batch's duplicates).
 _MERGE = """
-WITH merged AS (
+WITH differ AS MATERIALIZED (
+    SELECT s.series_id, s.step, s.ts, s.value, p.step IS NULL AS missing
+    FROM points_stage s LEFT JOIN points p ON p.series_id = s.series_id AND p.step = s.step
+    WHERE p.step IS NULL OR (p.ts, p.value) IS DISTINCT FROM (s.ts, s.value)
+), replaced AS (
+    UPDATE points p SET ts = d.ts, value = d.value, ingest_xid = DEFAULT
+    FROM differ d
+    WHERE NOT d.missing AND p.series_id = d.series_id AND p.step = d.step
+      AND (p.ts, p.value) IS DISTINCT FROM (d.ts, d.value)
+    RETURNING p.series_id, p.step
+), added AS (
     INSERT INTO points AS p (series_id, step, ts, value)
-    SELECT series_id, step, ts, value FROM points_stage
+    SELECT series_id, step, ts, value FROM differ WHERE missing
     ON CONFLICT (series_id, step) DO UPDATE SET ts = EXCLUDED.ts, value = EXCLUDED.value, ingest_xid = DEFAULT
     WHERE (p.ts, p.value) IS DISTINCT FROM (EXCLUDED.ts, EXCLUDED.value)
-    RETURNING (p.xmax = 0) AS fresh
+    RETURNING p.series_id, p.step, (p.xmax = 0) AS fresh
 )
-SELECT count(*) FILTER (WHERE fresh) AS inserted, count(*) FILTER (WHERE NOT fresh) AS updated FROM merged
+SELECT series_id, min(step) AS lo, max(step) AS hi, count(*) FILTER (WHERE fresh) AS inserted,
+       count(*) FILTER (WHERE NOT fresh) AS updated
+FROM (SELECT series_id, step, false AS fresh FROM replaced UNION ALL SELECT series_id, step, fresh FROM added) w
+GROUP BY series_id
 """
+# The staging table has no statistics, so the planner would join it to points by hashing the whole points table
+# (a scan of every stored point per batch); each staged row is one primary-key probe instead. For this transaction
+# only (SET LOCAL): the store's other statements plan as usual.
+_PROBE_BY_KEY = "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
 
-_SAVE_CURSOR = """
-INSERT INTO cursors (workload_uid, source, cursor, updated_at) VALUES ($1, $2, $3, now())
-ON CONFLICT (workload_uid, source) DO UPDATE SET cursor = EXCLUDED.cursor, updated_at = EXCLUDED.updated_at
-"""
+
+
+def save_cursor_sql(first: int = 1) -> str:
+    """The cursor upsert with its parameters (uid, source, cursor) numbered from `first`, so that it can also run
+    as a CTE of another statement of the write (rollup.lower: one round trip for both)."""
+    a, b, c = (f"${i}" for i in range(first, first + 3))
+    return (f"INSERT INTO cursors (workload_uid, source, cursor, updated_at) VALUES ({a}, {b}, {c}, now()) "
+            "ON CONFLICT (workload_uid, source) DO UPDATE SET cursor = EXCLUDED.cursor, "
+            "updated_at = EXCLUDED.updated_at")
+
+
+_SAVE_CURSOR = save_cursor_sql()
 
 
 async def resolve_series(conn: asyncpg.Connection, uid: str, source: str, kind: str,
@@ -188,9 +219,10 @@ async def copy_rows(conn: asyncpg.Connection, table: str, rows: Rows) -> None:
         await conn.copy_to_table(table, source=memoryview(payload), columns=POINT_COLUMNS, format="binary")
 
 
-async def merge(conn: asyncpg.Connection, rows: Rows) -> tuple[int, int]:
-    """Upsert via the staging table: (inserted, updated). Handles overlaps, retries and in-batch duplicates: of a
-    (series, step) given twice only the later row is kept (ON CONFLICT may touch a row only once per statement)."""
+async def merge(conn: asyncpg.Connection, rows: Rows) -> tuple[int, int, dict[int, tuple[int, int]]]:
+    """Upsert via the staging table: (inserted, updated, series id -> (lowest, highest) step of the rows it
+    inserted or replaced; rows equal to the stored ones are not among them). Handles overlaps, retries and in-batch
+    duplicates: of a (series, step) given twice only the later row is kept (a statement may change a row once)."""
     if rows.columnar:
         order = np.lexsort((rows.step, rows.sid))  # stable: equal keys stay in the batch's order
         s, t = rows.sid[order], rows.step[order]
@@ -202,8 +234,10 @@ async def merge(conn: asyncpg.Connection, rows: Rows) -> tuple[int, int]:
         if len(last) != len(rows):
             rows = rows.take(sorted(last.values()))
     await copy_rows(conn, "points_stage", rows)
-    row = await conn.fetchrow(_MERGE)
-    return row["inserted"], row["updated"]
+    await conn.execute(_PROBE_BY_KEY)
+    out = await conn.fetch(_MERGE)
+    return (sum(r["inserted"] for r in out), sum(r["updated"] for r in out),
+            {r["series_id"]: (r["lo"], r["hi"]) for r in out})
 
 
 _SAVE_RUN = """
