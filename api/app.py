@@ -16,6 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from trainscope import __version__
 from trainscope.api import errors, queries
+from trainscope.api.answers import Answers
 from trainscope.api.datasources import data_source_of
 from trainscope.api.errors import ApiError, Error
 from trainscope.api.models import Status, Workload, WorkloadList
@@ -50,6 +51,8 @@ class ApiSettings:
     # seconds; waiting for a free pool connection at most `acquire_timeout` (then 503).
     statement_timeout: float = 30.0
     acquire_timeout: float = 10.0
+    # Downsampled answers kept for identical requests while still exact (api/answers.py); 0 turns it off.
+    answer_cache_mb: int = 64
     # trainscope local: uid -> live facts from the running collector (phase, progress...), None if not running.
     live: Callable[[str], dict[str, Any] | None] | None = None
 
@@ -321,7 +324,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
             raise errors.not_found(f"{namespace}/{name}")
         return sorted(items, key=lambda i: (not i["deleted"], i["updated_at"]))[-1]
 
-    routes.install(api, db, settings, stopping)
+    app.state.answers = answers = Answers(settings.answer_cache_mb << 20)
+    routes.install(api, db, settings, stopping, answers)
     overview.install(api, db)  # GET /api/v1/overview: the fleet view's sparklines and pace
     fleetstream.install(api, db, settings, stopping, list_workloads)  # GET /api/v1/overview/stream: it live
     app.include_router(api)

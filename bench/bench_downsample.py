@@ -69,6 +69,7 @@ async def fill(url: str, points: int, series: int) -> None:
     await store.rollup.close()  # built below, timed
     conn = await asyncpg.connect(url)
     try:
+        await conn.execute("DELETE FROM points; DELETE FROM rollup; DELETE FROM series; DELETE FROM workloads")
         await conn.execute("INSERT INTO workloads (uid, namespace, name) VALUES ($1, 'bench', 'bench')", UID)
         for i in range(series):
             sid = await conn.fetchval("INSERT INTO series (workload_uid, source, kind, run, metric) "
@@ -84,8 +85,26 @@ async def fill(url: str, points: int, series: int) -> None:
         await store.rollup.settle()
         await conn.execute("VACUUM ANALYZE rollup")
         print(f"rollup built by the store in {time.perf_counter() - t:.1f}s ({load()})")
+        await conn.execute("UPDATE workloads SET namespace = 'bench-done' WHERE uid = $1", UID)
     finally:
         await conn.close()
+        await store.close()
+
+
+async def filled(url: str) -> bool:
+    """Whether a kept database holds the whole workload (a killed fill is built again), its rollup brought up to
+    date by the store's builder (after a migration that changed it)."""
+    from trainscope.collector.store import Store
+
+    store = await Store.open(url)  # migrates
+    try:
+        async with store._pool.acquire() as conn:
+            done = await conn.fetchval("SELECT count(*) FROM workloads WHERE uid = $1 AND namespace = 'bench-done'",
+                                       UID)
+        if done:
+            await store.rollup.settle()
+        return bool(done)
+    finally:
         await store.close()
 
 
@@ -173,6 +192,9 @@ def main() -> None:
     ap.add_argument("--serve", help=argparse.SUPPRESS)
     ap.add_argument("--scan", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=18090)
+    ap.add_argument("--data", type=Path, help="keep the database in this directory and reuse it on the next run "
+                    "(built once: 10 series x 10M points take a while)")
+    ap.add_argument("--fill-only", action="store_true", help="build the database (--data) and stop")
     args = ap.parse_args()
     if args.serve:
         serve(args.serve, args.port, args.scan)
@@ -183,12 +205,19 @@ def main() -> None:
     pg = None
     servers: list[Server] = []
     try:
-        pg = start_embedded(tmp / "pgdata", cleanup_mode="delete")
+        pgdata = args.data / f"pg-{args.series}x{args.points}" if args.data else tmp / "pgdata"
+        reuse = (pgdata / "PG_VERSION").exists()
+        pg = start_embedded(pgdata, cleanup_mode="stop" if args.data else "delete")
         url = pg.get_uri()
-        t = time.perf_counter()
-        asyncio.run(fill(url, args.points, args.series))
-        print(f"{args.series} series x {args.points:,} points stored and rolled up in {time.perf_counter() - t:.0f}s;"
-              f" {load()}")
+        if not reuse or not asyncio.run(filled(url)):
+            t = time.perf_counter()
+            asyncio.run(fill(url, args.points, args.series))
+            print(f"{args.series} series x {args.points:,} points stored and rolled up in "
+                  f"{time.perf_counter() - t:.0f}s; {load()}")
+        else:
+            print(f"reusing {pgdata}; {load()}")
+        if args.fill_only:
+            return
         servers = [Server(url, args.port, False), Server(url, args.port + 1, True)]
         asyncio.run(measure(args, *servers))
     finally:
