@@ -73,26 +73,26 @@ class Answers:
         if running is not None:  # the same question is being answered: wait, then check it as a kept answer
             with contextlib.suppress(Exception):
                 await asyncio.shield(running)
-        async with snapshot(conn):
-            now = await conn.fetchval(_SNAPSHOT)  # the transaction's snapshot (its first statement)
-            kept = self._kept.get(key)
-            if kept is not None and not await conn.fetchval(_CHANGED, list(series_ids), kept.snapshot):
-                kept.snapshot = now  # still exact at `now`: later checks start from here
-                self._kept.move_to_end(key)
-                self.hits += 1
-                return kept.response()
-            self.misses += 1
-            done: asyncio.Future[None] | None = None
-            if key not in self._computing:
-                done = self._computing[key] = asyncio.get_running_loop().create_future()
-            try:
+        done: asyncio.Future[None] | None = None
+        if key not in self._computing:  # claimed before any await: requests arriving now wait for this one
+            done = self._computing[key] = asyncio.get_running_loop().create_future()
+        try:
+            async with snapshot(conn):
+                now = await conn.fetchval(_SNAPSHOT)  # the transaction's snapshot (its first statement)
+                kept = self._kept.get(key)
+                if kept is not None and not await conn.fetchval(_CHANGED, list(series_ids), kept.snapshot):
+                    kept.snapshot = now  # still exact at `now`: later checks start from here
+                    self._kept.move_to_end(key)
+                    self.hits += 1
+                    return kept.response()
+                self.misses += 1
                 response = await compute(conn)
                 self._keep(key, now, response)
                 return response
-            finally:
-                if done is not None:
-                    del self._computing[key]
-                    done.set_result(None)
+        finally:
+            if done is not None:
+                del self._computing[key]
+                done.set_result(None)
 
     def _keep(self, key: Hashable, snap: str, response: Response) -> None:
         headers = {k: v for k, v in response.headers.items() if k in _KEPT_HEADERS}
