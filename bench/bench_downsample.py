@@ -2,14 +2,17 @@
 single requests and 20 concurrent clients, in turns, answers compared before any figure is printed.
 
 Run: python bench/bench_downsample.py [--series 10 --points 1000000 --clients 20 --seconds 10 --repeat 5]
-One embedded PostgreSQL (pgserver, temporary directory) holding one workload of `--series` series of `--points`
-points each (generated in SQL: random walks with a few NaN and inf), rolled up by the store's own builder
-(collector/store/rollup.py, the same code the collector runs; its build time is printed). Two API servers run as
-their own processes (uvicorn, as `trainscope api`): ours, and the same code with the rollup switched off (the
-scan). For every query shape the two answers are compared first (a difference aborts), then timed in turns
-(ABAB..., medians); under concurrency every request asks another step range (from_step drawn at random), so no
-two questions are the same and nothing can be shared between requests. The load average is printed with every
-figure. Never asserted.
+         [--data DIR]   (keep the database there and reuse it: 10 x 10M points take a while to build)
+One embedded PostgreSQL (pgserver, temporary directory or --data) holding one workload of `--series` series of
+`--points` points each (generated in SQL: noisy sine waves with a few NaN and inf), rolled up by the store's own
+builder (collector/store/rollup.py, the same code the collector runs; its build time is printed). Three API servers
+run as their own processes (uvicorn, as `trainscope api`): ours (rollup, answers shared between identical
+requests), the same code with the rollup switched off and nothing shared (the scan: the answer before), and ours
+with sharing off ("unshared"). For every query shape the answers of ours and the scan are compared first (a
+difference aborts), then timed in turns (ABAB..., medians; each single request asks another from_step, so nothing
+is shared). Under concurrency: distinct questions (every request another from_step drawn at random: nothing can be
+shared), then the same question from every client (a dashboard watched by many users). The load average is
+printed with every figure. Never asserted.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ def load() -> str:
     return "load {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
 
 
-def serve(url: str, port: int, scan: bool) -> None:
+def serve(url: str, port: int, scan: bool, share: bool) -> None:
     import uvicorn
 
     from trainscope.api import rollup
@@ -46,13 +49,14 @@ def serve(url: str, port: int, scan: bool) -> None:
 
     if scan:  # the answer before the rollup: every request scans the matching points
         rollup.plan = lambda *a: None  # type: ignore[assignment]
-    settings = ApiSettings(url, statement_timeout=300.0, acquire_timeout=300.0)
+    settings = ApiSettings(url, statement_timeout=300.0, acquire_timeout=300.0, answer_cache_mb=64 if share else 0)
     uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
 class Server:
-    def __init__(self, url: str, port: int, scan: bool):
-        args = [sys.executable, __file__, "--serve", url, "--port", str(port)] + (["--scan"] if scan else [])
+    def __init__(self, url: str, port: int, scan: bool, share: bool = False):
+        args = [sys.executable, __file__, "--serve", url, "--port", str(port)] + (["--scan"] if scan else []) + \
+            (["--share"] if share else [])
         self.proc = subprocess.Popen(args)
         self.base = f"http://127.0.0.1:{port}"
         wait_ready(self.base, self.proc, "the scan API" if scan else "the API")
@@ -116,9 +120,9 @@ async def one(client: httpx.AsyncClient, base: str, params: dict[str, Any]) -> t
 
 
 async def concurrent(base: str, params: dict[str, Any], clients: int, seconds: float,
-                     span: int) -> tuple[float, float, float, int]:
+                     span: int, same: bool = False) -> tuple[float, float, float, int]:
     """(requests/s, p50 s, p99 s, errors) of `clients` clients asking in a loop for `seconds`, each request for
-    another from_step in the first tenth of the series (distinct questions)."""
+    another from_step in the first tenth of the series (distinct questions), or all the same question (`same`)."""
     times: list[float] = []
     errors = 0
     end = time.perf_counter() + seconds
@@ -129,7 +133,8 @@ async def concurrent(base: str, params: dict[str, Any], clients: int, seconds: f
         async with httpx.AsyncClient(timeout=600) as c:
             while time.perf_counter() < end:
                 try:
-                    times.append((await one(c, base, {**params, "from_step": rnd.randrange(1, span // 10)}))[0])
+                    p = params if same else {**params, "from_step": rnd.randrange(1, span // 10)}
+                    times.append((await one(c, base, p))[0])
                 except httpx.HTTPError:
                     errors += 1
 
@@ -142,7 +147,7 @@ async def concurrent(base: str, params: dict[str, Any], clients: int, seconds: f
     return len(times) / elapsed, times[len(times) // 2], times[min(len(times) - 1, int(len(times) * 0.99))], errors
 
 
-async def measure(args: argparse.Namespace, ours: Server, scan: Server) -> None:
+async def measure(args: argparse.Namespace, ours: Server, scan: Server, unshared: Server) -> None:
     n = args.points
     queries = [(f"all {args.series} series", {"downsample": 1000}),
                ("one series", {"downsample": 1000, "metrics": "metric_0"}),
@@ -176,7 +181,18 @@ async def measure(args: argparse.Namespace, ours: Server, scan: Server) -> None:
     for rnd in range(args.rounds):
         for label, server, secs in (("ours", ours, args.seconds), ("scan", scan, args.scan_seconds)):
             rps, p50, p99, errors = await concurrent(server.base, params, args.clients, secs, n)
-            print(f"  {label:5} round {rnd + 1}: {rps:7.1f} req/s, p50 {p50 * 1000:7.0f} ms, "
+            print(f"  {label:9} round {rnd + 1}: {rps:7.1f} req/s, p50 {p50 * 1000:7.0f} ms, "
+                  f"p99 {p99 * 1000:7.0f} ms, {errors} errors  {load()}")
+    async with httpx.AsyncClient(timeout=600) as c:  # the shared answer is the scan's, checked again
+        if (await one(c, ours.base, params))[1] != (await one(c, scan.base, params))[1]:
+            raise SystemExit("the shared answer differs from the scan's")
+    print(f"\n{args.clients} concurrent clients, in turns, all asking {params} (the same question: a dashboard "
+          "watched by many); ours shares answers, 'unshared' is ours with sharing off")
+    for rnd in range(args.rounds):
+        for label, server, secs in (("ours", ours, args.seconds), ("unshared", unshared, args.seconds),
+                                    ("scan", scan, args.scan_seconds)):
+            rps, p50, p99, errors = await concurrent(server.base, params, args.clients, secs, n, same=True)
+            print(f"  {label:9} round {rnd + 1}: {rps:7.1f} req/s, p50 {p50 * 1000:7.0f} ms, "
                   f"p99 {p99 * 1000:7.0f} ms, {errors} errors  {load()}")
 
 
@@ -191,13 +207,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--serve", help=argparse.SUPPRESS)
     ap.add_argument("--scan", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--share", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=18090)
     ap.add_argument("--data", type=Path, help="keep the database in this directory and reuse it on the next run "
                     "(built once: 10 series x 10M points take a while)")
     ap.add_argument("--fill-only", action="store_true", help="build the database (--data) and stop")
     args = ap.parse_args()
     if args.serve:
-        serve(args.serve, args.port, args.scan)
+        serve(args.serve, args.port, args.scan, args.share)
         return
     from trainscope.collector.store.embedded import start_embedded
 
@@ -218,7 +235,8 @@ def main() -> None:
             print(f"reusing {pgdata}; {load()}")
         if args.fill_only:
             return
-        servers = [Server(url, args.port, False), Server(url, args.port + 1, True)]
+        servers = [Server(url, args.port, False, share=True), Server(url, args.port + 1, True),
+                   Server(url, args.port + 2, False)]
         asyncio.run(measure(args, *servers))
     finally:
         for s in servers:
