@@ -30,6 +30,7 @@ TOKEN_ENV = "TRAINSCOPE_API_TOKEN"
 
 # A stream needs points.ingest_xid (migration 0003); the API never migrates, it only checks.
 READY_TIMEOUT = 5.0  # seconds /readyz waits for the database before answering 503 (a probe may give up sooner)
+SPARE_WAIT = 0.05  # seconds a request waits for a second connection (a new one: the connect) before going alone
 _SCHEMA_CHECK = ("SELECT EXISTS (SELECT 1 FROM information_schema.columns "
                  "WHERE table_name = 'points' AND column_name = 'ingest_xid')")
 
@@ -130,6 +131,21 @@ class Database:
             if broken:  # down or hung: a normal release would wait on the server to cancel the query; drop it
                 conn.terminate()
             await pool.release(conn)
+
+    @contextlib.asynccontextmanager
+    async def spare(self) -> AsyncIterator[asyncpg.Connection | None]:
+        """A second connection for one request's parallel part, only if one is free now (never waits: when every
+        connection is busy, each serves a request of its own and splitting one would not help); else None."""
+        pool = self._pool
+        conn = None
+        if pool is not None and (pool.get_idle_size() > 0 or pool.get_size() < self._size):
+            with contextlib.suppress(TimeoutError):
+                conn = await pool.acquire(timeout=SPARE_WAIT)
+        try:
+            yield conn
+        finally:
+            if conn is not None:
+                await pool.release(conn)  # type: ignore[union-attr]
 
     @property
     def size(self) -> int:

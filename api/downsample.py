@@ -26,7 +26,9 @@ import contextlib
 import itertools
 import json
 import math
-from collections.abc import AsyncIterator, Sequence
+import re
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 import asyncpg
@@ -198,9 +200,13 @@ async def snapshot(conn: asyncpg.Connection) -> AsyncIterator[None]:
         yield
 
 
+Spare = Callable[[], AbstractAsyncContextManager[asyncpg.Connection | None]]
+
+
 async def downsample_in(conn: asyncpg.Connection, series_: Sequence[Series], f: Filters, lower: dict[int, int],
-                        max_points: int) -> Downsampled:
-    """downsample, inside the caller's snapshot()."""
+                        max_points: int, spare: Spare | None = None) -> Downsampled:
+    """downsample, inside the caller's snapshot(). `spare()`: another connection if one is free now (else None),
+    which reads the rollup for half of the series in the same snapshot."""
     lo0, hi0 = step_bounds(f)
     by_id = {s.id: s for s in series_}
     nb = buckets_for(max_points)
@@ -214,7 +220,7 @@ async def downsample_in(conn: asyncpg.Connection, series_: Sequence[Series], f: 
     plans = [rollup.plan(b["sid"], b["lo"], b["hi"], b["upto"], nb) for b in bounds]
     if (f.start_ms is None and f.end_ms is None and all(plans)
             and any(p.shift and p.upto > p.lo for p in plans)):  # type: ignore[union-attr]
-        totals, chosen = await _from_rollup(conn, bounds, plans, max_points)  # type: ignore[arg-type]
+        totals, chosen = await _from_rollup(conn, bounds, plans, max_points, spare)  # type: ignore[arg-type]
     else:
         totals, chosen = await _scan(conn, f, bounds, sids, los, spans, nb, max_points, bool(lower))
     result: dict[int, list[Row]] = {}
@@ -240,9 +246,22 @@ def _point(pair: Sequence[float]) -> tuple[int, Row | None]:
 
 
 async def _from_rollup(conn: asyncpg.Connection, bounds: list[asyncpg.Record], plans: list[rollup.Plan],
-                       max_points: int) -> tuple[dict[int, int], dict[int, dict[int, Row | None]]]:
+                       max_points: int, spare: Spare | None) -> tuple[dict[int, int], dict[int, dict[int, Row | None]]]:
     """The same as _scan, from the store's rollup (api/rollup.py)."""
-    await rollup.extremes(conn, plans)
+    if spare is None or len(plans) < 2:
+        await rollup.extremes(conn, plans)
+    else:
+        async with spare() as helper:
+            if helper is None:
+                await rollup.extremes(conn, plans)
+            else:  # the helper reads in this transaction's snapshot (exported, imported before any query)
+                exported = await conn.fetchval("SELECT pg_export_snapshot()")
+                if not re.fullmatch(r"[0-9A-F-]+", exported):  # it goes into the statement's text
+                    raise ValueError(f"unexpected snapshot id {exported!r}")
+                async with helper.transaction(isolation="repeatable_read", readonly=True):
+                    await helper.execute(f"SET TRANSACTION SNAPSHOT '{exported}'; "
+                                         "SET LOCAL plan_cache_mode = force_custom_plan")
+                    await rollup.extremes(conn, plans, [helper])
     totals = {p.sid: p.total for p in plans}
     chosen: dict[int, dict[int, Row | None]] = {}
     for b, p in zip(bounds, plans, strict=True):

@@ -135,7 +135,7 @@ def _install(api: APIRouter, db: "Database", settings: "ApiSettings", stopping: 
                 per_series = params.downsample_points(downsample_, len(series))
 
                 async def compute(conn: "asyncpg.Connection") -> Response:
-                    ds = await downsample_in(conn, series, f, lower, per_series)
+                    ds = await downsample_in(conn, series, f, lower, per_series, db.spare)
                     info = {"method": "minmax", "max_points_per_series": per_series,
                             "source_points": ds.source_points}
                     return render.whole(format, uid, f.data_source, ds.series, extra,

@@ -69,7 +69,8 @@ async def test_shared_answers_follow_every_write(store: Store, database_url: str
         await truth.write(store, metric, {s: rnd.gauss(0, 1) for s in range(0, 30_000, 3)})
     await store.rollup.settle()
     shared = client_for(ApiSettings(database_url))
-    fresh = client_for(ApiSettings(database_url, answer_cache_mb=0))
+    # nothing shared, one connection (no second one to share the rollup's reads with)
+    fresh = client_for(ApiSettings(database_url, answer_cache_mb=0, pool_size=1))
     answers = shared._transport.app.state.answers  # type: ignore[attr-defined]
     try:
         async def check(expect_hits: int) -> None:
