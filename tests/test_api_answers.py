@@ -6,8 +6,10 @@ while the same question is being answered."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import random
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -169,3 +171,47 @@ async def test_memory_is_bounded(store: Store, database_url: str) -> None:
         assert points_of((await c.get(url, params=questions[0])).json()) == truth.expected(questions[0])
         assert answers.hits == hits + 1  # dropped long ago
         await c._transport.app.state.db.close()  # type: ignore[attr-defined]
+
+
+async def test_the_second_connection_reads_in_the_first_ones_snapshot(store: Store, database_url: str,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write commits after the request's snapshot was taken and before its second connection imports it: both
+    halves of the series answer as of the snapshot (the oracle before the write); the next request (once the rollup
+    is rebuilt) sees the write."""
+    from trainscope.api import rollup
+    from trainscope.api.app import Database
+
+    rnd = random.Random(9)
+    truth = Truth()
+    for metric in ("a", "b", "c"):
+        await truth.write(store, metric, {s: rnd.gauss(0, 1) for s in range(0, 40_000, 2)})
+    await store.rollup.settle()
+    p = {"downsample": 100}
+    before = truth.expected(p)
+    spare = Database.spare
+    helpers: list[int] = []
+    extremes = rollup.extremes
+
+    @contextlib.asynccontextmanager
+    async def write_first(self: Database) -> AsyncIterator[Any]:
+        if not helpers:  # once: every series gets a new extreme, committed now
+            for metric, rows in truth.rows.items():
+                await truth.write(store, metric, {max(rows): 500.0, min(rows) + 2: -500.0})
+        async with spare(self) as conn:
+            yield conn
+
+    async def spy(conn: Any, plans: Any, more: Any = ()) -> None:
+        helpers.append(len(more))
+        await extremes(conn, plans, more)
+
+    monkeypatch.setattr(Database, "spare", write_first)
+    monkeypatch.setattr(rollup, "extremes", spy)
+    async with client_for(ApiSettings(database_url, answer_cache_mb=0)) as c:
+        url = f"/api/v1/workloads/{UID}/metrics/data"
+        first = points_of((await c.get(url, params=p)).json())
+        await store.rollup.settle()  # the write lowered the watermarks: rolled up again, the rollup answers again
+        second = points_of((await c.get(url, params=p)).json())
+        await c._transport.app.state.db.close()  # type: ignore[attr-defined]
+    assert helpers == [1, 1]  # both requests read with a second connection
+    assert first == before
+    assert second == truth.expected(p) != before
