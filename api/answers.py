@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import asyncpg
 from fastapi.responses import Response
 
-from trainscope.api.downsample import prepare, snapshot
+from trainscope.api.downsample import snapshot
 
 _SNAPSHOT = "SELECT txid_current_snapshot()::text"
 # A point of these series written by a transaction the kept answer's snapshot did not see (and ours does).
@@ -65,8 +65,7 @@ class Answers:
     async def answer(self, conn: asyncpg.Connection, key: Hashable, series_ids: Sequence[int],
                      compute: Callable[[asyncpg.Connection], Awaitable[Response]]) -> Response:
         """The answer to `key` in a snapshot taken now: the kept one if still exact, else `compute(conn)` (run
-        inside that REPEATABLE READ snapshot, set up as downsample.snapshot() does, which it must not leave) and
-        kept."""
+        inside that REPEATABLE READ snapshot, which it must not leave) and kept."""
         if self.max_bytes <= 0:
             async with snapshot(conn):
                 return await compute(conn)
@@ -78,7 +77,7 @@ class Answers:
         if key not in self._computing:  # claimed before any await: requests arriving now wait for this one
             done = self._computing[key] = asyncio.get_running_loop().create_future()
         try:
-            async with conn.transaction(isolation="repeatable_read", readonly=True):
+            async with snapshot(conn):
                 now = await conn.fetchval(_SNAPSHOT)  # the transaction's snapshot (its first statement)
                 kept = self._kept.get(key)
                 if kept is not None and not await conn.fetchval(_CHANGED, list(series_ids), kept.snapshot):
@@ -87,7 +86,6 @@ class Answers:
                     self.hits += 1
                     return kept.response()
                 self.misses += 1
-                await prepare(conn)  # as snapshot() would have: only now, a kept answer needs none of it
                 response = await compute(conn)
                 self._keep(key, now, response)
                 return response

@@ -195,14 +195,9 @@ async def downsample(conn: asyncpg.Connection, series_: Sequence[Series], f: Fil
 async def snapshot(conn: asyncpg.Connection) -> AsyncIterator[None]:
     """The REPEATABLE READ read-only transaction downsample_in runs in (one snapshot for all its queries)."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        await prepare(conn)
+        # work_mem: the per-bucket hash tables stay in memory; custom plans: a hashed `= ANY` needs a constant
+        await conn.execute("SET LOCAL work_mem = '64MB'; SET LOCAL plan_cache_mode = force_custom_plan")
         yield
-
-
-async def prepare(conn: asyncpg.Connection) -> None:
-    """The settings downsample_in needs, for the rest of the caller's transaction."""
-    # work_mem: the per-bucket hash tables stay in memory; custom plans: a hashed `= ANY` needs a constant
-    await conn.execute("SET LOCAL work_mem = '64MB'; SET LOCAL plan_cache_mode = force_custom_plan")
 
 
 Spare = Callable[[], AbstractAsyncContextManager[asyncpg.Connection | None]]
