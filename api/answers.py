@@ -77,6 +77,8 @@ class Answers:
         if key not in self._computing:  # claimed before any await: requests arriving now wait for this one
             done = self._computing[key] = asyncio.get_running_loop().create_future()
         try:
+            # snapshot()'s settings from the start: the check below needs a custom plan (a generic one may read
+            # every point of the series instead of the few written since: seconds instead of a millisecond)
             async with snapshot(conn):
                 now = await conn.fetchval(_SNAPSHOT)  # the transaction's snapshot (its first statement)
                 kept = self._kept.get(key)
