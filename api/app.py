@@ -16,6 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from trainscope import __version__
 from trainscope.api import errors, queries
+from trainscope.api.answers import Answers
 from trainscope.api.datasources import data_source_of
 from trainscope.api.errors import ApiError, Error
 from trainscope.api.models import Status, Workload, WorkloadList
@@ -29,6 +30,7 @@ TOKEN_ENV = "TRAINSCOPE_API_TOKEN"
 
 # A stream needs points.ingest_xid (migration 0003); the API never migrates, it only checks.
 READY_TIMEOUT = 5.0  # seconds /readyz waits for the database before answering 503 (a probe may give up sooner)
+SPARE_WAIT = 0.05  # seconds a request waits for a second connection (a new one: the connect) before going alone
 _SCHEMA_CHECK = ("SELECT EXISTS (SELECT 1 FROM information_schema.columns "
                  "WHERE table_name = 'points' AND column_name = 'ingest_xid')")
 
@@ -50,6 +52,8 @@ class ApiSettings:
     # seconds; waiting for a free pool connection at most `acquire_timeout` (then 503).
     statement_timeout: float = 30.0
     acquire_timeout: float = 10.0
+    # Downsampled answers kept for identical requests while still exact (api/answers.py); 0 turns it off.
+    answer_cache_mb: int = 64
     # trainscope local: uid -> live facts from the running collector (phase, progress...), None if not running.
     live: Callable[[str], dict[str, Any] | None] | None = None
 
@@ -127,6 +131,21 @@ class Database:
             if broken:  # down or hung: a normal release would wait on the server to cancel the query; drop it
                 conn.terminate()
             await pool.release(conn)
+
+    @contextlib.asynccontextmanager
+    async def spare(self) -> AsyncIterator[asyncpg.Connection | None]:
+        """A second connection for one request's parallel part, only if one is free now (never waits: when every
+        connection is busy, each serves a request of its own and splitting one would not help); else None."""
+        pool = self._pool
+        conn = None
+        if pool is not None and (pool.get_idle_size() > 0 or pool.get_size() < self._size):
+            with contextlib.suppress(TimeoutError):
+                conn = await pool.acquire(timeout=SPARE_WAIT)
+        try:
+            yield conn
+        finally:
+            if conn is not None:
+                await pool.release(conn)  # type: ignore[union-attr]
 
     @property
     def size(self) -> int:
@@ -321,7 +340,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
             raise errors.not_found(f"{namespace}/{name}")
         return sorted(items, key=lambda i: (not i["deleted"], i["updated_at"]))[-1]
 
-    routes.install(api, db, settings, stopping)
+    app.state.answers = answers = Answers(settings.answer_cache_mb << 20)
+    routes.install(api, db, settings, stopping, answers)
     overview.install(api, db)  # GET /api/v1/overview: the fleet view's sparklines and pace
     fleetstream.install(api, db, settings, stopping, list_workloads)  # GET /api/v1/overview/stream: it live
     app.include_router(api)

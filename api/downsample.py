@@ -22,10 +22,13 @@ Only the <= N chosen points per series cross the wire, never the series itself.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 import asyncpg
@@ -103,7 +106,9 @@ _PASS1_MERGE = "SELECT sid, b, min(mn) AS mn, max(mx) AS mx, sum(n)::bigint AS n
 _PASS2 = ("SELECT p.series_id AS sid, {bucket} AS b, p.value AS v, min(p.step) AS first, max(p.step) AS last, "
           "count(*) AS n, min(p.ts) AS ts {rows} GROUP BY 1, 2, 3")
 
-_LOOKUP = "SELECT step, ts, value FROM points WHERE series_id = $1 AND step = ANY($2::bigint[]) ORDER BY step"
+# Points by key, one index probe each (OFFSET 0: never a join over the whole table).
+_LOOKUP = ("SELECT k.sid, k.step, p.ts, p.value FROM unnest($1::bigint[], $2::bigint[]) AS k(sid, step) "
+           "CROSS JOIN LATERAL (SELECT ts, value FROM points WHERE series_id = k.sid AND step = k.step OFFSET 0) p")
 
 
 def _rows_sql(f: Filters, sids: Sequence[int], los: Sequence[int], spans: Sequence[int], nb: int,
@@ -182,37 +187,53 @@ def _same(a: float, b: float) -> bool:
 async def downsample(conn: asyncpg.Connection, series_: Sequence[Series], f: Filters, lower: dict[int, int],
                      max_points: int) -> Downsampled:
     """At most `max_points` points per series (see the module doc), in one consistent snapshot."""
+    async with snapshot(conn):
+        return await downsample_in(conn, series_, f, lower, max_points)
+
+
+@contextlib.asynccontextmanager
+async def snapshot(conn: asyncpg.Connection) -> AsyncIterator[None]:
+    """The REPEATABLE READ read-only transaction downsample_in runs in (one snapshot for all its queries)."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        # work_mem: the per-bucket hash tables stay in memory; custom plans: a hashed `= ANY` needs a constant
+        await conn.execute("SET LOCAL work_mem = '64MB'; SET LOCAL plan_cache_mode = force_custom_plan")
+        yield
+
+
+Spare = Callable[[], AbstractAsyncContextManager[asyncpg.Connection | None]]
+
+
+async def downsample_in(conn: asyncpg.Connection, series_: Sequence[Series], f: Filters, lower: dict[int, int],
+                        max_points: int, spare: Spare | None = None) -> Downsampled:
+    """downsample, inside the caller's snapshot(). `spare()`: another connection if one is free now (else None),
+    which reads the rollup for half of the series in the same snapshot."""
     lo0, hi0 = step_bounds(f)
     by_id = {s.id: s for s in series_}
     nb = buckets_for(max_points)
-    async with conn.transaction(isolation="repeatable_read", readonly=True):
-        await conn.execute("SET LOCAL work_mem = '64MB'")  # the per-bucket hash tables stay in memory
-        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")  # a hashed `= ANY` needs a constant
-        args: list[object] = [[s.id for s in series_], [max(lo0, lower.get(s.id, lo0)) for s in series_], hi0]
-        bounds = await conn.fetch(_BOUNDS.format(ts=ts_clause(f, args)), *args)
-        if not bounds:
-            return Downsampled([(s, []) for s in series_], 0, False)
-        sids = [b["sid"] for b in bounds]
-        los = [b["lo"] for b in bounds]
-        spans = [b["hi"] - b["lo"] + 1 for b in bounds]
-        plans = [rollup.plan(b["sid"], b["lo"], b["hi"], b["upto"], nb) for b in bounds]
-        if (f.start_ms is None and f.end_ms is None and all(plans)
-                and any(p.shift and p.upto > p.lo for p in plans)):  # type: ignore[union-attr]
-            totals, chosen = await _from_rollup(conn, bounds, plans, max_points)  # type: ignore[arg-type]
-        else:
-            totals, chosen = await _scan(conn, f, bounds, sids, los, spans, nb, max_points, bool(lower))
-        result: dict[int, list[Row]] = {}
-        for b in bounds:
-            sid = b["sid"]
-            keep = chosen.get(sid)
-            if keep is None:  # small enough: the whole series, unchanged
-                result[sid] = await read_series(conn, by_id[sid], f, b["lo"], b["hi"], max_points)
-                continue
-            ties = sorted(step for step, row in keep.items() if row is None)
-            if ties:
-                for row in await conn.fetch(_LOOKUP, sid, ties):
-                    keep[row["step"]] = tuple(row)
-            result[sid] = [keep[step] for step in sorted(keep)]  # type: ignore[misc]
+    args: list[object] = [[s.id for s in series_], [max(lo0, lower.get(s.id, lo0)) for s in series_], hi0]
+    bounds = await conn.fetch(_BOUNDS.format(ts=ts_clause(f, args)), *args)
+    if not bounds:
+        return Downsampled([(s, []) for s in series_], 0, False)
+    sids = [b["sid"] for b in bounds]
+    los = [b["lo"] for b in bounds]
+    spans = [b["hi"] - b["lo"] + 1 for b in bounds]
+    plans = [rollup.plan(b["sid"], b["lo"], b["hi"], b["upto"], nb) for b in bounds]
+    if (f.start_ms is None and f.end_ms is None and all(plans)
+            and any(p.shift and p.upto > p.lo for p in plans)):  # type: ignore[union-attr]
+        totals, chosen = await _from_rollup(conn, bounds, plans, max_points, spare)  # type: ignore[arg-type]
+    else:
+        totals, chosen = await _scan(conn, f, bounds, sids, los, spans, nb, max_points, bool(lower))
+    result: dict[int, list[Row]] = {}
+    for b in bounds:
+        if b["sid"] not in chosen:  # small enough: the whole series, unchanged
+            result[b["sid"]] = await read_series(conn, by_id[b["sid"]], f, b["lo"], b["hi"], max_points)
+    missing = [(sid, step) for sid, keep in chosen.items() for step, row in keep.items() if row is None]
+    if missing:  # the chosen points whose time (or tie) is still to be read: one query for every series
+        sids_, steps_ = zip(*missing, strict=True)
+        for row in await conn.fetch(_LOOKUP, list(sids_), list(steps_)):
+            chosen[row["sid"]][row["step"]] = (row["step"], row["ts"], row["value"])
+    for sid, keep in chosen.items():
+        result[sid] = [keep[step] for step in sorted(keep)]  # type: ignore[misc]
     out = [(s, result.get(s.id, [])) for s in series_]
     reduced = any(n > max_points for n in totals.values())
     return Downsampled(out, sum(totals.values()), reduced)
@@ -225,9 +246,22 @@ def _point(pair: Sequence[float]) -> tuple[int, Row | None]:
 
 
 async def _from_rollup(conn: asyncpg.Connection, bounds: list[asyncpg.Record], plans: list[rollup.Plan],
-                       max_points: int) -> tuple[dict[int, int], dict[int, dict[int, Row | None]]]:
+                       max_points: int, spare: Spare | None) -> tuple[dict[int, int], dict[int, dict[int, Row | None]]]:
     """The same as _scan, from the store's rollup (api/rollup.py)."""
-    await rollup.extremes(conn, plans)
+    if spare is None or len(plans) < 2:
+        await rollup.extremes(conn, plans)
+    else:
+        async with spare() as helper:
+            if helper is None:
+                await rollup.extremes(conn, plans)
+            else:  # the helper reads in this transaction's snapshot (exported, imported before any query)
+                exported = await conn.fetchval("SELECT pg_export_snapshot()")
+                if not re.fullmatch(r"[0-9A-F-]+", exported):  # it goes into the statement's text
+                    raise ValueError(f"unexpected snapshot id {exported!r}")
+                async with helper.transaction(isolation="repeatable_read", readonly=True):
+                    await helper.execute(f"SET TRANSACTION SNAPSHOT '{exported}'; "
+                                         "SET LOCAL plan_cache_mode = force_custom_plan")
+                    await rollup.extremes(conn, plans, [helper])
     totals = {p.sid: p.total for p in plans}
     chosen: dict[int, dict[int, Row | None]] = {}
     for b, p in zip(bounds, plans, strict=True):

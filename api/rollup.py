@@ -18,6 +18,7 @@ Used only without time filters
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -183,8 +184,19 @@ def _opening(p: Plan, shift: int, block: int) -> list[tuple[int, int, int, int, 
     return out
 
 
-async def extremes(conn: asyncpg.Connection, plans: Sequence[Plan]) -> None:
-    """Fill each plan's total and per-bucket extremes (in the caller's snapshot)."""
+async def extremes(conn: asyncpg.Connection, plans: Sequence[Plan],
+                   helpers: Sequence[asyncpg.Connection] = ()) -> None:
+    """Fill each plan's total and per-bucket extremes (in the caller's snapshot). `helpers`: more connections in
+    the same snapshot (see downsample.py); the series are shared out among them, so PostgreSQL answers on several
+    cores at once."""
+    conns = [conn, *helpers][:len(plans)]
+    if len(conns) > 1:
+        await asyncio.gather(*(_extremes(c, plans[i::len(conns)]) for i, c in enumerate(conns)))
+    else:
+        await _extremes(conn, plans)
+
+
+async def _extremes(conn: asyncpg.Connection, plans: Sequence[Plan]) -> None:
     by_sid = {p.sid: p for p in plans}
     cols: list[list[int]] = [[] for _ in range(8)]
     for p in plans:

@@ -7,16 +7,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from trainscope.api import params, queries, render, stream
+from trainscope.api.answers import Answers
 from trainscope.api.datasources import ACCEPTED, data_source_of
-from trainscope.api.downsample import MIN_POINTS, downsample
+from trainscope.api.downsample import MIN_POINTS, downsample_in
 from trainscope.api.errors import ApiError, invalid, not_found
 from trainscope.api.models import SSE_EVENT_SCHEMA, AvailableMetrics, DataSources, HealthEvents, MetricsData, Runs
 from trainscope.api.params import INT64_MAX, INT64_MIN, MAX_MS, Filters
 
 if TYPE_CHECKING:
+    import asyncpg
+
     from trainscope.api.app import ApiSettings, Database
 
 # ---- parameters, declared once so both address forms document them the same way -------------------------------
@@ -37,8 +40,9 @@ Format = Annotated[Literal["json", "csv", "ndjson"], Query(description="json (th
 CONTENT = {"text/csv": {"schema": {"type": "string"}}, "application/x-ndjson": {"schema": {"type": "string"}}}
 
 
-def install(api: APIRouter, db: "Database", settings: "ApiSettings", stopping: asyncio.Event) -> None:
-    """Add every metrics endpoint under both address forms."""
+def install(api: APIRouter, db: "Database", settings: "ApiSettings", stopping: asyncio.Event,
+            answers: Answers) -> None:
+    """Add every metrics endpoint under both address forms; `answers` keeps downsampled answers (api/answers.py)."""
 
     async def by_uid(uid: Annotated[str, Path(max_length=253, description="the Workload's Kubernetes UID")]) -> str:
         async with db.acquire() as conn:
@@ -56,11 +60,11 @@ def install(api: APIRouter, db: "Database", settings: "ApiSettings", stopping: a
 
     for prefix, resolve, suffix in (("/workloads/{uid}", by_uid, ""),
                                     ("/namespaces/{namespace}/workloads/{name}", by_name, "_by_name")):
-        _install(api, db, settings, stopping, prefix, resolve, suffix)
+        _install(api, db, settings, stopping, answers, prefix, resolve, suffix)
 
 
-def _install(api: APIRouter, db: "Database", settings: "ApiSettings", stopping: asyncio.Event, prefix: str,
-             resolve: Callable[..., Awaitable[str]], suffix: str) -> None:
+def _install(api: APIRouter, db: "Database", settings: "ApiSettings", stopping: asyncio.Event, answers: Answers,
+             prefix: str, resolve: Callable[..., Awaitable[str]], suffix: str) -> None:
     Uid = Annotated[str, Depends(resolve)]
 
     @api.get(f"{prefix}/metrics/available", response_model=AvailableMetrics, tags=["metrics"],
@@ -129,11 +133,17 @@ def _install(api: APIRouter, db: "Database", settings: "ApiSettings", stopping: 
             lower = await queries.last_n_bounds(conn, series, f, last) if last is not None else {}
             if downsample_ is not None:
                 per_series = params.downsample_points(downsample_, len(series))
-                ds = await downsample(conn, series, f, lower, per_series)
-                info = {"method": "minmax", "max_points_per_series": per_series, "source_points": ds.source_points}
-                return render.whole(format, uid, f.data_source, ds.series, extra,
-                                    {"downsampled": ds.reduced, "downsample": info},
-                                    {"X-Downsampled": str(ds.reduced).lower()})
+
+                async def compute(conn: "asyncpg.Connection") -> Response:
+                    ds = await downsample_in(conn, series, f, lower, per_series, db.spare)
+                    info = {"method": "minmax", "max_points_per_series": per_series,
+                            "source_points": ds.source_points}
+                    return render.whole(format, uid, f.data_source, ds.series, extra,
+                                        {"downsampled": ds.reduced, "downsample": info},
+                                        {"X-Downsampled": str(ds.reduced).lower()})
+
+                key = ("downsample", uid, f, last, per_series, format, tuple(extra), tuple(s.id for s in series))
+                return await answers.answer(conn, key, [s.id for s in series], compute)
             if limit is not None:
                 page, more = await queries.read_page(conn, series, f, lower, after, limit)
         if limit is not None:

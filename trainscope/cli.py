@@ -188,7 +188,7 @@ def cmd_api(args: argparse.Namespace) -> int:
 
     settings = ApiSettings(database_url=_database_url(args, embedded_ok=True), token=read_token(args.token_file),
                            cors_origins=tuple(args.cors_origin or ()), pool_size=args.pool_size,
-                           statement_timeout=args.statement_timeout)
+                           statement_timeout=args.statement_timeout, answer_cache_mb=args.answer_cache_mb)
     _warn_if_open("api", args.host, settings.token)
     try:
         run(settings, args.host, args.port, access_log=args.access_log)  # returns on SIGINT/SIGTERM
@@ -294,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--port", type=int, default=int(os.environ.get("TRAINSCOPE_API_PORT", "8080")),
                     help="listen port")
     ap.add_argument("--pool-size", type=int, default=10, help="database connections at most")
+    ap.add_argument("--answer-cache-mb", type=int, default=64,
+                    help="memory for downsampled answers shared between identical requests (0: off)")
     ap.add_argument("--statement-timeout", type=float, default=30.0,
                     help="seconds one SQL statement (or an idle open transaction) may take before PostgreSQL "
                          "cancels it and the request is answered 503")
