@@ -244,7 +244,7 @@ class LogParser(HFFormat, MegatronFormat, DeepSpeedFormat, LightningFormat, Gene
                 if int(total):
                     self.total_steps = int(total)
                     break
-        if type(out) is PointSink:  # a catch-up: the run as columns, no tuple per point
+        if isinstance(out, PointSink):  # a catch-up: the run as columns, no tuple per point
             out.add_run(run, lay.keep, steps, ts if one else ts[i:i + r], vals, r)  # type: ignore[arg-type,index]
         else:
             step_it = repeat(steps) if isinstance(steps, int) else chain.from_iterable(map(repeat, steps, repeat(k)))

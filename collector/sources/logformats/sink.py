@@ -21,11 +21,10 @@ MIN_COLUMNS = 64
 
 
 class PointSink(list):  # type: ignore[type-arg]
-    """A list of the points parsed one by one since the last bulk run, after the runs kept as chunks.
+    """A list of the points parsed one by one, which also takes runs of lines parsed in bulk as columns (`add_run`).
 
-    len() counts every point. Slices with a non-negative start are positions in the whole sink and must fall among
-    the tuples not yet chunked (the parser only slices the points of the line it is parsing); negative ones are
-    relative to the end, as in a list.
+    Until the first run it is a plain list (no Python-level method on the parser's per-line path); from then on it
+    is a `_Chunked` sink: the runs and the tuples before them are kept as chunks, the list holds the tuples since.
     """
 
     __slots__ = ("_chunks", "_done")
@@ -34,32 +33,6 @@ class PointSink(list):  # type: ignore[type-arg]
         super().__init__()
         self._chunks: list[Columns | list[RawPoint]] = []
         self._done = 0  # points in _chunks
-
-    def __len__(self) -> int:
-        return self._done + list.__len__(self)
-
-    def _local(self, i: Any) -> Any:
-        if isinstance(i, slice):
-            start = i.start
-            if start is not None and start >= 0:
-                assert start >= self._done, "a slice of points already chunked"
-                start -= self._done
-            stop = i.stop
-            if stop is not None and stop >= 0:
-                stop -= self._done
-            return slice(start, stop, i.step)
-        if isinstance(i, SupportsIndex) and int(i) >= 0:
-            return int(i) - self._done
-        return i
-
-    def __getitem__(self, i: Any) -> Any:
-        return list.__getitem__(self, self._local(i))
-
-    def __setitem__(self, i: Any, value: Any) -> None:
-        list.__setitem__(self, self._local(i), value)
-
-    def __delitem__(self, i: Any) -> None:
-        list.__delitem__(self, self._local(i))
 
     def _flush(self) -> None:
         n = list.__len__(self)
@@ -95,6 +68,7 @@ class PointSink(list):  # type: ignore[type-arg]
             self.extend(zip(cycle(names), step_it, ts_it, values, repeat(run)))
             return
         self._flush()
+        self.__class__ = _Chunked  # len() and slices now count the chunks
         key = np.tile(np.arange(k, dtype=np.intp), lines)
         self._chunks.append(Columns([(run, m) for m in names], key, step, wall, value))
         self._done += n
@@ -116,3 +90,37 @@ class PointSink(list):  # type: ignore[type-arg]
             keys.append(lut[c.key])  # type: ignore[union-attr]
         return Columns(list(index), np.concatenate(keys), *(np.concatenate([getattr(c, f) for c in chunks])
                                                            for f in ("step", "ts", "value")))
+
+
+class _Chunked(PointSink):
+    """A sink holding chunks: len() counts every point. Slices with a non-negative start are positions in the whole
+    sink and must fall among the tuples not yet chunked (the parser only slices the points of the line it is
+    parsing); negative ones are relative to the end, as in a list."""
+
+    __slots__ = ()
+
+    def __len__(self) -> int:
+        return self._done + list.__len__(self)
+
+    def _local(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            start = i.start
+            if start is not None and start >= 0:
+                assert start >= self._done, "a slice of points already chunked"
+                start -= self._done
+            stop = i.stop
+            if stop is not None and stop >= 0:
+                stop -= self._done
+            return slice(start, stop, i.step)
+        if isinstance(i, SupportsIndex) and int(i) >= 0:
+            return int(i) - self._done
+        return i
+
+    def __getitem__(self, i: Any) -> Any:
+        return list.__getitem__(self, self._local(i))
+
+    def __setitem__(self, i: Any, value: Any) -> None:
+        list.__setitem__(self, self._local(i), value)
+
+    def __delitem__(self, i: Any) -> None:
+        list.__delitem__(self, self._local(i))
