@@ -54,7 +54,7 @@ class Batch:
     values), by reason. `notes` are human-readable facts for the source's health (e.g. "HTTP mode is sampled").
     """
 
-    points: list[RawPoint]  # Points or plain tuples of the same fields
+    points: list[RawPoint] | Columns  # Points or plain tuples of the same fields, or columns (a catch-up)
     cursor: Cursor = None
     state: RunState | None = None
     progress: float | None = None  # 0..1, when the source knows it

@@ -272,3 +272,34 @@ async def test_collector_restart_mid_stream_stores_each_metric_once(cluster: Clu
         assert second.health["log"].points == len(oracle)
     finally:
         await second.stop()
+
+
+async def test_catch_up_batches_come_as_columns_equal_to_the_tuple_path(cluster: Cluster, kube: KubeClient,
+                                                                        monkeypatch: pytest.MonkeyPatch):
+    from trainscope.collector.points import Columns
+    from trainscope.collector.sources import logs as logs_module
+
+    class Tuples(list):  # the tuple path: the parser puts no run of lines as columns into a plain list
+        def result(self) -> list:
+            return list(self)
+
+    await cluster.add_pod("gpt-0", {"job": "gpt"})
+    cluster.emu.pod_logs.chunk, cluster.emu.pod_logs.delay = 4096, 0.0
+    oracle: Oracle = {}
+    at = T0
+    for first in range(1, 601, 100):  # bursts of 100 iterations, some sharing a timestamp
+        text, want = megatron(first, first + 99)
+        expect(oracle, "gpt-0", cluster.write_log("gpt-0", text, at=at, spacing=0.01), want)
+        at += 2.0
+    runs: dict[str, list[Any]] = {}
+    real = logs_module.PointSink
+    for name, sink in (("columns", real), ("tuples", Tuples), ("columns again", real)):
+        monkeypatch.setattr(logs_module, "PointSink", sink)
+        points: list[Point] = []
+        _, batches = await drain(lambda: source(kube, 500), None, points)
+        check(points, oracle)
+        runs[name] = [([(m, s, t, "nan" if math.isnan(v) else v, r) for m, s, t, v, r in b.points], b.cursor, b.more,
+                       b.skipped, b.total_steps, isinstance(b.points, Columns)) for b in batches]
+    assert any(b[-1] for b in runs["columns"]) and not any(b[-1] for b in runs["tuples"])
+    same = [[b[:-1] for b in runs[name]] for name in ("columns", "tuples", "columns again")]
+    assert same[0] == same[1] == same[2]

@@ -15,13 +15,14 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar
 
-from trainscope.collector.points import Batch, Cursor, RawPoint, RunState
+from trainscope.collector.points import Batch, Cursor, RunState
 from trainscope.collector.schema import exactly_one_of
 from trainscope.collector.sources.base import ContainerState, PodRef, SourceContext, SourceError
 from trainscope.collector.sources.logformats import (
     FORMATS,
     LineSplitter,
     LogParser,
+    PointSink,
     compile_katib,
     compile_patterns,
     decode_lines,
@@ -185,7 +186,7 @@ class LogsSource:
     async def aclose(self) -> None:
         self._parsers.clear()
 
-    def _batch(self, points: list[RawPoint], streams: dict[str, Any], parsers: dict[str, LogParser], more: bool,
+    def _batch(self, points: PointSink, streams: dict[str, Any], parsers: dict[str, LogParser], more: bool,
                cut: int, notes: list[str], runs: dict[str, dict[str, Any]],
                ends: dict[str, tuple[str, str]] | None = None, **info: Any) -> Batch:
         failed = sum(p.failed for p in parsers.values())
@@ -205,7 +206,7 @@ class LogsSource:
         state, message = run_state(streams, ends or {})
         if state == RunState.FAILED and message:
             notes.append(message)
-        return Batch(points=points, cursor={"streams": streams}, more=more, skipped=skipped, notes=notes,
+        return Batch(points=points.result(), cursor={"streams": streams}, more=more, skipped=skipped, notes=notes,
                      total_steps=max(totals) if totals else None, runs=runs, state=state,
                      problem=no_metric_lines(streams, state),
                      info={"lines": self._lines, "parsedLines": self._parsed, "runEnd": message, **info})
@@ -242,7 +243,7 @@ class LogsSource:
         old = cursor.get("streams", {}) if isinstance(cursor, dict) else {}
         streams: dict[str, Any] = {}
         parsers: dict[str, LogParser] = {}
-        points: list[RawPoint] = []
+        points = PointSink()  # bulk-parsed runs of lines as columns (a catch-up), other lines as tuples
         notes: list[str] = []
         runs: dict[str, dict[str, Any]] = {}
         limit = self.ctx.max_batch_points
@@ -331,7 +332,7 @@ class LogsSource:
         old = cursor.get("streams", {}) if isinstance(cursor, dict) else {}
         streams: dict[str, Any] = {}
         parsers: dict[str, LogParser] = {}
-        points: list[RawPoint] = []
+        points = PointSink()  # bulk-parsed runs of lines as columns (a catch-up), other lines as tuples
         notes: list[str] = [] if files else [f"no file matches {self.path}"]
         runs: dict[str, dict[str, Any]] = {}
         limit = self.ctx.max_batch_points

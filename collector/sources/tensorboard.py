@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import httpx
 
-from trainscope.collector.points import Batch, Cursor, Point
+from trainscope.collector.points import Batch, Columns, Cursor, Point
 from trainscope.collector.schema import MetricFilter, metric_filter_schema
 from trainscope.collector.sources.base import (
     LogDirOrUrlSource,
@@ -26,11 +26,15 @@ from trainscope.collector.sources.base import (
     log_dir_or_url_schema,
     url_timeout_property,
 )
-from trainscope.collector.sources.tfevents import EventScanner, read_file
+from trainscope.collector.sources.tfevents import ColumnSink, EventScanner, read_file
 
 SERVER_SAMPLE_SIZE = 1000  # TensorBoard's default reservoir size for scalars
 _FETCH_WINDOW = 8  # tag series fetched concurrently in url mode
 _SPECIAL_FLOATS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+# A poll that reads at least this many bytes of one file (a catch-up) hands the collector columns: no Python object
+# per point from the decoder to the writer. Smaller reads (a live run's last few events) stay a list of Points,
+# cheaper for a handful of records.
+COLUMNS_BYTES = 64 << 10
 
 
 def _walk_runs(root: Path) -> tuple[list[tuple[str, str, str]], list[str]]:
@@ -105,6 +109,7 @@ class TensorBoardSource(LogDirOrUrlSource):
         old = dict(cursor.get("files", {})) if isinstance(cursor, dict) else {}
         offsets: dict[str, int] = {}
         points: list[Point] = []
+        out: list[Point] | ColumnSink = points
         skipped: dict[str, int] = {}
         limit = self.ctx.max_batch_points
         full = False
@@ -121,7 +126,10 @@ class TensorBoardSource(LogDirOrUrlSource):
                         notes.append(f"{key} shrank below the read offset (replaced?): read again from the start")
                         offset = 0
                     if size > offset:
-                        offset, full = read_file(f, offset, size, self._scanner, run, points, limit, skipped)
+                        if size - offset >= COLUMNS_BYTES and out is points:
+                            out = ColumnSink()
+                            out.extend(points)  # what earlier files gave stays first
+                        offset, full = read_file(f, offset, size, self._scanner, run, out, limit, skipped)
             except FileNotFoundError:
                 continue  # rotated away between listing and opening: it leaves the cursor
             except OSError as e:
@@ -129,7 +137,10 @@ class TensorBoardSource(LogDirOrUrlSource):
             if offset:
                 offsets[key] = offset
         runs = sorted({run for run, _, _ in files})
-        return Batch(points=points, cursor={"files": offsets}, more=full, skipped=skipped, notes=notes,
+        batch_points: list[Point] | Columns = points
+        if isinstance(out, ColumnSink) and len(out):
+            batch_points = Columns(*out.columns())
+        return Batch(points=batch_points, cursor={"files": offsets}, more=full, skipped=skipped, notes=notes,
                      info={"runs": runs, "files": len(files)})
 
     # ---- url mode

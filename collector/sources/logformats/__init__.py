@@ -31,6 +31,7 @@ from trainscope.collector.sources.logformats.lines import (
 )
 from trainscope.collector.sources.logformats.parser import NEAR_FULL, LogParser
 from trainscope.collector.sources.logformats.registry import FORMATS
+from trainscope.collector.sources.logformats.sink import PointSink
 
 __all__ = [
     "FORMATS",
@@ -41,6 +42,7 @@ __all__ = [
     "TOTAL_KEYS",
     "LineSplitter",
     "LogParser",
+    "PointSink",
     "compile_katib",
     "compile_patterns",
     "decode_lines",

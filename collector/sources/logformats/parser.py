@@ -16,6 +16,7 @@ from trainscope.collector.sources.logformats.lightning import LightningFormat
 from trainscope.collector.sources.logformats.lines import ANSI, NESTED, RANK, drop_nested_frames
 from trainscope.collector.sources.logformats.megatron import MegatronFormat
 from trainscope.collector.sources.logformats.registry import FINISH_LINES, FORMATS, PARSERS
+from trainscope.collector.sources.logformats.sink import PointSink
 
 NEAR_FULL = 256  # feed_lines: within this many points of the limit, a line is checkpointed so it can be put back
 _groups = re.Match.groups
@@ -243,9 +244,12 @@ class LogParser(HFFormat, MegatronFormat, DeepSpeedFormat, LightningFormat, Gene
                 if int(total):
                     self.total_steps = int(total)
                     break
-        step_it = repeat(steps) if isinstance(steps, int) else chain.from_iterable(map(repeat, steps, repeat(k)))
-        ts_it = repeat(ts) if one else chain.from_iterable(map(repeat, ts[i:i + r], repeat(k)))  # type: ignore[index]
-        out.extend(zip(cycle(lay.keep), step_it, ts_it, vals, repeat(run)))  # plain tuples: see RawPoint
+        if isinstance(out, PointSink):  # a catch-up: the run as columns, no tuple per point
+            out.add_run(run, lay.keep, steps, ts if one else ts[i:i + r], vals, r)  # type: ignore[arg-type,index]
+        else:
+            step_it = repeat(steps) if isinstance(steps, int) else chain.from_iterable(map(repeat, steps, repeat(k)))
+            ts_it = repeat(ts) if one else chain.from_iterable(map(repeat, ts[i:i + r], repeat(k)))  # type: ignore
+            out.extend(zip(cycle(lay.keep), step_it, ts_it, vals, repeat(run)))  # plain tuples: see RawPoint
         self.lines += r
         self.parsed += r
         self.detected = lay.fmt
