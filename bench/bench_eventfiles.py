@@ -43,7 +43,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import grpc
@@ -136,8 +136,10 @@ def reader_columns(path: Path) -> ColumnSink:
     return sink
 
 
-def points_rows(points: list) -> Rows:
-    return [(p.metric, p.step, p.ts, p.value) for p in points]
+def points_rows(points: Iterable) -> Rows:
+    """(metric, step, ts, value) of Points or of the RawPoint tuples a Columns batch yields (a poll that read
+    64 KiB or more hands over columns)."""
+    return [p[:4] for p in points]
 
 
 class Rustboard:

@@ -39,8 +39,9 @@ def test_log_peer_regex_gives_our_points(tmp_path: Path, fmt: str, noise: bool) 
 
 @pytest.mark.parametrize("layout", ["simple", "tf2"])
 def test_rustboard_peer_reads_every_scalar_as_written(tmp_path: Path, layout: str) -> None:
-    steps, tags = 300, 2
+    steps, tags = 1_500, 2  # ~160 KB: above the 64 KiB from which the source's poll hands over columns
     path = bench_eventfiles.write_file(tmp_path, steps, tags, layout)
+    assert path.stat().st_size > 64 * 1024
     truth = sorted(bench_eventfiles.event_accumulator(path))
     assert [(t, s, v) for t, s, _, v in truth] == sorted(
         (f"train/metric_{t}", s, bench_eventfiles.f32(1.0 / (s + t + 1))) for s in range(steps) for t in range(tags))
