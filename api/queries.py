@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 
+from trainscope.api import rollup
 from trainscope.api.datasources import data_source_of, kinds_of
 from trainscope.api.params import Filters, Position, SeriesKey
 
@@ -179,15 +180,20 @@ def step_bounds(f: Filters) -> tuple[int, int]:
 
 
 async def last_n_bounds(conn: asyncpg.Connection, series_: Sequence[Series], f: Filters, n: int) -> dict[int, int]:
-    """Per series, the lowest step of its last `n` points within the filters (absent: fewer than n points)."""
+    """Per series, the lowest step of its last `n` points within the filters (absent: fewer than n points).
+    Without time filters the rollup's per-block counts find it (about one block of points read, not all n), in one
+    snapshot; otherwise, or where the rollup cannot say, the points are counted."""
     w = _Where(f, 1)
     sql = (f"SELECT step FROM points WHERE {w.sql} ORDER BY step DESC OFFSET ${w.next_param} LIMIT 1")
     lo, hi = step_bounds(f)
     out: dict[int, int] = {}
-    for s in series_:
-        step = await conn.fetchval(sql, s.id, lo, hi, *w.ts_args, n - 1)
-        if step is not None:
-            out[s.id] = step
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        for s in series_:
+            known, step = (False, None) if w.ts_args else await rollup.last_n_start(conn, s.id, lo, hi, n)
+            if not known:
+                step = await conn.fetchval(sql, s.id, lo, hi, *w.ts_args, n - 1)
+            if step is not None:
+                out[s.id] = step
     return out
 
 

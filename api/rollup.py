@@ -226,3 +226,57 @@ async def _extremes(conn: asyncpg.Connection, plans: Sequence[Plan]) -> None:
             p = by_sid[r["sid"]]
             p.total += r["n"]
             p.buckets.setdefault(r["b"], Bucket()).add(r["lo"], r["hi"])
+
+
+# ---- where the last n points start ---------------------------------------------------------------------------------
+
+# The series' watermark and its first and last step within [lo, hi], in one snapshot (one statement).
+_RANGE = """
+SELECT (SELECT rollup_upto FROM series WHERE id = $1) AS upto,
+       (SELECT step FROM points WHERE series_id = $1 AND step >= $2 AND step <= $3 ORDER BY step LIMIT 1) AS first,
+       (SELECT step FROM points WHERE series_id = $1 AND step >= $2 AND step <= $3 ORDER BY step DESC LIMIT 1)
+           AS last
+"""
+_COUNT = "SELECT count(*) FROM points WHERE series_id = $1 AND step >= $2 AND step <= $3"
+_NTH_DESC = ("SELECT step FROM points WHERE series_id = $1 AND step >= $2 AND step <= $3 "
+             "ORDER BY step DESC OFFSET $4 LIMIT 1")
+# The highest coarsest-level block (of blocks b0..b1) at which the count from b1 down reaches $5, with its own count
+# and that running count.
+_CROSSING = """
+SELECT block, n, cum FROM (
+    SELECT block, n, sum(n) OVER (ORDER BY block DESC) AS cum FROM rollup
+    WHERE series_id = $1 AND shift = $2 AND block >= $3 AND block <= $4) x
+WHERE cum >= $5 ORDER BY block DESC LIMIT 1
+"""
+_BLOCKS_SUM = ("SELECT coalesce(sum(n), 0)::bigint FROM rollup "
+               "WHERE series_id = $1 AND shift = $2 AND block >= $3 AND block <= $4")
+
+
+async def last_n_start(conn: asyncpg.Connection, sid: int, lo: int, hi: int, n: int) -> tuple[bool, int | None]:
+    """The lowest step of the series' last `n` points with lo <= step <= hi, counted with the rollup's per-block
+    counts (the points of about one block read, not all n): (True, the step, or None when fewer than n points
+    match), or (False, None) when the rollup cannot say cheaply (the caller counts points instead). Call it in one
+    snapshot (REPEATABLE READ): the watermark, the blocks and the points must agree."""
+    r = await conn.fetchrow(_RANGE, sid, lo, hi)
+    if r is None or r["first"] is None:
+        return True, None
+    upto, lo, hi = r["upto"], r["first"], r["last"]
+    shift = SHIFTS[0]
+    size = 1 << shift
+    first_full = -(-lo // size)  # the first block wholly at or above lo
+    last_full = (min(hi, upto - 1) + 1) // size - 1  # the last block wholly at or below hi and the watermark
+    if last_full < first_full or hi - max(lo, upto) + 1 > TAIL_MAX:
+        return False, None
+    # above the whole blocks: the rest of hi's block below the watermark and the points above it (few steps)
+    above = (last_full + 1) << shift
+    have = await conn.fetchval(_COUNT, sid, above, hi) if above <= hi else 0
+    if have >= n:
+        return True, await conn.fetchval(_NTH_DESC, sid, above, hi, n - 1)
+    need = n - have
+    row = await conn.fetchrow(_CROSSING, sid, shift, first_full, last_full, need)
+    if row is not None:  # in that block: its (need - counted above it)-th point from its top
+        start = row["block"] << shift
+        return True, await conn.fetchval(_NTH_DESC, sid, start, start + size - 1, need - (row["cum"] - row["n"]) - 1)
+    need -= await conn.fetchval(_BLOCKS_SUM, sid, shift, first_full, last_full)
+    below = (first_full << shift) - 1  # the part of lo's block under the whole blocks
+    return True, (await conn.fetchval(_NTH_DESC, sid, lo, below, need - 1) if lo <= below else None)

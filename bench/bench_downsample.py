@@ -47,8 +47,12 @@ def serve(url: str, port: int, scan: bool, share: bool) -> None:
     from trainscope.api import rollup
     from trainscope.api.app import ApiSettings, create_app
 
-    if scan:  # the answer before the rollup: every request scans the matching points
+    if scan:  # the answer before the rollup: every request scans the matching points (and counts them for `last`)
         rollup.plan = lambda *a: None  # type: ignore[assignment]
+
+        async def count_points(*a: object) -> tuple[bool, None]:
+            return False, None
+        rollup.last_n_start = count_points  # type: ignore[assignment]
     settings = ApiSettings(url, statement_timeout=300.0, acquire_timeout=300.0, answer_cache_mb=64 if share else 0)
     uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
