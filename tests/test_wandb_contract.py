@@ -196,3 +196,26 @@ async def source_read_n(fake: FakeWandb, cursor: Any, n: int, **config: Any) -> 
         return cursor, batches
     finally:
         await src.aclose()
+
+
+def test_the_fake_logs_no_traceback_for_a_client_resetting_its_connection(capsys: pytest.CaptureFixture[str]) -> None:
+    """httpx resets idle keep-alive connections when it closes its pool; the fake, like a real server, says
+    nothing then (a traceback on stderr in every bench run hid real errors), but still reports other errors."""
+    import socket
+    import struct
+    import time
+    import urllib.error
+    import urllib.request
+
+    with serve(FakeWandb()) as fake:
+        host, port = fake.url.removeprefix("http://").split(":")
+        for _ in range(3):
+            s = socket.create_connection((host, int(port)))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+            s.sendall(b"GET /")  # a request begun, then reset before its line ends
+            s.close()
+        time.sleep(0.3)
+        with pytest.raises(urllib.error.HTTPError) as answer:  # still serving: a path it does not know
+            urllib.request.urlopen(fake.url + "/nothing-here", timeout=5)
+        assert answer.value.code == 404
+    assert "Traceback" not in capsys.readouterr().err

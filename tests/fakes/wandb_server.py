@@ -22,6 +22,7 @@ import datetime as dt
 import json
 import math
 import re
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -618,11 +619,20 @@ class _Handler(BaseHTTPRequestHandler):
                          "Content-Range": f"bytes {start}-{end}/{size}"}, data[start:end + 1])
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client resetting its idle keep-alive connection is normal (httpx does when it closes its pool); a real
+        server logs nothing for it, so neither does the fake. Anything else prints its traceback as before."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
+
 @contextlib.contextmanager
 def serve(fake: FakeWandb) -> Iterator[FakeWandb]:
     """Serve `fake` on 127.0.0.1 (an ephemeral port) in a thread; sets `fake.url`."""
     handler = type("Handler", (_Handler,), {"fake": fake})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = _Server(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), name="fake-wandb", daemon=True)
     thread.start()
