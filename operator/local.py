@@ -19,6 +19,7 @@ from rich.text import Text
 
 from trainscope.collector.collector import Snapshot
 from trainscope.collector.health import STALLED
+from trainscope.collector.points import RunState
 from trainscope.collector.progress import format_duration
 from trainscope.collector.spec import SpecError, parse_spec
 from trainscope.operator.gauges import MetricsEndpoint
@@ -114,6 +115,9 @@ def freshness(wl: LocalWorkload, snap: Snapshot) -> str:
     return "stale" if age > stale_after(snap, wl.poll_interval) else "fresh"
 
 
+RUN_END_CHARS = 200  # a failed run's last error line (the exception), kept whole in the wrapping Sources cell
+
+
 def cells(wl: LocalWorkload, snap: Snapshot | None, error_width: int | None = 60) -> tuple[str, ...]:
     """One Workload's line, as plain text (names, paths and errors are data, never markup); a source's error cut at
     `error_width` characters (None: whole). A step that has not moved for a while says so in Last step, and its
@@ -128,6 +132,8 @@ def cells(wl: LocalWorkload, snap: Snapshot | None, error_width: int | None = 60
     sources = ", ".join(
         f"{h.name}: {h.state}" + (f" ({h.last_error[:error_width]})" if h.last_error and not h.healthy else "")
         + (f" lag {format_duration(h.lag(snap.taken_at))}" if h.newest_ts else "")
+        + (f"; run failed: {h.info['runEnd'][:RUN_END_CHARS]}" if h.run_state == RunState.FAILED
+           and isinstance(h.info.get("runEnd"), str) else "")  # why, as the RunEnded condition says in a cluster
         for h in snap.sources)
     phase = phase_of(snap)
     rate, eta = _fmt(snap.throughput), format_duration(snap.eta_seconds) or "-"

@@ -191,3 +191,36 @@ async def test_the_table_tells_a_step_that_stopped_moving_from_a_running_one(tmp
     assert "Last step" in text and "no new step for 3" in text and "Collecting, stalled" in text
     lines = status_lines([by_name[n] for n in ("live", "paused", "stalled")], None)
     assert "ml/paused phase=Collecting, no new step step=50/100 last_step=no new step for 5m" in lines[1]
+
+
+async def test_the_table_says_why_a_recorded_real_run_failed(tmp_path, database_url):
+    """Two recorded real HF Trainer runs (tests/data/logruns: transformers 5, CPU): one that crashed with a traceback
+    at step 25 and one that finished. The crashed one reads Failed and names its exception in the table and in the
+    plain lines, as the RunEnded condition does in a cluster; the finished one reads Succeeded, without it."""
+    runs = ROOT / "tests" / "data" / "logruns"
+    manifests = [write_manifest(tmp_path / f"{name}.yaml", {
+        "totalSteps": 60, "pollInterval": "200ms", "sources": [{"name": "log", "logs": {"path": str(path)}}]},
+        name=name) for name, path in (("crash", runs / "hf5_crash_pipe" / "console.log"),
+                                      ("done", runs / "hf5_pipe" / "console.log"))]
+    workloads = load_workloads(manifests)
+    stop = asyncio.Event()
+    console = Console(record=True, width=230, force_terminal=True)
+    config = RuntimeConfig(database_url=database_url, metrics_port=None, backoff_base=0.05, backoff_cap=0.5)
+    task = asyncio.create_task(run_local(workloads, config, console=console, refresh=0.1, stop=stop))
+    try:
+        async def both_ended() -> bool:
+            text = console.export_text(clear=False)
+            return "Failed" in text and "Succeeded" in text
+        await eventually(both_ended, timeout=60)
+    finally:
+        stop.set()
+    snaps = await asyncio.wait_for(task, 30)
+    by_name = {wl.name: (wl, snaps[wl.uid]) for wl in workloads}
+    crash, done = (dict(zip(COLUMNS, cells(*by_name[n]), strict=True)) for n in ("crash", "done"))
+    error = "ValueError: synthetic failure at step 25: loss went bad"
+    assert crash["Phase"] == "Failed" and crash["Last step"].endswith("run ended")
+    assert crash["Sources"].startswith("log: Healthy") and f"run failed: console.log: {error}" in crash["Sources"]
+    assert done["Phase"] == "Succeeded" and done["Step"] == "60/60" and "run failed" not in done["Sources"]
+    assert error in console.export_text()
+    lines = status_lines([by_name[n] for n in ("crash", "done")], None)
+    assert "ml/crash phase=Failed" in lines[0] and f"run failed: console.log: {error}" in lines[0]
