@@ -45,6 +45,15 @@ async def _eq(value, expected) -> bool:
     return await value == expected
 
 
+def _start_local(workloads: list, database_url: str, *, width: int,
+                 terminal: bool) -> tuple[asyncio.Task, asyncio.Event, Console]:
+    """`trainscope local` on `workloads`, refreshing its view (recorded, `width` columns) every 0.1 s until `stop`."""
+    stop = asyncio.Event()
+    console = Console(record=True, width=width, force_terminal=terminal)
+    config = RuntimeConfig(database_url=database_url, metrics_port=None, backoff_base=0.05, backoff_cap=0.5)
+    return asyncio.create_task(run_local(workloads, config, console=console, refresh=0.1, stop=stop)), stop, console
+
+
 def test_demo_writer_makes_files_tensorboard_reads_identically(tmp_path):
     run_dir = simulate(tmp_path, total_steps=300, steps_per_second=1e6)
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
@@ -87,10 +96,7 @@ async def test_local_mode_collects_the_demo_run_and_stops_cleanly(tmp_path, data
                               kwargs={"total_steps": 400, "steps_per_second": 400, "stop": stop_writer})
     writer.start()
     workloads = load_workloads([manifest])
-    stop = asyncio.Event()
-    console = Console(record=True, width=160, force_terminal=False)
-    config = RuntimeConfig(database_url=database_url, metrics_port=None, backoff_base=0.05, backoff_cap=0.5)
-    task = asyncio.create_task(run_local(workloads, config, console=console, refresh=0.1, stop=stop))
+    task, stop, console = _start_local(workloads, database_url, width=160, terminal=False)
     try:
         async def stored_steps() -> int:
             conn = await asyncpg.connect(database_url)
@@ -147,10 +153,7 @@ async def test_the_table_tells_a_step_that_stopped_moving_from_a_running_one(tmp
     writer.start()
     workloads = load_workloads(manifests)
     assert [wl.poll_interval for wl in workloads] == [0.2, 0.2, 0.2]
-    stop = asyncio.Event()
-    console = Console(record=True, width=230, force_terminal=True)
-    config = RuntimeConfig(database_url=database_url, metrics_port=None, backoff_base=0.05, backoff_cap=0.5)
-    task = asyncio.create_task(run_local(workloads, config, console=console, refresh=0.1, stop=stop))
+    task, stop, console = _start_local(workloads, database_url, width=230, terminal=True)
     try:
         async def counts() -> tuple[int, ...]:
             conn = await asyncpg.connect(database_url)
@@ -203,10 +206,7 @@ async def test_the_table_says_why_a_recorded_real_run_failed(tmp_path, database_
         name=name) for name, path in (("crash", runs / "hf5_crash_pipe" / "console.log"),
                                       ("done", runs / "hf5_pipe" / "console.log"))]
     workloads = load_workloads(manifests)
-    stop = asyncio.Event()
-    console = Console(record=True, width=230, force_terminal=True)
-    config = RuntimeConfig(database_url=database_url, metrics_port=None, backoff_base=0.05, backoff_cap=0.5)
-    task = asyncio.create_task(run_local(workloads, config, console=console, refresh=0.1, stop=stop))
+    task, stop, console = _start_local(workloads, database_url, width=230, terminal=True)
     try:
         async def both_ended() -> bool:
             text = console.export_text(clear=False)
