@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import uuid
 from collections.abc import Iterator
 
@@ -69,10 +70,17 @@ async def test_catch_up_growth_restart_and_finish_through_the_collector(store, d
     run = fake.add_run("ent", "proj", training_run("r1", 4000, display_name="llama-sft",
                                                    config={"experiment_name": "sft", "max_steps": 8000}))
     uid = str(uuid.uuid4())
+    # the server stops answering after 4 pages (of 500 steps): the restart below comes mid-catch-up, however fast
+    held = threading.Event()
+    fake.inject(op="HistoryPage", after=4, hold=held, status=503)
     c = collector(store, uid, fake)
     await c.start()
-    await eventually(lambda: (c.snapshot().step or 0) >= 1000)
-    await c.stop()  # an operator restart in the middle of the catch-up
+    try:
+        await eventually(lambda: (c.snapshot().step or 0) >= 1000)
+        await c.stop()  # an operator restart in the middle of the catch-up
+    finally:
+        held.set()
+    assert fake.count("HistoryPage") >= 5  # the held page was asked for
     partial, _ = await stored(database_url, uid)
     assert 0 < len(partial) < len(run_points(run))
     grow(run, 500)

@@ -443,6 +443,7 @@ class Fault:
     errors: list[dict[str, Any]] | None = None  # a 200 carrying GraphQL errors
     hold: threading.Event | None = None  # answer only once set (a slow server)
     times: int = 1
+    after: int = 0  # the first `after` matching requests are answered normally (a fault mid-way through a catch-up)
 
 
 def rate_limited(reset: int = 30, *, op: str | None = None, times: int = 1) -> dict[str, Any]:
@@ -503,6 +504,9 @@ class FakeWandb:
         with self.lock:
             for f in self.faults:
                 if f.op is None or f.op == op:
+                    if f.after > 0:
+                        f.after -= 1
+                        continue
                     f.times -= 1
                     if f.times <= 0:
                         self.faults.remove(f)
