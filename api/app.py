@@ -138,7 +138,7 @@ class Database:
         connection is busy, each serves a request of its own and splitting one would not help); else None."""
         pool = self._pool
         conn = None
-        if pool is not None and (pool.get_idle_size() > 0 or pool.get_size() < self._size):
+        if pool is not None and not self.busy():
             with contextlib.suppress(TimeoutError):
                 conn = await pool.acquire(timeout=SPARE_WAIT)
         try:

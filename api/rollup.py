@@ -258,7 +258,7 @@ async def last_n_start(conn: asyncpg.Connection, sid: int, lo: int, hi: int, n: 
     match), or (False, None) when the rollup cannot say cheaply (the caller counts points instead). Call it in one
     snapshot (REPEATABLE READ): the watermark, the blocks and the points must agree."""
     r = await conn.fetchrow(_RANGE, sid, lo, hi)
-    if r is None or r["first"] is None:
+    if r["first"] is None:  # no point in the range (the statement always gives one row)
         return True, None
     upto, lo, hi = r["upto"], r["first"], r["last"]
     shift = SHIFTS[0]

@@ -31,7 +31,7 @@ from trainscope.collector.batches import (
     unrefused,
 )
 from trainscope.collector.health import STALLED, Condition, HealthEvent, HealthMonitor, transitions
-from trainscope.collector.points import Batch, Columns, Point, RawPoint, RunState
+from trainscope.collector.points import COLUMNS_FROM, Batch, Columns, Point, RawPoint, RunState
 from trainscope.collector.progress import (
     JobPhase,
     JobState,
@@ -56,9 +56,6 @@ log = logging.getLogger(__name__)
 # is meant for rate-limited APIs; behind a 60 s database outage it left collection idle for minutes afterwards.
 STORE_RETRY_MAX = 5.0
 STORE_RETRY_REFUSED = 30.0  # the database refused us (credentials, missing database, privilege)
-# A batch of at least this many points is handled as columns: below it, numpy's fixed cost per call outweighs the
-# per-point work it saves (a live run's poll brings a handful of points).
-COLUMNS_FROM = 64
 
 def _wake(fut: asyncio.Future[None]) -> None:
     if not fut.done():

@@ -247,11 +247,11 @@ class MetricWatch:
             self.non_finite = None
             if len(window) >= least:  # _check_spike
                 if self.band is None or self.band_age >= refresh:
-                    self.band, self.band_age = self._compute_band(), 0
+                    self.band, self.band_age = _band(self.window), 0
                 self.band_age += 1
                 med, scale = self.band
                 if value > med + threshold * scale:
-                    med, scale = self.band = self._compute_band()
+                    med, scale = self.band = _band(self.window)
                 if value > med + threshold * scale:
                     self.spike, self.calm = (step, value, med, scale), 0
                 elif self.spike is not None:
@@ -272,10 +272,7 @@ class MetricWatch:
                     judged = (step, len(taken))
         if judged is not None:
             step, n = judged
-            self._diverging(step, taken[n - rising:n] if n >= rising else (before + taken[:n])[-rising:])
-
-    def _compute_band(self) -> tuple[float, float]:
-        return _band(self.window)
+            self._diverging(step, _last(before, taken, n, rising))
 
     def _check_spike(self, step: int, value: float) -> None:
         spec = self.spec
@@ -283,11 +280,11 @@ class MetricWatch:
             return
         # The band moves slowly: recompute it every tenth of a window, and always before calling a spike.
         if self.band is None or self.band_age >= max(1, spec.spike_window // 10):
-            self.band, self.band_age = self._compute_band(), 0
+            self.band, self.band_age = _band(self.window), 0
         self.band_age += 1
         med, scale = self.band
         if value > med + spec.spike_threshold * scale:
-            med, scale = self.band = self._compute_band()
+            med, scale = self.band = _band(self.window)
         if value > med + spec.spike_threshold * scale:
             self.spike, self.calm = (step, value, med, scale), 0
         elif self.spike is not None:

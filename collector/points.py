@@ -88,6 +88,11 @@ def _key_column(names: list[Any], index: dict[Any, int], n: int) -> np.ndarray:
     return np.fromiter(map(index.__getitem__, names), np.intp, n)
 
 
+# A batch of at least this many points is handled as columns: below it, numpy's fixed cost per call outweighs the
+# per-point work it saves (a live run's poll brings a handful of points). Sources and the collector both use it.
+COLUMNS_FROM = 64
+
+
 class Columns:
     """A batch's points column by column: the distinct series (run, metric) once, then per point its series'
     index, step, time and value as numpy arrays, in the source's order. What a catch-up batch is from the

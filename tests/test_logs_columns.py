@@ -92,7 +92,7 @@ def _input(case: Any, tmp: Path) -> Path:
 async def test_columns_equal_the_tuple_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, case: Any,
                                             config: dict[str, Any], max_points: int):
     path = _input(case, tmp_path)
-    monkeypatch.setattr(sink, "MIN_COLUMNS", 0)  # columns for any batch with a bulk-parsed run
+    monkeypatch.setattr(sink, "COLUMNS_FROM", 0)  # columns for any batch with a bulk-parsed run
     monkeypatch.setattr(logs_module, "PointSink", _Tuples)
     as_tuples = await polls(path, config, max_points)
     monkeypatch.setattr(logs_module, "PointSink", sink.PointSink)
@@ -111,7 +111,7 @@ GROWING = [c for c in CASES if c[0] in ("hf4_dicts", "megatron", "hf5_pipe", "me
 async def test_growing_mid_line_columns_equal_the_tuple_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                              name: str, case: Any, config: dict[str, Any]):
     full = _input(case, tmp_path).read_bytes()
-    monkeypatch.setattr(sink, "MIN_COLUMNS", 0)
+    monkeypatch.setattr(sink, "COLUMNS_FROM", 0)
 
     async def grow(cls: type, where: str) -> list[tuple]:
         monkeypatch.setattr(logs_module, "PointSink", cls)
@@ -146,11 +146,11 @@ def test_sink_slices_are_positions_in_the_whole_batch():
     out[4:] = [("c", 4, 11.0, 6.0, "r")]
     del out[5:]
     assert len(out) == 5
-    sink.MIN_COLUMNS, before = 0, sink.MIN_COLUMNS
+    sink.COLUMNS_FROM, before = 0, sink.COLUMNS_FROM
     try:
         cols = out.result()
     finally:
-        sink.MIN_COLUMNS = before
+        sink.COLUMNS_FROM = before
     assert isinstance(cols, Columns)
     assert list(cols) == [("a", 1, 10.0, 1.0, "r"), ("b", 1, 10.0, 2.0, "r"), ("a", 2, 10.0, 3.0, "r"),
                           ("b", 2, 10.0, 4.0, "r"), ("c", 4, 11.0, 6.0, "r")]

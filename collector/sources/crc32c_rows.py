@@ -7,6 +7,7 @@ from __future__ import annotations
 import google_crc32c
 import numpy as np
 
+MASK_DELTA = 0xA282EAD8  # TFRecord's masked CRC: rotate right by 15, then add this
 MAX_ROW_BYTES = 512  # crc32c_rows() takes rows up to this long (its tables: 512 KiB)
 
 
@@ -52,4 +53,4 @@ def crc32c_rows(rows: np.ndarray) -> np.ndarray:
 def masked_crcs(crc: np.ndarray) -> np.ndarray:
     """TFRecord's masked CRC (tfevents.masked_crc) of many CRCs (uint32)."""
     c = crc.astype(np.uint32)
-    return ((c >> np.uint32(15)) | (c << np.uint32(17))) + np.uint32(0xA282EAD8)
+    return ((c >> np.uint32(15)) | (c << np.uint32(17))) + np.uint32(MASK_DELTA)

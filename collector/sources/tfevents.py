@@ -18,8 +18,8 @@ from typing import BinaryIO
 import google_crc32c
 import numpy as np
 
-from trainscope.collector.points import Point
-from trainscope.collector.sources.crc32c_rows import MAX_ROW_BYTES, crc32c_rows, masked_crcs, rows_at
+from trainscope.collector.points import Columns, Point
+from trainscope.collector.sources.crc32c_rows import MASK_DELTA, MAX_ROW_BYTES, crc32c_rows, masked_crcs, rows_at
 from trainscope.collector.sources.tfevents_proto import (
     DecodeError,
     _varint,
@@ -38,7 +38,6 @@ VECTOR_MAX_BYTES = MAX_ROW_BYTES  # longer payloads are checked with one CRC cal
 _MAX_PERIOD = 64  # longest repeating pattern of record lengths looked for (tags logged per step)
 _ONE_BY_ONE, _FILTERED = -2, -1  # a record's tag index in a block when it makes no point there
 _NO_RECORDS = np.zeros(0, np.int64)
-_MASK_DELTA = 0xA282EAD8
 
 _crc = google_crc32c.value
 _unpack_u64_u32 = struct.Struct("<QI").unpack
@@ -58,13 +57,12 @@ def _header(length: int) -> bytes:
 def masked_crc(data: bytes) -> int:
     """TFRecord's masked crc32c: rotate right by 15 and add a constant (so CRCs of CRCs stay well spread)."""
     c = _crc(data)
-    return ((c >> 15 | c << 17) + _MASK_DELTA) & 0xFFFFFFFF
+    return ((c >> 15 | c << 17) + MASK_DELTA) & 0xFFFFFFFF
 
 
 def frame(payload: bytes) -> bytes:
     """One TFRecord: length, masked CRC of the length, payload, masked CRC of the payload (used by tests)."""
-    head = struct.pack("<Q", len(payload))
-    return head + struct.pack("<I", masked_crc(head)) + payload + struct.pack("<I", masked_crc(payload))
+    return _header(len(payload)) + payload + struct.pack("<I", masked_crc(payload))
 
 
 # scan() outcomes besides "records exhausted in this buffer"
@@ -132,12 +130,7 @@ class ColumnSink:
 
     def points(self) -> list[Point]:
         """The same points as Points, in order (tests, and consumers that need them one by one)."""
-        keys, key, step, wall, value = self.columns()
-        runs = [r for r, _ in keys]
-        tags = [t for _, t in keys]
-        k = key.tolist()
-        return list(map(_new_point, repeat(Point), zip(map(tags.__getitem__, k), step.tolist(), wall.tolist(),
-                                                       value.tolist(), map(runs.__getitem__, k), strict=True)))
+        return list(map(Point._make, Columns(*self.columns())))
 
 
 Out = list[Point] | ColumnSink  # where the scanner puts what it decodes
@@ -403,8 +396,7 @@ class EventScanner:
                 return starts[i], True
             end = starts[i + 1] - 4
             payload = buf[starts[i] + 12:end]
-            c = _crc(payload)
-            if ((c >> 15 | c << 17) + _MASK_DELTA) & 0xFFFFFFFF != _unpack_u32(buf, end)[0]:
+            if masked_crc(payload) != _unpack_u32(buf, end)[0]:
                 skipped["bad_crc"] = skipped.get("bad_crc", 0) + 1
             elif not self._one(payload, run, out, limit, skipped):
                 return starts[i], True

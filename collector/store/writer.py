@@ -127,7 +127,7 @@ class Rows:
         return isinstance(self.sid, np.ndarray)
 
     def take(self, index: Iterable[int]) -> Rows:
-        """The rows at these positions, in that order."""
+        """The rows at these positions, in that order (columnar rows: a numpy index or boolean mask too)."""
         if self.columnar:
             at = index if isinstance(index, np.ndarray) else np.fromiter(index, np.intp)
             return Rows(self.sid[at], self.step[at], self.ts[at], self.value[at])
@@ -200,8 +200,7 @@ def split_by_known(rows: Rows, known: dict[int, int]) -> tuple[Rows, Rows]:
         floor = np.array([known.get(sid, 0) for sid in ids], np.int64)
         unknown = np.array([sid not in known for sid in ids], bool)
         past = unknown[inverse] | (rows.step > floor[inverse])
-        return Rows(*(c[past] for c in (rows.sid, rows.step, rows.ts, rows.value))), \
-            Rows(*(c[~past] for c in (rows.sid, rows.step, rows.ts, rows.value)))
+        return rows.take(past), rows.take(~past)
     floor = {sid: known.get(sid, _BELOW_ANY_STEP) for sid in set(rows.sid)}
     past = list(map(operator.gt, rows.step, map(floor.__getitem__, rows.sid)))
     return rows.take(itertools.compress(range(len(past)), past)), \

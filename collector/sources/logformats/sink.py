@@ -13,11 +13,7 @@ from typing import Any, SupportsIndex
 
 import numpy as np
 
-from trainscope.collector.points import Columns, RawPoint
-
-# A batch with fewer points goes to the collector as tuples: columns only pay off on more (the collector's own
-# threshold for turning tuples into columns is of the same order).
-MIN_COLUMNS = 64
+from trainscope.collector.points import COLUMNS_FROM, Columns, RawPoint
 
 
 class PointSink(list):  # type: ignore[type-arg]
@@ -75,7 +71,7 @@ class PointSink(list):  # type: ignore[type-arg]
 
     def result(self) -> list[RawPoint] | Columns:
         """Every point in order: columns when every chunk is columns and there are enough points, else tuples."""
-        if not self._chunks or len(self) < MIN_COLUMNS:
+        if not self._chunks or len(self) < COLUMNS_FROM:
             return [*chain.from_iterable(self._chunks), *list.__iter__(self)]
         self._flush()
         chunks = self._chunks
