@@ -15,9 +15,8 @@ from typing import Any
 import pytest
 
 from trainscope.collector.points import Columns
-from trainscope.collector.sources import SourceContext
+from trainscope.collector.sources import SourceContext, sink
 from trainscope.collector.sources import logs as logs_module
-from trainscope.collector.sources.logformats import sink
 from trainscope.collector.sources.logs import LogsSource
 
 DATA = Path(__file__).parent / "data" / "logruns"

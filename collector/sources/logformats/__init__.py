@@ -31,7 +31,7 @@ from trainscope.collector.sources.logformats.lines import (
 )
 from trainscope.collector.sources.logformats.parser import NEAR_FULL, LogParser
 from trainscope.collector.sources.logformats.registry import FORMATS
-from trainscope.collector.sources.logformats.sink import PointSink
+from trainscope.collector.sources.sink import PointSink
 
 __all__ = [
     "FORMATS",

@@ -16,7 +16,7 @@ from trainscope.collector.sources.logformats.lightning import LightningFormat
 from trainscope.collector.sources.logformats.lines import ANSI, NESTED, RANK, drop_nested_frames
 from trainscope.collector.sources.logformats.megatron import MegatronFormat
 from trainscope.collector.sources.logformats.registry import FINISH_LINES, FORMATS, PARSERS
-from trainscope.collector.sources.logformats.sink import PointSink
+from trainscope.collector.sources.sink import PointSink
 
 NEAR_FULL = 256  # feed_lines: within this many points of the limit, a line is checkpointed so it can be put back
 _groups = re.Match.groups

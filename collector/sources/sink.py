@@ -1,8 +1,9 @@
-"""Where a log catch-up puts its points: runs of lines parsed in bulk as columns, the other lines as tuples.
+"""Where a catch-up puts its points: runs of records of one layout as columns, the other records as tuples.
 
-The parser writes into a plain list of RawPoints; a `PointSink` is such a list (appends and extends stay C calls)
-that also takes a bulk-parsed run of lines as arrays (`add_run`), so a catch-up builds no tuple per point from the
-regex to the writer's COPY. `result()` gives the batch's points in the order they were parsed.
+A log parser (or the W&B source) writes into a plain list of RawPoints; a `PointSink` is such a list (appends and
+extends stay C calls) that also takes a run of records of one layout, read in bulk, as arrays (`add_run`): a log's
+lines of one format, a W&B page's rows with the same keys. So a catch-up builds no tuple per point from the source
+to the writer's COPY. `result()` gives the batch's points in the order they were read.
 """
 
 from __future__ import annotations
