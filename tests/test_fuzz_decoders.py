@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import numpy.ma  # noqa: F401  np.unique imports it on first use: a one-time import, not the reader's memory
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
