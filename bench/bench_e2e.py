@@ -125,6 +125,8 @@ run = FakeRun("bench", "bench-run")
 for s in range(steps):
     run.log(s, run.created_at + s * 0.25, loss=2.0 / (s + 1), lr=1e-4, grad_norm=0.5 + s % 7 / 10,
             tokens_per_s=3000.0 + s % 11, acc=s / steps)
+for row in run.rows:  # W&B keeps history as JSON text written as it is logged: the fake renders each row once
+    run.text(row)
 fake = FakeWandb(api_keys=(sys.argv[3],))
 fake.add_run("ent", "proj", run)
 with serve(fake):

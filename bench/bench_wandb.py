@@ -1,6 +1,6 @@
 """W&B catch-up: the wandb source + the exactly-once writer against the SDK's scan + COPY, from the same fake server.
 
-Run: python bench/bench_wandb.py [--steps 200000 --naive-steps 20000 --repeat 3]
+Run: python bench/bench_wandb.py [--steps 200000 --naive-steps 20000 --repeat 3] [--latency 0.1]
 A run of `--steps` steps with 5 numeric keys is served by the fake W&B GraphQL server (tests/fakes, real HTTP on
 127.0.0.1). Ours: `WandbSource.poll` batches (50,000 points) written with `Store.write` (COPY, cursor in the same
 transaction). Peer: the wandb SDK's `run.scan_history()` row by row, flattened, one COPY per 50,000 points into a
@@ -9,7 +9,9 @@ the first `--naive-steps` steps: at a few thousand points/s the whole run would 
 turns (ABAB..., order swapped every round, medians); after each run the stored rows are checked per metric
 against the fake run's rows (count, step sum, exact ts sum, value sum) and the bench stops if any differs. One
 process, one embedded PostgreSQL (pgserver, temporary directory, default durable settings). Figures are printed
-with the load average, not asserted.
+with the load average, not asserted. `--latency S`: the fake takes S seconds more to answer each request (W&B is a
+remote service: a round trip plus its own read), so the figure shows what requests out at once (`pagesInFlight`)
+are worth against the SDK's one at a time.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ def make_run(steps: int) -> FakeRun:
     for s in range(steps):
         run.log(s, run.created_at + s * 0.25, loss=2.0 / (s + 1), lr=1e-4, grad_norm=0.5 + s % 7 / 10,
                 tokens_per_s=3000.0 + s % 11, train={"acc": s / steps})
+    for row in run.rows:  # W&B keeps history as JSON text written as it is logged: the fake renders each row once
+        run.text(row)
     return run
 
 
@@ -154,6 +158,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200_000)
     parser.add_argument("--naive-steps", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds the fake adds to each answer")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="ts-bench-wb-"))
     wandb_sandbox(tmp, KEY)
@@ -161,6 +166,7 @@ def main() -> None:
     dsn = pg.get_uri()
     try:
         fake = FakeWandb(api_keys=(KEY,))
+        fake.latency = args.latency
         t = time.perf_counter()
         run = make_run(args.steps)
         fake.add_run("ent", "proj", run)
@@ -190,8 +196,9 @@ def main() -> None:
                 print(f"  round {rnd + 1}/{args.repeat}: " + ", ".join(
                     f"{w.split(':')[0]} {f[-1][0] / f[-1][1]:,.0f}/s" for w, f in figs.items())
                     + f"; load {loads[-1]:.2f}")
-        print(f"\n{args.steps:,} steps x 5 keys; {args.repeat} rounds in turns, medians; every run's rows verified "
-              f"per metric; 1-min load per round: {', '.join(f'{x:.2f}' for x in loads)}")
+        print(f"\n{args.steps:,} steps x 5 keys; {args.latency * 1000:.0f} ms added to each answer; {args.repeat} "
+              f"rounds in turns, medians; every run's rows verified per metric; 1-min load per round: "
+              f"{', '.join(f'{x:.2f}' for x in loads)}")
         rate = {w: statistics.median(n / s for n, s, _ in f) for w, f in figs.items()}
         peer = rate["peer: SDK scan_history + COPY per batch"]
         print(f"{'way':<52}{'points':>10}{'points/s':>11}{'requests':>10}{'x peer':>8}")

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from trainscope.collector.points import Point
 from trainscope.collector.sources import SourceContext, logparsers, swanlab_files, tfevents
+from trainscope.collector.sources.sink import PointSink
 from trainscope.collector.sources.tfevents import DecodeError, EventScanner, decode_event, read_file
 from trainscope.collector.sources.wandb import WandbSource
 from trainscope.demo import encode_event, frame
@@ -259,10 +260,46 @@ def test_wandb_history_rows_take_anything(row: dict[str, Any], step: int, ts: An
     row = {**row, "_step": step, "_timestamp": ts}
     skipped: dict[str, int] = {}
     with peak_bytes() as peak:
-        points = source._row_points(row, "r", skipped)
+        points = source._rows.row_points(row, "r", skipped)
     assert all(isinstance(p.value, float) and p.step == step for p in points)
     if points:
         assert isinstance(ts, int | float) and math.isfinite(ts)
     assert peak[0] <= 256 * KB + 64 * len(json.dumps(row, default=str))
+
+
+SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-2**1030, 2**1030), st.floats(), st.text(max_size=4),
+                    st.dictionaries(st.sampled_from(["x", "_type"]), st.floats(), max_size=2))
+
+
+@FUZZ
+@given(keys=st.lists(st.sampled_from(["loss", "lr", "_runtime", "eval", "b"]), min_size=1, max_size=5, unique=True),
+       cells=st.lists(st.lists(SCALARS, min_size=6, max_size=6), min_size=1, max_size=24),
+       times=st.lists(st.one_of(st.floats(), st.integers(-10, 10**10)), min_size=24, max_size=24),
+       limit=st.integers(1, 200))
+def test_wandb_rows_of_one_layout_read_as_the_rows_one_by_one(keys: list[str], cells: list[list[Any]],
+                                                              times: list[Any], limit: int) -> None:
+    """RowReader.read (stretches of one layout as columns) gives the points, order and skip counts that reading
+    the same rows one by one gives, up to the same row when the batch fills."""
+    rows = [{"_step": i, "_timestamp": times[i], **dict(zip(keys, c, strict=False))} for i, c in enumerate(cells)]
+    reader = WandbSource({"entity": "e", "project": "p", "runId": "r", "keys": {"exclude": ["b"]}},
+                         SourceContext())._rows
+    sink, skipped = PointSink(), {}
+    taken = reader.read(rows, "r", sink, limit, skipped)
+    want, want_skipped, n = [], {}, 0
+    for n, row in enumerate(rows):  # noqa: B007
+        pts = reader.row_points(row, "r", want_skipped)
+        if want and len(want) + len(pts) > limit:
+            break
+        want += pts
+    else:
+        n = len(rows)
+    if n < len(rows):  # the row that did not fit was counted; read() stops before counting it
+        want_skipped = {}
+        for row in rows[:n]:
+            reader.row_points(row, "r", want_skipped)
+    got = sink.result()
+    assert taken == n
+    assert [(*p[:3], repr(p[3]), p[4]) for p in got] == [(*p[:3], repr(p[3]), p[4]) for p in want]
+    assert skipped == want_skipped
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from trainscope.collector.points import Point
 from trainscope.collector.sources import SourceContext
 from trainscope.collector.sources.wandb import WandbSource
 
@@ -118,7 +119,7 @@ async def test_sdk_reads_exactly_the_fakes_rows_and_the_source_stores_exactly_th
     assert api.run("ent/proj/live").state == "running"
     assert api.run("ent/proj/live").config["max_steps"] == 5000
     cursor, batches = await source_read(fake, runId="live")
-    points = [p for b in batches for p in b.points]
+    points = [Point._make(p) for b in batches for p in b.points]
     expected = [p for row in rows for p in row_points(row, "live")]
     assert canon([dict(zip("msTvr", p, strict=True)) for p in sorted(points, key=lambda p: (p.step, p.metric))]) \
         == canon([dict(zip("msTvr", p, strict=True)) for p in sorted(expected, key=lambda p: (p[1], p[0]))])
@@ -127,9 +128,10 @@ async def test_sdk_reads_exactly_the_fakes_rows_and_the_source_stores_exactly_th
     new_rows = sdk_rows(api, "ent/proj/live", min_step=2300)
     assert canon(new_rows) == canon([r for r in live.rows if r["_step"] >= 2300])
     _, more = await source_read(fake, cursor, runId="live")
-    new_points = sorted((p for b in more for p in b.points), key=lambda p: (p.step, p.metric))
-    assert [tuple(p) for p in new_points] == sorted((p for row in new_rows for p in row_points(row, "live")),
-                                                    key=lambda p: (p[1], p[0]))
+    new_points = sorted((p for b in more for p in b.points), key=lambda p: (p[1], p[0]))
+    assert canon([dict(zip("msTvr", p, strict=True)) for p in new_points]) == canon(
+        [dict(zip("msTvr", p, strict=True)) for p in sorted((p for row in new_rows for p in row_points(row, "live")),
+                                                             key=lambda p: (p[1], p[0]))])
 
 
 async def test_sdk_key_filtered_scan_matches_the_fake(served: tuple[FakeWandb, Any]):
@@ -168,7 +170,7 @@ async def test_the_source_reads_exported_steps_from_parquet_and_only_the_tail_li
     src_cfg = {"runId": "longexp"}
     cursor, part = await source_read_n(fake, None, 3, **src_cfg)  # three batches, then a restart
     cursor, rest = await source_read(fake, cursor, **src_cfg)
-    points = [p for b in part + rest for p in b.points]
+    points = [Point._make(p) for b in part + rest for p in b.points]
     rows = sdk_rows(api, "ent/proj/longexp")
     expected = [p for row in rows for p in row_points({k: v for k, v in row.items() if v is not None}, "longexp")]
     assert len(points) == len(expected) == len({(p[0], p[1]) for p in points})  # none twice

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from test_crd import EXAMPLES, cluster_check, structural_problems
 
-from trainscope.collector.points import RunState
+from trainscope.collector.points import Columns, Point, RunState
 from trainscope.collector.sources import SourceContext, SourceError
 from trainscope.collector.sources.wandb import WandbSource
 from trainscope.collector.spec import SpecError, parse_spec
@@ -52,9 +52,9 @@ async def drain(src: WandbSource, cursor: Any = None, limit: int = 10_000) -> tu
     points, batches = [], []
     for _ in range(limit):
         batch = await src.poll(cursor)
-        assert len(batch.points) <= src.ctx.max_batch_points or len({p.step for p in batch.points}) == 1
+        assert len(batch.points) <= src.ctx.max_batch_points or len({p[1] for p in batch.points}) == 1
         cursor = json.loads(json.dumps(batch.cursor))  # what the store keeps
-        points += batch.points
+        points += map(Point._make, batch.points)  # a catch-up's batch is columns: its points are plain tuples
         batches.append(batch)
         if not batch.more:
             return points, cursor, batches
@@ -112,7 +112,7 @@ async def test_resume_from_the_cursor_after_a_restart_mid_catch_up(fake: FakeWan
     got, cursor = [], None
     for _ in range(4):
         batch = await first.poll(cursor)
-        got += batch.points
+        got += map(Point._make, batch.points)
         cursor = json.loads(json.dumps(batch.cursor))
         assert batch.more
     await first.aclose()
@@ -133,7 +133,7 @@ async def test_batches_are_bounded_and_cut_between_rows(fake: FakeWandb):
     assert len(batches) > 10 and all(b.more for b in batches[:-1])
     assert all(len(b.points) <= 250 for b in batches)
     assert norm(points) == norm(run_points(run) + run_points(fake.runs_of("ent", "proj")[1]))
-    rows_per_batch = [{(p.run, p.step) for p in b.points} for b in batches]
+    rows_per_batch = [{(p[4], p[1]) for p in b.points} for b in batches]
     for i, rows in enumerate(rows_per_batch):  # a row is never split between batches
         assert all(not rows & other for j, other in enumerate(rows_per_batch) if j != i)
     # a continued catch-up does not list the runs again
@@ -173,7 +173,7 @@ async def test_or_and_regex_filters_and_order(fake: FakeWandb):
     batch = await src.poll(None)
     await src.aclose()
     assert list(batch.runs) == ["a", "b", "c"]
-    assert [p.run for p in batch.points if p.metric == "lr" and p.step == 0] == ["a", "b", "c"]
+    assert [p[4] for p in batch.points if p[0] == "lr" and p[1] == 0] == ["a", "b", "c"]
 
 
 async def test_keys_include_exclude_on_flattened_names(fake: FakeWandb):
@@ -475,3 +475,60 @@ async def test_a_float_step_is_read_as_its_integer(fake: FakeWandb):
     assert all(type(p.step) is int for p in points)
     assert norm(points) == [p for p in want if p[2] != 25]
     assert sum(b.skipped.get("no_step", 0) for b in batches) == 1
+
+
+def layout_run() -> FakeRun:
+    """Stretches of 20 rows with the same keys, each with one row that cannot be columns: a boolean, a string, a
+    NaN time, an int beyond what the fast path converts; and a plain stretch, and one with a nested dict."""
+    run = FakeRun("r1")
+    for s in range(120):
+        values: dict[str, Any] = {"a": 1.0 / (s + 1), "b": s, "b2": -s}
+        if 20 <= s < 40:
+            values["h"] = {"x": s * 0.5, "y": {"z": s}}
+        if s == 45:
+            values["b"] = True
+        if s == 65:
+            values["a"] = "diverged"
+        if s == 105:
+            values["b"] = 2**1023 + 5
+        run.log(s, math.nan if s == 85 else run.created_at + s / 4, **values)
+    return run
+
+
+@pytest.mark.parametrize(("page", "max_points"), [(1000, 50_000), (7, 25)])
+async def test_rows_of_one_layout_give_the_points_the_rows_give_one_by_one(fake: FakeWandb, page: int,
+                                                                          max_points: int):
+    """A stretch of rows with the same keys is read as columns (PointSink.add_run); every row that columns would
+    get wrong (not a plain number, no time) sends its stretch row by row, so the points, their order within a
+    row and the skip counts are those of the rows one by one, also when pages and batches end mid-stretch."""
+    run = fake.add_run("ent", "proj", layout_run())
+    src = source(fake, max_points=max_points, runId="r1", pageSize=page, keys={"exclude": ["b2"]})
+    points, _, batches = await drain(src)
+    await src.aclose()
+    want = [p for row in run.rows if row["_step"] != 85 for p in row_points(row, "r1") if p[0] != "b2"]
+    assert norm(points) == norm(want)
+    # in the order the rows give them: row by row, each row's keys last first (nested ones depth first)
+    assert [p[:2] for p in points] == [p[:2] for row in run.rows if row["_step"] != 85
+                                       for p in reversed(row_points(row, "r1")) if p[0] != "b2"]
+    skipped = {k: sum(b.skipped.get(k, 0) for b in batches) for k in ("no_timestamp", "non_numeric")}
+    assert skipped == {"no_timestamp": 1, "non_numeric": 2}
+    if page == 1000:  # the whole run in one batch: the stretches became columns
+        assert isinstance(batches[0].points, Columns)
+
+
+async def test_pages_in_flight_are_out_at_once_and_no_window_is_asked_twice(fake: FakeWandb):
+    """While catching up, `pagesInFlight` history windows are out at once (the server's answers overlap: W&B is a
+    remote service) and never more; a batch that ends mid-page keeps the page's other rows, so no window is asked
+    for twice."""
+    run = fake.add_run("ent", "proj", training_run("r1", 2400))
+    fake.latency = 0.2
+    for in_flight, page in ((4, 100), (1, 500)):
+        fake.most_at_once.clear()
+        before = len(fake.requests)
+        src = source(fake, max_points=300, runId="r1", pageSize=page, pagesInFlight=in_flight)
+        points, _, batches = await drain(src)
+        await src.aclose()
+        assert norm(points) == norm(run_points(run)) and len(batches) > 10
+        asked = [r.variables["minStep"] for r in fake.requests[before:] if r.op == "HistoryPage"]
+        assert sorted(asked) == list(range(0, 2400, page))  # each window once, none left out
+        assert fake.most_at_once["HistoryPage"] == in_flight

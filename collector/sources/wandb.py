@@ -10,17 +10,18 @@ one `lastStep` check while it is running. See docs/sources/wandb.md.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import json
 import math
 import os
 import time
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import httpx
 
-from trainscope.collector.points import Batch, Cursor, Point, RunState
+from trainscope.collector.points import Batch, Columns, Cursor, RawPoint, RunState
 from trainscope.collector.schema import (
     DURATION_PATTERN,
     MetricFilter,
@@ -31,14 +32,16 @@ from trainscope.collector.schema import (
 from trainscope.collector.scrub import remember_secret, scrub
 from trainscope.collector.sources import httperrors, wandb_parquet
 from trainscope.collector.sources.base import SourceContext, SourceError
+from trainscope.collector.sources.sink import PointSink
+from trainscope.collector.sources.wandb_rows import RowReader, window_rows
 
 DEFAULT_BASE_URL = "https://api.wandb.ai"
 API_KEY_ENV = "WANDB_API_KEY"
 RUNS_PER_PAGE = 50
 UNAUTHORIZED_RETRY_AFTER = 300.0  # seconds: a rejected key is not retried in a storm
-_INT_FLOAT = 2**1023  # ints below this in magnitude convert to a float
 MAX_EMPTY_WINDOW_GROWTH = 16  # windows with no rows double, up to pageSize * this (steps logged sparsely)
 MAX_CONFIG_KEYS = 64
+DEFAULT_PAGES_IN_FLIGHT = 4  # a catch-up's history windows out at once: round trips overlap (the SDK has one)
 
 # W&B run state -> the Workload's run state. `crashed` means the heartbeat stopped (it can return to running if
 # the process was only cut off); `preempting`/`pending` are alive; `preempted` waits for a resume: unknown.
@@ -110,6 +113,9 @@ class WandbSource:
                      "description": "Which history keys become metrics (globs over names flattened with '/')."},
             "pageSize": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1000,
                          "description": "Steps per history request (complete rows, never sampled)."},
+            "pagesInFlight": {"type": "integer", "minimum": 1, "maximum": 16, "default": DEFAULT_PAGES_IN_FLIGHT,
+                              "description": "History requests out at once while catching up (the next "
+                                             "windows are asked for while this one's rows are read)."},
             "timeout": _duration("30s", "Per-request timeout, e.g. 30s."),
             "apiKeySecretRef": {
                 "type": "object", "additionalProperties": False, "required": ["name", "key"],
@@ -145,13 +151,14 @@ class WandbSource:
         self.order = config.get("order") or "+created_at"
         self.keys = MetricFilter.from_dict(config.get("keys"))
         self.page_size = int(config.get("pageSize", 1000))
+        self.pages_in_flight = int(config.get("pagesInFlight", DEFAULT_PAGES_IN_FLIGHT))
         self.timeout = parse_duration(config.get("timeout", "30s"))
         self.stale_after = parse_duration(config.get("staleAfter", "10m"))
         self.secret_ref: dict[str, str] | None = config.get("apiKeySecretRef")
         self.total_steps_key: str | None = config.get("totalStepsConfigKey")
         self._client: httpx.AsyncClient | None = None
         self._key: str | None = None
-        self._allowed: dict[str, bool] = {}
+        self._rows = RowReader(self.keys)
         self._configs: dict[str, dict[str, Any]] = {}  # run id -> unwrapped config (fetched when due)
         self._seen_states: dict[str, str] | None = None  # run id -> W&B state at the last listing
         self._config_due = True
@@ -159,7 +166,8 @@ class WandbSource:
         self._parquet = wandb_parquet.available()
         self._exports: dict[str, tuple[wandb_parquet.ExportedHistory | None, int]] = {}  # run -> (export, asked at)
         self.clock = time.time
-        self._prefetched: tuple[str, int, int, asyncio.Future[list[dict[str, Any]]]] | None = None
+        self._ahead: collections.deque[_Window] = collections.deque()  # windows asked for, in step order
+        self._rest: tuple[str, int, int, list[dict[str, Any]]] | None = None  # a page's rows a full batch left
 
     @property
     def path(self) -> str:
@@ -203,15 +211,18 @@ class WandbSource:
     def _redact(self, text: str) -> str:
         return scrub(text.replace(self._key, "***") if self._key else text)
 
-    async def _gql(self, op: str, query: str, variables: dict[str, Any]) -> dict[str, Any]:
-        """POST one GraphQL operation; return `data`, or raise SourceError with a reason and a backoff hint."""
+    async def _gql(self, op: str, query: str, variables: dict[str, Any],
+                   sent: asyncio.Future[None] | None = None) -> dict[str, Any]:
+        """POST one GraphQL operation; return `data`, or raise SourceError with a reason and a backoff hint.
+        `sent`: a future set when the request's body has been written (httpcore's trace events)."""
         key = await self._api_key()
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=self.timeout, auth=httpx.BasicAuth("api", key),
                                              headers={"User-Agent": "trainscope-wandb-source"})
         server = f"W&B at {self.base_url}"
+        extensions = {"trace": _tracer(sent)} if sent is not None else None
         resp = await httperrors.send(self._client, "POST", f"{self.base_url}/graphql", server=server, op=op,
-                                     seconds=self.timeout, redact=self._redact,
+                                     seconds=self.timeout, redact=self._redact, extensions=extensions,
                                      json={"operationName": op, "query": query, "variables": variables})
         status = resp.status_code
         if status in (401, 403):
@@ -254,7 +265,7 @@ class WandbSource:
 
     async def aclose(self) -> None:
         """Close the HTTP connection pool."""
-        self._drop_prefetch()
+        self._drop_ahead()
         await self._forget_key()
 
     # ---- queries --------------------------------------------------------------------------------------------
@@ -317,11 +328,13 @@ class WandbSource:
                               f"{str(keys)[:200]}", reason="BadResponse")
         return last
 
-    async def _history(self, run: str, lo: int, hi: int) -> list[dict[str, Any]]:
-        """Complete rows with lo <= _step < hi, by step (`samples` = the window, so the server never samples)."""
+    async def _history(self, run: str, lo: int, hi: int,
+                       sent: asyncio.Future[None] | None = None) -> list[dict[str, Any]]:
+        """Complete rows with lo <= _step < hi, by step (`samples` = the window, so the server never samples).
+        `sent` is set once the request has left (httpcore's trace), so a caller can start its own work then."""
         data = await self._gql("HistoryPage", HISTORY_QUERY, {"entity": self.entity, "project": self.project,
                                                               "run": run, "minStep": lo, "maxStep": hi,
-                                                              "pageSize": hi - lo})
+                                                              "pageSize": hi - lo}, sent)
         node = self._project_of(data, "HistoryPage").get("run")
         if node is None:
             raise SourceError(f"W&B run {self.path}/{run} not found at {self.base_url}", reason="NotFound")
@@ -369,7 +382,7 @@ class WandbSource:
             self._config_due |= any(n["name"] not in self._configs for n in nodes)
             self._seen_states = states
         limit = self.ctx.max_batch_points
-        points: list[Point] = []
+        points = PointSink()
         skipped: dict[str, int] = {}
         notes: list[str] = []
         more = False
@@ -396,36 +409,27 @@ class WandbSource:
                 if len(points) >= limit:  # full at a page's end: the next page is the next poll's
                     full = True
                     break
-                if export is not None and nxt <= export.end:  # exported steps: from the parquet files
-                    got, hi = export.rows(nxt)
-                    hi = min(hi, last + 1)
+                rest, self._rest = self._rest, None
+                if rest is not None and rest[:2] == (rid, nxt):  # the rows a full batch left of its last page
+                    hi, rows = rest[2], rest[3]
                 else:
-                    hi = min(nxt + window, last + 1)
-                    got = await self._page(rid, nxt, hi)
-                rows = []
-                for r in got:
-                    step = r.get("_step")
-                    if isinstance(step, float) and step.is_integer():
-                        step = r["_step"] = int(step)  # a row written as 5.0 (JSON has one number type)
-                    if isinstance(step, bool) or not isinstance(step, int):
-                        skipped["no_step"] = skipped.get("no_step", 0) + 1
-                    elif nxt <= step < hi:  # a server that answers outside the window is not trusted there
-                        rows.append(r)
-                rows.sort(key=lambda r: r["_step"])
+                    if export is not None and nxt <= export.end:  # exported steps: from the parquet files
+                        got, hi = export.rows(nxt)
+                        hi = min(hi, last + 1)
+                    else:
+                        got, hi = await self._page(rid, nxt, min(nxt + window, last + 1))
+                    rows = window_rows(got, nxt, hi, skipped)
                 next_window = self.page_size if rows else min(window * 2, self.page_size * MAX_EMPTY_WINDOW_GROWTH)
                 if hi <= last and (export is None or hi > export.end):
-                    # the next page is asked for now, while this one's rows become points (and, at a batch's
-                    # end, while the collector writes the batch): the server works while this process does
-                    self._prefetch(rid, hi, min(hi + next_window, last + 1))
-                for row in rows:
-                    row_points = self._row_points(row, rid, skipped)
-                    if points and len(points) + len(row_points) > limit:
-                        full = True
-                        nxt = row["_step"]
-                        break
-                    points.extend(row_points)
-                    nxt = row["_step"] + 1
-                if not full:
+                    # the next windows are asked for now, while this one's rows become points (and, at a
+                    # batch's end, while the collector writes the batch): the server works while this process does
+                    await self._read_ahead(rid, hi, next_window, last)
+                i = self._rows.read(rows, rid, points, limit, skipped)
+                if i < len(rows):  # the batch is full before row i: the rest waits for the next poll
+                    full = True
+                    nxt = rows[i]["_step"]
+                    self._rest = (rid, nxt, hi, rows[i:])
+                else:
                     nxt = hi
                 window = next_window
             new[rid] = {"next": nxt, "lines": lines if nxt > last else None}
@@ -435,28 +439,41 @@ class WandbSource:
         out_cursor = {"runs": new}
         if more:
             self._resume = (_cursor_key(out_cursor), nodes, last_steps)
-        return self._batch(nodes, points, out_cursor, more, skipped, notes, last_steps)
+        return self._batch(nodes, points.result(), out_cursor, more, skipped, notes, last_steps)
 
-    def _prefetch(self, run: str, lo: int, hi: int) -> None:
-        """Start asking for the history window [lo, hi) of `run` (kept for `_page`; one at a time)."""
-        self._drop_prefetch()
-        self._prefetched = (run, lo, hi, asyncio.ensure_future(self._history(run, lo, hi)))
+    async def _read_ahead(self, run: str, lo: int, window: int, last: int) -> None:
+        """Ask for `run`'s windows from step `lo` on (`window` steps each, up to `last`) until pagesInFlight are
+        out, and return once each new request has left: the server works on them while this process reads."""
+        ahead = self._ahead
+        if ahead and (ahead[0].run != run or ahead[0].lo != lo or ahead[-1].hi > last + 1):
+            self._drop_ahead()
+        start = ahead[-1].hi if ahead else lo
+        leaving: list[tuple[asyncio.Future[None], asyncio.Future[Any]]] = []
+        while len(ahead) < self.pages_in_flight and start <= last:
+            hi = min(start + window, last + 1)
+            sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            task = asyncio.ensure_future(self._history(run, start, hi, sent))
+            ahead.append(_Window(run, start, hi, task))
+            leaving.append((sent, task))
+            start = hi
+        for sent, task in leaving:  # sent, or failed before it could be (its error is met when it is read)
+            await asyncio.wait((sent, task), return_when=asyncio.FIRST_COMPLETED)
 
-    def _drop_prefetch(self) -> None:
-        if self._prefetched is not None:
-            task = self._prefetched[3]
+    def _drop_ahead(self) -> None:
+        while self._ahead:
+            task = self._ahead.popleft().task
             task.cancel()
             task.add_done_callback(_retrieve)  # a failed page nobody reads is not an error
-            self._prefetched = None
 
-    async def _page(self, run: str, lo: int, hi: int) -> list[dict[str, Any]]:
-        """The history window [lo, hi): the one asked for ahead when it is this one, else asked for now."""
-        ahead = self._prefetched
-        if ahead is not None and ahead[:3] == (run, lo, hi):
-            self._prefetched = None
-            return await ahead[3]
-        self._drop_prefetch()
-        return await self._history(run, lo, hi)
+    async def _page(self, run: str, lo: int, hi: int) -> tuple[list[dict[str, Any]], int]:
+        """The history window from step `lo`, and where it ends: the one asked for ahead when it starts there (its
+        end as asked for then), else [lo, hi) asked for now."""
+        ahead = self._ahead
+        if ahead and ahead[0].run == run and ahead[0].lo == lo:
+            window = ahead.popleft()
+            return await window.task, window.hi
+        self._drop_ahead()
+        return await self._history(run, lo, hi), hi
 
     async def _export(self, rid: str, nxt: int, last: int) -> wandb_parquet.ExportedHistory | None:
         """The run's exported history when the backlog is long enough to be worth it; asked for again only when
@@ -472,57 +489,7 @@ class WandbSource:
         self._exports[rid] = (export, last)
         return export if export is not None and nxt <= export.end else None
 
-    def _row_points(self, row: dict[str, Any], run: str, skipped: dict[str, int]) -> list[Point]:
-        """Every numeric key of one history row; nested dicts are flattened with '/', media and text counted."""
-        step, ts = row.get("_step"), row.get("_timestamp")
-        if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
-            skipped["no_timestamp"] = skipped.get("no_timestamp", 0) + 1
-            return []
-        out: list[Point] = []
-        ts = float(ts)
-        allowed = self._allowed
-        # The common row holds only numbers at its top level: one pass, in the order the general walk below
-        # gives (last key first). Anything else (a nested dict, media, text, a huge int) takes that walk.
-        for name, value in reversed(row.items()):
-            kind = type(value)
-            if kind is not float and kind is not int:
-                if name.startswith("_"):
-                    continue
-                break
-            if name.startswith("_"):
-                continue
-            ok = allowed.get(name)
-            if ok is None:
-                ok = allowed[name] = self.keys.allows(name)
-            if ok:
-                if kind is int and not -_INT_FLOAT < value < _INT_FLOAT:
-                    break
-                out.append(Point(name, step, ts, float(value), run))
-        else:
-            return out
-        out = []
-        stack: list[tuple[str, Any]] = [(k, v) for k, v in row.items() if not k.startswith("_")]
-        while stack:
-            name, value = stack.pop()
-            if isinstance(value, dict) and "_type" not in value:
-                stack.extend((f"{name}/{k}", v) for k, v in value.items())
-                continue
-            ok = allowed.get(name)
-            if ok is None:
-                ok = allowed[name] = self.keys.allows(name)
-            if not ok:
-                continue
-            if isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool)):
-                try:
-                    out.append(Point(name, step, ts, float(value), run))
-                except OverflowError:  # an int beyond a double's range
-                    skipped["non_numeric"] = skipped.get("non_numeric", 0) + 1
-            else:
-                reason = "media" if isinstance(value, dict) else "non_numeric"
-                skipped[reason] = skipped.get(reason, 0) + 1
-        return out
-
-    def _batch(self, nodes: list[dict[str, Any]], points: list[Point], cursor: dict[str, Any], more: bool,
+    def _batch(self, nodes: list[dict[str, Any]], points: list[RawPoint] | Columns, cursor: dict[str, Any], more: bool,
                skipped: dict[str, int], notes: list[str], last_steps: dict[str, int]) -> Batch:
         """Run metadata, combined state, heartbeat age and total steps around the points."""
         now = self.clock()
@@ -565,6 +532,23 @@ class WandbSource:
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------------
+
+
+class _Window(NamedTuple):
+    """A history window [lo, hi) of `run` asked for ahead."""
+
+    run: str
+    lo: int
+    hi: int
+    task: asyncio.Future[list[dict[str, Any]]]
+
+
+def _tracer(sent: asyncio.Future[None]) -> Any:
+    """An httpcore trace callback that sets `sent` once the request's body has been written."""
+    async def trace(event: str, info: dict[str, Any]) -> None:
+        if event.endswith("send_request_body.complete") and not sent.done():
+            sent.set_result(None)
+    return trace
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:

@@ -24,6 +24,7 @@ import math
 import re
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -124,6 +125,7 @@ class FakeRun:
     exported: int = 0  # how many leading rows W&B's history export has written to parquet files
     rows_per_file: int = 100_000
     _files: list[bytes] = field(default_factory=list)  # the export, built when first asked for
+    _texts: dict[int, tuple[list[tuple[str, Any]], str]] = field(default_factory=dict)  # id(row) -> (items, text)
 
     def export(self, before_step: int | None = None) -> None:
         """W&B's background export: the history rows before `before_step` (all by default) move into parquet
@@ -160,6 +162,18 @@ class FakeRun:
         self.summary.update({k: v for k, v in values.items()})
         self.heartbeat_at = max(self.heartbeat_at, ts)
         return row
+
+    def text(self, row: dict[str, Any]) -> str:
+        """A history row as the JSON text W&B serves (its history is kept as JSON lines, written once): kept per
+        row while the row is unchanged (tests change rows in place) and holds no nested value."""
+        items = list(row.items())
+        kept = self._texts.get(id(row))
+        if kept is not None and kept[0] == items:
+            return kept[1]
+        text = json.dumps(row)
+        if not any(isinstance(v, dict | list) for _, v in items):
+            self._texts[id(row)] = (items, text)
+        return text
 
     @property
     def last_step(self) -> int:
@@ -330,7 +344,7 @@ class _RunView:
         rows = self._run.rows  # sorted by step (log enforces it): bisect, so long runs stay cheap to serve
         rows = rows[bisect.bisect_left(rows, lo, key=_step_of):bisect.bisect_left(rows, hi, key=_step_of)]
         rows = _downsample(rows, 500 if samples is None else samples)
-        return [json.dumps(r) for r in rows]
+        return list(map(self._run.text, rows))
 
     def sampledHistory(self, info: Any, specs: list[str]) -> list[Any]:
         out = []
@@ -443,7 +457,7 @@ class Fault:
     errors: list[dict[str, Any]] | None = None  # a 200 carrying GraphQL errors
     hold: threading.Event | None = None  # answer only once set (a slow server)
     times: int = 1
-    after: int = 0  # the first `after` matching requests are answered normally (a fault mid-way through a catch-up)
+    from_step: int | None = None  # only requests whose minStep is at least this (a fault at a point of the history)
 
 
 def rate_limited(reset: int = 30, *, op: str | None = None, times: int = 1) -> dict[str, Any]:
@@ -473,6 +487,11 @@ class FakeWandb:
         self.requests: list[Request] = []
         self.lock = threading.RLock()
         self.url = ""
+        # seconds each answer takes besides its work: W&B is a remote service (a round trip and its own read),
+        # and it answers requests in parallel; `most_at_once` records how many of each operation overlapped
+        self.latency = 0.0
+        self.at_once: dict[str | None, int] = {}
+        self.most_at_once: dict[str | None, int] = {}
 
     def add_project(self, entity: str, project: str) -> None:
         with self.lock:
@@ -500,13 +519,13 @@ class FakeWandb:
         with self.lock:
             return [r.op for r in self.requests]
 
-    def _take_fault(self, op: str | None) -> Fault | None:
+    def _take_fault(self, op: str | None, variables: dict[str, Any]) -> Fault | None:
         with self.lock:
             for f in self.faults:
+                min_step = variables.get("minStep")
+                if f.from_step is not None and not (isinstance(min_step, int) and min_step >= f.from_step):
+                    continue
                 if f.op is None or f.op == op:
-                    if f.after > 0:
-                        f.after -= 1
-                        continue
                     f.times -= 1
                     if f.times <= 0:
                         self.faults.remove(f)
@@ -529,7 +548,19 @@ class FakeWandb:
                 authorized = user == "api" and key in self.api_keys
         with self.lock:
             self.requests.append(Request(op, variables, authorized))
-        fault = self._take_fault(op)
+            self.at_once[op] = now = self.at_once.get(op, 0) + 1
+            self.most_at_once[op] = max(now, self.most_at_once.get(op, 0))
+        try:
+            if self.latency:
+                time.sleep(self.latency)
+            return self._answer(op, query, variables, authorized)
+        finally:
+            with self.lock:
+                self.at_once[op] -= 1
+
+    def _answer(self, op: str | None, query: str, variables: Any, authorized: bool) -> tuple[int, dict[str, str],
+                                                                                              bytes]:
+        fault = self._take_fault(op, variables if isinstance(variables, dict) else {})
         if fault is not None:
             if fault.hold is not None:
                 fault.hold.wait(30)
