@@ -2,7 +2,7 @@
 the writer alone storing the same points, in turns, on one embedded PostgreSQL.
 
 Run: python bench/bench_e2e.py [--sources tensorboard logs swanlab wandb] [--points 1000000] [--repeat 3]
-                                [--batch-mb 16 | --batch POINTS]
+                                [--batch-mb 16 | --batch POINTS] [--wandb-latency 0.1]
      python bench/bench_e2e.py --memory logs --points 10000000   (peak RSS during one catch-up)
 
 Per source: the input is made once (a tensorboardX event file; an HF Trainer log; a run logged by the swanlab SDK
@@ -128,11 +128,15 @@ for s in range(steps):
 for row in run.rows:  # W&B keeps history as JSON text written as it is logged: the fake renders each row once
     run.text(row)
 fake = FakeWandb(api_keys=(sys.argv[3],))
+fake.latency = float(sys.argv[4])
 fake.add_run("ent", "proj", run)
 with serve(fake):
     print(fake.url, flush=True)
     sys.stdin.read()
 """
+
+
+WANDB_LATENCY = 0.0  # seconds the fake W&B server adds to each answer (--wandb-latency)
 
 
 def make_wandb(tmp: Path, n: int) -> Input:
@@ -141,7 +145,8 @@ def make_wandb(tmp: Path, n: int) -> Input:
     vsum = 0.0
     for s in range(steps):
         vsum += 2.0 / (s + 1) + 1e-4 + (0.5 + s % 7 / 10) + (3000.0 + s % 11) + s / steps
-    proc = subprocess.Popen([sys.executable, "-c", _WANDB_SERVER, str(ROOT / "tests"), str(steps), KEY],
+    proc = subprocess.Popen([sys.executable, "-c", _WANDB_SERVER, str(ROOT / "tests"), str(steps), KEY,
+                             str(WANDB_LATENCY)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     url = proc.stdout.readline().strip()
@@ -350,9 +355,13 @@ def main() -> None:
     parser.add_argument("--batch-mb", type=float, default=DEFAULT_BATCH_BYTES / 2**20,
                         help="memory per batch, as `trainscope local --batch-mb`")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--wandb-latency", type=float, default=0.0,
+                        help="seconds the fake W&B server adds to each answer (W&B is a remote service)")
     parser.add_argument("--memory", choices=sorted(MAKERS))
     parser.add_argument("--dsn")
     args = parser.parse_args()
+    global WANDB_LATENCY
+    WANDB_LATENCY = args.wandb_latency
     tune_for_ingest()
     tmp = Path(tempfile.mkdtemp(prefix="ts-bench-e2e-"))
     wandb_sandbox(tmp)
