@@ -183,17 +183,23 @@ async def last_n_bounds(conn: asyncpg.Connection, series_: Sequence[Series], f: 
     """Per series, the lowest step of its last `n` points within the filters (absent: fewer than n points).
     Without time filters the rollup's per-block counts find it (about one block of points read, not all n), in one
     snapshot; otherwise, or where the rollup cannot say, the points are counted."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        return await last_n_bounds_in(conn, series_, f, n)
+
+
+async def last_n_bounds_in(conn: asyncpg.Connection, series_: Sequence[Series], f: Filters,
+                           n: int) -> dict[int, int]:
+    """last_n_bounds inside the caller's REPEATABLE READ snapshot (a downsampled answer's, so both agree)."""
     w = _Where(f, 1)
     sql = (f"SELECT step FROM points WHERE {w.sql} ORDER BY step DESC OFFSET ${w.next_param} LIMIT 1")
     lo, hi = step_bounds(f)
     out: dict[int, int] = {}
-    async with conn.transaction(isolation="repeatable_read", readonly=True):
-        for s in series_:
-            known, step = (False, None) if w.ts_args else await rollup.last_n_start(conn, s.id, lo, hi, n)
-            if not known:
-                step = await conn.fetchval(sql, s.id, lo, hi, *w.ts_args, n - 1)
-            if step is not None:
-                out[s.id] = step
+    for s in series_:
+        known, step = (False, None) if w.ts_args else await rollup.last_n_start(conn, s.id, lo, hi, n)
+        if not known:
+            step = await conn.fetchval(sql, s.id, lo, hi, *w.ts_args, n - 1)
+        if step is not None:
+            out[s.id] = step
     return out
 
 

@@ -130,11 +130,12 @@ def _install(api: APIRouter, db: "Database", settings: "ApiSettings", stopping: 
         after = params.decode_cursor(cursor, fingerprint) if cursor is not None else None
         async with db.acquire() as conn:
             series = await queries.series(conn, uid, f)
-            lower = await queries.last_n_bounds(conn, series, f, last) if last is not None else {}
             if downsample_ is not None:
                 per_series = params.downsample_points(downsample_, len(series))
 
                 async def compute(conn: "asyncpg.Connection") -> Response:
+                    # `last`'s bounds in the answer's own snapshot, and only when the answer is computed
+                    lower = await queries.last_n_bounds_in(conn, series, f, last) if last is not None else {}
                     ds = await downsample_in(conn, series, f, lower, per_series, db.spare)
                     info = {"method": "minmax", "max_points_per_series": per_series,
                             "source_points": ds.source_points}
@@ -144,6 +145,7 @@ def _install(api: APIRouter, db: "Database", settings: "ApiSettings", stopping: 
 
                 key = ("downsample", uid, f, last, per_series, format, tuple(extra), tuple(s.id for s in series))
                 return await answers.answer(conn, key, [s.id for s in series], compute)
+            lower = await queries.last_n_bounds(conn, series, f, last) if last is not None else {}
             if limit is not None:
                 page, more = await queries.read_page(conn, series, f, lower, after, limit)
         if limit is not None:

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from trainscope.api import downsample as ds
+from trainscope.api import queries
 from trainscope.api.app import ApiSettings, create_app
 from trainscope.collector.points import Point
 from trainscope.collector.store import Store
@@ -215,3 +216,41 @@ async def test_the_second_connection_reads_in_the_first_ones_snapshot(store: Sto
     assert helpers == [1, 1]  # both requests read with a second connection
     assert first == before
     assert second == truth.expected(p) != before
+
+
+async def test_last_n_and_the_downsampled_points_come_from_one_snapshot(store: Store, database_url: str,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """`last=N&downsample=M`: where the last N points start is found in the answer's own snapshot. A write that
+    commits just before the answer's snapshot is taken (after the series were looked up) is in both the bounds
+    and the points, so the answer is exactly the oracle's for the last N points then; and a kept answer is served
+    again without looking for the bounds once more."""
+    truth = Truth()
+    await truth.write(store, "loss", {s: math.sin(s / 50) for s in range(5_000)})
+    await store.rollup.settle()
+    p = {"downsample": 64, "last": 1_000}
+    url = f"/api/v1/workloads/{UID}/metrics/data"
+    async with client_for(ApiSettings(database_url)) as c:
+        answers = c._transport.app.state.answers  # type: ignore[attr-defined]
+        answer = answers.answer
+
+        async def late_write(*args: Any) -> Any:  # the series are known; the snapshot is not taken yet
+            await truth.write(store, "loss", {5_000 + i: 2.0 + i for i in range(400)})
+            monkeypatch.setattr(answers, "answer", answer)
+            return await answer(*args)
+
+        monkeypatch.setattr(answers, "answer", late_write)
+        calls = []
+        bounds = queries.last_n_bounds_in
+
+        async def counted(*args: Any) -> Any:
+            calls.append(1)
+            return await bounds(*args)
+
+        monkeypatch.setattr(queries, "last_n_bounds_in", counted)
+        body = (await c.get(url, params=p)).json()
+        rows = truth.rows["loss"]
+        last = sorted(rows)[-p["last"]:]
+        keep = [(s, math.floor(rows[s][0] * 1000), rows[s][1]) for s in last]
+        assert points_of(body)["loss"] == [(s, t, v) for s, t, v in ds.minmax_reference(keep, p["downsample"])]
+        assert (await c.get(url, params=p)).json() == body and answers.hits == 1 and len(calls) == 1
+        await c._transport.app.state.db.close()  # type: ignore[attr-defined]
