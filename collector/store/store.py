@@ -117,14 +117,16 @@ class Store:
         store.rollup.start()
         return store
 
-    async def close(self) -> None:
-        """Close every connection of the pool (waits for those in use to be released, at most the command
-        timeout: then they are dropped)."""
+    async def close(self, timeout: float | None = None) -> bool:
+        """Close every connection of the pool (waits for those in use to be released, at most `timeout`, by
+        default the command timeout: then they are dropped). False when some had to be dropped."""
         await self.rollup.close()
         try:
-            await asyncio.wait_for(self._pool.close(), self._timeout)
+            await asyncio.wait_for(self._pool.close(), self._timeout if timeout is None else timeout)
         except TimeoutError:
             self._pool.terminate()
+            return False
+        return True
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
