@@ -2,26 +2,29 @@
 
 Run: python bench/bench_wandb.py [--steps 200000 --naive-steps 20000 --repeat 3] [--latency 0.1]
 A run of `--steps` steps with 5 numeric keys is served by the fake W&B GraphQL server (tests/fakes, real HTTP on
-127.0.0.1). Ours: `WandbSource.poll` batches (50,000 points) written with `Store.write` (COPY, cursor in the same
-transaction). Peer: the wandb SDK's `run.scan_history()` row by row, flattened, one COPY per 50,000 points into a
-plain table (what a user would script). Old baseline: the same scan with one autocommitted INSERT per point (on
-the first `--naive-steps` steps: at a few thousand points/s the whole run would take minutes). The three run in
-turns (ABAB..., order swapped every round, medians); after each run the stored rows are checked per metric
-against the fake run's rows (count, step sum, exact ts sum, value sum) and the bench stops if any differs. One
-process, one embedded PostgreSQL (pgserver, temporary directory, default durable settings). Figures are printed
-with the load average, not asserted. `--latency S`: the fake takes S seconds more to answer each request (W&B is a
-remote service: a round trip plus its own read), so the figure shows what requests out at once (`pagesInFlight`)
-are worth against the SDK's one at a time.
+127.0.0.1) in a child process (in the bench's own, its threads would take the interpreter from the source). Ours:
+`WandbSource.poll` batches (50,000 points) written with `Store.write` (COPY, cursor in the same transaction). Peer:
+the wandb SDK's `run.scan_history()` row by row, flattened, one COPY per 50,000 points into a plain table (what a
+user would script). Old baseline: the same scan with one autocommitted INSERT per point (on the first
+`--naive-steps` steps: at a few thousand points/s the whole run would take minutes). The three run in turns
+(ABAB..., order swapped every round, medians); after each run the stored rows are checked per metric against the
+fake run's rows (count, step sum, exact ts sum, value sum) and the bench stops if any differs. One embedded
+PostgreSQL (pgserver, temporary directory, default durable settings). Figures are printed with the load average,
+not asserted. `--latency S`: the fake takes S seconds more to answer each request (W&B is a remote service: a
+round trip plus its own read), so the figure shows what requests out at once (`pagesInFlight`) are worth against
+the SDK's one at a time.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +48,39 @@ from fakes.wandb_server import FakeRun, FakeWandb, serve  # noqa: E402
 KEY = "b" * 40
 NAIVE_DDL = "CREATE TABLE IF NOT EXISTS naive_points (run text, metric text, step bigint, ts timestamptz, value float8)"
 Sums = dict[str, tuple[int, int, int, float]]  # metric -> (count, step sum, ts sum in microseconds, value sum)
+
+
+def serve_child(steps: int, latency: float) -> None:
+    """Serve the run until stdin closes; each line read is answered with the number of requests so far."""
+    fake = FakeWandb(api_keys=(KEY,))
+    fake.latency = latency
+    fake.add_run("ent", "proj", make_run(steps))
+    with serve(fake):
+        print(fake.url, flush=True)
+        for _ in sys.stdin:
+            print(fake.count(), flush=True)
+
+
+class Served:
+    """The fake W&B server in a child process: its url and request count, as FakeWandb has them."""
+
+    def __init__(self, steps: int, latency: float):
+        self.proc = subprocess.Popen([sys.executable, __file__, "--serve", "--steps", str(steps), "--latency",
+                                      str(latency)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self._in, self._out = self.proc.stdin, self.proc.stdout
+        self.url = self._out.readline().strip()
+        if not self.url:
+            raise SystemExit("the fake W&B server did not start")
+
+    def count(self) -> int:
+        self._in.write("count\n")
+        self._in.flush()
+        return int(self._out.readline())
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
 
 
 def make_run(steps: int) -> FakeRun:
@@ -105,7 +141,7 @@ def verify(name: str, got: Sums, want: Sums) -> None:
                          f"source {want.get(m)}")
 
 
-async def ours(fake: FakeWandb, dsn: str, uid: str = "bench-uid") -> tuple[int, float, int]:
+async def ours(fake: Served, dsn: str, uid: str = "bench-uid") -> tuple[int, float, int]:
     src = WandbSource({"baseUrl": fake.url, "entity": "ent", "project": "proj", "runId": "bench"},
                       SourceContext(max_batch_points=50_000))
     before = fake.count()
@@ -113,7 +149,7 @@ async def ours(fake: FakeWandb, dsn: str, uid: str = "bench-uid") -> tuple[int, 
     return n, elapsed, fake.count() - before
 
 
-def sdk(fake: FakeWandb, dsn: str, steps: int, copy: bool) -> tuple[int, float, int]:
+def sdk(fake: Served, dsn: str, steps: int, copy: bool) -> tuple[int, float, int]:
     """The SDK's scan_history, flattened; one COPY per 50,000 points (the peer) or one INSERT per point (old)."""
     import wandb
 
@@ -159,17 +195,19 @@ def main() -> None:
     parser.add_argument("--naive-steps", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds the fake adds to each answer")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the child serving the fake
     args = parser.parse_args()
+    if args.serve:
+        serve_child(args.steps, args.latency)
+        return
     tmp = Path(tempfile.mkdtemp(prefix="ts-bench-wb-"))
     wandb_sandbox(tmp, KEY)
     pg = start_embedded(tmp / "pgdata", cleanup_mode="delete")
     dsn = pg.get_uri()
     try:
-        fake = FakeWandb(api_keys=(KEY,))
-        fake.latency = args.latency
         t = time.perf_counter()
-        run = make_run(args.steps)
-        fake.add_run("ent", "proj", run)
+        fake = Served(args.steps, args.latency)
+        run = make_run(args.steps)  # the child's run: the same rows
         want, want_naive = truth(run, args.steps), truth(run, args.naive_steps)
         print(f"generated {args.steps:,} steps x 5 keys in {time.perf_counter() - t:.1f}s")
         asyncio.run(_sql(dsn, NAIVE_DDL))
@@ -182,7 +220,7 @@ def main() -> None:
         }
         figs: dict[str, list[tuple[int, float, int]]] = {w: [] for w in ways}
         loads = []
-        with serve(fake):
+        with contextlib.closing(fake):
             for rnd in range(args.repeat):
                 for way in list(ways) if rnd % 2 == 0 else list(reversed(ways)):  # in turns, order swapped
                     asyncio.run(_sql(dsn, "TRUNCATE points, series, cursors, runs, naive_points"))
