@@ -58,8 +58,9 @@ from tensorboardX.proto.tensor_pb2 import TensorProto
 from tensorboardX.proto.tensor_shape_pb2 import TensorShapeProto
 
 from trainscope.collector.sources.base import SourceContext
+from trainscope.collector.sources.sink import ColumnSink
 from trainscope.collector.sources.tensorboard import TensorBoardSource
-from trainscope.collector.sources.tfevents import ColumnSink, EventScanner, read_file
+from trainscope.collector.sources.tfevents import EventScanner, read_file
 from trainscope.gc_tuning import tune_for_ingest
 
 Rows = list[tuple[str, int, float, float]]  # (tag, step, wall_time, value), sorted

@@ -23,6 +23,7 @@ from tensorboardX.proto.tensor_pb2 import TensorProto
 from tensorboardX.proto.types_pb2 import DataType
 
 from trainscope.collector.sources import crc32c_rows, tfevents
+from trainscope.collector.sources.sink import ColumnSink
 from trainscope.collector.sources.tfevents import EventScanner, frame, read_file
 
 from tbfixtures import tensor_summary
@@ -234,7 +235,7 @@ def test_a_column_sink_holds_exactly_what_a_list_of_points_does(limit: int):
     order, offsets and skip counts as reading into lists."""
     for data in (DATA, _tensor_file(500)[0]):
         ways = []
-        for sink in (list, tfevents.ColumnSink):
+        for sink in (list, ColumnSink):
             sc, offset, batches, skipped = scanner(), 0, [], {}
             while True:
                 out = sink()
@@ -246,12 +247,12 @@ def test_a_column_sink_holds_exactly_what_a_list_of_points_does(limit: int):
                     break
             ways.append((batches, skipped))
         assert ways[0] == ways[1]
-        keys, key, step, wall, value = tfevents.ColumnSink().columns()
+        keys, key, step, wall, value = ColumnSink().columns()
         assert keys == [] and len(key) == len(step) == len(wall) == len(value) == 0
 
 
 def test_column_sink_columns_name_each_series_once():
-    sink = tfevents.ColumnSink()
+    sink = ColumnSink()
     read_file(io.BytesIO(DATA), 0, len(DATA), scanner(), "r", sink, 10**9, {})
     keys, key, step, wall, value = sink.columns()
     assert sorted(keys) == sorted({("r", tag) for tag, *_ in WANT}) and len(set(keys)) == len(keys)

@@ -51,6 +51,6 @@ def crc32c_rows(rows: np.ndarray) -> np.ndarray:
 
 
 def masked_crcs(crc: np.ndarray) -> np.ndarray:
-    """TFRecord's masked CRC (tfevents.masked_crc) of many CRCs (uint32)."""
+    """TFRecord's masked CRC (tfrecord.masked_crc) of many CRCs (uint32)."""
     c = crc.astype(np.uint32)
     return ((c >> np.uint32(15)) | (c << np.uint32(17))) + np.uint32(MASK_DELTA)

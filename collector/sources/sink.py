@@ -1,5 +1,7 @@
 """Where a catch-up puts its points: runs of records of one layout as columns, the other records as tuples.
 
+Two sinks: `PointSink` for the log parsers and the W&B source, `ColumnSink` for the event-file reader.
+
 A log parser (or the W&B source) writes into a plain list of RawPoints; a `PointSink` is such a list (appends and
 extends stay C calls) that also takes a run of records of one layout, read in bulk, as arrays (`add_run`): a log's
 lines of one format, a W&B page's rows with the same keys. So a catch-up builds no tuple per point from the source
@@ -8,13 +10,13 @@ to the writer's COPY. `result()` gives the batch's points in the order they were
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from itertools import chain, cycle, repeat
 from typing import Any, SupportsIndex
 
 import numpy as np
 
-from trainscope.collector.points import COLUMNS_FROM, Columns, RawPoint
+from trainscope.collector.points import COLUMNS_FROM, Columns, Point, RawPoint
 
 
 class PointSink(list):  # type: ignore[type-arg]
@@ -121,3 +123,67 @@ class _Chunked(PointSink):
 
     def __delitem__(self, i: Any) -> None:
         list.__delitem__(self, self._local(i))
+
+
+class ColumnSink:
+    """Where scan() and read_file() can put scalars column by column instead of as a list of Points: a catch-up
+    then builds no Python object per point. It behaves as the list `out` does for the scanner (len, append,
+    extend: events decoded one by one still arrive as Points) and takes decoded blocks as arrays (add).
+
+    columns() gives the series (run, tag) once and per point its series index, step, wall time and value.
+    """
+
+    def __init__(self) -> None:
+        self._keys: dict[tuple[str, str], int] = {}
+        self._chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self._points: list[Point] = []  # points that came one by one, not in a chunk yet (kept in order)
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def append(self, point: Point) -> None:
+        self._points.append(point)
+        self._n += 1
+
+    def extend(self, points: Iterable[Point]) -> None:
+        before = len(self._points)
+        self._points.extend(points)
+        self._n += len(self._points) - before
+
+    def add(self, run: str, names: list[str], tid: np.ndarray, step: np.ndarray, wall: np.ndarray,
+            value: np.ndarray) -> None:
+        """Points of one run whose tags are names[tid[i]]."""
+        if not len(tid):
+            return
+        self._flush()
+        used = np.unique(tid)
+        lut = np.zeros(int(used[-1]) + 1, np.intp)
+        lut[used] = [self._key(run, names[i]) for i in used.tolist()]
+        self._chunks.append((lut[tid], step, wall, value))
+        self._n += len(tid)
+
+    def _key(self, run: str, tag: str) -> int:
+        k = self._keys.get((run, tag))
+        if k is None:
+            k = self._keys[(run, tag)] = len(self._keys)
+        return k
+
+    def _flush(self) -> None:
+        if self._points:
+            pts, self._points = self._points, []
+            self._chunks.append((np.array([self._key(p[4], p[0]) for p in pts], np.intp),
+                                 np.array([p[1] for p in pts], np.int64), np.array([p[2] for p in pts], np.float64),
+                                 np.array([p[3] for p in pts], np.float64)))
+
+    def columns(self) -> tuple[list[tuple[str, str]], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(series as (run, tag), per point: series index, step int64, wall time float64, value float64)."""
+        self._flush()
+        if not self._chunks:
+            return [], np.zeros(0, np.intp), np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
+        key, step, wall, value = (np.concatenate(c) for c in zip(*self._chunks, strict=True))
+        return list(self._keys), key, step, wall, value
+
+    def points(self) -> list[Point]:
+        """The same points as Points, in order (tests, and consumers that need them one by one)."""
+        return list(map(Point._make, Columns(*self.columns())))

@@ -26,7 +26,8 @@ from trainscope.collector.sources.base import (
     log_dir_or_url_schema,
     url_timeout_property,
 )
-from trainscope.collector.sources.tfevents import ColumnSink, EventScanner, read_file
+from trainscope.collector.sources.sink import ColumnSink
+from trainscope.collector.sources.tfevents import EventScanner, read_file
 
 SERVER_SAMPLE_SIZE = 1000  # TensorBoard's default reservoir size for scalars
 _FETCH_WINDOW = 8  # tag series fetched concurrently in url mode

@@ -11,26 +11,27 @@ from __future__ import annotations
 import itertools
 import struct
 from bisect import bisect_left
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from itertools import repeat
 from typing import BinaryIO
 
 import google_crc32c
 import numpy as np
 
-from trainscope.collector.points import Columns, Point
-from trainscope.collector.sources.crc32c_rows import MASK_DELTA, MAX_ROW_BYTES, crc32c_rows, masked_crcs, rows_at
+from trainscope.collector.points import Point
+from trainscope.collector.sources.crc32c_rows import MAX_ROW_BYTES, crc32c_rows, masked_crcs, rows_at
+from trainscope.collector.sources.sink import ColumnSink
 from trainscope.collector.sources.tfevents_proto import (
     DecodeError,
     _varint,
     decode_event,
     simple_value_template,
 )
+from trainscope.collector.sources.tfrecord import MAX_RECORD_BYTES, frame, masked_crc, record_header, resync
 
-__all__ = ["ColumnSink", "DecodeError", "EventScanner", "decode_event", "frame", "masked_crc", "read_file", "resync"]
+__all__ = ["DecodeError", "EventScanner", "decode_event", "frame", "masked_crc", "read_file", "resync"]
 
 CHUNK_BYTES = 4 << 20  # read files in pieces of this size, never whole
-MAX_RECORD_BYTES = 64 << 20  # a bigger record (a huge image) is skipped without being read
 BLOCK_RECORDS = 32768  # records framed, then checked and decoded together (bounds the block's arrays)
 SMALL_BLOCK_RECORDS = 32  # blocks of at most this many records are decoded one by one
 FIRST_BLOCK_RECORDS = 512  # a scan's first block (then 4x larger each): small reads stay cheap, layouts get learnt
@@ -48,89 +49,8 @@ _new_point = tuple.__new__  # Point(...) without the NamedTuple's Python-level _
 _MISSING = object()
 
 
-def _header(length: int) -> bytes:
-    """A record's 12-byte header for a payload of `length` bytes."""
-    head = struct.pack("<Q", length)
-    return head + struct.pack("<I", masked_crc(head))
-
-
-def masked_crc(data: bytes) -> int:
-    """TFRecord's masked crc32c: rotate right by 15 and add a constant (so CRCs of CRCs stay well spread)."""
-    c = _crc(data)
-    return ((c >> 15 | c << 17) + MASK_DELTA) & 0xFFFFFFFF
-
-
-def frame(payload: bytes) -> bytes:
-    """One TFRecord: length, masked CRC of the length, payload, masked CRC of the payload (used by tests)."""
-    return _header(len(payload)) + payload + struct.pack("<I", masked_crc(payload))
-
-
 # scan() outcomes besides "records exhausted in this buffer"
 NEED, FULL, OVERSIZED, RESYNC = "need", "full", "oversized", "resync"
-
-
-class ColumnSink:
-    """Where scan() and read_file() can put scalars column by column instead of as a list of Points: a catch-up
-    then builds no Python object per point. It behaves as the list `out` does for the scanner (len, append,
-    extend: events decoded one by one still arrive as Points) and takes decoded blocks as arrays (add).
-
-    columns() gives the series (run, tag) once and per point its series index, step, wall time and value.
-    """
-
-    def __init__(self) -> None:
-        self._keys: dict[tuple[str, str], int] = {}
-        self._chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-        self._points: list[Point] = []  # points that came one by one, not in a chunk yet (kept in order)
-        self._n = 0
-
-    def __len__(self) -> int:
-        return self._n
-
-    def append(self, point: Point) -> None:
-        self._points.append(point)
-        self._n += 1
-
-    def extend(self, points: Iterable[Point]) -> None:
-        before = len(self._points)
-        self._points.extend(points)
-        self._n += len(self._points) - before
-
-    def add(self, run: str, names: list[str], tid: np.ndarray, step: np.ndarray, wall: np.ndarray,
-            value: np.ndarray) -> None:
-        """Points of one run whose tags are names[tid[i]]."""
-        if not len(tid):
-            return
-        self._flush()
-        used = np.unique(tid)
-        lut = np.zeros(int(used[-1]) + 1, np.intp)
-        lut[used] = [self._key(run, names[i]) for i in used.tolist()]
-        self._chunks.append((lut[tid], step, wall, value))
-        self._n += len(tid)
-
-    def _key(self, run: str, tag: str) -> int:
-        k = self._keys.get((run, tag))
-        if k is None:
-            k = self._keys[(run, tag)] = len(self._keys)
-        return k
-
-    def _flush(self) -> None:
-        if self._points:
-            pts, self._points = self._points, []
-            self._chunks.append((np.array([self._key(p[4], p[0]) for p in pts], np.intp),
-                                 np.array([p[1] for p in pts], np.int64), np.array([p[2] for p in pts], np.float64),
-                                 np.array([p[3] for p in pts], np.float64)))
-
-    def columns(self) -> tuple[list[tuple[str, str]], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(series as (run, tag), per point: series index, step int64, wall time float64, value float64)."""
-        self._flush()
-        if not self._chunks:
-            return [], np.zeros(0, np.intp), np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
-        key, step, wall, value = (np.concatenate(c) for c in zip(*self._chunks, strict=True))
-        return list(self._keys), key, step, wall, value
-
-    def points(self) -> list[Point]:
-        """The same points as Points, in order (tests, and consumers that need them one by one)."""
-        return list(map(Point._make, Columns(*self.columns())))
 
 
 Out = list[Point] | ColumnSink  # where the scanner puts what it decodes
@@ -271,7 +191,7 @@ class EventScanner:
             return pos, None
         pattern = sizes[-period:]
         span = sum(pattern)
-        expect = np.frombuffer(b"".join(_header(s - 16) for s in pattern), np.uint32).reshape(period, 3)
+        expect = np.frombuffer(b"".join(record_header(s - 16) for s in pattern), np.uint32).reshape(period, 3)
         offsets = np.array([0, *pattern[:-1]], np.int64).cumsum()
         u8 = np.frombuffer(buf, np.uint8)
         n = len(buf)
@@ -609,34 +529,6 @@ class EventScanner:
                          tag if self._allow(tag) else None, tag, bare_run, np.dtype(f"<f{len(enc)}"))
                 self._tensor_templates.setdefault(len(body), []).append(entry)
                 return
-
-
-def resync(buf: bytes, start: int) -> int | None:
-    """The first offset >= start in buf where a whole record verifies (both CRCs), or None.
-
-    Candidates need the length's high 4 bytes zero (records are far below 4 GiB), so the scan is a C-level
-    find() and does not call the CRC per byte of garbage.
-    """
-    pos = start
-    limit = len(buf) - 16
-    while pos <= limit:
-        z = buf.find(b"\x00\x00\x00\x00", pos + 4)
-        if z < 0:
-            return None
-        cand = z - 4
-        if cand < pos:
-            cand = pos
-        if cand > limit:
-            return None
-        length, lcrc = _unpack_u64_u32(buf[cand:cand + 12])
-        if length <= MAX_RECORD_BYTES and masked_crc(buf[cand:cand + 8]) == lcrc:
-            end = cand + 12 + length
-            if end + 4 > len(buf):
-                return cand  # a verified header whose record is not complete yet: resume there
-            if masked_crc(buf[cand + 12:end]) == _unpack_u32(buf, end)[0]:
-                return cand
-        pos = cand + 1
-    return None
 
 
 def read_file(f: BinaryIO, offset: int, size: int, scanner: EventScanner, run: str, out: Out, limit: int,

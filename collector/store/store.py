@@ -117,7 +117,7 @@ class Store:
         store.rollup.start()
         return store
 
-    async def close(self, timeout: float | None = None) -> bool:
+    async def close(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109 (a bound on the graceful part)
         """Close every connection of the pool (waits for those in use to be released, at most `timeout`, by
         default the command timeout: then they are dropped). False when some had to be dropped."""
         await self.rollup.close()
