@@ -532,3 +532,30 @@ async def test_pages_in_flight_are_out_at_once_and_no_window_is_asked_twice(fake
         asked = [r.variables["minStep"] for r in fake.requests[before:] if r.op == "HistoryPage"]
         assert sorted(asked) == list(range(0, 2400, page))  # each window once, none left out
         assert fake.most_at_once["HistoryPage"] == in_flight
+
+
+async def test_a_429_halves_the_requests_out_at_once_until_pages_are_read_again(fake: FakeWandb):
+    """W&B's HTTP 429 while catching up: the poll fails (the collector waits RateLimit-Reset), and from then on
+    half as many history windows are out at once, said in the source's notes; one more comes back per 20 pages
+    read, and a finished catch-up starts the next one at pagesInFlight again. No point is lost or read twice."""
+    run = fake.add_run("ent", "proj", training_run("r1", 6000))
+    fake.latency = 0.05
+    fake.inject(**rate_limited(1, op="HistoryPage"))  # the catch-up's first page
+    src = source(fake, max_points=300, runId="r1", pageSize=100, pagesInFlight=4)
+    with pytest.raises(SourceError) as err:
+        await src.poll(None)
+    assert err.value.reason == "RateLimited"
+    fake.most_at_once.clear()
+    points, batches, cursor = [], [], None
+    for _ in range(6):  # about 9 pages: still 2 at once
+        batch = await src.poll(cursor)
+        points += map(Point._make, batch.points)
+        batches.append(batch)
+        cursor = json.loads(json.dumps(batch.cursor))
+    assert fake.most_at_once["HistoryPage"] == 2
+    assert any("HTTP 429 while catching up: 2 history requests at once" in n for n in batches[0].notes)
+    rest, cursor, more = await drain(src, cursor)
+    await src.aclose()
+    assert norm(points + rest) == norm(run_points(run))
+    assert fake.most_at_once["HistoryPage"] == 4  # grown back over the 60 pages
+    assert not any("HTTP 429" in n for n in more[-1].notes)

@@ -42,6 +42,7 @@ UNAUTHORIZED_RETRY_AFTER = 300.0  # seconds: a rejected key is not retried in a 
 MAX_EMPTY_WINDOW_GROWTH = 16  # windows with no rows double, up to pageSize * this (steps logged sparsely)
 MAX_CONFIG_KEYS = 64
 DEFAULT_PAGES_IN_FLIGHT = 4  # a catch-up's history windows out at once: round trips overlap (the SDK has one)
+RAMP_PAGES = 20  # after an HTTP 429 halved the windows out at once, one more comes back per this many pages read
 
 # W&B run state -> the Workload's run state. `crashed` means the heartbeat stopped (it can return to running if
 # the process was only cut off); `preempting`/`pending` are alive; `preempted` waits for a resume: unknown.
@@ -152,6 +153,8 @@ class WandbSource:
         self.keys = MetricFilter.from_dict(config.get("keys"))
         self.page_size = int(config.get("pageSize", 1000))
         self.pages_in_flight = int(config.get("pagesInFlight", DEFAULT_PAGES_IN_FLIGHT))
+        self._in_flight = self.pages_in_flight  # halved by each HTTP 429, grown back one by one
+        self._read_since = 0  # pages read since the last change of _in_flight
         self.timeout = parse_duration(config.get("timeout", "30s"))
         self.stale_after = parse_duration(config.get("staleAfter", "10m"))
         self.secret_ref: dict[str, str] | None = config.get("apiKeySecretRef")
@@ -439,7 +442,10 @@ class WandbSource:
         out_cursor = {"runs": new}
         if more:
             self._resume = (_cursor_key(out_cursor), nodes, last_steps)
-        return self._batch(nodes, points.result(), out_cursor, more, skipped, notes, last_steps)
+        batch = self._batch(nodes, points.result(), out_cursor, more, skipped, notes, last_steps)
+        if not more:  # caught up: the next catch-up starts with pagesInFlight again
+            self._in_flight, self._read_since = self.pages_in_flight, 0
+        return batch
 
     async def _read_ahead(self, run: str, lo: int, window: int, last: int) -> None:
         """Ask for `run`'s windows from step `lo` on (`window` steps each, up to `last`) until pagesInFlight are
@@ -449,7 +455,7 @@ class WandbSource:
             self._drop_ahead()
         start = ahead[-1].hi if ahead else lo
         leaving: list[tuple[asyncio.Future[None], asyncio.Future[Any]]] = []
-        while len(ahead) < self.pages_in_flight and start <= last:
+        while len(ahead) < self._in_flight and start <= last:
             hi = min(start + window, last + 1)
             sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             task = asyncio.ensure_future(self._history(run, start, hi, sent))
@@ -469,11 +475,21 @@ class WandbSource:
         """The history window from step `lo`, and where it ends: the one asked for ahead when it starts there (its
         end as asked for then), else [lo, hi) asked for now."""
         ahead = self._ahead
-        if ahead and ahead[0].run == run and ahead[0].lo == lo:
-            window = ahead.popleft()
-            return await window.task, window.hi
-        self._drop_ahead()
-        return await self._history(run, lo, hi), hi
+        try:
+            if ahead and ahead[0].run == run and ahead[0].lo == lo:
+                window = ahead.popleft()
+                rows, hi = await window.task, window.hi
+            else:
+                self._drop_ahead()
+                rows = await self._history(run, lo, hi)
+        except SourceError as e:
+            if e.reason == "RateLimited":  # W&B asks us to slow down: half as many requests at once from now on
+                self._in_flight, self._read_since = max(1, self._in_flight // 2), 0
+            raise
+        self._read_since += 1
+        if self._in_flight < self.pages_in_flight and self._read_since >= RAMP_PAGES:
+            self._in_flight, self._read_since = self._in_flight + 1, 0
+        return rows, hi
 
     async def _export(self, rid: str, nxt: int, last: int) -> wandb_parquet.ExportedHistory | None:
         """The run's exported history when the backlog is long enough to be worth it; asked for again only when
@@ -520,6 +536,9 @@ class WandbSource:
                 notes.append(f"run {rid} has a state this source does not know: {state!r}")
         if not nodes:
             notes.append(f"no run of {self.path} matches the filters yet")
+        if self._in_flight < self.pages_in_flight:
+            notes.append(f"W&B answered HTTP 429 while catching up: {self._in_flight} history requests at once for "
+                         f"now (pagesInFlight {self.pages_in_flight}; one more per {RAMP_PAGES} pages read)")
         total = None
         if self.total_steps_key:
             values = [v for rid in runs if (v := _total_steps(self._configs.get(rid), self.total_steps_key))]
