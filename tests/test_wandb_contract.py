@@ -45,6 +45,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FakeWandb
         with serve(fake):
             api = wandb.Api(overrides={"base_url": fake.url}, api_key=KEY, timeout=30)
             yield fake, api
+            wandb.teardown()  # the SDK's service and its threads go too (they would run on into later tests)
 
 
 def _numbers_as_floats(value: Any) -> Any:
