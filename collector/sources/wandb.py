@@ -414,8 +414,7 @@ class WandbSource:
                     break
                 rest, self._rest = self._rest, None
                 if rest is not None and rest[:2] == (rid, nxt):  # the rows a full batch left of its last page
-                    hi = min(rest[2], last + 1)  # (a rewind since: not past the run's end now)
-                    rows = [r for r in rest[3] if r["_step"] < hi]
+                    hi, rows = rest[2], rest[3]
                 else:
                     if export is not None and nxt <= export.end:  # exported steps: from the parquet files
                         got, hi = export.rows(nxt)
