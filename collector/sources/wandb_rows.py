@@ -67,13 +67,16 @@ class RowReader:
         rows = rows[:take]
         ts = [r.get("_timestamp") for r in rows]
         values = [r[name] for r in rows for name in every]  # every key: a dict under an excluded name has children
-        if not rows or not set(map(type, ts)) <= _NUMBERS or not set(map(type, values)) <= _NUMBERS:
+        types = set(map(type, values))
+        if not rows or not set(map(type, ts)) <= _NUMBERS or not types <= _NUMBERS:
             return 0
         if k < len(every):
             values = [r[name] for r in rows for name in names]
         wall = np.array(ts, np.float64)
-        if not np.isfinite(wall).all() or any(not -INT_FLOAT < v < INT_FLOAT for v in values if type(v) is int):
+        if not np.isfinite(wall).all():
             return 0
+        if int in types and any(not -INT_FLOAT < v < INT_FLOAT for v in values if type(v) is int):
+            return 0  # (a Python loop over the values only when some are ints)
         if k:
             points.add_run(run, names, [r["_step"] for r in rows], wall.tolist(), values, take)
         return take
