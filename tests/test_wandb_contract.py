@@ -222,3 +222,36 @@ def test_the_fake_logs_no_traceback_for_a_client_resetting_its_connection(capsys
             urllib.request.urlopen(fake.url + "/nothing-here", timeout=5)
         assert answer.value.code == 404
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_the_fakes_kept_documents_answer_as_graphql_core_does_and_refuse_invalid_queries_every_time() -> None:
+    """The fake keeps parsed, validated queries and passes `[String!]` lists through: its answers must stay byte
+    for byte what graphql-core's own `graphql_sync` gives, and a query the schema refuses is refused again when
+    asked a second time (the validation errors are kept with the document)."""
+    import base64
+
+    from graphql import graphql_sync
+
+    from trainscope.collector.sources.wandb import HISTORY_QUERY
+
+    from fakes.wandb_server import SCHEMA, _finite, _Root
+
+    fake = FakeWandb(api_keys=(KEY,))
+    run = fake.add_run("ent", "proj", training_run("r", 300))
+    auth = "Basic " + base64.b64encode(f"api:{KEY}".encode()).decode()
+    variables = {"entity": "ent", "project": "proj", "run": "r", "minStep": 10, "maxStep": 260, "pageSize": 1000}
+    for _ in range(2):
+        status, _, body = fake.handle(auth, json.dumps({"query": HISTORY_QUERY, "variables": variables}).encode())
+        plain = graphql_sync(SCHEMA, HISTORY_QUERY, root_value=_Root(fake), variable_values=variables,
+                             context_value=fake)
+        assert status == 200 and not plain.errors
+        assert body == json.dumps({"data": _finite(plain.data)}).encode()
+        assert len(json.loads(body)["data"]["project"]["run"]["history"]) == len(run.rows_between(10, 260)) > 200
+    bad = "query HistoryPage { project(name: \"proj\") { run(name: \"r\") { historyRows } } }"
+    for _ in range(2):
+        status, _, body = fake.handle(auth, json.dumps({"query": bad}).encode())
+        answer = json.loads(body)
+        assert status == 200 and answer["data"] is None
+        assert "Cannot query field 'historyRows' on type 'Run'" in answer["errors"][0]["message"]
+    status, _, body = fake.handle(auth, json.dumps({"query": "query HistoryPage {"}).encode())
+    assert status == 200 and "Syntax Error" in json.loads(body)["errors"][0]["message"]

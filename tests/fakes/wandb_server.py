@@ -30,7 +30,17 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from graphql import GraphQLError, build_schema, graphql_sync
+from graphql import (
+    DocumentNode,
+    GraphQLError,
+    GraphQLNonNull,
+    GraphQLString,
+    build_schema,
+    execute_sync,
+    parse,
+    validate,
+)
+from graphql.execution.executor_throwing_on_incremental import ExecutorThrowingOnIncremental
 
 SDL = """
 scalar JSON
@@ -97,6 +107,21 @@ type ParquetHistory { parquetUrls: [String!]! liveData: [JSON!]! }
 """
 
 SCHEMA = build_schema(SDL)
+QUERY_CACHE_SIZE = 1000  # parsed, validated query documents kept, as gqlgen's default server does (an LRU of 1000)
+
+
+class _Executor(ExecutorThrowingOnIncremental):
+    """graphql-core's executor, with `[String!]` lists of Python strings passed through as they are: String's
+    serializer returns a str unchanged, so the answer is the same, without a call per item (a history page holds a
+    thousand rows)."""
+
+    def complete_list_value(self, return_type: Any, *args: Any) -> Any:
+        result = args[3]  # (field details, info, path, result, ...)
+        item = return_type.of_type
+        if (isinstance(item, GraphQLNonNull) and item.of_type is GraphQLString and type(result) is list
+                and all(type(x) is str for x in result)):
+            return result
+        return super().complete_list_value(return_type, *args)
 _OP_NAME = re.compile(r"\b(?:query|mutation)\s+(\w+)")
 T0 = 1_700_000_000.0
 
@@ -125,7 +150,8 @@ class FakeRun:
     exported: int = 0  # how many leading rows W&B's history export has written to parquet files
     rows_per_file: int = 100_000
     _files: list[bytes] = field(default_factory=list)  # the export, built when first asked for
-    _texts: dict[int, tuple[list[tuple[str, Any]], str]] = field(default_factory=dict)  # id(row) -> (items, text)
+    _texts: dict[int, tuple[dict[str, Any], str]] = field(default_factory=dict)  # id(row) -> (a copy, its text)
+    _counted: tuple[list | None, int, dict[str, dict[str, int]]] = (None, 0, {})  # rows, how many counted, counts
 
     def export(self, before_step: int | None = None) -> None:
         """W&B's background export: the history rows before `before_step` (all by default) move into parquet
@@ -159,21 +185,36 @@ class FakeRun:
         ts = self.created_at + step if ts is None else ts
         row = {"_step": step, "_runtime": ts - self.created_at, "_timestamp": ts, **values}
         self.rows.append(row)
+        self.key_counts()  # counted as written, as W&B does
         self.summary.update({k: v for k, v in values.items()})
         self.heartbeat_at = max(self.heartbeat_at, ts)
         return row
 
     def text(self, row: dict[str, Any]) -> str:
         """A history row as the JSON text W&B serves (its history is kept as JSON lines, written once): kept per
-        row while the row is unchanged (tests change rows in place) and holds no nested value."""
-        items = list(row.items())
+        row while the row is unchanged (tests change rows in place; a shallow copy compares equal, NaN included, as
+        it holds the same value objects) and holds no nested value."""
         kept = self._texts.get(id(row))
-        if kept is not None and kept[0] == items:
+        if kept is not None and kept[0] == row:
             return kept[1]
         text = json.dumps(row)
-        if not any(isinstance(v, dict | list) for _, v in items):
-            self._texts[id(row)] = (items, text)
+        if not any(isinstance(v, dict | list) for v in row.values()):
+            self._texts[id(row)] = (dict(row), text)
         return text
+
+    def key_counts(self) -> dict[str, dict[str, int]]:
+        """historyKeys' type counts: W&B keeps them with the run, counted as rows are written, not by reading the
+        history again per request. Here they are counted once per row appended (a new `rows` list, or a shorter
+        one, as a rewind leaves, is counted again from its start)."""
+        counted, seen, keys = self._counted
+        if counted is not self.rows or seen > len(self.rows):
+            seen, keys = 0, {}
+        for row in self.rows[seen:]:
+            for k, t in _flat_keys(row).items():
+                counts = keys.setdefault(k, {})
+                counts[t] = counts.get(t, 0) + 1
+        self._counted = (self.rows, len(self.rows), keys)
+        return keys
 
     @property
     def last_step(self) -> int:
@@ -326,11 +367,7 @@ class _RunView:
         self.systemMetrics = "{}"
 
     def historyKeys(self, info: Any, format: str | None = None) -> Any:
-        keys: dict[str, dict[str, int]] = {}
-        for row in self._run.rows:
-            for k, t in _flat_keys(row).items():
-                keys.setdefault(k, {}).setdefault(t, 0)
-                keys[k][t] += 1
+        keys = self._run.key_counts()
         out: dict[str, Any] = {"keys": {k: {"typeCounts": [{"type": t, "count": n} for t, n in c.items()]}
                                         for k, c in keys.items()}}
         if self._run.rows:
@@ -492,6 +529,7 @@ class FakeWandb:
         self.latency = 0.0
         self.at_once: dict[str | None, int] = {}
         self.most_at_once: dict[str | None, int] = {}
+        self._documents: dict[str, tuple[DocumentNode | None, list[GraphQLError]]] = {}  # query text -> parsed
 
     def add_project(self, entity: str, project: str) -> None:
         with self.lock:
@@ -570,13 +608,36 @@ class FakeWandb:
             return fault.status, fault.headers, body
         if not authorized:
             return 401, {}, b'{"errors":[{"message":"user is not logged in"}]}'
+        document, errors = self._document(query)
+        if errors:
+            return 200, {}, json.dumps({"data": None, "errors": [e.formatted for e in errors]}).encode()
         with self.lock:
-            result = graphql_sync(SCHEMA, query, root_value=_Root(self), variable_values=variables,
-                                  operation_name=op, context_value=self)
+            result = execute_sync(SCHEMA, document, root_value=_Root(self), variable_values=variables,
+                                  operation_name=op, context_value=self, executor_class=_Executor)
         out: dict[str, Any] = {"data": _finite(result.data)}
         if result.errors:
             out["errors"] = [e.formatted for e in result.errors]
         return 200, {}, json.dumps(out).encode()
+
+    def _document(self, query: str) -> tuple[DocumentNode | None, list[GraphQLError]]:
+        """`query` parsed and validated against the schema, kept per query text (Go GraphQL servers keep an LRU of
+        parsed documents: gqlgen's `handler.NewDefaultServer` sets `lru.New(1000)` as its query cache)."""
+        with self.lock:
+            kept = self._documents.pop(query, None)
+            if kept is not None:
+                self._documents[query] = kept  # the newest at the end
+                return kept
+        try:
+            document = parse(query)
+        except GraphQLError as e:
+            kept = (None, [e])
+        else:
+            kept = (document, validate(SCHEMA, document))
+        with self.lock:
+            self._documents[query] = kept
+            while len(self._documents) > QUERY_CACHE_SIZE:
+                del self._documents[next(iter(self._documents))]
+        return kept
 
 
 def _finite(value: Any) -> Any:
@@ -588,7 +649,7 @@ def _finite(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _finite(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_finite(v) for v in value]
+        return value if all(type(v) is str for v in value) else [_finite(v) for v in value]
     return value
 
 
