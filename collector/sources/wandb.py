@@ -33,7 +33,7 @@ from trainscope.collector.scrub import remember_secret, scrub
 from trainscope.collector.sources import httperrors, wandb_parquet
 from trainscope.collector.sources.base import SourceContext, SourceError
 from trainscope.collector.sources.sink import PointSink
-from trainscope.collector.sources.wandb_rows import RowReader, window_rows
+from trainscope.collector.sources.wandb_rows import RowReader, loads, window_rows
 
 DEFAULT_BASE_URL = "https://api.wandb.ai"
 API_KEY_ENV = "WANDB_API_KEY"
@@ -243,7 +243,7 @@ class WandbSource:
             raise SourceError(self._redact(f"W&B at {self.base_url} answered HTTP {status} to {op}{hint}: "
                                            f"{resp.text[:200]!r}"), reason="HttpError")
         try:
-            body = json.loads(resp.content)  # W&B writes bare NaN/Infinity, which json.loads accepts
+            body = loads(resp.content)  # W&B writes bare NaN/Infinity, which json.loads accepts
         except ValueError:
             body = None
         if not isinstance(body, dict):
@@ -349,13 +349,13 @@ class WandbSource:
             # the page's rows as one JSON array (one parse instead of a thousand); the count and types tell that
             # each row was exactly one object, else row by row below, which names the row that is not
             with contextlib.suppress(ValueError, RecursionError):
-                rows = json.loads("[" + ",".join(texts) + "]")
+                rows = loads("[" + ",".join(texts) + "]")
                 if len(rows) == len(texts) and set(map(type, rows)) == {dict}:
                     return rows
         rows = []
         for text in texts:
             try:
-                row = json.loads(text) if isinstance(text, str) else text
+                row = loads(text) if isinstance(text, str) else text
             except ValueError as e:
                 raise SourceError(f"W&B's history row for {self.path}/{run} is not JSON: {str(text)[:200]!r}",
                                   reason="BadResponse") from e

@@ -9,10 +9,12 @@ each value gets its reason. Either way the points, and their order, are the same
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
 import numpy as np
+import orjson
 
 from trainscope.collector.points import Point
 from trainscope.collector.schema import MetricFilter
@@ -21,6 +23,17 @@ from trainscope.collector.sources.sink import PointSink
 INT_FLOAT = 2**1023  # ints below this in magnitude convert to a float on the fast paths (beyond: the general walk)
 LAYOUT_ROWS = 8  # consecutive rows with the same keys from which they are read as columns
 _NUMBERS = frozenset({int, float})
+
+
+def loads(text: str | bytes) -> Any:
+    """JSON text as Python values: orjson (3-5x faster on a history page), or the standard library where orjson
+    refuses what W&B may write (bare NaN/Infinity, a number beyond the float range, a lone surrogate). One
+    difference stays: an integer beyond 64 bits comes back as a float (a value is stored as float8 either way; such
+    a `_step` is skipped either way, as not an integer rather than out of range)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
 
 
 class RowReader:
@@ -147,6 +160,9 @@ def layouts(rows: list[dict[str, Any]]) -> list[tuple[int, int]]:
 def window_rows(got: list[dict[str, Any]], lo: int, hi: int, skipped: dict[str, int]) -> list[dict[str, Any]]:
     """A window's rows with an integer `_step` in [lo, hi), by step (a server that answers outside the window is
     not trusted there); rows without one are counted in `skipped`."""
+    steps = [r.get("_step") for r in got]
+    if steps and set(map(type, steps)) == {int} and lo <= steps[0] and steps[-1] < hi and steps == sorted(steps):
+        return got  # the common page: integer steps, in order, inside the window (checked in C, not row by row)
     rows = []
     for r in got:
         step = r.get("_step")
