@@ -559,3 +559,29 @@ async def test_a_429_halves_the_requests_out_at_once_until_pages_are_read_again(
     assert norm(points + rest) == norm(run_points(run))
     assert fake.most_at_once["HistoryPage"] == 4  # grown back over the 60 pages
     assert not any("HTTP 429" in n for n in more[-1].notes)
+
+
+@pytest.mark.parametrize("text", [
+    '{"_step": 1, "loss": 0.5, "lr": 1e-4}',
+    '{"_step": 2, "loss": NaN, "gn": Infinity, "x": -Infinity}',  # W&B's bare non-finite numbers: json's turn
+    '{"_step": 3, "big": 1e400, "s": "\\ud800"}',  # beyond float8, a lone surrogate: orjson refuses both
+    '[{"_step": 4, "a": {"b": [1, 2.5, null, true, "t"]}}]',
+])
+def test_history_json_is_read_as_the_standard_library_reads_it(text: str) -> None:
+    """orjson reads history pages, the standard library what orjson refuses: the values are the same either way
+    (compared as JSON text, so NaN equals NaN)."""
+    from trainscope.collector.sources.wandb_rows import loads
+
+    assert json.dumps(loads(text)) == json.dumps(json.loads(text))
+    assert json.dumps(loads(text.encode())) == json.dumps(json.loads(text))
+
+
+def test_a_page_out_of_step_order_or_outside_its_window_is_sorted_and_cut() -> None:
+    from trainscope.collector.sources.wandb_rows import window_rows
+
+    rows = [{"_step": s} for s in (5, 3, 4, 9, 2.0, 7.5, None)]
+    skipped: dict[str, int] = {}
+    assert [r["_step"] for r in window_rows(rows, 2, 9, skipped)] == [2, 3, 4, 5]
+    assert skipped == {"no_step": 2}
+    in_order = [{"_step": s} for s in (2, 3, 8)]
+    assert window_rows(in_order, 2, 9, skipped) is in_order and window_rows(in_order, 3, 9, skipped) == in_order[1:]
