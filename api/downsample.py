@@ -1,8 +1,9 @@
 """`downsample=N`: at most N points per series, min/max per step bucket, computed by PostgreSQL in two cheap passes.
 
 Method (M4-like, without the bucket's first/last): a series' step range [lo, hi] (within the filters) is cut
-into B = (N - 2) // 2 equal step buckets, bucket(step) = floor((step - lo) * B / (hi - lo + 1)) in exact integer
-arithmetic; from each bucket the point with the lowest and the one with the highest value are kept, and the
+into at most B = (N - 2) // 2 step buckets: by default B equal ones, bucket(step) = floor((step - lo) * B /
+(hi - lo + 1)) in exact integer arithmetic; with `buckets=aligned`, buckets of a power-of-two width at multiples of
+it (api/buckets.py); from each bucket the point with the lowest and the one with the highest value are kept, and the
 series' first and last points always are. So the answer has at most 2B + 2 <= N points, keeps every local extreme
 at the bucket's resolution (the global min and max included) and both ends. Ordering is PostgreSQL's float order:
 NaN above +Infinity, so a NaN spike shows up as a bucket's maximum. Ties keep the lowest step for a minimum and the
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from trainscope.api import rollup
+from trainscope.api.buckets import EVEN, Grid, grid
 from trainscope.api.params import Filters
 from trainscope.api.queries import Row, Series, read_series, step_bounds, ts_clause
 
@@ -49,24 +51,19 @@ def buckets_for(max_points: int) -> int:
     return max(1, (max_points - 2) // 2)
 
 
-def bucket_of(step: int, lo: int, hi: int, nb: int) -> int:
-    """The bucket of `step` in a series spanning [lo, hi]: the SQL's exact integer arithmetic."""
-    return (step - lo) * nb // (hi - lo + 1)
-
-
 def _order(value: float) -> tuple[int, float]:
     return (1, 0.0) if math.isnan(value) else (0, value)  # PostgreSQL: NaN sorts above everything
 
 
-def minmax_reference(rows: Sequence[Row], max_points: int) -> list[Row]:
+def minmax_reference(rows: Sequence[Row], max_points: int, kind: str = EVEN) -> list[Row]:
     """The same selection computed in Python from all rows of one series (sorted by step): tests and the bench."""
     if len(rows) <= max_points:
         return list(rows)
-    lo, hi, nb = rows[0][0], rows[-1][0], buckets_for(max_points)
+    g = grid(rows[0][0], rows[-1][0], buckets_for(max_points), kind)
     low: dict[int, Row] = {}
     high: dict[int, Row] = {}
     for r in rows:
-        b = bucket_of(r[0], lo, hi, nb)
+        b = g.of(r[0])
         k = (_order(r[2]), r[0])
         if b not in low or k < (_order(low[b][2]), low[b][0]):
             low[b] = r
@@ -111,12 +108,12 @@ _LOOKUP = ("SELECT k.sid, k.step, p.ts, p.value FROM unnest($1::bigint[], $2::bi
            "CROSS JOIN LATERAL (SELECT ts, value FROM points WHERE series_id = k.sid AND step = k.step OFFSET 0) p")
 
 
-def _rows_sql(f: Filters, sids: Sequence[int], los: Sequence[int], spans: Sequence[int], nb: int,
+def _rows_sql(f: Filters, sids: Sequence[int], los: Sequence[int], his: Sequence[int], grids: Sequence[Grid],
               per_series_lo: bool, values: list[float] | None = None) -> tuple[str, str, list[object]]:
     """(FROM ... WHERE ..., bucket expression, args) for the matching rows of these series [holding `values`].
 
-    The bucket is int8 arithmetic unless (step - lo) * nb could overflow (then numeric). When the series share one
-    step range (metrics logged together), lo and span are constants and no join is needed (~15% cheaper).
+    The bucket is int8 arithmetic unless (step - org) * num could overflow (then numeric). When the series share one
+    step range and grid (metrics logged together), they are constants and no join is needed (~15% cheaper).
     """
     args: list[object] = []
 
@@ -127,17 +124,21 @@ def _rows_sql(f: Filters, sids: Sequence[int], los: Sequence[int], spans: Sequen
     where = []
     if values is not None:  # first: PostgreSQL hashes this `= ANY` only ahead of the series' one (16.2)
         where.append(f"p.value = ANY({param(values, 'float8[]')})")
-    exact = max(spans) * nb <= INT64_MAX
-    span_type = "bigint" if exact else "numeric"
-    if len(set(los)) == 1 and len(set(spans)) == 1:
+    num = grids[0].num  # the same for every series: B (even buckets) or 1 (aligned)
+    exact = max(h - g.org + 1 for h, g in zip(his, grids, strict=True)) * num <= INT64_MAX
+    den_type = "bigint" if exact else "numeric"
+    if len(set(los)) == 1 and len(set(grids)) == 1:
         rows = "FROM points p"
         where.append(f"p.series_id = ANY({param(list(sids), 'bigint[]')})")
-        lo, span = param(los[0], "bigint"), param(spans[0], span_type)
+        org, den = param(grids[0].org, "bigint"), param(grids[0].den, den_type)
+        lo = param(los[0], "bigint") if per_series_lo else ""
     else:
         rows = (f"FROM points p JOIN unnest({param(list(sids), 'bigint[]')}, {param(list(los), 'bigint[]')}, "
-                f"{param(list(spans), span_type + '[]')}) AS s(sid, lo, span) ON p.series_id = s.sid")
-        lo, span = "s.lo", "s.span"
-    bucket = f"(p.step - {lo}) * {nb} / {span}" if exact else f"div((p.step::numeric - {lo}) * {nb}, {span})::bigint"
+                f"{param([g.org for g in grids], 'bigint[]')}, {param([g.den for g in grids], den_type + '[]')}) "
+                "AS s(sid, lo, org, den) ON p.series_id = s.sid")
+        lo, org, den = "s.lo", "s.org", "s.den"
+    bucket = (f"(p.step - {org}) * {num} / {den}" if exact
+              else f"div((p.step::numeric - {org}) * {num}, {den})::bigint")
     if per_series_lo:  # `last`: the rows before each series' own first step are not in the answer
         where.append(f"p.step >= {lo}")
     if f.from_step is not None:
@@ -204,9 +205,9 @@ Spare = Callable[[], AbstractAsyncContextManager[asyncpg.Connection | None]]
 
 
 async def downsample_in(conn: asyncpg.Connection, series_: Sequence[Series], f: Filters, lower: dict[int, int],
-                        max_points: int, spare: Spare | None = None) -> Downsampled:
+                        max_points: int, spare: Spare | None = None, buckets: str = EVEN) -> Downsampled:
     """downsample, inside the caller's snapshot(). `spare()`: another connection if one is free now (else None),
-    which reads the rollup for half of the series in the same snapshot."""
+    which reads the rollup for half of the series in the same snapshot. `buckets`: api/buckets.py's kinds."""
     lo0, hi0 = step_bounds(f)
     by_id = {s.id: s for s in series_}
     nb = buckets_for(max_points)
@@ -215,14 +216,14 @@ async def downsample_in(conn: asyncpg.Connection, series_: Sequence[Series], f: 
     if not bounds:
         return Downsampled([(s, []) for s in series_], 0, False)
     sids = [b["sid"] for b in bounds]
-    los = [b["lo"] for b in bounds]
-    spans = [b["hi"] - b["lo"] + 1 for b in bounds]
-    plans = [rollup.plan(b["sid"], b["lo"], b["hi"], b["upto"], nb) for b in bounds]
+    los, his = [b["lo"] for b in bounds], [b["hi"] for b in bounds]
+    grids = [grid(b["lo"], b["hi"], nb, buckets) for b in bounds]
+    plans = [rollup.plan(b["sid"], b["lo"], b["hi"], b["upto"], g) for b, g in zip(bounds, grids, strict=True)]
     if (f.start_ms is None and f.end_ms is None and all(plans)
             and any(p.shift and p.upto > p.lo for p in plans)):  # type: ignore[union-attr]
         totals, chosen = await _from_rollup(conn, bounds, plans, max_points, spare)  # type: ignore[arg-type]
     else:
-        totals, chosen = await _scan(conn, f, bounds, sids, los, spans, nb, max_points, bool(lower))
+        totals, chosen = await _scan(conn, f, bounds, sids, los, his, grids, max_points, bool(lower))
     result: dict[int, list[Row]] = {}
     for b in bounds:
         if b["sid"] not in chosen:  # small enough: the whole series, unchanged
@@ -280,14 +281,14 @@ async def _from_rollup(conn: asyncpg.Connection, bounds: list[asyncpg.Record], p
 
 
 async def _scan(conn: asyncpg.Connection, f: Filters, bounds: list[asyncpg.Record], sids: list[int], los: list[int],
-                spans: list[int], nb: int, max_points: int,
+                his: list[int], grids: list[Grid], max_points: int,
                 per_series_lo: bool) -> tuple[dict[int, int], dict[int, dict[int, Row | None]]]:
     """Passes 1 and 2 over the matching points: (series -> matching points, series -> step -> chosen point, None
     where it is still to be read)."""
     split = await page_ranges(conn, sids)
     if len(split) > 1:  # each branch must scan its pages (TID Range Scan), not walk the whole primary key
         await conn.execute("SET LOCAL enable_indexscan = off; SET LOCAL enable_bitmapscan = off")
-    rows, bucket, args = _rows_sql(f, sids, los, spans, nb, per_series_lo)
+    rows, bucket, args = _rows_sql(f, sids, los, his, grids, per_series_lo)
     extremes = await conn.fetch(_union(_PASS1, _PASS1_MERGE, split, rows, bucket=bucket), *args)
 
     totals: dict[int, int] = {}
@@ -303,8 +304,8 @@ async def _scan(conn: asyncpg.Connection, f: Filters, bounds: list[asyncpg.Recor
         values = {v for r in extremes if r["sid"] in chosen for v in (r["mn"], r["mx"])}
         if any(v != v for v in values):  # one NaN is enough (NaN = NaN in PostgreSQL)
             values = {v for v in values if v == v} | {math.nan}
-        rows, bucket, args = _rows_sql(f, [sids[i] for i in big], [los[i] for i in big],
-                                       [spans[i] for i in big], nb, per_series_lo, list(values))
+        rows, bucket, args = _rows_sql(f, [sids[i] for i in big], [los[i] for i in big], [his[i] for i in big],
+                                       [grids[i] for i in big], per_series_lo, list(values))
         found: dict[tuple[int, int], list[asyncpg.Record]] = {}
         for r in await conn.fetch(_PASS2.format(rows=rows, bucket=bucket), *args):
             found.setdefault((r["sid"], r["b"]), []).append(r)

@@ -31,6 +31,8 @@ class DataPoint(BaseModel):
 
 class DownsampleInfo(BaseModel):
     method: str = Field(description="minmax: per step bucket the lowest and highest value, plus first and last")
+    buckets: str = Field("even", description="even: equal buckets over each series' range; aligned: power-of-two "
+                         "widths at multiples of the width")
     max_points_per_series: int
     source_points: int = Field(description="matching points before downsampling")
 

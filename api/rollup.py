@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
+from trainscope.api.buckets import Grid
+
 SHIFTS = (12, 10, 8, 6, 4)  # the rollup's block sizes, coarsest first (2^shift steps)
 FANOUT_SHIFT = 2  # a block holds 4 blocks of the next finer level
 EXACT = 2**53
@@ -59,28 +61,28 @@ class Plan:
     lo: int
     hi: int
     upto: int
-    nb: int
+    grid: Grid
     shift: int = 0  # the level read first
     total: int = 0
     buckets: dict[int, Bucket] = field(default_factory=dict)
 
-    @property
-    def span(self) -> int:
-        return self.hi - self.lo + 1
-
     def bucket(self, step: int) -> int:
-        return (step - self.lo) * self.nb // self.span
+        return self.grid.of(step)
 
 
-def plan(sid: int, lo: int, hi: int, upto: int, nb: int) -> Plan | None:
+def plan(sid: int, lo: int, hi: int, upto: int, grid: Grid) -> Plan | None:
     """The series' plan, or None when the rollup cannot answer it exactly and cheaply."""
-    p = Plan(sid, lo, hi, upto, nb)
-    if lo <= -EXACT or hi >= EXACT or p.span * nb > INT64_MAX:
+    p = Plan(sid, lo, hi, upto, grid)
+    if lo <= -EXACT or hi >= EXACT or (hi - grid.org + 1) * grid.num > INT64_MAX:
         return None
     if hi - max(lo, upto) + 1 > TAIL_MAX:
         return None
-    per_bucket = p.span // nb
-    p.shift = next((sh for sh in SHIFTS if (MIN_BLOCKS << sh) <= per_bucket), 0)
+    if grid.num == 1 and grid.den & (grid.den - 1) == 0:
+        # power-of-two buckets at multiples of their width: blocks of that width or finer never straddle a bucket
+        # edge (only the range's ends), so the coarsest such level is read, however few blocks a bucket holds
+        p.shift = next((sh for sh in SHIFTS if (1 << sh) <= grid.den), 0)
+    else:
+        p.shift = next((sh for sh in SHIFTS if (MIN_BLOCKS << sh) <= grid.width), 0)
     return p if p.shift or upto <= lo else None
 
 
@@ -90,14 +92,14 @@ def plan(sid: int, lo: int, hi: int, upto: int, nb: int) -> Plan | None:
 _ROUND1 = """
 WITH r AS MATERIALIZED (
     SELECT * FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[],
-                         $7::bigint[], $8::bigint[])
-    AS r(sid, shift, b0, b1, lo, hi, span, tail)
+                         $7::bigint[], $8::bigint[], $9::bigint[])
+    AS r(sid, shift, b0, b1, lo, hi, org, den, tail)
 ), x AS (
     SELECT r.sid, x.block, x.n, x.lo AS plo, x.hi AS phi, r.shift,
            CASE WHEN (x.block << r.shift) >= r.lo AND ((x.block + 1) << r.shift) - 1 <= r.hi
-                     AND ((x.block << r.shift) - r.lo) * $9 / r.span
-                         = (((x.block + 1) << r.shift) - 1 - r.lo) * $9 / r.span
-                THEN ((x.block << r.shift) - r.lo) * $9 / r.span END AS b
+                     AND ((x.block << r.shift) - r.org) * $10 / r.den
+                         = (((x.block + 1) << r.shift) - 1 - r.org) * $10 / r.den
+                THEN ((x.block << r.shift) - r.org) * $10 / r.den END AS b
     FROM r CROSS JOIN LATERAL (SELECT block, n, lo, hi FROM rollup
                                WHERE series_id = r.sid AND shift = r.shift AND block >= r.b0 AND block <= r.b1
                                OFFSET 0) x
@@ -108,7 +110,7 @@ FROM x WHERE b IS NOT NULL GROUP BY sid, b
 UNION ALL
 SELECT sid, NULL, block, shift, n, plo, phi FROM x WHERE b IS NULL
 UNION ALL
-SELECT r.sid, (p.step - r.lo) * $9 / r.span, NULL, 0, count(*),
+SELECT r.sid, (p.step - r.org) * $10 / r.den, NULL, 0, count(*),
        min(ARRAY[p.value, p.step::float8, 'NaN']),
        max(ARRAY[p.value, p.step::float8, 'NaN'])
 FROM r CROSS JOIN LATERAL (SELECT step, ts, value FROM points
@@ -123,10 +125,10 @@ GROUP BY 1, 2
 _OPEN = """
 WITH r AS MATERIALIZED (
     SELECT * FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[],
-                         $7::bigint[]) AS r(sid, shift, first, last, lo, hi, span)
+                         $7::bigint[], $8::bigint[]) AS r(sid, shift, first, last, lo, hi, org, den)
 ), x AS (
     SELECT r.sid, x.n, x.lo AS plo, x.hi AS phi, x.block << r.shift AS s0, ((x.block + 1) << r.shift) - 1 AS s1,
-           r.lo, r.hi, r.span
+           r.lo, r.hi, r.org, r.den
     FROM r CROSS JOIN LATERAL (SELECT block, n, lo, hi FROM rollup
                                WHERE series_id = r.sid AND shift = r.shift AND block >= r.first AND block <= r.last
                                OFFSET 0) x
@@ -134,13 +136,13 @@ WITH r AS MATERIALIZED (
     UNION ALL
     SELECT r.sid, 1, ARRAY[p.value, p.step::float8, 'NaN'],
            ARRAY[p.value, p.step::float8, 'NaN'], p.step, p.step,
-           r.lo, r.hi, r.span
+           r.lo, r.hi, r.org, r.den
     FROM r CROSS JOIN LATERAL (SELECT step, ts, value FROM points
                                WHERE series_id = r.sid AND step >= r.first AND step <= r.last OFFSET 0) p
     WHERE r.shift = 0
 )
-SELECT sid, (s0 - lo) * $8 / span AS b, sum(n)::bigint AS n, min(plo) AS lo, max(phi) AS hi
-FROM x WHERE s0 >= lo AND s1 <= hi AND (s0 - lo) * $8 / span = (s1 - lo) * $8 / span
+SELECT sid, (s0 - org) * $9 / den AS b, sum(n)::bigint AS n, min(plo) AS lo, max(phi) AS hi
+FROM x WHERE s0 >= lo AND s1 <= hi AND (s0 - org) * $9 / den = (s1 - org) * $9 / den
 GROUP BY 1, 2
 """
 
@@ -166,21 +168,23 @@ def _cut(p: Plan, first: int, last: int) -> int:
     if last > p.hi:
         return p.hi + 1
     b = p.bucket(last)  # the block holds one boundary (a bucket spans 4+ blocks): the first step of bucket b
-    return p.lo + -(-(b * p.span) // p.nb)
+    return p.grid.start(b)
 
 
-def _opening(p: Plan, shift: int, block: int) -> list[tuple[int, int, int, int, int, int, int]]:
+def _opening(p: Plan, shift: int, block: int) -> list[tuple[int, int, int, int, int, int, int, int]]:
     """The pieces that cover a straddling block around its cut, finest last."""
     first, last = block << shift, ((block + 1) << shift) - 1
     cut = _cut(p, first, last)
     out = []
     parent = block
     for finer in range(shift - FANOUT_SHIFT, SHIFTS[-1] - 1, -FANOUT_SHIFT):
-        out.append((p.sid, finer, parent << FANOUT_SHIFT, ((parent + 1) << FANOUT_SHIFT) - 1, p.lo, p.hi, p.span))
+        out.append((p.sid, finer, parent << FANOUT_SHIFT, ((parent + 1) << FANOUT_SHIFT) - 1, p.lo, p.hi,
+                    p.grid.org, p.grid.den))
         parent = cut >> finer
         if parent << finer == cut:  # the cut falls on a block boundary: nothing finer straddles it
             return out
-    out.append((p.sid, 0, parent << SHIFTS[-1], ((parent + 1) << SHIFTS[-1]) - 1, p.lo, p.hi, p.span))
+    out.append((p.sid, 0, parent << SHIFTS[-1], ((parent + 1) << SHIFTS[-1]) - 1, p.lo, p.hi, p.grid.org,
+                p.grid.den))
     return out
 
 
@@ -198,22 +202,23 @@ async def extremes(conn: asyncpg.Connection, plans: Sequence[Plan],
 
 async def _extremes(conn: asyncpg.Connection, plans: Sequence[Plan]) -> None:
     by_sid = {p.sid: p for p in plans}
-    cols: list[list[int]] = [[] for _ in range(8)]
+    cols: list[list[int]] = [[] for _ in range(9)]
     for p in plans:
         below_hi = min(p.hi, p.upto - 1)
         b0, b1 = (p.lo >> p.shift, below_hi >> p.shift) if p.shift and p.upto > p.lo else (1, 0)
-        for c, v in zip(cols, (p.sid, p.shift, b0, b1, p.lo, p.hi, p.span, max(p.lo, p.upto)), strict=True):
+        for c, v in zip(cols, (p.sid, p.shift, b0, b1, p.lo, p.hi, p.grid.org, p.grid.den, max(p.lo, p.upto)),
+                        strict=True):
             c.append(v)
-    nb = plans[0].nb
+    num = plans[0].grid.num  # the same for every series
     straddling: list[asyncpg.Record] = []
-    for r in await conn.fetch(_ROUND1, *cols, nb):
+    for r in await conn.fetch(_ROUND1, *cols, num):
         p = by_sid[r["sid"]]
         if r["b"] is not None:
             p.total += r["n"]
             p.buckets.setdefault(r["b"], Bucket()).add(r["lo"], r["hi"])
         else:
             straddling.append(r)
-    pieces: list[tuple[int, int, int, int, int, int, int]] = []
+    pieces: list[tuple[int, int, int, int, int, int, int, int]] = []
     for r in straddling:
         p, shift, block = by_sid[r["sid"]], r["shift"], r["block"]
         first, last = block << shift, ((block + 1) << shift) - 1
@@ -222,7 +227,7 @@ async def _extremes(conn: asyncpg.Connection, plans: Sequence[Plan]) -> None:
         else:  # wholly inside the range, extremes beaten on both sides: only its count matters
             p.total += r["n"]
     if pieces:
-        for r in await conn.fetch(_OPEN, *(list(c) for c in zip(*pieces, strict=True)), nb):
+        for r in await conn.fetch(_OPEN, *(list(c) for c in zip(*pieces, strict=True)), num):
             p = by_sid[r["sid"]]
             p.total += r["n"]
             p.buckets.setdefault(r["b"], Bucket()).add(r["lo"], r["hi"])

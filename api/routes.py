@@ -112,6 +112,10 @@ def _install(api: APIRouter, db: "Database", settings: "ApiSettings", stopping: 
                                                             "(min/max per step bucket, first and last kept); "
                                                             "lowered so the answer holds at most "
                                                             f"{params.MAX_ANSWER_POINTS} points")] = None,
+                   buckets: Annotated[Literal["even", "aligned"], Query(
+                       description="downsample's step buckets: `even` (N/2 equal buckets over each series' range) "
+                       "or `aligned` (power-of-two widths at multiples of the width: edges that stay put as a run "
+                       "grows, read from whole rollup blocks)")] = "even",
                    format: Format = "json", include: Include = None) -> Any:
         """Points of the workload, ordered by (metric, data source, source, run) then iteration.
 
@@ -136,14 +140,15 @@ def _install(api: APIRouter, db: "Database", settings: "ApiSettings", stopping: 
                 async def compute(conn: "asyncpg.Connection") -> Response:
                     # `last`'s bounds in the answer's own snapshot, and only when the answer is computed
                     lower = await queries.last_n_bounds_in(conn, series, f, last) if last is not None else {}
-                    ds = await downsample_in(conn, series, f, lower, per_series, db.spare)
-                    info = {"method": "minmax", "max_points_per_series": per_series,
+                    ds = await downsample_in(conn, series, f, lower, per_series, db.spare, buckets)
+                    info = {"method": "minmax", "buckets": buckets, "max_points_per_series": per_series,
                             "source_points": ds.source_points}
                     return render.whole(format, uid, f.data_source, ds.series, extra,
                                         {"downsampled": ds.reduced, "downsample": info},
                                         {"X-Downsampled": str(ds.reduced).lower()})
 
-                key = ("downsample", uid, f, last, per_series, format, tuple(extra), tuple(s.id for s in series))
+                key = ("downsample", uid, f, last, per_series, buckets, format, tuple(extra),
+                       tuple(s.id for s in series))
                 return await answers.answer(conn, key, [s.id for s in series], compute)
             lower = await queries.last_n_bounds(conn, series, f, last) if last is not None else {}
             if limit is not None:

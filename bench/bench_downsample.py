@@ -2,7 +2,8 @@
 single requests and 20 concurrent clients, in turns, answers compared before any figure is printed.
 
 Run: python bench/bench_downsample.py [--series 10 --points 1000000 --clients 20 --seconds 10 --repeat 5]
-         [--data DIR]   (keep the database there and reuse it: 10 x 10M points take a while to build)
+         [--data DIR] [--buckets even|aligned]
+         (--data: keep the database there and reuse it: 10 x 10M points take a while to build)
 One embedded PostgreSQL (pgserver, temporary directory or --data) holding one workload of `--series` series of
 `--points` points each (generated in SQL: noisy sine waves with a few NaN and inf), rolled up by the store's own
 builder (collector/store/rollup.py, the same code the collector runs; its build time is printed). Three API servers
@@ -160,6 +161,8 @@ async def measure(args: argparse.Namespace, ours: Server, scan: Server, unshared
                ("one series", {"downsample": 1000, "metrics": "metric_0"}),
                ("step range", {"downsample": 1000, "from_step": 1000, "to_step": n // 2}),
                ("last half", {"downsample": 1000, "last": n // 2})]
+    queries = [(name, {**params, "buckets": args.buckets}) for name, params in queries]
+    print(f"buckets={args.buckets}")
     async with httpx.AsyncClient(timeout=600) as c:
         for name, params in queries:  # verified before any figure
             a, b = (await one(c, ours.base, params))[1], (await one(c, scan.base, params))[1]
@@ -220,6 +223,8 @@ def main() -> None:
                     "(at most --repeat; 10 x 10M points: ~40 s each)")
     ap.add_argument("--verify-starts", type=int, default=3, help="other from_steps compared per query shape")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--buckets", choices=["even", "aligned"], default="even", help="downsample's bucket kind "
+                    "(api/buckets.py): the scan answers with the same buckets")
     ap.add_argument("--serve", help=argparse.SUPPRESS)
     ap.add_argument("--scan", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--share", action="store_true", help=argparse.SUPPRESS)

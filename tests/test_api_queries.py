@@ -178,7 +178,8 @@ async def test_downsample_keeps_first_last_and_extremes(store: Store, database_u
         out = r.json()
         await c._transport.app.state.db.close()  # type: ignore[attr-defined]
     assert out["downsampled"] is True
-    assert out["downsample"] == {"method": "minmax", "max_points_per_series": 100, "source_points": 10_050}
+    assert out["downsample"] == {"method": "minmax", "buckets": "even", "max_points_per_series": 100,
+                                 "source_points": 10_050}
     loss = [i for i in out["data"] if i["metric_name"] == "loss"]
     lr = [i for i in out["data"] if i["metric_name"] == "lr"]
     assert len(lr) == 50 and len(loss) <= 100
@@ -192,9 +193,10 @@ async def test_downsample_keeps_first_last_and_extremes(store: Store, database_u
     assert max(finite) in [i["value"] for i in loss] and min(finite) in [i["value"] for i in loss]
 
 
+@pytest.mark.parametrize("buckets", ["even", "aligned"])
 @pytest.mark.parametrize(("seed", "n", "max_points"), [(1, 5000, 4), (2, 999, 57), (3, 20_000, 1000)])
 async def test_downsample_equals_the_python_oracle_with_filters(store: Store, database_url: str, seed: int, n: int,
-                                                                max_points: int) -> None:
+                                                                max_points: int, buckets: str) -> None:
     rnd = random.Random(seed)
     steps = sorted(rnd.sample(range(-50, 4 * n), n))
     pts = [Point("m", s, T0 + s * 0.25, rnd.choice([rnd.random(), rnd.random(), 0.5])) for s in steps]
@@ -204,10 +206,12 @@ async def test_downsample_equals_the_python_oracle_with_filters(store: Store, da
             if math.floor(p.ts * 1000) >= start_ms and p.step <= to_step]
     async with client_for(ApiSettings(database_url)) as c:
         r = await c.get("/api/v1/workloads/o/metrics/data",
-                        params={"downsample": max_points, "start": start_ms, "to_step": to_step})
+                        params={"downsample": max_points, "start": start_ms, "to_step": to_step,
+                                "buckets": buckets})
         await c._transport.app.state.db.close()  # type: ignore[attr-defined]
     got = [(i["iteration"], i["timestamp"], i["value"]) for i in r.json()["data"]]
-    assert got == minmax_reference(rows, max_points)
+    assert got == minmax_reference(rows, max_points, buckets)
+    assert r.json()["downsample"]["buckets"] == buckets
     assert len(got) <= max_points and got[0] == rows[0] and got[-1] == rows[-1]
 
 
@@ -436,9 +440,12 @@ async def test_downsample_from_the_rollup_after_replacements(store: Store, datab
 
     async def ask(c: httpx.AsyncClient) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         out = []
-        for params in ({"downsample": max_points}, {"downsample": max_points, "from_step": 1001, "to_step": 99_999},
-                       {"downsample": max_points, "last": 60_000}):
-            out.append((params, (await c.get("/api/v1/workloads/rr/metrics/data", params=params)).json()))
+        for buckets in ("even", "aligned"):
+            for params in ({"downsample": max_points}, {"downsample": max_points, "from_step": 1001,
+                                                        "to_step": 99_999},
+                           {"downsample": max_points, "last": 60_000}):
+                params = {**params, "buckets": buckets}
+                out.append((params, (await c.get("/api/v1/workloads/rr/metrics/data", params=params)).json()))
         return out
 
     async def check(answers: list[tuple[dict[str, Any], dict[str, Any]]], c: httpx.AsyncClient) -> None:
@@ -451,14 +458,14 @@ async def test_downsample_from_the_rollup_after_replacements(store: Store, datab
                 keep = [(s, math.floor(rows[s][0] * 1000), rows[s][1]) for s in sorted(rows)
                         if params.get("from_step", -(2**63)) <= s <= params.get("to_step", 2**63)]
                 keep = keep[-params["last"]:] if "last" in params else keep
-                want = ds.minmax_reference(keep, max_points)
+                want = ds.minmax_reference(keep, max_points, params["buckets"])
                 got = [(i["iteration"], i["timestamp"], i["value"]) for i in out["data"] if i["metric_name"] == metric]
                 assert got == [(s, t, v if math.isfinite(v) else None) for s, t, v in want], (metric, params)
 
     # no shared answers: every question is computed again, from the rollup (counted) or the scan
     async with client_for(ApiSettings(database_url, answer_cache_mb=0)) as c:
         await check(await ask(c), c)
-        assert len(used) == 3 and any(used)  # a second connection read half of the series, in the same snapshot
+        assert len(used) == 6 and any(used)  # a second connection read half of the series, in the same snapshot
         # replace many points, extremes among them, by higher and lower values: first in the upper part of each
         # series (the rollup answers below the lowered watermark, the points above it), then anywhere (the scan)
         for upper in (True, False):
@@ -474,9 +481,24 @@ async def test_downsample_from_the_rollup_after_replacements(store: Store, datab
                 await store.write("rr", "tb", "tensorboard", new[::-1], None)
             before = len(used)
             await check(await ask(c), c)
-            assert len(used) - before == 3 or not upper
+            assert len(used) - before == 6 or not upper
         before = len(used)
         await store.rollup.settle()
         await check(await ask(c), c)
-        assert len(used) - before == 3
+        assert len(used) - before == 6
         await c._transport.app.state.db.close()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("lo", "hi", "nb"), [(0, 9_999_999, 499), (-3_000, 599_999, 31), (5, 5, 4), (-7, -1, 1),
+                                              (2**40 + 3, 2**41, 1000), (17, 1016, 1000), (0, 1023, 512)])
+def test_aligned_buckets_are_power_of_two_wide_at_multiples_and_at_most_nb(lo: int, hi: int, nb: int) -> None:
+    from trainscope.api.buckets import grid
+
+    g = grid(lo, hi, nb, "aligned")
+    w = g.den
+    assert g.num == 1 and w & (w - 1) == 0 and g.org % w == 0 and g.org <= lo < g.org + w
+    used = g.of(hi) - g.of(lo) + 1
+    assert used <= nb and (w == 1 or hi // (w // 2) - lo // (w // 2) + 1 > nb)  # the narrowest width that fits
+    assert all(g.of(g.start(b)) == b and g.start(b) % w == 0 for b in range(used))
+    even = grid(lo, hi, nb)
+    assert even.of(lo) == 0 and even.of(hi) == min(nb, hi - lo + 1) - 1
