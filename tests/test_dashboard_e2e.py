@@ -210,7 +210,7 @@ def test_workload_page_draws_every_point_of_the_known_series(page: Page, server:
     assert page.js("() => document.querySelectorAll('figure[data-metric=\"train/loss\"] canvas').length") == 1
     # the charts never ask for a whole series: every read is downsampled
     reqs = data_requests(page)
-    assert reqs and all("downsample" in q for q in reqs)
+    assert reqs and all("downsample" in q and q["buckets"] == ["aligned"] for q in reqs)
     assert page.js("() => document.querySelector('#health').dataset.available") == "true"  # served, none yet
     print(page.screenshot(artifacts / "workload.png"))
 

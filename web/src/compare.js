@@ -104,7 +104,7 @@ export function compareView(root, query, { onAuthNeeded }) {
     try {
       const width = chartsEl.clientWidth || 1000;
       const bodies = await Promise.all(state.uids.map((uid) => api.data(uid, { metrics: state.metric, include: 'run,source',
-        downsample: resolution(width) }, { signal: controller.signal }).catch((err) => {
+        downsample: resolution(width), buckets: 'aligned' }, { signal: controller.signal }).catch((err) => {
         if (err.status === 404) return { data: [], total_count: 0 };
         throw err;
       })));

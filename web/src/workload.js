@@ -262,7 +262,9 @@ export function workloadView(root, uid, query, { onAuthNeeded }) {
     chartsEl.dataset.state = 'loading';
     if (!metrics.length) { chartsEl.dataset.state = 'ready'; return; }
     const width = chartsEl.querySelector('.plot')?.clientWidth || chartsEl.clientWidth || 600;
-    const query = { metrics: metrics.join(','), include: 'run,source', downsample: resolution(width), ...rangeQuery() };
+    // aligned buckets: their edges stay put as a live run grows, and the API reads them from whole rollup blocks
+    const query = { metrics: metrics.join(','), include: 'run,source', downsample: resolution(width), buckets: 'aligned',
+      ...rangeQuery() };
     try {
       const body = await api.data(uid, query, { signal: controller.signal });
       if (my !== seq || stopped) return;
