@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import hmac
+import logging
 import math
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from trainscope.api.queries import init_connection
 from trainscope.api.ui import mount_ui
 from trainscope.collector.progress import detect_primary_metric
 from trainscope.collector.store.errors import is_unavailable
+
+log = logging.getLogger(__name__)
 
 TOKEN_ENV = "TRAINSCOPE_API_TOKEN"
 
@@ -125,6 +128,8 @@ class Database:
         except Exception as exc:
             if is_unavailable(exc):
                 broken = True
+                said = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+                log.warning("database connection dropped: %s %s", type(exc).__name__, said)  # no URL, no query
                 raise errors.unavailable() from exc
             raise
         finally:
@@ -144,8 +149,9 @@ class Database:
         try:
             yield conn
         finally:
-            if conn is not None:
-                await pool.release(conn)  # type: ignore[union-attr]
+            if conn is not None:  # its reset gets the pool's budget: by default asyncpg gives a release the
+                # acquire's timeout (SPARE_WAIT), which a busy server's reset overran: the whole request became a 503
+                await pool.release(conn, timeout=self.acquire_timeout)  # type: ignore[union-attr]
 
     @property
     def size(self) -> int:

@@ -43,7 +43,11 @@ def load() -> str:
 
 
 def serve(url: str, port: int, scan: bool, share: bool) -> None:
+    import logging
+
     import uvicorn
+
+    logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")  # why a 503, if any
 
     from trainscope.api import rollup
     from trainscope.api.app import ApiSettings, create_app
@@ -143,8 +147,11 @@ async def concurrent(base: str, params: dict[str, Any], clients: int, seconds: f
                 try:
                     p = params if same else {**params, "from_step": rnd.randrange(1, span // 10)}
                     times.append((await one(c, base, p, parse=False))[0])
-                except httpx.HTTPError:
+                except httpx.HTTPError as e:
                     errors += 1
+                    detail = e.response.text[:300] if isinstance(e, httpx.HTTPStatusError) else ""
+                    if errors <= 3:
+                        print(f"    error {type(e).__name__}: {e} {detail} (from_step {p.get('from_step')})")
 
     started = time.perf_counter()
     await asyncio.gather(*(client_loop() for _ in range(clients)))

@@ -218,6 +218,45 @@ async def test_the_second_connection_reads_in_the_first_ones_snapshot(store: Sto
     assert second == truth.expected(p) != before
 
 
+async def test_a_slow_reset_of_the_second_connection_is_no_503(store: Store, database_url: str,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The helper connection comes from the pool with a short wait (SPARE_WAIT); its release resets it on the
+    server, which on a busy server takes longer than that. asyncpg bounds a release by the acquire's timeout unless
+    told otherwise: the request then failed as 503 with its answer computed (seen under 20 concurrent clients)."""
+    import asyncpg
+
+    from trainscope.api import app as app_module
+    from trainscope.api import rollup
+
+    rnd = random.Random(3)
+    truth = Truth()
+    for metric in ("a", "b"):
+        await truth.write(store, metric, {s: rnd.gauss(0, 1) for s in range(0, 40_000, 2)})
+    await store.rollup.settle()
+    reset = asyncpg.Connection.reset
+    helpers: list[int] = []
+    extremes = rollup.extremes
+
+    async def slow_reset(self: asyncpg.Connection, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        # a busy server: the reset's query waits for a core, within the budget asyncpg gives the reset
+        await asyncio.wait_for(asyncio.sleep(app_module.SPARE_WAIT * 3), timeout)
+        await reset(self, timeout=timeout)
+
+    async def spy(conn: Any, plans: Any, more: Any = ()) -> None:
+        helpers.append(len(more))
+        await extremes(conn, plans, more)
+
+    monkeypatch.setattr(asyncpg.Connection, "reset", slow_reset)
+    monkeypatch.setattr(rollup, "extremes", spy)
+    p = {"downsample": 100}
+    async with client_for(ApiSettings(database_url, answer_cache_mb=0)) as c:
+        r = await c.get(f"/api/v1/workloads/{UID}/metrics/data", params=p)
+        await c._transport.app.state.db.close()  # type: ignore[attr-defined]
+    assert helpers == [1]  # the second connection was used (and released)
+    assert r.status_code == 200, r.text
+    assert points_of(r.json()) == truth.expected(p)
+
+
 async def test_last_n_and_the_downsampled_points_come_from_one_snapshot(store: Store, database_url: str,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """`last=N&downsample=M`: where the last N points start is found in the answer's own snapshot. A write that
