@@ -437,10 +437,12 @@ async def test_downsample_from_the_rollup_after_replacements(store: Store, datab
 
     monkeypatch.setattr(rollup, "extremes", spy)
     monkeypatch.setattr(rollup, "TAIL_MAX", 2**62)  # right after the replacements too, not the scan
+    kinds = ("even", "aligned") if max_points == 1000 else ("even",)  # aligned once: the suite's time
+    asked = 3 * len(kinds)
 
     async def ask(c: httpx.AsyncClient) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         out = []
-        for buckets in ("even", "aligned"):
+        for buckets in kinds:
             for params in ({"downsample": max_points}, {"downsample": max_points, "from_step": 1001,
                                                         "to_step": 99_999},
                            {"downsample": max_points, "last": 60_000}):
@@ -465,7 +467,7 @@ async def test_downsample_from_the_rollup_after_replacements(store: Store, datab
     # no shared answers: every question is computed again, from the rollup (counted) or the scan
     async with client_for(ApiSettings(database_url, answer_cache_mb=0)) as c:
         await check(await ask(c), c)
-        assert len(used) == 6 and any(used)  # a second connection read half of the series, in the same snapshot
+        assert len(used) == asked and any(used)  # a second connection read half of the series, in the same snapshot
         # replace many points, extremes among them, by higher and lower values: first in the upper part of each
         # series (the rollup answers below the lowered watermark, the points above it), then anywhere (the scan)
         for upper in (True, False):
@@ -481,11 +483,11 @@ async def test_downsample_from_the_rollup_after_replacements(store: Store, datab
                 await store.write("rr", "tb", "tensorboard", new[::-1], None)
             before = len(used)
             await check(await ask(c), c)
-            assert len(used) - before == 6 or not upper
+            assert len(used) - before == asked or not upper
         before = len(used)
         await store.rollup.settle()
         await check(await ask(c), c)
-        assert len(used) - before == 6
+        assert len(used) - before == asked
         await c._transport.app.state.db.close()  # type: ignore[attr-defined]
 
 
