@@ -25,7 +25,7 @@ from trainscope.api.params import MAX_NAME
 from trainscope.api.queries import init_connection
 from trainscope.api.ui import mount_ui
 from trainscope.collector.progress import detect_primary_metric
-from trainscope.collector.store.errors import is_unavailable
+from trainscope.collector.store.errors import first_line, is_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +128,8 @@ class Database:
         except Exception as exc:
             if is_unavailable(exc):
                 broken = True
-                said = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-                log.warning("database connection dropped: %s %s", type(exc).__name__, said)  # no URL, no query
+                log.warning("database connection dropped: %s %s", type(exc).__name__,
+                            first_line(exc, 200))  # no URL, no query
                 raise errors.unavailable() from exc
             raise
         finally:

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-EVEN, ALIGNED = "even", "aligned"
-KINDS = (EVEN, ALIGNED)
+EVEN = "even"  # the other kind: "aligned"
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +30,12 @@ class Grid:
     def start(self, b: int) -> int:
         """The first step of bucket b."""
         return self.org + -(-(b * self.den) // self.num)
+
+    @property
+    def aligned(self) -> bool:
+        """Power-of-two buckets at multiples of their width: a rollup block of that width or finer never
+        straddles an edge."""
+        return self.num == 1 and self.den & (self.den - 1) == 0
 
     @property
     def width(self) -> int:

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from trainscope.collector.store.errors import is_unavailable
+from trainscope.collector.store.errors import first_line, is_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +74,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         if is_unavailable(exc):  # the operator sees why (the exception's type and first line; no URL, no query)
-            said = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-            log.warning("database unavailable answering %s: %s %s", request.url.path, type(exc).__name__, said)
+            log.warning("database unavailable answering %s: %s %s", request.url.path, type(exc).__name__,
+                        first_line(exc, 200))
             return _body(503, "StoreUnavailable", "the database is unavailable", {"Retry-After": "5"})
         log.exception("unexpected error answering %s", request.url.path)  # the path only: no query, no headers
         return _body(500, "InternalError", "internal error")

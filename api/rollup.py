@@ -77,9 +77,7 @@ def plan(sid: int, lo: int, hi: int, upto: int, grid: Grid) -> Plan | None:
         return None
     if hi - max(lo, upto) + 1 > TAIL_MAX:
         return None
-    if grid.num == 1 and grid.den & (grid.den - 1) == 0:
-        # power-of-two buckets at multiples of their width: blocks of that width or finer never straddle a bucket
-        # edge (only the range's ends), so the coarsest such level is read, however few blocks a bucket holds
+    if grid.aligned:  # only the range's ends straddle: the coarsest fitting level, however few blocks a bucket holds
         p.shift = next((sh for sh in SHIFTS if (1 << sh) <= grid.den), 0)
     else:
         p.shift = next((sh for sh in SHIFTS if (MIN_BLOCKS << sh) <= grid.width), 0)

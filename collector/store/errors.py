@@ -61,6 +61,13 @@ def is_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, asyncpg.InterfaceError) and "connection" in str(exc) and "closed" in str(exc)
 
 
+def first_line(exc: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's message ("" when it has none), at most `limit` characters: what logs and
+    health messages quote of the server's words."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else ""
+
+
 def as_store_error(exc: BaseException) -> StoreUnavailable | None:
     """The StoreUnavailable that `exc` amounts to, or None. Its message is one line: what is wrong, the server's
     own words, and what to do."""
@@ -68,7 +75,7 @@ def as_store_error(exc: BaseException) -> StoreUnavailable | None:
     if found is None:
         return None
     reason, hint = found
-    said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    said = first_line(exc) or type(exc).__name__
     return StoreUnavailable(f"{hint} ({type(exc).__name__}: {said})", reason)
 
 

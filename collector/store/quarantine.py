@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 
 from trainscope.collector.points import RawPoint
+from trainscope.collector.store.errors import first_line
 from trainscope.collector.store.model import StoreUnavailable, WriteResult
 from trainscope.collector.store.store import Store
 
@@ -107,5 +108,4 @@ async def _bisect(store: Store, uid: str, source: str, kind: str, points: list[R
 
 def _reason(exc: BaseException) -> str:
     code = getattr(exc, "sqlstate", None)
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}{f' ({code})' if code else ''}: {text}"[:500]
+    return f"{type(exc).__name__}{f' ({code})' if code else ''}: {first_line(exc)}"[:500]
