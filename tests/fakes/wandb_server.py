@@ -19,6 +19,7 @@ import base64
 import bisect
 import contextlib
 import datetime as dt
+import functools
 import json
 import math
 import re
@@ -108,6 +109,17 @@ type ParquetHistory { parquetUrls: [String!]! liveData: [JSON!]! }
 
 SCHEMA = build_schema(SDL)
 QUERY_CACHE_SIZE = 1000  # parsed, validated query documents kept, as gqlgen's default server does (an LRU of 1000)
+
+
+@functools.lru_cache(maxsize=QUERY_CACHE_SIZE)
+def _parsed(query: str) -> tuple[DocumentNode | None, list[GraphQLError]]:
+    """`query` parsed and validated against the schema, kept per query text (Go GraphQL servers keep an LRU of
+    parsed documents: gqlgen's `handler.NewDefaultServer` sets `lru.New(1000)` as its query cache)."""
+    try:
+        document = parse(query)
+    except GraphQLError as e:
+        return None, [e]
+    return document, validate(SCHEMA, document)
 
 
 class _Executor(ExecutorThrowingOnIncremental):
@@ -529,7 +541,6 @@ class FakeWandb:
         self.latency = 0.0
         self.at_once: dict[str | None, int] = {}
         self.most_at_once: dict[str | None, int] = {}
-        self._documents: dict[str, tuple[DocumentNode | None, list[GraphQLError]]] = {}  # query text -> parsed
 
     def add_project(self, entity: str, project: str) -> None:
         with self.lock:
@@ -608,7 +619,7 @@ class FakeWandb:
             return fault.status, fault.headers, body
         if not authorized:
             return 401, {}, b'{"errors":[{"message":"user is not logged in"}]}'
-        document, errors = self._document(query)
+        document, errors = _parsed(query)
         if errors:
             return 200, {}, json.dumps({"data": None, "errors": [e.formatted for e in errors]}).encode()
         with self.lock:
@@ -618,26 +629,6 @@ class FakeWandb:
         if result.errors:
             out["errors"] = [e.formatted for e in result.errors]
         return 200, {}, json.dumps(out).encode()
-
-    def _document(self, query: str) -> tuple[DocumentNode | None, list[GraphQLError]]:
-        """`query` parsed and validated against the schema, kept per query text (Go GraphQL servers keep an LRU of
-        parsed documents: gqlgen's `handler.NewDefaultServer` sets `lru.New(1000)` as its query cache)."""
-        with self.lock:
-            kept = self._documents.pop(query, None)
-            if kept is not None:
-                self._documents[query] = kept  # the newest at the end
-                return kept
-        try:
-            document = parse(query)
-        except GraphQLError as e:
-            kept = (None, [e])
-        else:
-            kept = (document, validate(SCHEMA, document))
-        with self.lock:
-            self._documents[query] = kept
-            while len(self._documents) > QUERY_CACHE_SIZE:
-                del self._documents[next(iter(self._documents))]
-        return kept
 
 
 def _finite(value: Any) -> Any:
