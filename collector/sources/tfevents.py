@@ -40,6 +40,7 @@ _MAX_PERIOD = 64  # longest repeating pattern of record lengths looked for (tags
 _ONE_BY_ONE, _FILTERED = -2, -1  # a record's tag index in a block when it makes no point there
 _NO_RECORDS = np.zeros(0, np.int64)
 
+_crc = google_crc32c.value
 _unpack_u64_u32 = struct.Struct("<QI").unpack
 _unpack_u32 = struct.Struct("<I").unpack_from
 _unpack_f32 = struct.Struct("<f").unpack_from
@@ -246,7 +247,7 @@ class EventScanner:
             groups = list(zip(sizes.tolist(), np.split(order, cuts), strict=True))
         for size, sel in groups:
             if size > VECTOR_MAX_BYTES:  # images, histograms, text: one C call each, then one by one
-                crcs = np.fromiter(map(google_crc32c.value, map(buf.__getitem__, map(slice, first[sel].tolist(),
+                crcs = np.fromiter(map(_crc, map(buf.__getitem__, map(slice, first[sel].tolist(),
                                                                       end[sel].tolist()))), np.uint32, len(sel))
                 ok[sel] = masked_crcs(crcs) == stored[sel]
                 continue
